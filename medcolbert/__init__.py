@@ -1,0 +1,48 @@
+"""medcolbert: late-interaction (ColBERT) retrieval and reranking for medical and clinical text."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public names resolve lazily so that `import medcolbert` (and `medcolbert --help`) stays instant:
+# torch and transformers load only when a model or scorer is first used.
+_EXPORTS = {
+    "ColBERT": "medcolbert.modeling.encoder",
+    "ModelConfig": "medcolbert.config",
+    "maxsim": "medcolbert.scoring",
+    "rerank": "medcolbert.search.rerank",
+    "rerank_run": "medcolbert.search.rerank",
+    "VectorCache": "medcolbert.vector_cache",
+    "BM25": "medcolbert.baselines.bm25",
+    "evaluate": "medcolbert.evaluation.metrics",
+    "load_beir": "medcolbert.evaluation.datasets",
+    "read_run": "medcolbert.evaluation.datasets",
+    "write_run": "medcolbert.evaluation.datasets",
+    "read_triplets": "medcolbert.training.data",
+    "DataError": "medcolbert.errors",
+    "MedColbertError": "medcolbert.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .baselines.bm25 import BM25
+    from .config import ModelConfig
+    from .errors import DataError, MedColbertError
+    from .evaluation.datasets import load_beir, read_run, write_run
+    from .evaluation.metrics import evaluate
+    from .modeling.encoder import ColBERT
+    from .scoring import maxsim
+    from .search.rerank import rerank, rerank_run
+    from .training.data import read_triplets
+    from .vector_cache import VectorCache
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'medcolbert' has no attribute {name!r}")

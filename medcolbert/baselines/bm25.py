@@ -1,0 +1,54 @@
+"""BM25 over a corpus with bm25s: English stemming and stopwords, the first stage for reranking."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from ..evaluation.datasets import Run
+
+
+class BM25:
+    """A bm25s index over (doc id, text) pairs; `search` returns a run dict."""
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", language: str = "english") -> None:
+        self.k1, self.b, self.method = k1, b, method
+        self.stemmer = Stemmer.Stemmer(language)
+        self.stopwords = "en" if language == "english" else None
+        self.doc_ids: list[str] = []
+        self._retriever: bm25s.BM25 | None = None
+
+    def index(self, documents: Mapping[str, str], show_progress: bool = False) -> "BM25":
+        """Index documents given as {doc id: text}."""
+        if not documents:
+            raise ValueError("cannot build a BM25 index over an empty corpus")
+        self.doc_ids = list(documents)
+        tokens = bm25s.tokenize(list(documents.values()), stopwords=self.stopwords, stemmer=self.stemmer,
+                                show_progress=show_progress)
+        self._retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        self._retriever.index(tokens, show_progress=show_progress)
+        return self
+
+    def search(self, queries: Mapping[str, str], k: int = 100, show_progress: bool = False) -> Run:
+        """Top-k documents of each query, as {query id: {doc id: score}}."""
+        if self._retriever is None:
+            raise RuntimeError("BM25.search called before index()")
+        if not queries:
+            return {}
+        k = min(k, len(self.doc_ids))
+        qids = list(queries)
+        tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.stopwords, stemmer=self.stemmer,
+                                show_progress=False)
+        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=show_progress, n_threads=1)
+        run: Run = {}
+        for row, qid in enumerate(qids):
+            hits = {}
+            for idx, score in zip(np.asarray(docs[row]), np.asarray(scores[row])):
+                # bm25s pads with zero-score hits when fewer than k documents share a term; drop those.
+                if score > 0:
+                    hits[self.doc_ids[int(idx)]] = float(score)
+            run[qid] = hits
+        return run

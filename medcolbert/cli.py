@@ -1,0 +1,213 @@
+"""The `medcolbert` command line: bm25, rerank, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import MedColbertError
+
+DEFAULT_METRICS = "ndcg@10,map@100,recall@100,mrr@10"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _metrics(text: str) -> list[str]:
+    from .evaluation.metrics import parse_metric
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        parse_metric(name)  # fail before any work is done
+    return names
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
+    p.add_argument("--json", metavar="PATH", help="also write the metrics table as JSON here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medcolbert",
+        description="Late-interaction (ColBERT) retrieval, reranking and evaluation for medical text.",
+        epilog="Run 'medcolbert COMMAND --help' for the options of one command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("bm25", help="retrieve with BM25 over a BEIR corpus and evaluate",
+                       description="Index a BEIR corpus with BM25 (bm25s, English stemming and stopwords), "
+                                   "retrieve the top k for each query of a split, print the metrics and "
+                                   "optionally write the run in TREC format.")
+    _add_data_args(p)
+    p.add_argument("--k", type=int, default=100, help="documents per query (default: 100)")
+    p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
+    _add_output_args(p)
+
+    p = sub.add_parser("rerank", help="rerank a first-stage run with a ColBERT model and compare",
+                       description="Rerank the top --depth documents of a first-stage run by exact MaxSim "
+                                   "with a ColBERT model, evaluate the first stage and the reranked run, and "
+                                   "print both side by side. The first stage is BM25 (--first-stage bm25) "
+                                   "or an existing TREC run (--run). Document vectors are cached on disk "
+                                   "per model, so a second run encodes nothing.")
+    _add_data_args(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--first-stage", choices=["bm25"], default="bm25", help="first-stage retriever (default: bm25)")
+    src.add_argument("--run", metavar="RUN", help="rerank this TREC run file instead of retrieving")
+    p.add_argument("--depth", type=int, default=100, help="candidates reranked per query (default: 100)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder (colbert-ai layout), HF encoder or hub id; default: packaged all-MiniLM-L6-v2")
+    p.add_argument("--output", metavar="RUN", help="write the reranked run here in TREC format")
+    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default: 32)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="encoding precision; auto = float16 on CUDA, float32 on CPU")
+    p.add_argument("--doc-maxlen", type=int, default=None, help="override the model's document length")
+    p.add_argument("--cache-dir", default=None, help="vector cache folder (default: $MEDCOLBERT_CACHE or ~/.cache/medcolbert/vectors)")
+    p.add_argument("--no-cache", action="store_true", help="encode documents without reading or writing the cache")
+    _add_output_args(p)
+
+    p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
+                       description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
+                                   "BEIR qrels TSV, or --data/--split) and print one row per run. Queries "
+                                   "missing from a run count as zero.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--qrels", help="qrels file (TREC or BEIR TSV)")
+    g.add_argument("--data", help="BEIR folder; its qrels/<split>.tsv is used")
+    p.add_argument("--split", default="test", help="split, with --data (default: test)")
+    _add_output_args(p)
+    return parser
+
+
+def cmd_bm25(args: argparse.Namespace) -> int:
+    """Run BM25 over a BEIR split and print its metrics."""
+    from .baselines.bm25 import BM25
+    from .evaluation.datasets import load_beir, write_run
+    from .evaluation.metrics import evaluate, format_table, write_json
+
+    metrics = _metrics(args.metrics)
+    data = load_beir(args.data, args.split)
+    t0 = time.perf_counter()
+    bm25 = BM25().index({d: doc.full_text for d, doc in data.corpus.items()})
+    run = bm25.search(data.queries, k=args.k)
+    _log(f"BM25: {len(data.corpus)} documents, {len(run)} queries in {time.perf_counter() - t0:.1f}s")
+    rows = {"BM25": evaluate(run, data.qrels, metrics)}
+    print(format_table(rows, metrics))
+    if args.output:
+        write_run(run, args.output, tag="bm25")
+    if args.json:
+        write_json({"data": str(args.data), "split": args.split, "results": rows}, args.json)
+    return 0
+
+
+def cmd_rerank(args: argparse.Namespace) -> int:
+    """Rerank a first stage with a ColBERT model and print both rows."""
+    from .baselines.bm25 import BM25
+    from .evaluation.datasets import load_beir, read_run, write_run
+    from .evaluation.metrics import evaluate, format_table, write_json
+    from .modeling.encoder import ColBERT
+    from .search.rerank import rerank_run
+    from .vector_cache import VectorCache
+
+    if args.depth < 1:
+        raise MedColbertError("--depth must be at least 1")
+    metrics = _metrics(args.metrics)
+    data = load_beir(args.data, args.split)
+    texts = {d: doc.full_text for d, doc in data.corpus.items()}
+    if args.run:
+        first = read_run(args.run, queries=None, corpus=data.corpus)
+        unknown = [q for q in first if q not in data.queries]
+        if unknown:
+            raise MedColbertError(f"{args.run}: {len(unknown)} queries are not in the '{args.split}' split of "
+                                  f"{args.data}, e.g. '{unknown[0]}'")
+        first_name = Path(args.run).name
+    else:
+        t0 = time.perf_counter()
+        first = BM25().index(texts).search(data.queries, k=args.depth)
+        first_name = "BM25"
+        _log(f"BM25 retrieval: {time.perf_counter() - t0:.1f}s")
+
+    overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
+    model = ColBERT.from_pretrained(args.model, device=args.device, dtype=args.dtype, **overrides)
+    cache = None if args.no_cache else VectorCache(model, args.cache_dir)
+
+    candidates = list(dict.fromkeys(d for hits in first.values()
+                                    for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])[:args.depth]))
+    todo = cache.missing(candidates, [texts[d] for d in candidates]) if cache else list(range(len(candidates)))
+    tokens = sum(model.tokenizer.document_lengths([texts[candidates[i]] for i in todo])) if todo else 0
+    _log(f"{model.name}: {len(candidates)} candidate documents, {len(todo)} to encode"
+         + (f" (cache: {cache.dir})" if cache else ""))
+    t0 = time.perf_counter()
+    reranked = rerank_run(model, data.queries, first, texts, depth=args.depth, cache=cache,
+                          batch_size=args.batch_size, show_progress=True)
+    elapsed = time.perf_counter() - t0
+    speed = f", {len(todo) / elapsed:.1f} passages/s, {tokens / elapsed:.0f} tokens/s" if todo else ""
+    _log(f"reranked {len(reranked)} queries in {elapsed:.1f}s{speed}")
+
+    depth_note = f"top {args.depth}"
+    rows = {first_name: evaluate(first, data.qrels, metrics),
+            f"{first_name} -> ColBERT rerank ({depth_note})": evaluate(reranked, data.qrels, metrics)}
+    print(f"{data.name} ({args.split}, {len(data.queries)} queries), model: {model.name}")
+    print(format_table(rows, metrics))
+    if args.output:
+        write_run(reranked, args.output, tag="medcolbert-rerank")
+    if args.json:
+        write_json({"data": str(args.data), "split": args.split, "model": model.name,
+                    "model_fingerprint": model.fingerprint(), "depth": args.depth, "dtype": args.dtype,
+                    "doc_maxlen": model.config.doc_maxlen, "results": rows,
+                    "rerank_seconds": round(elapsed, 2), "documents_encoded": len(todo)}, args.json)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate run files and print one row each."""
+    from .evaluation.datasets import load_beir, load_qrels, read_run
+    from .evaluation.metrics import evaluate, format_table, write_json
+
+    metrics = _metrics(args.metrics)
+    qrels = load_beir(args.data, args.split).qrels if args.data else load_qrels(args.qrels)
+    rows = {}
+    for path in args.runs:
+        run = read_run(path)
+        if not any(q in qrels for q in run):
+            raise MedColbertError(f"{path}: none of its queries has judgments in the qrels")
+        rows[Path(path).name] = evaluate(run, qrels, metrics)
+    print(format_table(rows, metrics))
+    if args.json:
+        write_json({"results": rows}, args.json)
+    return 0
+
+
+COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "evaluate": cmd_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `medcolbert` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (MedColbertError, ValueError) as exc:
+        # Bad input is reported in one line; MEDCOLBERT_DEBUG=1 shows the traceback for bug reports.
+        if os.environ.get("MEDCOLBERT_DEBUG"):
+            raise
+        print(f"medcolbert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished document chunks stay cached and the next run resumes from them",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

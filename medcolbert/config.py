@@ -1,0 +1,135 @@
+"""Model configuration, and its mapping to and from colbert-ai's `artifact.metadata`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+# Every field colbert-ai's ColBERTConfig knows, with its default; `artifact.metadata` carries all of
+# them so that colbert-ai (which rebuilds its config from that file) sees a complete config.
+COLBERT_AI_DEFAULTS: dict[str, Any] = {
+    "query_token_id": "[unused0]",
+    "doc_token_id": "[unused1]",
+    "query_token": "[Q]",
+    "doc_token": "[D]",
+    "ncells": None,
+    "centroid_score_threshold": None,
+    "ndocs": None,
+    "load_index_with_mmap": False,
+    "index_path": None,
+    "index_bsize": 64,
+    "nbits": 1,
+    "kmeans_niters": 4,
+    "resume": False,
+    "pool_factor": 1,
+    "clustering_mode": "hierarchical",
+    "protected_tokens": 0,
+    "similarity": "cosine",
+    "bsize": 32,
+    "accumsteps": 1,
+    "lr": 3e-06,
+    "maxsteps": 500000,
+    "save_every": None,
+    "warmup": None,
+    "warmup_bert": None,
+    "relu": False,
+    "nway": 2,
+    "use_ib_negatives": False,
+    "reranker": False,
+    "distillation_alpha": 1.0,
+    "ignore_scores": False,
+    "model_name": None,
+    "query_maxlen": 32,
+    "attend_to_mask_tokens": False,
+    "interaction": "colbert",
+    "dim": 128,
+    "doc_maxlen": 220,
+    "mask_punctuation": True,
+    "checkpoint": None,
+    "triples": None,
+    "collection": None,
+    "queries": None,
+    "index_name": None,
+    "overwrite": False,
+    "root": "experiments",
+    "experiment": "default",
+    "index_root": None,
+    "name": "medcolbert",
+    "rank": 0,
+    "nranks": 1,
+    "amp": True,
+    "gpus": 0,
+    "avoid_fork_if_possible": False,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How a ColBERT encoder tokenizes and projects text (the fields colbert-ai stores)."""
+
+    dim: int = 128
+    query_maxlen: int = 32
+    doc_maxlen: int = 300
+    query_token_id: str = "[unused0]"
+    doc_token_id: str = "[unused1]"
+    mask_punctuation: bool = True
+    attend_to_mask_tokens: bool = False
+    similarity: str = "cosine"
+    interaction: str = "colbert"
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "query_maxlen", "doc_maxlen"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.query_maxlen < 3 or self.doc_maxlen < 3:
+            raise ValueError("query_maxlen and doc_maxlen must leave room for [CLS], the marker and [SEP] (>= 3)")
+        if self.similarity != "cosine":
+            raise ValueError(f"similarity {self.similarity!r} is not supported; medcolbert scores with cosine (dot products of unit vectors)")
+        if self.interaction != "colbert":
+            raise ValueError(f"interaction {self.interaction!r} is not supported; only 'colbert' (MaxSim)")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict."""
+        return dataclasses.asdict(self)
+
+    def to_colbert_metadata(self, base_model: str | None = None, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The complete `artifact.metadata` dict colbert-ai writes and reads for this config."""
+        meta = dict(COLBERT_AI_DEFAULTS)
+        meta.update(self.to_dict())
+        meta["model_name"] = base_model
+        meta["meta"] = {"written_by": "medcolbert", **(extra_meta or {})}
+        return meta
+
+    @classmethod
+    def from_colbert_metadata(cls, data: dict[str, Any], source: str = "artifact.metadata") -> "ModelConfig":
+        """The config stored in a colbert-ai `artifact.metadata` dict (unknown fields are ignored)."""
+        if "config" in data and isinstance(data["config"], dict):  # older colbert-ai wraps the fields
+            data = data["config"]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields and v is not None}
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+
+    @classmethod
+    def read_metadata(cls, path: str | Path) -> "ModelConfig":
+        """The config stored in an `artifact.metadata` file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
+        return cls.from_colbert_metadata(data, source=str(path))

@@ -1,0 +1,1 @@
+"""Data readers (BEIR, TREC) and retrieval metrics."""

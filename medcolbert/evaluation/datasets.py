@@ -1,0 +1,217 @@
+"""Readers and writers for BEIR folders, TREC run files and qrels; bad input names its file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus entry."""
+
+    doc_id: str
+    text: str
+    title: str = ""
+
+    @property
+    def full_text(self) -> str:
+        """Title and body as the models see them."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass
+class BeirDataset:
+    """A corpus, the queries of one split and their relevance judgments."""
+
+    name: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: Qrels
+    split: str = "test"
+    path: Path | None = field(default=None)
+
+    def texts(self, doc_ids: list[str]) -> list[str]:
+        """The full texts of some documents, in order."""
+        return [self.corpus[d].full_text for d in doc_ids]
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, line_no) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, line_no)
+            yield line_no, obj
+
+
+def require_str(obj: Mapping, key: str, path: Path | str, line: int, allow_empty: bool = False) -> str:
+    """obj[key] as a string, or a DataError naming the field."""
+    if key not in obj:
+        raise DataError(f"missing field '{key}'", path, line)
+    value = obj[key]
+    if isinstance(value, int) and not isinstance(value, bool) and key.endswith("id"):
+        value = str(value)  # numeric ids are common in BEIR exports
+    if not isinstance(value, str):
+        raise DataError(f"field '{key}' must be a string, got {type(value).__name__}", path, line)
+    if not allow_empty and not value.strip():
+        raise DataError(f"field '{key}' is empty", path, line)
+    return value
+
+
+def load_corpus(path: str | Path) -> dict[str, Document]:
+    """A BEIR corpus.jsonl: {"_id", "title"?, "text"}."""
+    corpus: dict[str, Document] = {}
+    for line, obj in iter_jsonl(path):
+        doc_id = require_str(obj, "_id", path, line)
+        text = require_str(obj, "text", path, line, allow_empty=True)
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise DataError(f"field 'title' must be a string, got {type(title).__name__}", path, line)
+        if not text.strip() and not title.strip():
+            raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", path, line)
+        if doc_id in corpus:
+            raise DataError(f"duplicate document id '{doc_id}'", path, line)
+        corpus[doc_id] = Document(doc_id, text, title)
+    if not corpus:
+        raise DataError("the corpus is empty", path)
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    """A BEIR queries.jsonl: {"_id", "text"}."""
+    queries: dict[str, str] = {}
+    for line, obj in iter_jsonl(path):
+        qid = require_str(obj, "_id", path, line)
+        text = require_str(obj, "text", path, line)
+        if qid in queries:
+            raise DataError(f"duplicate query id '{qid}'", path, line)
+        queries[qid] = text
+    return queries
+
+
+def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, int]]:
+    if not path.is_file():
+        raise DataError("file not found", path)
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
+                continue  # BEIR TSV header
+            if len(parts) == 3:  # BEIR: query-id corpus-id score
+                qid, did, rel = parts
+            elif len(parts) == 4:  # TREC: qid iteration docid relevance
+                qid, _, did, rel = parts
+            else:
+                raise DataError(f"expected 3 (BEIR) or 4 (TREC) fields, found {len(parts)}", path, line_no)
+            try:
+                rel_value = int(float(rel))
+            except ValueError:
+                raise DataError(f"relevance '{rel}' is not a number", path, line_no) from None
+            yield line_no, qid, did, rel_value
+
+
+def load_qrels(path: str | Path, queries: Mapping[str, str] | None = None,
+               corpus: Mapping[str, object] | None = None) -> Qrels:
+    """Relevance judgments from a BEIR qrels TSV or a TREC qrels file; ids are checked when given."""
+    path = Path(path)
+    qrels: Qrels = {}
+    for line, qid, did, rel in _qrels_rows(path):
+        if queries is not None and qid not in queries:
+            raise DataError(f"unknown query id '{qid}'", path, line)
+        if corpus is not None and did not in corpus:
+            raise DataError(f"unknown document id '{did}'", path, line)
+        qrels.setdefault(qid, {})[did] = rel
+    if not qrels:
+        raise DataError("no judgments", path)
+    return qrels
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), keeping the split's queries."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("not a folder (expected a BEIR dataset folder)", folder)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+        raise DataError(f"no qrels for split '{split}' (available: {', '.join(available) or 'none'})", qrels_path)
+    corpus = load_corpus(folder / "corpus.jsonl")
+    all_queries = load_queries(folder / "queries.jsonl")
+    qrels = load_qrels(qrels_path, all_queries, corpus)
+    queries = {qid: all_queries[qid] for qid in qrels}
+    return BeirDataset(folder.name, corpus, queries, qrels, split=split, path=folder)
+
+
+def read_run(path: str | Path, queries: Mapping[str, object] | None = None,
+             corpus: Mapping[str, object] | None = None) -> Run:
+    """A TREC run file (qid Q0 docid rank score tag); ids are checked when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    run: Run = {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"expected 6 fields 'qid Q0 docid rank score tag', found {len(parts)}", path, line_no)
+            qid, _, did, rank, score, _ = parts
+            try:
+                int(rank)
+            except ValueError:
+                raise DataError(f"rank '{rank}' is not an integer", path, line_no) from None
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(f"score '{score}' is not a number", path, line_no) from None
+            if queries is not None and qid not in queries:
+                raise DataError(f"unknown query id '{qid}'", path, line_no)
+            if corpus is not None and did not in corpus:
+                raise DataError(f"unknown document id '{did}'", path, line_no)
+            docs = run.setdefault(qid, {})
+            if did in docs:
+                raise DataError(f"document '{did}' listed twice for query '{qid}'", path, line_no)
+            docs[did] = value
+    if not run:
+        raise DataError("the run is empty", path)
+    return run
+
+
+def write_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "medcolbert") -> Path:
+    """Write a run in TREC format, ranked by score, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for qid in run:
+                ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
+                for rank, (did, score) in enumerate(ranked, start=1):
+                    f.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,1 @@
+"""The ColBERT encoder, its tokenization and its checkpoint format."""

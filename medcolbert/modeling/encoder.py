@@ -1,0 +1,205 @@
+"""The ColBERT encoder: a Hugging Face backbone plus a linear projection, one unit vector per token."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import ModelConfig
+from .tokenization import ColBERTTokenizer, TokenBatch
+
+PROJECTION_SEED = 20240601
+
+
+def fresh_projection(hidden_size: int, dim: int, seed: int = PROJECTION_SEED) -> torch.Tensor:
+    """A seeded random projection with orthonormal rows, [dim, hidden_size]."""
+    # Orthonormal rows keep the geometry of the backbone's token space as far as `dim` allows, and the
+    # fixed seed makes the "plain HF encoder" model the same on every machine (and its cache key stable).
+    gen = torch.Generator().manual_seed(seed)
+    gaussian = torch.randn(max(hidden_size, dim), min(hidden_size, dim), generator=gen)
+    q, _ = torch.linalg.qr(gaussian)
+    return (q.T if dim <= hidden_size else q).contiguous()
+
+
+class ColBERT(nn.Module):
+    """A late-interaction encoder: `encode(texts, is_query=...)` gives per-token unit vectors."""
+
+    def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 config: ModelConfig | None = None, projection: torch.Tensor | None = None,
+                 name: str = "colbert") -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.backbone = backbone
+        hidden = int(backbone.config.hidden_size)
+        self.linear = nn.Linear(hidden, self.config.dim, bias=False)
+        weight = projection if projection is not None else fresh_projection(hidden, self.config.dim)
+        if tuple(weight.shape) != (self.config.dim, hidden):
+            raise ValueError(f"projection has shape {tuple(weight.shape)}, expected ({self.config.dim}, {hidden})")
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.to(self.linear.weight.dtype))
+        self.tokenizer = ColBERTTokenizer(tokenizer, self.config)
+        self.name = name
+        # Mixed precision for encoding: float16 on CUDA by default, full precision on CPU unless asked.
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ----------------------------------------------------------------- loading and saving
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = "auto", **config_overrides: object) -> "ColBERT":
+        """Load a colbert-ai checkpoint or a plain HF encoder (folder or hub name); None = packaged MiniLM."""
+        from .checkpoint import load_colbert
+
+        model = load_colbert(name_or_path, **config_overrides)
+        return model.to_device(device, dtype)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the model in colbert-ai's checkpoint layout."""
+        from .checkpoint import save_colbert
+
+        return save_colbert(self, path, dtype=dtype)
+
+    def to_device(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto") -> "ColBERT":
+        """Move to `device` (default: CUDA if present) and pick the encoding precision."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        self.to(device)
+        self.eval()
+        self.autocast_dtype = resolve_autocast_dtype(dtype, device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on."""
+        return self.linear.weight.device
+
+    def fingerprint(self) -> str:
+        """A hash of the weights and config, to key caches of vectors this model produced."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h.update(str(self.autocast_dtype).encode())
+        h.update(json.dumps(sorted(self.tokenizer.tokenizer.get_vocab().items())).encode())
+        for key, tensor in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:24]
+
+    # ----------------------------------------------------------------- forward passes
+    def _project(self, batch: TokenBatch) -> torch.Tensor:
+        out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        return self.linear(hidden)
+
+    def forward_queries(self, batch: TokenBatch) -> torch.Tensor:
+        """Query token vectors [B, query_maxlen, dim], unit length (the [MASK] augmentation included)."""
+        vectors = self._project(batch)
+        return nn.functional.normalize(vectors.float(), p=2, dim=-1)
+
+    def forward_documents(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Document token vectors [B, L, dim], unit length, with the mask of tokens kept (no padding, no punctuation)."""
+        vectors = nn.functional.normalize(self._project(batch).float(), p=2, dim=-1)
+        keep = self.tokenizer.document_keep_mask(batch)
+        return vectors * keep.unsqueeze(-1), keep
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+               if self.autocast_dtype is not None else contextlib.nullcontext())
+        try:
+            with torch.inference_mode(), amp:
+                yield
+        finally:
+            self.train(was_training)
+
+    # ----------------------------------------------------------------- public encoding
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 128,
+                       show_progress: bool | None = None) -> torch.Tensor:
+        """Query vectors, [n, query_maxlen, dim] float32 on the CPU."""
+        queries = _as_text_list(queries, "queries")
+        out = torch.empty((len(queries), self.config.query_maxlen, self.config.dim), dtype=torch.float32)
+        starts = range(0, len(queries), batch_size)
+        with self._inference():
+            for start in _progress(starts, show_progress, "Encoding queries", batch_size, len(queries)):
+                batch = self.tokenizer.tokenize_queries(queries[start:start + batch_size]).to(self.device)
+                out[start:start + batch_size] = self.forward_queries(batch).cpu()
+        return out
+
+    def encode_documents(self, documents: Sequence[str], batch_size: int = 32,
+                         show_progress: bool | None = None) -> list[torch.Tensor]:
+        """Per-document vectors of the kept tokens, each [n_tokens, dim] float32 on the CPU."""
+        documents = _as_text_list(documents, "documents")
+        # Sorting by length keeps padding, and so wasted compute, to a minimum.
+        lengths = self.tokenizer.document_lengths(documents)
+        order = sorted(range(len(documents)), key=lambda i: lengths[i], reverse=True)
+        out: list[torch.Tensor | None] = [None] * len(documents)
+        starts = range(0, len(order), batch_size)
+        with self._inference():
+            bar = _progress(starts, show_progress, "Encoding documents", batch_size, len(documents))
+            for start in bar:
+                idx = order[start:start + batch_size]
+                batch = self.tokenizer.tokenize_documents([documents[i] for i in idx]).to(self.device)
+                vectors, keep = self.forward_documents(batch)
+                vectors, keep = vectors.cpu(), keep.cpu()
+                for row, i in enumerate(idx):
+                    out[i] = vectors[row][keep[row]].clone()
+        return out  # type: ignore[return-value]
+
+    def encode(self, texts: str | Sequence[str], is_query: bool, batch_size: int | None = None,
+               show_progress: bool | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Encode queries (a [n, Lq, dim] tensor) or documents (a list of [n_i, dim] tensors)."""
+        single = isinstance(texts, str)
+        items = [texts] if single else texts
+        if is_query:
+            q = self.encode_queries(items, batch_size=batch_size or 128, show_progress=show_progress)
+            return q[0] if single else q
+        d = self.encode_documents(items, batch_size=batch_size or 32, show_progress=show_progress)
+        return d[0] if single else d
+
+
+def resolve_autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for encoding: 'auto' is float16 on CUDA and full precision elsewhere."""
+    if dtype is None or dtype in ("float32", "fp32", torch.float32):
+        return None
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if isinstance(dtype, str):
+        if dtype not in table:
+            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+        dtype = table[dtype]
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"unsupported encoding dtype {dtype}")
+    return dtype
+
+
+def _as_text_list(texts: Sequence[str], what: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a sequence of strings, not one string")
+    items = list(texts)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str")
+    return items
+
+
+def _progress(starts: range, show: bool | None, desc: str, batch_size: int, total: int) -> Iterator[int]:
+    if show is None:
+        show = len(starts) > 1
+    if not show:
+        yield from starts
+        return
+    with tqdm(total=total, desc=desc, unit="text", smoothing=0.05) as bar:
+        for start in starts:
+            yield start
+            bar.update(min(batch_size, total - start))

@@ -1,0 +1,75 @@
+"""Exact late-interaction (MaxSim) scoring: the one tensor function every other part calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Bound the [nq, nd, Lq, Ld] similarity tensor of one chunk (in elements), so that scoring a query
+# against thousands of documents never needs more than a few hundred MB.
+MAX_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+
+def maxsim(queries: torch.Tensor, documents: torch.Tensor, query_mask: torch.Tensor | None = None,
+           document_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores of every query against every document, [nq, nd]: sum over query tokens of the best dot product."""
+    if queries.ndim == 2:
+        queries = queries.unsqueeze(0)
+        query_mask = None if query_mask is None else query_mask.unsqueeze(0)
+    if documents.ndim == 2:
+        documents = documents.unsqueeze(0)
+        document_mask = None if document_mask is None else document_mask.unsqueeze(0)
+    if queries.shape[-1] != documents.shape[-1]:
+        raise ValueError(f"query vectors have dim {queries.shape[-1]} but document vectors have {documents.shape[-1]}")
+    nq, lq, _ = queries.shape
+    nd, ld, _ = documents.shape
+    documents = documents.to(queries.dtype)
+    out = torch.empty((nq, nd), dtype=queries.dtype, device=queries.device)
+    chunk = max(1, MAX_CHUNK_ELEMENTS // max(1, nq * lq * ld))
+    for start in range(0, nd, chunk):
+        d = documents[start:start + chunk]
+        sim = torch.einsum("qid,njd->qnij", queries, d)
+        if document_mask is not None:
+            m = document_mask[start:start + chunk].to(device=sim.device, dtype=torch.bool)
+            sim = sim.masked_fill(~m[None, :, None, :], float("-inf"))
+        best = sim.max(dim=-1).values
+        # A document with no vectors at all contributes nothing rather than -inf.
+        best = torch.nan_to_num(best, neginf=0.0) if document_mask is not None else best
+        if query_mask is not None:
+            best = best * query_mask.to(device=best.device, dtype=best.dtype)[:, None, :]
+        out[:, start:start + chunk] = best.sum(dim=-1)
+    return out
+
+
+def pad_vectors(vectors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length [n_i, dim] tensors into [N, max n_i, dim] plus a boolean mask of real rows."""
+    if len(vectors) == 0:
+        raise ValueError("pad_vectors needs at least one tensor")
+    dim = vectors[0].shape[-1]
+    dtype = dtype or vectors[0].dtype
+    length = max(1, max(v.shape[0] for v in vectors))
+    padded = torch.zeros((len(vectors), length, dim), dtype=dtype, device=vectors[0].device)
+    mask = torch.zeros((len(vectors), length), dtype=torch.bool, device=vectors[0].device)
+    for i, v in enumerate(vectors):
+        if v.ndim != 2 or v.shape[-1] != dim:
+            raise ValueError(f"vectors[{i}] has shape {tuple(v.shape)}, expected (n, {dim})")
+        padded[i, : v.shape[0]] = v.to(dtype)
+        mask[i, : v.shape[0]] = True
+    return padded, mask
+
+
+def maxsim_one(query: torch.Tensor, documents: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Scores of one query [Lq, dim] against variable-length documents, [nd]."""
+    if len(documents) == 0:
+        return torch.empty(0, dtype=torch.float32)
+    # Group by similar length so the padding of each group stays small.
+    order = sorted(range(len(documents)), key=lambda i: documents[i].shape[0])
+    result = torch.empty(len(documents), dtype=torch.float32)
+    group = 256
+    for start in range(0, len(order), group):
+        idx = order[start:start + group]
+        padded, mask = pad_vectors([documents[i] for i in idx], dtype=query.dtype)
+        s = maxsim(query.unsqueeze(0), padded, document_mask=mask)[0]
+        result[torch.tensor(idx)] = s.float().cpu()
+    return result

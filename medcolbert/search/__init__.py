@@ -1,0 +1,1 @@
+"""Search over encoded documents: exact MaxSim reranking."""

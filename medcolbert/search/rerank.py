@@ -1,0 +1,65 @@
+"""Exact MaxSim reranking of candidate lists: one query at a time, or a whole run."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..evaluation.datasets import Run
+from ..modeling.encoder import ColBERT
+from ..scoring import maxsim_one
+from ..vector_cache import VectorCache
+
+
+def rerank(model: ColBERT, query: str | torch.Tensor, candidates: Sequence[str] | Sequence[torch.Tensor],
+           k: int | None = None, ids: Sequence[Hashable] | None = None,
+           batch_size: int = 32) -> list[tuple[Hashable, float]]:
+    """Candidates ordered by MaxSim with the query, best first, as (id, score); ids default to positions."""
+    if ids is not None and len(ids) != len(candidates):
+        raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
+    if len(candidates) == 0:
+        return []
+    q = model.encode_queries([query], show_progress=False)[0] if isinstance(query, str) else query
+    if q.ndim != 2:
+        raise ValueError(f"a precomputed query must be [tokens, dim], got shape {tuple(q.shape)}")
+    if all(isinstance(c, str) for c in candidates):
+        docs = model.encode_documents(list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
+    elif all(isinstance(c, torch.Tensor) for c in candidates):
+        docs = list(candidates)  # type: ignore[arg-type]
+    else:
+        raise TypeError("candidates must be all strings or all precomputed [tokens, dim] tensors")
+    scores = maxsim_one(q.float(), docs)
+    labels = list(ids) if ids is not None else list(range(len(candidates)))
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    return [(labels[i], float(scores[i])) for i in order[: k or len(order)]]
+
+
+def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
+               documents: Mapping[str, str], depth: int = 100, k: int | None = None,
+               cache: VectorCache | None = None, batch_size: int = 32,
+               show_progress: bool | None = None) -> Run:
+    """Rerank the top `depth` documents of every query of a run by exact MaxSim; keep the top k (default depth)."""
+    missing_q = [q for q in run if q not in queries]
+    if missing_q:
+        raise KeyError(f"the run has {len(missing_q)} queries without text, e.g. '{missing_q[0]}'")
+    top = {qid: [d for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])[:depth]] for qid, hits in run.items()}
+    unique = list(dict.fromkeys(d for docs in top.values() for d in docs))
+    missing_d = [d for d in unique if d not in documents]
+    if missing_d:
+        raise KeyError(f"the run names {len(missing_d)} documents not in the corpus, e.g. '{missing_d[0]}'")
+    texts = [documents[d] for d in unique]
+    if cache is not None:
+        vectors = cache.get_or_encode(unique, texts, batch_size=batch_size, show_progress=show_progress)
+    else:
+        vectors = dict(zip(unique, model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)))
+    qids = list(top)
+    q_vectors = model.encode_queries([queries[q] for q in qids], show_progress=show_progress)
+    out: Run = {}
+    for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
+        cands = top[qid]
+        scores = maxsim_one(q_vectors[qi], [vectors[d] for d in cands]).tolist()
+        ranked = sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
+        out[qid] = dict(ranked)
+    return out

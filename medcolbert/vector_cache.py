@@ -1,0 +1,104 @@
+"""An on-disk cache of document vectors, keyed by model fingerprint, so a second run encodes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .modeling.encoder import ColBERT
+
+CHUNK_FILES = ("vectors", "lengths", "hashes", "ids")  # ids last: its presence marks a finished chunk
+
+
+def default_cache_root() -> Path:
+    """$MEDCOLBERT_CACHE, else ~/.cache/medcolbert/vectors."""
+    env = os.environ.get("MEDCOLBERT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medcolbert" / "vectors"
+
+
+def text_hash(text: str) -> str:
+    """A short stable hash of a document's text, to notice when a cached id's text changed."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+class VectorCache:
+    """Document vectors of one model, stored as chunks of plain .npy arrays; resumable by construction."""
+
+    def __init__(self, model: ColBERT, root: str | Path | None = None) -> None:
+        self.model = model
+        self.dir = Path(root or default_cache_root()) / model.fingerprint()
+        self._entries: dict[str, tuple[str, np.ndarray]] = {}
+        self._next_chunk = 0
+        self._load()
+
+    def _chunk_path(self, n: int, part: str) -> Path:
+        return self.dir / f"chunk-{n:05d}.{part}.npy"
+
+    def _load(self) -> None:
+        if not self.dir.is_dir():
+            return
+        numbers = sorted(int(p.name.split(".")[0].split("-")[1]) for p in self.dir.glob("chunk-*.ids.npy"))
+        for n in numbers:
+            try:
+                ids = np.load(self._chunk_path(n, "ids"), allow_pickle=False)
+                hashes = np.load(self._chunk_path(n, "hashes"), allow_pickle=False)
+                lengths = np.load(self._chunk_path(n, "lengths"), allow_pickle=False)
+                vectors = np.load(self._chunk_path(n, "vectors"), mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                continue  # a damaged chunk is simply encoded again
+            if not (len(ids) == len(hashes) == len(lengths)) or int(lengths.sum()) != vectors.shape[0]:
+                continue
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            for i, doc_id in enumerate(ids.tolist()):
+                self._entries[doc_id] = (str(hashes[i]), vectors[offsets[i]:offsets[i + 1]])
+            self._next_chunk = max(self._next_chunk, n + 1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def missing(self, ids: Sequence[str], texts: Sequence[str]) -> list[int]:
+        """Positions of the documents not cached (or cached with another text)."""
+        return [i for i, (d, t) in enumerate(zip(ids, texts))
+                if d not in self._entries or self._entries[d][0] != text_hash(t)]
+
+    def get_or_encode(self, ids: Sequence[str], texts: Sequence[str], batch_size: int = 32,
+                      chunk_size: int = 512, show_progress: bool | None = None) -> dict[str, torch.Tensor]:
+        """Vectors of each document, encoding and storing those not cached yet (chunk by chunk)."""
+        if len(ids) != len(texts):
+            raise ValueError("ids and texts differ in length")
+        todo = self.missing(ids, texts)
+        if todo:
+            from tqdm.auto import tqdm
+
+            show = (len(todo) > batch_size) if show_progress is None else show_progress
+            with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
+                for start in range(0, len(todo), chunk_size):
+                    part = todo[start:start + chunk_size]
+                    vecs = self.model.encode_documents([texts[i] for i in part], batch_size=batch_size,
+                                                       show_progress=False)
+                    self._write_chunk([ids[i] for i in part], [texts[i] for i in part], vecs)
+                    bar.update(len(part))
+        return {d: torch.from_numpy(np.asarray(self._entries[d][1])) for d in ids}
+
+    def _write_chunk(self, ids: list[str], texts: list[str], vectors: list[torch.Tensor]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n = self._next_chunk
+        lengths = np.array([v.shape[0] for v in vectors], dtype=np.int64)
+        flat = (torch.cat(vectors) if vectors else torch.empty(0, self.model.config.dim)).to(torch.float16).numpy()
+        arrays = {"vectors": flat, "lengths": lengths,
+                  "hashes": np.array([text_hash(t) for t in texts]), "ids": np.array(ids)}
+        for part in CHUNK_FILES:  # each file lands whole; a chunk counts only once its ids file exists
+            final = self._chunk_path(n, part)
+            tmp = final.with_name(final.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arrays[part], allow_pickle=False)
+            os.replace(tmp, final)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i, doc_id in enumerate(ids):
+            self._entries[doc_id] = (text_hash(texts[i]), flat[offsets[i]:offsets[i + 1]])
+        self._next_chunk = n + 1
