@@ -83,7 +83,8 @@ class VectorCache:
                                                        show_progress=False)
                     self._write_chunk([ids[i] for i in part], [texts[i] for i in part], vecs)
                     bar.update(len(part))
-        return {d: torch.from_numpy(np.asarray(self._entries[d][1])) for d in ids}
+        # np.array copies out of the read-only memory map, which torch cannot wrap safely.
+        return {d: torch.from_numpy(np.array(self._entries[d][1])) for d in ids}
 
     def _write_chunk(self, ids: list[str], texts: list[str], vectors: list[torch.Tensor]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

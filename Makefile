@@ -1,0 +1,36 @@
+# Set-up and the main job. `make demo` installs what it needs into .venv, then runs end to end.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/scifact
+SPLIT ?= test
+MODEL ?=
+# torch is pinned in the install step because 2.13.0 installs from a local file on the project machines;
+# pyproject keeps a range so that other machines can use their own build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test bench-encode clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>/dev/null || true
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job: BM25 -> ColBERT rerank on SciFact test, both evaluated side by side.
+demo: install
+	$(BIN)/medcolbert rerank --data $(DATA) --split $(SPLIT) --first-stage bm25 --depth 100 \
+		$(if $(MODEL),--model $(MODEL)) --json experiments/main-job/$(notdir $(DATA))-$(SPLIT).json
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# Encoding throughput (passages/s, tokens/s) at doc_maxlen 300, fp32 and bf16, on SciFact passages.
+bench-encode: install
+	$(BIN)/python scripts/bench_encode.py --data $(DATA) --out experiments/encoding-throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+
+from medcolbert import ColBERT
+from medcolbert.errors import CheckpointError
+from medcolbert.modeling.checkpoint import default_model_path
+from tests.conftest import make_tiny_model
+
+
+class HF_ColBERT(BertPreTrainedModel):
+    """colbert-ai's model class as it loads and saves checkpoints: `bert.*` plus a bias-free `linear`."""
+
+    _keys_to_ignore_on_load_unexpected = [r"cls"]
+
+    def __init__(self, config, colbert_dim: int = 16):
+        super().__init__(config)
+        self.linear = nn.Linear(config.hidden_size, colbert_dim, bias=False)
+        self.bert = BertModel(config)
+        self.post_init()
+
+
+# The fields colbert-ai's ColBERTConfig reads back from artifact.metadata that shape encoding.
+COLBERT_AI_ENCODING_FIELDS = {"dim", "doc_maxlen", "query_maxlen", "query_token_id", "doc_token_id",
+                              "query_token", "doc_token", "mask_punctuation", "attend_to_mask_tokens",
+                              "similarity", "interaction", "checkpoint", "nbits"}
+
+
+def test_round_trip_gives_identical_vectors(tmp_path, tiny_model):
+    path = tiny_model.save_pretrained(tmp_path / "ckpt")
+    loaded = ColBERT.from_pretrained(path, device="cpu")
+    assert loaded.config == tiny_model.config
+    texts = ["statins and muscle pain, in adults", "metformin"]
+    assert torch.allclose(loaded.encode_queries(texts), tiny_model.encode_queries(texts), atol=1e-6)
+    for a, b in zip(loaded.encode_documents(texts), tiny_model.encode_documents(texts)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_saved_layout_is_what_colbert_ai_reads(tmp_path, tiny_model):
+    path = tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert {"config.json", "model.safetensors", "artifact.metadata", "tokenizer_config.json"} <= {p.name for p in path.iterdir()}
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        assert f.get_tensor("linear.weight").shape == (16, 32)
+    assert "linear.bias" not in keys
+    assert all(k == "linear.weight" or k.startswith("bert.") for k in keys)
+    meta = json.loads((path / "artifact.metadata").read_text())
+    assert COLBERT_AI_ENCODING_FIELDS <= set(meta)
+    assert (meta["dim"], meta["doc_maxlen"], meta["query_maxlen"]) == (16, 64, 12)
+    assert meta["checkpoint"] == str(path.resolve())
+    # colbert-ai's own model class loads the weights with nothing missing.
+    model, info = HF_ColBERT.from_pretrained(str(path), colbert_dim=16, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert torch.equal(model.linear.weight, tiny_model.linear.weight)
+    emb = tiny_model.backbone.embeddings.word_embeddings.weight
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, emb)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_loads_a_checkpoint_written_by_colbert_ai(tmp_path, safe):
+    tiny = make_tiny_model(seed=3)
+    folder = tmp_path / "colbert-ai-ckpt"
+    reference = HF_ColBERT(tiny.backbone.config, colbert_dim=16)
+    reference.save_pretrained(str(folder), safe_serialization=safe)  # False: pytorch_model.bin, read weights-only
+    tiny.tokenizer.tokenizer.save_pretrained(str(folder))
+    # colbert-ai's export wraps nothing, carries many fields medcolbert ignores, and a `meta` block.
+    (folder / "artifact.metadata").write_text(json.dumps({
+        "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "dim": 16, "doc_maxlen": 40,
+        "query_maxlen": 10, "mask_punctuation": True, "attend_to_mask_tokens": False, "similarity": "cosine",
+        "nbits": 2, "kmeans_niters": 4, "bsize": 32, "lr": 1e-05, "checkpoint": "somewhere/else",
+        "meta": {"version": "colbert-v0.4"}}))
+    loaded = ColBERT.from_pretrained(folder, device="cpu")
+    assert (loaded.config.dim, loaded.config.doc_maxlen, loaded.config.query_maxlen) == (16, 40, 10)
+    assert torch.equal(loaded.linear.weight, reference.linear.weight)
+    assert torch.equal(loaded.backbone.encoder.layer[0].attention.self.query.weight,
+                       reference.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_plain_hf_encoder_gets_a_reproducible_fresh_projection(tmp_path):
+    a = ColBERT.from_pretrained(default_model_path(), device="cpu", doc_maxlen=80)
+    b = ColBERT.from_pretrained(None, device="cpu", doc_maxlen=80)
+    assert a.config.doc_maxlen == 80 and a.config.dim == 128
+    assert torch.equal(a.linear.weight, b.linear.weight)
+    w = a.linear.weight
+    assert torch.allclose(w @ w.T, torch.eye(128), atol=1e-4)  # orthonormal rows
+
+
+def test_fp16_release_is_half_the_size_and_loads_as_float32(tmp_path, tiny_model):
+    full = tiny_model.save_pretrained(tmp_path / "fp32")
+    half = tiny_model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = ColBERT.from_pretrained(half, device="cpu")
+    assert loaded.linear.weight.dtype == torch.float32
+    q = ["statins and muscle pain"]
+    assert torch.allclose(loaded.encode_queries(q), tiny_model.encode_queries(q), atol=5e-3)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_folders(tmp_path, tiny_model):
+    path = tmp_path / "ckpt"
+    tiny_model.save_pretrained(path)
+    tiny_model.save_pretrained(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, tiny_model):
+    with pytest.raises(CheckpointError, match="no such model folder"):
+        ColBERT.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        ColBERT.from_pretrained(tmp_path / "empty")
+    path = tiny_model.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((path / "artifact.metadata").read_text())
+    (path / "artifact.metadata").write_text(json.dumps({**meta, "dim": 64}))
+    with pytest.raises(CheckpointError, match="dim=64"):
+        ColBERT.from_pretrained(path)
+    (path / "artifact.metadata").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        ColBERT.from_pretrained(path)
+    (path / "artifact.metadata").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="exceed"):
+        ColBERT.from_pretrained(path, doc_maxlen=4096)

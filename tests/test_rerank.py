@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from medcolbert import VectorCache, rerank, rerank_run
+from medcolbert.scoring import maxsim
+from tests.conftest import DOCS, QUERIES, make_tiny_model
+
+TEXTS = {d: f"{t} {x}".strip() for d, (t, x) in DOCS.items()}
+
+
+def test_rerank_orders_by_exact_maxsim(tiny_model):
+    cands = list(TEXTS.values())
+    ranked = rerank(tiny_model, "statins and muscle pain", cands, ids=list(TEXTS))
+    assert len(ranked) == len(cands)
+    q = tiny_model.encode_queries(["statins and muscle pain"])[0]
+    docs = tiny_model.encode_documents(cands)
+    by_loop = {d: maxsim(q, v).item() for d, v in zip(TEXTS, docs)}
+    assert [d for d, _ in ranked] == sorted(by_loop, key=by_loop.get, reverse=True)
+    for d, s in ranked:
+        assert s == pytest.approx(by_loop[d], abs=1e-5)
+
+
+def test_precomputed_embeddings_give_the_same_ranking_and_k_cuts(tiny_model):
+    cands = list(TEXTS.values())
+    q = tiny_model.encode("statins and muscle pain", is_query=True)
+    pre = rerank(tiny_model, q, tiny_model.encode(cands, is_query=False), k=3)
+    from_text = rerank(tiny_model, "statins and muscle pain", cands, k=3)
+    assert [i for i, _ in pre] == [i for i, _ in from_text] and len(pre) == 3
+    assert rerank(tiny_model, "x", []) == []
+    with pytest.raises(TypeError, match="all strings"):
+        rerank(tiny_model, "x", ["text", torch.zeros(2, 16)])
+    with pytest.raises(ValueError, match="2 ids for 1"):
+        rerank(tiny_model, "x", ["text"], ids=["a", "b"])
+
+
+class CountingModel:
+    """Wraps a model and counts the documents it is asked to encode."""
+
+    def __init__(self, model):
+        self.model, self.encoded = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode_documents(self, texts, **kw):
+        self.encoded += len(texts)
+        return self.model.encode_documents(texts, **kw)
+
+
+def test_rerank_run_uses_the_cache_and_notices_changed_text(tmp_path):
+    model = make_tiny_model(seed=5)
+    counting = CountingModel(model)
+    first = {q: {d: 1.0 for d in TEXTS} for q in QUERIES}
+    cache = VectorCache(counting, tmp_path)
+    a = rerank_run(counting, QUERIES, first, TEXTS, depth=6, cache=cache)
+    assert counting.encoded == len(TEXTS)
+    # A fresh cache object over the same folder (a second process) encodes nothing.
+    b = rerank_run(counting, QUERIES, first, TEXTS, depth=6, k=4, cache=VectorCache(counting, tmp_path))
+    assert counting.encoded == len(TEXTS)
+    assert all(len(hits) == 6 for hits in a.values()) and all(len(hits) == 4 for hits in b.values())
+    assert all(list(b[q]) == list(a[q])[:4] for q in a)
+    uncached = rerank_run(model, QUERIES, first, TEXTS, depth=6)
+    for qid in a:
+        assert list(a[qid]) == list(uncached[qid])
+        for d in a[qid]:  # cached vectors are float16: scores agree closely, not bit for bit
+            assert a[qid][d] == pytest.approx(uncached[qid][d], abs=2e-2)
+    changed = dict(TEXTS, d1="completely different text about asthma inhalers")
+    rerank_run(counting, QUERIES, first, changed, depth=6, cache=VectorCache(counting, tmp_path))
+    assert counting.encoded == len(TEXTS) + 1
+
+
+def test_damaged_cache_chunk_is_reencoded(tmp_path):
+    model = CountingModel(make_tiny_model(seed=6))
+    cache = VectorCache(model, tmp_path)
+    cache.get_or_encode(list(TEXTS), list(TEXTS.values()))
+    vectors_file = next(cache.dir.glob("chunk-*.vectors.npy"))
+    vectors_file.write_bytes(vectors_file.read_bytes()[:100])  # truncated
+    again = VectorCache(model, tmp_path)
+    assert len(again) == 0
+    again.get_or_encode(list(TEXTS), list(TEXTS.values()))
+    assert model.encoded == 2 * len(TEXTS)
+
+
+def test_rerank_run_rejects_unknown_ids(tiny_model):
+    with pytest.raises(KeyError, match="not in the corpus"):
+        rerank_run(tiny_model, QUERIES, {"q1": {"nope": 1.0}}, TEXTS)
+    with pytest.raises(KeyError, match="without text"):
+        rerank_run(tiny_model, QUERIES, {"q9": {"d1": 1.0}}, TEXTS)

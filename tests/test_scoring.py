@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from medcolbert.scoring import maxsim, maxsim_one, pad_vectors
+
+
+def naive(q: torch.Tensor, d: torch.Tensor) -> float:
+    """MaxSim written out: for each query token, the best dot product over document tokens."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        total += max(float(q[i] @ d[j]) for j in range(d.shape[0]))
+    return total
+
+
+def unit(*shape: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1).float()
+
+
+def test_maxsim_matches_naive_loop_with_variable_lengths():
+    torch.manual_seed(0)
+    queries = unit(3, 8, 16)
+    docs = [unit(n, 16) for n in (5, 1, 17, 9, 30)]
+    padded, mask = pad_vectors(docs)
+    scores = maxsim(queries, padded, document_mask=mask)
+    assert scores.shape == (3, 5)
+    for qi in range(3):
+        for di, d in enumerate(docs):
+            assert scores[qi, di].item() == pytest.approx(naive(queries[qi], d), abs=1e-5)
+        assert torch.allclose(maxsim_one(queries[qi], docs), scores[qi], atol=1e-5)
+
+
+def test_query_mask_drops_tokens():
+    torch.manual_seed(1)
+    q, d = unit(1, 6, 8), unit(1, 4, 8)
+    qmask = torch.tensor([[1, 1, 1, 0, 0, 0]])
+    full = maxsim(q[:, :3], d)
+    assert maxsim(q, d, query_mask=qmask).item() == pytest.approx(full.item(), abs=1e-6)
+
+
+def test_padding_never_wins_even_when_real_scores_are_negative():
+    # Zero padding vectors would score 0 > negative similarities if the mask were ignored.
+    q = torch.tensor([[[1.0, 0.0]]])
+    d = torch.tensor([[[-1.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, False]])
+    assert maxsim(q, d, document_mask=mask).item() == pytest.approx(-1.0)
+
+
+def test_chunking_gives_the_same_scores(monkeypatch):
+    import medcolbert.scoring as scoring
+
+    torch.manual_seed(2)
+    q = unit(2, 4, 8)
+    docs = [unit(n, 8) for n in range(1, 40)]
+    padded, mask = pad_vectors(docs)
+    expected = maxsim(q, padded, document_mask=mask)
+    monkeypatch.setattr(scoring, "MAX_CHUNK_ELEMENTS", 1)  # one document per chunk
+    assert torch.allclose(scoring.maxsim(q, padded, document_mask=mask), expected, atol=1e-6)
+
+
+def test_empty_document_scores_zero_and_dim_mismatch_is_an_error():
+    q = unit(4, 8)
+    assert maxsim_one(q, [torch.zeros(0, 8), unit(3, 8)])[0].item() == 0.0
+    assert maxsim_one(q, []).numel() == 0
+    with pytest.raises(ValueError, match="dim"):
+        maxsim(q, unit(3, 9))
+    with pytest.raises(ValueError, match="expected"):
+        pad_vectors([unit(3, 8), unit(3, 9)])
