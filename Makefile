@@ -9,7 +9,7 @@ MODEL ?=
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench-encode clean
+.PHONY: install demo test bench-encode compat-colbert-ai clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ bench-encode: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Round trip with colbert-ai 0.2.22 (installed into .cache/colbert-ai-venv on first use).
+compat-colbert-ai: install
+	$(BIN)/python scripts/colbert_ai_compat.py --out experiments/colbert-ai-compat

@@ -106,8 +106,10 @@ class ModelConfig:
         """The complete `artifact.metadata` dict colbert-ai writes and reads for this config."""
         meta = dict(COLBERT_AI_DEFAULTS)
         meta.update(self.to_dict())
-        meta["model_name"] = base_model
-        meta["meta"] = {"written_by": "medcolbert", **(extra_meta or {})}
+        # colbert-ai builds its model class from `model_name` when set (a hub id it may try to download);
+        # left None, it reads the checkpoint folder's own config.json, which is what we want.
+        meta["model_name"] = None
+        meta["meta"] = {"written_by": "medcolbert", "base_model": base_model, **(extra_meta or {})}
         return meta
 
     @classmethod
