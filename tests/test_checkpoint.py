@@ -123,3 +123,23 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, tiny_model):
     (path / "artifact.metadata").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="exceed"):
         ColBERT.from_pretrained(path, doc_maxlen=4096)
+
+
+def test_hub_ids_resolve_through_the_hub_client(tmp_path, tiny_model, monkeypatch):
+    import huggingface_hub
+
+    saved = tiny_model.save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kw):
+        asked.append((repo_id, allow_patterns))
+        if repo_id != "colbert-ir/colbertv2.0":
+            raise OSError("offline and not in the local cache")
+        return str(saved)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = ColBERT.from_pretrained("colbert-ir/colbertv2.0", device="cpu")
+    assert model.name == "colbert-ir/colbertv2.0" and torch.equal(model.linear.weight, tiny_model.linear.weight)
+    assert "artifact.metadata" in asked[0][1] and "*.safetensors" in asked[0][1]
+    with pytest.raises(CheckpointError, match="could not be fetched from the Hugging Face hub"):
+        ColBERT.from_pretrained("abhinand/not-a-colbert")
