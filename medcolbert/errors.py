@@ -24,3 +24,7 @@ class DataError(MedColbertError, ValueError):
 
 class CheckpointError(MedColbertError):
     """A model folder that cannot be read or written as a ColBERT checkpoint."""
+
+
+class IndexFormatError(MedColbertError):
+    """An index folder that is missing, damaged, or from another format version."""

@@ -1,0 +1,1 @@
+"""The compressed multi-vector index: k-means centroids, residual codec, storage, builder."""

@@ -1,0 +1,318 @@
+"""Streaming, resumable, optionally distributed index construction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DataError, MedColbertError
+from ..evaluation.datasets import iter_jsonl, require_str
+from .codec import ResidualCodec
+from .index import new_manifest
+from .kmeans import default_num_centroids, train_centroids
+from .storage import load_array, save_array, write_manifest, write_segment
+
+SAMPLE_POINTS_PER_CENTROID = 48
+
+
+class CorpusSource:
+    """A collection to index: (id, text) pairs from a dict, a list, or a BEIR corpus.jsonl read in a stream."""
+
+    def __init__(self, corpus: Mapping[str, str] | Sequence[tuple[str, str]] | str | Path) -> None:
+        self.path: Path | None = None
+        self._items: list[tuple[str, str]] | None = None
+        if isinstance(corpus, (str, Path)):
+            path = Path(corpus)
+            self.path = path / "corpus.jsonl" if path.is_dir() else path
+            self.ids = [doc_id for doc_id, _ in self._stream()]
+        elif isinstance(corpus, Mapping):
+            self._items = list(corpus.items())
+            self.ids = [d for d, _ in self._items]
+        else:
+            self._items = [(str(d), t) for d, t in corpus]
+            self.ids = [d for d, _ in self._items]
+        if not self.ids:
+            raise MedColbertError("the corpus is empty: nothing to index")
+        seen: set[str] = set()
+        for i, d in enumerate(self.ids):
+            if d in seen:
+                raise DataError(f"duplicate document id '{d}' (entry {i + 1})", self.path)
+            seen.add(d)
+        if self._items is not None:
+            for d, t in self._items:
+                if not isinstance(t, str) or not t.strip():
+                    raise MedColbertError(f"document '{d}' has empty text")
+
+    def _stream(self) -> Iterator[tuple[str, str]]:
+        assert self.path is not None
+        for line, obj in iter_jsonl(self.path):
+            doc_id = require_str(obj, "_id", self.path, line)
+            text = require_str(obj, "text", self.path, line, allow_empty=True)
+            title = obj.get("title") or ""
+            full = f"{title} {text}".strip() if isinstance(title, str) and title else text
+            if not full.strip():
+                raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", self.path, line)
+            yield doc_id, full
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iter_texts(self) -> Iterator[tuple[str, str]]:
+        """Every (id, text) in order."""
+        return iter(self._items) if self._items is not None else self._stream()
+
+    def texts_at(self, positions: set[int]) -> dict[int, str]:
+        """The texts at some positions, in one pass."""
+        return {i: t for i, (_, t) in enumerate(self.iter_texts()) if i in positions}
+
+    def fingerprint(self) -> str:
+        """A hash of the ids and their order (resuming needs the same collection)."""
+        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:24]
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group if launched under torchrun; returns (rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return _dist()
+
+
+def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: int | None = None,  # type: ignore[no-untyped-def]
+                kmeans_niters: int = 10, chunk_size: int = 2048, batch_size: int = 32,
+                overwrite: bool = False, seed: int = 0, show_progress: bool | None = None,
+                use_gpu: bool | None = None) -> Path:
+    """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings."""
+    path = Path(path)
+    rank, world = _dist()
+    if nbits not in (1, 2, 4):
+        raise MedColbertError(f"nbits must be 1, 2 or 4, got {nbits}")
+    if (path / "manifest.json").exists() and not overwrite:
+        raise MedColbertError(f"{path} already holds an index; pass overwrite=True (--overwrite) to replace it")
+    if path.exists() and not (path / "manifest.json").exists() and any(path.iterdir()):
+        raise MedColbertError(f"{path} exists and is not an index; refusing to overwrite it")
+    source = corpus if isinstance(corpus, CorpusSource) else CorpusSource(corpus)
+    show = (rank == 0) if show_progress is None else (show_progress and rank == 0)
+    work = path.with_name(f".{path.name}.building")
+    settings = {"model": model.fingerprint(), "corpus": source.fingerprint(), "nbits": nbits,
+                "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
+                "seed": seed}
+    t_start = time.perf_counter()
+    if rank == 0:
+        _prepare_workdir(work, settings)
+    _barrier()
+
+    timings: dict[str, float] = {}
+    if rank == 0 and not (work / "codec" / "done").exists():
+        t0 = time.perf_counter()
+        _train_codec(work, model, source, nbits, num_centroids, kmeans_niters, seed, batch_size, show, use_gpu)
+        timings["train_codec_s"] = time.perf_counter() - t0
+    _barrier()
+    codec = _read_codec(work, nbits)
+
+    # Each rank compresses its share of chunks; finished chunks are folders that a rerun skips.
+    t0 = time.perf_counter()
+    n_chunks = math.ceil(len(source) / chunk_size)
+    sample = _SampleVectors(work)
+    mine = [c for c in range(n_chunks) if c % world == rank]
+    todo = [c for c in mine if not (work / "chunks" / f"{c:05d}" / "done").exists()]
+    bar = tqdm(total=len(source), desc="Indexing", unit="doc", disable=not show,
+               initial=sum(min(chunk_size, len(source) - c * chunk_size) for c in mine if c not in todo))
+    pending = set(todo)
+    chunk_ids: list[str] = []
+    chunk_texts: list[str] = []
+    chunk_positions: list[int] = []
+    for pos, (doc_id, text) in enumerate(source.iter_texts()):
+        c = pos // chunk_size
+        if c not in pending:
+            continue
+        chunk_ids.append(doc_id)
+        chunk_texts.append(text)
+        chunk_positions.append(pos)
+        if len(chunk_ids) == min(chunk_size, len(source) - c * chunk_size):
+            _compress_chunk(work, c, model, codec, chunk_ids, chunk_texts, chunk_positions, sample, batch_size)
+            bar.update(len(chunk_ids))
+            chunk_ids, chunk_texts, chunk_positions = [], [], []
+    bar.close()
+    timings["encode_compress_s"] = time.perf_counter() - t0
+    _barrier()
+
+    if rank == 0:
+        t0 = time.perf_counter()
+        _finalize(work, path, model, codec, n_chunks, overwrite, timings, t_start, source)
+        timings["finalize_s"] = time.perf_counter() - t0
+    _barrier()
+    return path
+
+
+def _prepare_workdir(work: Path, settings: dict) -> None:
+    state = work / "settings.json"
+    if work.exists():
+        try:
+            same = json.loads(state.read_text()) == settings
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:  # another model, corpus or setting: nothing there can be reused
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not state.exists():
+        state.write_text(json.dumps(settings, indent=2))
+
+
+class _SampleVectors:
+    """Vectors of the documents encoded for k-means, reused so no document is encoded twice."""
+
+    def __init__(self, work: Path) -> None:
+        folder = work / "sample"
+        self.by_position: dict[int, tuple[int, int]] = {}
+        if not (folder / "done").exists():
+            self.vectors = np.zeros((0, 1), np.float16)
+            return
+        positions = np.load(folder / "positions.npy", allow_pickle=False)
+        lens = np.load(folder / "doclens.npy", allow_pickle=False)
+        self.vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        self.by_position = {int(p): (int(offsets[i]), int(offsets[i + 1])) for i, p in enumerate(positions)}
+
+    def get(self, position: int) -> torch.Tensor | None:
+        span = self.by_position.get(position)
+        if span is None:
+            return None
+        return torch.from_numpy(np.array(self.vectors[span[0]:span[1]], dtype=np.float32))
+
+
+def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centroids: int | None,  # type: ignore[no-untyped-def]
+                 niters: int, seed: int, batch_size: int, show: bool, use_gpu: bool | None) -> None:
+    rng = random.Random(seed)
+    n = len(source)
+    # Estimate the collection's token count from a small tokenized sample, to size the centroids.
+    probe = sorted(rng.sample(range(n), min(n, 256)))
+    probe_texts = source.texts_at(set(probe))
+    avg_len = float(np.mean(model.tokenizer.document_lengths([probe_texts[i] for i in probe])))
+    k = num_centroids or default_num_centroids(int(avg_len * n))
+    n_sample = min(n, max(16, math.ceil(k * SAMPLE_POINTS_PER_CENTROID / max(avg_len, 1.0))))
+    positions = sorted(rng.sample(range(n), n_sample))
+    texts = source.texts_at(set(positions))
+    vectors = model.encode_documents([texts[p] for p in positions], batch_size=batch_size, show_progress=show)
+    lens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
+    flat = torch.cat(vectors).numpy()
+    folder = work / "sample"
+    folder.mkdir(exist_ok=True)
+    np.save(folder / "vectors.npy", flat.astype(np.float16), allow_pickle=False)
+    np.save(folder / "doclens.npy", lens, allow_pickle=False)
+    np.save(folder / "positions.npy", np.array(positions, dtype=np.int64), allow_pickle=False)
+    (folder / "done").touch()
+    # 5% of the sampled vectors are held out of k-means to fit the residual buckets on unseen data.
+    perm = np.random.default_rng(seed).permutation(flat.shape[0])
+    n_held = max(1, min(flat.shape[0] // 20, 50_000))
+    held, train = flat[perm[:n_held]], flat[perm[n_held:]] if flat.shape[0] > n_held else flat
+    k = min(k, train.shape[0])
+    centroids = train_centroids(train, k, niter=niters, seed=seed, use_gpu=use_gpu)
+    codec = ResidualCodec.fit(centroids, held, nbits)
+    folder = work / "codec"
+    folder.mkdir(exist_ok=True)
+    save_array(folder / "centroids.npy", codec.centroids)
+    save_array(folder / "bucket_cutoffs.npy", codec.bucket_cutoffs)
+    save_array(folder / "bucket_weights.npy", codec.bucket_weights)
+    (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
+                                                  "sample_embeddings": int(flat.shape[0])}))
+    (folder / "done").touch()
+
+
+def _read_codec(work: Path, nbits: int) -> ResidualCodec:
+    folder = work / "codec"
+    return ResidualCodec(np.load(folder / "centroids.npy", allow_pickle=False),
+                         np.load(folder / "bucket_cutoffs.npy", allow_pickle=False),
+                         np.load(folder / "bucket_weights.npy", allow_pickle=False), nbits)
+
+
+def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[str], texts: list[str],  # type: ignore[no-untyped-def]
+                    positions: list[int], sample: _SampleVectors, batch_size: int) -> None:
+    vectors: list[torch.Tensor | None] = [sample.get(p) for p in positions]
+    missing = [i for i, v in enumerate(vectors) if v is None]
+    if missing:
+        fresh = model.encode_documents([texts[i] for i in missing], batch_size=batch_size, show_progress=False)
+        for i, v in zip(missing, fresh):
+            vectors[i] = v
+    doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)  # type: ignore[union-attr]
+    codes, residuals = codec.compress(torch.cat(vectors))  # type: ignore[arg-type]
+    tmp = work / "chunks" / f".{c:05d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals)
+    (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files}))
+    (tmp / "done").touch()
+    final = work / "chunks" / f"{c:05d}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int, overwrite: bool,  # type: ignore[no-untyped-def]
+              timings: dict, t_start: float, source: CorpusSource) -> None:
+    out = work / "final"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    # One segment for the whole collection: concatenate the chunks' arrays.
+    ids: list[str] = []
+    doclens, codes, residuals = [], [], []
+    for c in range(n_chunks):
+        root = work / "chunks" / f"{c:05d}"
+        if not (root / "done").exists():
+            raise MedColbertError(f"chunk {c} of the build is missing; rerun the build to finish it")
+        info = json.loads((root / "entry.json").read_text())
+        files = info["files"]
+        from .storage import decode_code_deltas, decode_ids
+
+        lens = load_array(root, "segments/s/doclens.npy", files).astype(np.int64)
+        ids += decode_ids(load_array(root, "segments/s/doc_ids.npy", files))
+        doclens.append(lens)
+        codes.append(decode_code_deltas(load_array(root, "segments/s/code_deltas.npy", files),
+                                        load_array(root, "segments/s/code_escapes.npy", files), lens))
+        residuals.append(load_array(root, "segments/s/residuals.npy", files, mmap=True))
+    info_path = work / "codec" / "info.json"
+    build_info = {"seconds_total": round(time.perf_counter() - t_start, 2),
+                  **{k: round(v, 2) for k, v in timings.items()},
+                  **json.loads(info_path.read_text()), "chunks": n_chunks, "world_size": _dist()[1]}
+    manifest = new_manifest(model, codec, build_info)
+    files = {f"codec/{name}": save_array(out / "codec" / name, arr) for name, arr in
+             [("centroids.npy", codec.centroids), ("bucket_cutoffs.npy", codec.bucket_cutoffs),
+              ("bucket_weights.npy", codec.bucket_weights)]}
+    entry, seg_files = write_segment(out, "00000", ids, np.concatenate(doclens), np.concatenate(codes),
+                                     np.concatenate(residuals))
+    manifest["segments"] = [entry]
+    manifest["files"] = {**files, **seg_files}
+    manifest["num_documents"] = len(ids)
+    write_manifest(out, manifest)
+    # The finished index replaces the old one (if any) by renames only: never a half index at `path`.
+    if path.exists():
+        backup = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, backup)
+        os.replace(out, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(out, path)
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,254 @@
+"""An opened index: memory-mapped residuals, decoded codes, inverted lists, and updates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import IndexFormatError, MedColbertError
+from .codec import ResidualCodec
+from .storage import (FORMAT_NAME, FORMAT_VERSION, decode_code_deltas, decode_ids, load_array, read_manifest,
+                      save_array, sha256_file, write_manifest, write_segment)
+
+
+class Index:
+    """A compressed late-interaction index folder, opened for search and updates."""
+
+    def __init__(self, path: str | Path, verify: bool = False) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        if verify:
+            self.verify()
+        self._load()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False) -> "Index":
+        """Open an index folder (checksums are checked too with verify=True)."""
+        return cls(path, verify=verify)
+
+    @classmethod
+    def build(cls, path: str | Path, model, corpus, nbits: int = 2, **options) -> "Index":  # type: ignore[no-untyped-def]
+        """Build an index of `corpus` with `model` at `path` (see indexing.builder.build_index)."""
+        from .builder import build_index
+
+        return cls(build_index(path, model, corpus, nbits=nbits, **options))
+
+    def verify(self) -> None:
+        """Check every file against the sha256 in the manifest."""
+        for rel, info in self.manifest["files"].items():
+            p = self.path / rel
+            if not p.is_file():
+                raise IndexFormatError(f"{self.path}: the index is missing {rel}")
+            if sha256_file(p) != info["sha256"]:
+                raise IndexFormatError(f"{self.path}: {rel} does not match its checksum (damaged file)")
+
+    def _load(self) -> None:
+        m, files = self.manifest, self.manifest["files"]
+        self.nbits = int(m["nbits"])
+        self.codec = ResidualCodec(load_array(self.path, "codec/centroids.npy", files),
+                                   load_array(self.path, "codec/bucket_cutoffs.npy", files),
+                                   load_array(self.path, "codec/bucket_weights.npy", files), self.nbits)
+        if self.codec.dim != m["dim"]:
+            raise IndexFormatError(f"{self.path}: centroids have dim {self.codec.dim}, manifest says {m['dim']}")
+        ids: list[str] = []
+        doclens, codes, residuals = [], [], []
+        for seg in m["segments"]:
+            rel = f"segments/{seg['name']}"
+            seg_ids = decode_ids(load_array(self.path, f"{rel}/doc_ids.npy", files))
+            lens = load_array(self.path, f"{rel}/doclens.npy", files).astype(np.int64)
+            deltas = load_array(self.path, f"{rel}/code_deltas.npy", files, mmap=True)
+            escapes = load_array(self.path, f"{rel}/code_escapes.npy", files)
+            res = load_array(self.path, f"{rel}/residuals.npy", files, mmap=True)
+            n = int(lens.sum())
+            if len(seg_ids) != len(lens) or len(seg_ids) != seg["num_documents"] or deltas.shape[0] != n \
+                    or res.shape != (n, self.codec.bytes_per_residual) or n != seg["num_embeddings"]:
+                raise IndexFormatError(f"{self.path}: segment {seg['name']} arrays disagree in size (damaged index)")
+            ids += seg_ids
+            doclens.append(lens)
+            codes.append(decode_code_deltas(np.asarray(deltas), escapes, lens))
+            residuals.append(res)
+        self.doc_ids: list[str] = ids
+        self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
+        self.codes = np.concatenate(codes) if codes else np.zeros(0, np.int32)
+        if self.codes.size and int(self.codes.max()) >= self.codec.num_centroids:
+            raise IndexFormatError(f"{self.path}: a code points past the {self.codec.num_centroids} centroids")
+        self._residual_parts = residuals
+        self._segment_starts = np.concatenate([[0], np.cumsum([r.shape[0] for r in residuals])]).astype(np.int64)
+        self.doc_offsets = np.concatenate([[0], np.cumsum(self.doclens)]).astype(np.int64)
+        deleted = np.zeros(len(ids), dtype=bool)
+        if m.get("deleted"):
+            positions = load_array(self.path, m["deleted"], files).astype(np.int64)
+            deleted[positions] = True
+        self.deleted = deleted
+        self.position = {d: i for i, d in enumerate(ids) if not deleted[i]}
+        self._build_inverted_lists()
+
+    def _build_inverted_lists(self) -> None:
+        # Unique (document, centroid) pairs: vectors are sorted by centroid inside each document, so a
+        # pair starts wherever the code or the document changes. The inverted lists are their transpose.
+        n = len(self.codes)
+        doc_of = np.repeat(np.arange(len(self.doclens), dtype=np.int32), self.doclens)
+        start = np.ones(n, dtype=bool)
+        if n:
+            start[1:] = (self.codes[1:] != self.codes[:-1]) | (doc_of[1:] != doc_of[:-1])
+        self.pair_codes = self.codes[start].astype(np.int32)
+        pair_docs = doc_of[start]
+        self.pair_offsets = np.searchsorted(pair_docs, np.arange(len(self.doclens) + 1)).astype(np.int64)
+        order = np.argsort(self.pair_codes, kind="stable")
+        self.ivf_docs = pair_docs[order]
+        counts = np.bincount(self.pair_codes, minlength=self.codec.num_centroids)
+        self.ivf_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @property
+    def num_embeddings(self) -> int:
+        """Token vectors stored (deleted documents included until compaction)."""
+        return int(self.doc_offsets[-1])
+
+    def residual_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Packed residuals of global embedding rows (sorted ascending for sequential reads)."""
+        if len(self._residual_parts) == 1:
+            return np.asarray(self._residual_parts[0][rows])
+        seg = np.searchsorted(self._segment_starts, rows, side="right") - 1
+        out = np.empty((len(rows), self.codec.bytes_per_residual), dtype=np.uint8)
+        for s in np.unique(seg):
+            mask = seg == s
+            out[mask] = self._residual_parts[s][rows[mask] - self._segment_starts[s]]
+        return out
+
+    def embedding_rows(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global embedding rows of some documents, concatenated, and each document's count."""
+        lens = self.doclens[docs]
+        starts = self.doc_offsets[docs]
+        total = int(lens.sum())
+        rows = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(total)
+        return rows, lens
+
+    def document_vectors(self, docs: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
+        """Decompressed vectors of documents given by position, each [n_tokens, dim]."""
+        docs = np.asarray(docs, dtype=np.int64)
+        rows, lens = self.embedding_rows(docs)
+        flat = self.codec.decompress(self.codes[rows], self.residual_rows(rows))
+        return list(torch.split(flat, lens.tolist()))
+
+    def stats(self) -> dict:
+        """Sizes on disk: total, per vector, per file kind."""
+        files = self.manifest["files"]
+        total = sum(f["bytes"] for f in files.values())
+        by_kind: dict[str, int] = {}
+        for rel, info in files.items():
+            kind = Path(rel).stem
+            by_kind[kind] = by_kind.get(kind, 0) + info["bytes"]
+        n = max(1, self.num_embeddings)
+        return {"documents": len(self), "embeddings": self.num_embeddings, "centroids": self.codec.num_centroids,
+                "nbits": self.nbits, "dim": self.codec.dim, "bytes_total": total,
+                "bytes_per_embedding": total / n,
+                "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())}}
+
+    def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
+        """Refuse a model whose vectors cannot be compared with this index's."""
+        if model.config.dim != self.codec.dim:
+            raise MedColbertError(f"the model makes {model.config.dim}-dim vectors but the index {self.path} "
+                                  f"holds {self.codec.dim}-dim vectors; use the model the index was built with "
+                                  f"({self.manifest['model'].get('name')})")
+
+    # ------------------------------------------------------------------ updates
+    def add(self, model, documents: Mapping[str, str], batch_size: int = 32) -> int:  # type: ignore[no-untyped-def]
+        """Encode and append documents as a new segment; returns how many were added."""
+        self.check_model(model)
+        if not documents:
+            return 0
+        ids = list(documents)
+        clash = [d for d in ids if d in self.position]
+        if clash:
+            raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
+                                  "(delete them first to replace them)")
+        for d in ids:
+            if not isinstance(documents[d], str) or not documents[d].strip():
+                raise MedColbertError(f"document '{d}' has empty text")
+        vectors = model.encode_documents([documents[d] for d in ids], batch_size=batch_size)
+        doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
+        codes, residuals = self.codec.compress(torch.cat(vectors))
+        name = _next_segment_name(self.manifest)
+        tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
+        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals)
+        (self.path / "segments").mkdir(exist_ok=True)
+        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        manifest = dict(self.manifest)
+        manifest["segments"] = [*manifest["segments"], entry]
+        manifest["files"] = {**manifest["files"], **files}
+        self._commit(manifest)
+        return len(ids)
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Mark documents deleted (they never come back in results); returns how many."""
+        unknown = [d for d in doc_ids if d not in self.position]
+        if unknown:
+            raise MedColbertError(f"{len(unknown)} document ids are not in the index, e.g. '{unknown[0]}'")
+        positions = np.flatnonzero(self.deleted).tolist() + [self.position[d] for d in doc_ids]
+        manifest = dict(self.manifest)
+        gen = int(manifest.get("generation", 0)) + 1
+        rel = f"deleted-{gen:06d}.npy"
+        files = {k: v for k, v in manifest["files"].items() if k != manifest.get("deleted")}
+        files[rel] = save_array(self.path / rel, np.array(sorted(set(positions)), dtype=np.int64))
+        manifest["files"], manifest["deleted"] = files, rel
+        self._commit(manifest)
+        return len(doc_ids)
+
+    def compact(self) -> dict:
+        """Rewrite the live documents as one segment, reclaiming deleted space; returns stats before/after."""
+        before = self.stats()
+        live = np.flatnonzero(~self.deleted)
+        rows, lens = self.embedding_rows(live)
+        name = _next_segment_name(self.manifest)
+        tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
+        entry, files = write_segment(tmp_root, name, [self.doc_ids[i] for i in live], lens, self.codes[rows],
+                                     self.residual_rows(rows))
+        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        old = [s["name"] for s in self.manifest["segments"]]
+        manifest = dict(self.manifest)
+        manifest["segments"] = [entry]
+        manifest["files"] = {k: v for k, v in manifest["files"].items()
+                             if not k.startswith("segments/") and k != manifest.get("deleted")}
+        manifest["files"].update(files)
+        manifest["deleted"] = None
+        self._commit(manifest)
+        for seg in old:  # only after the new manifest is in place
+            shutil.rmtree(self.path / "segments" / seg, ignore_errors=True)
+        for stale in self.path.glob("deleted-*.npy"):
+            stale.unlink(missing_ok=True)
+        return {"before": before, "after": self.stats()}
+
+    def _commit(self, manifest: dict) -> None:
+        manifest["generation"] = int(manifest.get("generation", 0)) + 1
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["num_documents"] = sum(s["num_documents"] for s in manifest["segments"])
+        write_manifest(self.path, manifest)
+        self.manifest = read_manifest(self.path)
+        self._load()
+
+
+def _next_segment_name(manifest: dict) -> str:
+    used = [int(s["name"]) for s in manifest["segments"]]
+    return f"{max(used, default=-1) + 1:05d}"
+
+
+def new_manifest(model, codec: ResidualCodec, build_info: dict) -> dict:  # type: ignore[no-untyped-def]
+    """The manifest of a fresh index, before its segments are added."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "generation": 0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {"name": model.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict()},
+            "dim": codec.dim, "nbits": codec.nbits, "num_centroids": codec.num_centroids,
+            "segments": [], "files": {}, "deleted": None, "build": build_info}

@@ -1,0 +1,165 @@
+"""The index on disk: a folder of plain .npy arrays plus manifest.json; segments, checksums, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexFormatError
+
+FORMAT_NAME = "medcolbert-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ESCAPE = 255  # a code delta of 255 means: the absolute code is the next entry of code_escapes
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_array(path: Path, array: np.ndarray) -> dict:
+    """Write one .npy (no pickle) and return its size and checksum for the manifest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def load_array(root: Path, rel: str, files: dict, mmap: bool = False) -> np.ndarray:
+    """Read one array named in the manifest, with a clear error if it is missing or truncated."""
+    path = root / rel
+    if not path.is_file():
+        raise IndexFormatError(f"{root}: the index is missing {rel}")
+    expected = files.get(rel, {}).get("bytes")
+    if expected is not None and path.stat().st_size != expected:
+        raise IndexFormatError(f"{root}: {rel} has {path.stat().st_size} bytes, the manifest says {expected} "
+                               "(truncated or overwritten)")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexFormatError(f"{root}: {rel} is not a readable .npy array ({exc})") from None
+
+
+def encode_ids(ids: list[str]) -> np.ndarray:
+    """Document ids as a fixed-width UTF-8 bytes array (compact, and loadable without pickle)."""
+    encoded = [i.encode("utf-8") for i in ids]
+    width = max((len(e) for e in encoded), default=1) or 1
+    return np.array(encoded, dtype=f"S{width}")
+
+
+def decode_ids(array: np.ndarray) -> list[str]:
+    """The inverse of encode_ids."""
+    return [b.decode("utf-8") for b in array.tolist()]
+
+
+def sort_within_documents(codes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """The order that sorts each document's vectors by centroid (MaxSim ignores token order)."""
+    doc_of = np.repeat(np.arange(len(doclens), dtype=np.int64), doclens)
+    return np.lexsort((codes, doc_of))
+
+
+def encode_code_deltas(codes: np.ndarray, doclens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes sorted within documents as uint8 deltas (escape 255 -> absolute value in the second array)."""
+    codes = codes.astype(np.int64)
+    starts = np.zeros(len(codes), dtype=bool)
+    offsets = np.concatenate([[0], np.cumsum(doclens)])[:-1]
+    starts[offsets[doclens > 0]] = True
+    prev = np.concatenate([[0], codes[:-1]])
+    prev[starts] = 0
+    delta = codes - prev
+    if (delta < 0).any():
+        raise ValueError("codes must be sorted within each document")
+    escape = delta >= ESCAPE
+    deltas = np.where(escape, ESCAPE, delta).astype(np.uint8)
+    escapes = codes[escape].astype(np.uint16 if codes.max(initial=0) < 65536 else np.int32)
+    return deltas, escapes
+
+
+def decode_code_deltas(deltas: np.ndarray, escapes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
+    """Centroid id of every vector, int32, from the delta encoding."""
+    values = deltas.astype(np.int64)
+    escape = deltas == ESCAPE
+    if int(escape.sum()) != len(escapes):
+        raise IndexFormatError(f"code escapes: {int(escape.sum())} markers but {len(escapes)} values")
+    values[escape] = escapes.astype(np.int64)
+    reset = escape.copy()
+    offsets = np.concatenate([[0], np.cumsum(doclens)])[:-1]
+    reset[offsets[doclens > 0]] = True
+    # Running sum that restarts at every document start and at every escape (absolute value).
+    csum = np.cumsum(values)
+    group = np.cumsum(reset) - 1
+    starts = np.flatnonzero(reset)
+    base = csum[starts] - values[starts]
+    return (csum - base[group]).astype(np.int32) if len(values) else np.zeros(0, np.int32)
+
+
+@dataclass
+class SegmentData:
+    """The arrays of one segment, as written by write_segment."""
+
+    doc_ids: list[str]
+    doclens: np.ndarray
+    codes: np.ndarray
+    residuals: np.ndarray
+
+
+def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray, codes: np.ndarray,
+                  residuals: np.ndarray) -> tuple[dict, dict]:
+    """Write a segment's arrays under root/segments/name; returns (segment entry, file entries)."""
+    doclens = np.asarray(doclens, dtype=np.int64)
+    order = sort_within_documents(codes, doclens)
+    codes, residuals = codes[order], residuals[order]
+    deltas, escapes = encode_code_deltas(codes, doclens)
+    rel = f"segments/{name}"
+    files = {
+        f"{rel}/doc_ids.npy": save_array(root / rel / "doc_ids.npy", encode_ids(doc_ids)),
+        f"{rel}/doclens.npy": save_array(root / rel / "doclens.npy", doclens.astype(np.int32)),
+        f"{rel}/code_deltas.npy": save_array(root / rel / "code_deltas.npy", deltas),
+        f"{rel}/code_escapes.npy": save_array(root / rel / "code_escapes.npy", escapes),
+        f"{rel}/residuals.npy": save_array(root / rel / "residuals.npy", residuals),
+    }
+    entry = {"name": name, "num_documents": len(doc_ids), "num_embeddings": int(doclens.sum()),
+             "num_escapes": int(len(escapes))}
+    return entry, files
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of an index folder, checked for format and version."""
+    if not root.is_dir():
+        raise IndexFormatError(f"{root}: no index folder there")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise IndexFormatError(f"{root}: no {MANIFEST}; not a medcolbert index (or an unfinished build)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path}: not valid JSON ({exc.msg})") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path}: not a medcolbert index (format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: index format version {version}, this medcolbert reads version "
+                               f"{FORMAT_VERSION}; rebuild the index with this version")
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Replace the manifest atomically: it is the commit point of every change to the index."""
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=root)
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MANIFEST)
