@@ -37,6 +37,16 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the metrics table as JSON here")
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder (colbert-ai layout), HF encoder or hub id; default: packaged all-MiniLM-L6-v2")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="encoding precision; auto = float16 on CUDA, float32 on CPU")
+    p.add_argument("--doc-maxlen", type=int, default=None, help="override the model's document length")
+    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default: 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -65,17 +75,55 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--first-stage", choices=["bm25"], default="bm25", help="first-stage retriever (default: bm25)")
     src.add_argument("--run", metavar="RUN", help="rerank this TREC run file instead of retrieving")
     p.add_argument("--depth", type=int, default=100, help="candidates reranked per query (default: 100)")
-    p.add_argument("--model", default=None,
-                   help="checkpoint folder (colbert-ai layout), HF encoder or hub id; default: packaged all-MiniLM-L6-v2")
+    _add_model_args(p)
     p.add_argument("--output", metavar="RUN", help="write the reranked run here in TREC format")
-    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default: 32)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="encoding precision; auto = float16 on CUDA, float32 on CPU")
-    p.add_argument("--doc-maxlen", type=int, default=None, help="override the model's document length")
     p.add_argument("--cache-dir", default=None, help="vector cache folder (default: $MEDCOLBERT_CACHE or ~/.cache/medcolbert/vectors)")
     p.add_argument("--no-cache", action="store_true", help="encode documents without reading or writing the cache")
     _add_output_args(p)
+
+    p = sub.add_parser("index", help="build a compressed PLAID index of a corpus",
+                       description="Encode a corpus (a BEIR folder or a corpus.jsonl) with a ColBERT model and "
+                                   "write a compressed index: k-means centroids, 1/2/4-bit residuals, inverted "
+                                   "lists, all plain .npy arrays plus manifest.json. The build streams the "
+                                   "corpus in chunks, writes to a temporary folder that is renamed at the end, "
+                                   "and an interrupted build resumes from its finished chunks. Under torchrun "
+                                   "each process encodes a share of the chunks.")
+    p.add_argument("--data", required=True, help="BEIR folder or corpus.jsonl")
+    p.add_argument("--index", required=True, help="index folder to write")
+    _add_model_args(p)
+    p.add_argument("--nbits", type=int, choices=[1, 2, 4], default=2, help="bits per residual dimension (default: 2)")
+    p.add_argument("--num-centroids", type=int, default=None, help="default: a power of two near 4 * sqrt(token vectors)")
+    p.add_argument("--kmeans-niters", type=int, default=10)
+    p.add_argument("--chunk-size", type=int, default=2048, help="documents per resumable chunk (default: 2048)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")
+
+    p = sub.add_parser("search", help="search an index with PLAID and write/evaluate a run",
+                       description="Search a PLAID index for every query of a BEIR split: candidates from the "
+                                   "top --ncells centroids per query token, centroid-interaction pruning at "
+                                   "--threshold, the top --ndocs scored by exact MaxSim over decompressed "
+                                   "vectors. Unset knobs follow k as colbert-ai's defaults do. --exact scores "
+                                   "every document (the brute-force ground truth).")
+    p.add_argument("--index", required=True)
+    _add_data_args(p)
+    p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
+    p.add_argument("--device", default=None)
+    p.add_argument("--k", type=int, default=100, help="documents per query (default: 100)")
+    p.add_argument("--ncells", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=None, help="centroid score threshold")
+    p.add_argument("--ndocs", type=int, default=None)
+    p.add_argument("--exact", action="store_true", help="brute-force MaxSim over every document")
+    p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
+    _add_output_args(p)
+
+    p = sub.add_parser("update", help="add or delete documents in an index, or compact it",
+                       description="Add documents (BEIR corpus.jsonl) as a new segment, delete documents by id "
+                                   "(one per line), and/or compact the index to reclaim deleted space. Each "
+                                   "change is committed by an atomic manifest replacement.")
+    p.add_argument("--index", required=True)
+    p.add_argument("--add", metavar="CORPUS", help="corpus.jsonl of documents to add")
+    p.add_argument("--delete", metavar="IDS", help="file with one document id per line to delete")
+    p.add_argument("--compact", action="store_true", help="rewrite live documents as one segment")
+    p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
 
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
                        description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
@@ -189,7 +237,104 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "evaluate": cmd_evaluate}
+def _index_model(index, model: str | None, device: str | None = None):  # type: ignore[no-untyped-def]
+    """The model named on the command line, else the one recorded in the index manifest."""
+    from .modeling.encoder import ColBERT
+
+    recorded = index.manifest["model"]
+    source = model if model is not None else recorded.get("source")
+    doc_maxlen = recorded.get("config", {}).get("doc_maxlen")
+    overrides = {"doc_maxlen": doc_maxlen} if doc_maxlen else {}
+    return ColBERT.from_pretrained(source, device=device, **overrides)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build an index and print its size."""
+    from .indexing.builder import build_index, init_distributed
+    from .indexing.index import Index
+    from .modeling.encoder import ColBERT
+
+    rank, world = init_distributed()
+    device = args.device
+    if device is None and world > 1:
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
+    model = ColBERT.from_pretrained(args.model, device=device, dtype=args.dtype, **overrides)
+    data = Path(args.data)
+    corpus = data / "corpus.jsonl" if data.is_dir() else data
+    t0 = time.perf_counter()
+    build_index(args.index, model, corpus, nbits=args.nbits, num_centroids=args.num_centroids,
+                kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                overwrite=args.overwrite)
+    if rank == 0:
+        stats = Index.open(args.index).stats()
+        print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors, {stats['centroids']} "
+              f"centroids, nbits {stats['nbits']} in {time.perf_counter() - t0:.1f}s")
+        print(f"{stats['bytes_total'] / 1e6:.1f} MB on disk, {stats['bytes_per_embedding']:.2f} bytes per vector")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search an index for a split's queries, evaluate, and optionally write the run."""
+    from .evaluation.datasets import load_qrels, load_queries, write_run
+    from .evaluation.metrics import evaluate, format_table, write_json
+    from .indexing.index import Index
+    from .search.plaid import SearchConfig, Searcher
+
+    metrics = _metrics(args.metrics)
+    index = Index.open(args.index)
+    data = Path(args.data)
+    queries_all = load_queries(data / "queries.jsonl")
+    qrels = load_qrels(data / "qrels" / f"{args.split}.tsv", queries_all) \
+        if (data / "qrels" / f"{args.split}.tsv").is_file() else None
+    queries = {q: queries_all[q] for q in qrels} if qrels else queries_all
+    model = _index_model(index, args.model, args.device)
+    config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact)
+    searcher = Searcher(index, model, config)
+    t0 = time.perf_counter()
+    run = searcher.search_all(queries, k=args.k)
+    elapsed = time.perf_counter() - t0
+    _log(f"searched {len(queries)} queries in {elapsed:.1f}s ({1000 * elapsed / len(queries):.1f} ms/query, "
+         f"query encoding included)")
+    if args.output:
+        write_run(run, args.output, tag="medcolbert-plaid" if not args.exact else "medcolbert-exact")
+    if qrels:
+        name = "ColBERT exact" if args.exact else "ColBERT PLAID"
+        rows = {name: evaluate(run, qrels, metrics)}
+        print(format_table(rows, metrics))
+        if args.json:
+            write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
+                        "config": config.resolved(args.k).__dict__, "results": rows,
+                        "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """Apply additions, deletions and compaction to an index."""
+    from .evaluation.datasets import load_corpus
+    from .indexing.index import Index
+
+    index = Index.open(args.index)
+    if not (args.add or args.delete or args.compact):
+        raise MedColbertError("nothing to do: give --add, --delete and/or --compact")
+    if args.delete:
+        ids = [line.strip() for line in Path(args.delete).read_text().splitlines() if line.strip()]
+        print(f"deleted {index.delete(ids)} documents")
+    if args.add:
+        corpus = load_corpus(args.add)
+        model = _index_model(index, args.model)
+        print(f"added {index.add(model, {d: doc.full_text for d, doc in corpus.items()})} documents")
+    if args.compact:
+        result = index.compact()
+        print(f"compacted: {result['before']['bytes_total'] / 1e6:.1f} MB -> {result['after']['bytes_total'] / 1e6:.1f} MB")
+    print(f"{len(index)} documents in {args.index}")
+    return 0
+
+
+COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
+            "update": cmd_update, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

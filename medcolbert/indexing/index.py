@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -157,10 +158,14 @@ class Index:
 
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
         """Refuse a model whose vectors cannot be compared with this index's."""
+        built_with = self.manifest["model"]
         if model.config.dim != self.codec.dim:
             raise MedColbertError(f"the model makes {model.config.dim}-dim vectors but the index {self.path} "
                                   f"holds {self.codec.dim}-dim vectors; use the model the index was built with "
-                                  f"({self.manifest['model'].get('name')})")
+                                  f"({built_with.get('name')})")
+        if model.fingerprint(weights_only=True) != built_with.get("fingerprint"):
+            warnings.warn(f"{self.path} was built with another model ({built_with.get('name')}, weights "
+                          f"{built_with.get('fingerprint')}); scores will not be comparable", stacklevel=2)
 
     # ------------------------------------------------------------------ updates
     def add(self, model, documents: Mapping[str, str], batch_size: int = 32) -> int:  # type: ignore[no-untyped-def]
@@ -249,6 +254,7 @@ def new_manifest(model, codec: ResidualCodec, build_info: dict) -> dict:  # type
     """The manifest of a fresh index, before its segments are added."""
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "generation": 0,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {"name": model.name, "fingerprint": model.fingerprint(), "config": model.config.to_dict()},
+            "model": {"name": model.name, "source": model.source, "fingerprint": model.fingerprint(weights_only=True),
+                      "config": model.config.to_dict()},
             "dim": codec.dim, "nbits": codec.nbits, "num_centroids": codec.num_centroids,
             "segments": [], "files": {}, "deleted": None, "build": build_info}

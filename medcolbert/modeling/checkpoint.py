@@ -148,7 +148,8 @@ def load_colbert(name_or_path: str | Path | None = None, **overrides: object) ->
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer, backbone = _ensure_markers(tokenizer, backbone, config)
     try:
-        return ColBERT(backbone, tokenizer, config, projection=projection, name=display)
+        return ColBERT(backbone, tokenizer, config, projection=projection, name=display,
+                       source=None if name_or_path is None else str(name_or_path))
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
 

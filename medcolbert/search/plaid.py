@@ -53,10 +53,12 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 class Searcher:
     """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]."""
 
-    def __init__(self, index: Index | str | Path, model, config: SearchConfig | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, index: Index | str | Path, model, config: SearchConfig | None = None,  # type: ignore[no-untyped-def]
+                 trace_queries: bool = True) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self.index.check_model(model)
         self.model = model
+        model.trace_queries = trace_queries
         self.config = config or SearchConfig()
         self._centroids_t = self.index.codec.centroids_f32.contiguous()
 

@@ -1,0 +1,236 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from medcolbert.errors import DataError, IndexFormatError, MedColbertError
+from medcolbert.indexing import builder
+from medcolbert.indexing.codec import ResidualCodec
+from medcolbert.indexing.index import Index
+from medcolbert.indexing.storage import decode_code_deltas, encode_code_deltas, sort_within_documents
+from medcolbert.scoring import maxsim_one
+from medcolbert.search.plaid import SearchConfig, Searcher
+from tests.conftest import make_tiny_model
+
+WORDS = ("statin myopathy muscle pain insulin metformin diabetes aspirin infarction asthma steroid vaccine "
+         "influenza elderly children sleep obesity cancer chemotherapy leukemia kidney dialysis liver "
+         "hepatitis virus antibody fever cough heart failure stroke").split()
+
+
+def make_corpus(n: int, seed: int = 0) -> dict[str, str]:
+    rng = random.Random(seed)
+    return {f"doc{i}": " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 20))) for i in range(n)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model(seed=11)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(80)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, model, corpus):
+    path = tmp_path_factory.mktemp("idx") / "tiny"
+    return Index.build(path, model, corpus, nbits=2, chunk_size=32, show_progress=False)
+
+
+def test_codes_delta_encoding_round_trips_with_escapes():
+    rng = np.random.default_rng(0)
+    doclens = rng.integers(1, 40, size=50)
+    codes = rng.integers(0, 40000, size=int(doclens.sum()))
+    codes = codes[sort_within_documents(codes, doclens)]
+    deltas, escapes = encode_code_deltas(codes, doclens)
+    assert deltas.dtype == np.uint8 and len(escapes) > 0
+    assert np.array_equal(decode_code_deltas(deltas, escapes, doclens), codes)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_codec_round_trip_improves_with_bits(nbits):
+    torch.manual_seed(0)
+    vecs = torch.nn.functional.normalize(torch.randn(2000, 32), dim=-1)
+    centroids = torch.nn.functional.normalize(vecs[:64] + 0.01, dim=-1).numpy()
+    codec = ResidualCodec.fit(centroids, vecs[1000:].numpy(), nbits)
+    codes, packed = codec.compress(vecs[:1000])
+    assert packed.shape == (1000, 32 * nbits // 8)
+    approx = codec.decompress(codes, packed)
+    cos = (approx * vecs[:1000]).sum(-1).mean().item()
+    assert cos > {1: 0.75, 2: 0.85, 4: 0.95}[nbits]
+    assert torch.allclose(approx.norm(dim=-1), torch.ones(1000), atol=1e-5)
+
+
+def test_build_writes_a_folder_of_plain_arrays_with_checksums(built, corpus):
+    files = {p.relative_to(built.path).as_posix() for p in built.path.rglob("*") if p.is_file()}
+    assert "manifest.json" in files and all(f.endswith(".npy") for f in files - {"manifest.json"})
+    manifest = json.loads((built.path / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["nbits"] == 2 and manifest["num_documents"] == 80
+    assert set(manifest["files"]) == files - {"manifest.json"}
+    Index.open(built.path, verify=True)
+    assert len(built) == 80 and set(built.doc_ids) == set(corpus)
+    assert not list(built.path.parent.glob(".*building*"))  # the work folder is gone
+
+
+def test_document_vectors_approximate_the_encoder(built, model, corpus):
+    pos = built.position["doc3"]
+    approx = built.document_vectors([pos])[0]
+    exact = model.encode_documents([corpus["doc3"]])[0]
+    assert approx.shape == exact.shape
+    # Vectors are stored sorted by centroid, so compare as sets: each exact vector has a close twin.
+    assert (exact @ approx.T).max(dim=1).values.min() > 0.8
+
+
+def test_exact_search_is_brute_force_maxsim(built, model):
+    q = model.encode_queries(["statin muscle pain"])[0]
+    searcher = Searcher(built, model)
+    hits = searcher.search_vectors(q, k=5, exact=True)
+    every = maxsim_one(q, built.document_vectors(np.arange(len(built.doc_ids))))
+    order = torch.argsort(every, descending=True)[:5]
+    assert [d for d, _ in hits] == [built.doc_ids[i] for i in order]
+    assert [s for _, s in hits] == pytest.approx(every[order].tolist(), abs=1e-4)
+
+
+def test_plaid_with_wide_settings_equals_exact(built, model):
+    searcher = Searcher(built, model, SearchConfig(ncells=64, centroid_score_threshold=-1.0, ndocs=200))
+    for query in ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly"]:
+        plaid = searcher.search(query, k=10)
+        exact = searcher.search(query, k=10, exact=True)
+        assert [d for d, _ in plaid] == [d for d, _ in exact]
+    default = Searcher(built, model).search("statin muscle pain", k=5)
+    assert len(default) == 5 and default == sorted(default, key=lambda h: -h[1])
+    run = searcher.search_all({"a": "statin", "b": "asthma steroid"}, k=3)
+    assert set(run) == {"a", "b"} and all(len(h) == 3 for h in run.values())
+
+
+def test_traced_query_encoder_matches_eager(model):
+    texts = ["statin muscle pain", "a"]
+    model.trace_queries = False
+    eager = model.encode_queries(texts)
+    model.trace_queries = True
+    try:
+        traced = model.encode_queries(texts)
+    finally:
+        model.trace_queries = False
+    assert torch.allclose(eager, traced, atol=1e-5)
+
+
+def test_add_delete_compact(tmp_path, model, corpus):
+    idx = Index.build(tmp_path / "ix", model, dict(list(corpus.items())[:40]), show_progress=False)
+    q = model.encode_queries(["leukemia chemotherapy cancer"])[0]
+    wide = SearchConfig(ncells=64, centroid_score_threshold=-1, ndocs=100)
+
+    def everything(index, exact=False):
+        return dict(Searcher(index, model, wide).search_vectors(q, k=100, exact=exact))
+
+    idx.add(model, {"new1": "leukemia chemotherapy cancer leukemia", "new2": "kidney dialysis"})
+    assert len(idx) == 42 and len(idx.manifest["segments"]) == 2
+    found = everything(idx)
+    assert {"new1", "new2"} <= found.keys()
+    own = maxsim_one(q, idx.document_vectors([idx.position["new1"]]))[0].item()
+    assert found["new1"] == pytest.approx(own, abs=1e-4)
+    with pytest.raises(MedColbertError, match="already in the index"):
+        idx.add(model, {"new1": "again"})
+    with pytest.raises(MedColbertError, match="not in the index"):
+        idx.delete(["nope"])
+    idx.delete(["new1", "doc0"])
+    reopened = Index.open(idx.path)
+    assert len(reopened) == 40 and "new1" not in reopened.position
+    for exact in (False, True):
+        hits = everything(reopened, exact)
+        assert len(hits) == 40 and {"new1", "doc0"}.isdisjoint(hits)
+    before = everything(reopened, exact=True)
+    sizes = reopened.compact()
+    assert sizes["after"]["bytes_total"] < sizes["before"]["bytes_total"]
+    compacted = Index.open(idx.path, verify=True)
+    assert len(compacted.manifest["segments"]) == 1 and len(compacted) == 40
+    assert not (idx.path / "segments" / "00000").exists()
+    after = everything(compacted, exact=True)
+    assert after.keys() == before.keys() and all(after[d] == pytest.approx(before[d], abs=1e-5) for d in after)
+    # a deleted id can be added again and is found again
+    compacted.add(model, {"new1": "leukemia chemotherapy cancer leukemia"})
+    assert "new1" in everything(compacted)
+
+
+def test_interrupted_build_resumes_from_finished_chunks(tmp_path, model, corpus, monkeypatch):
+    real = builder._compress_chunk
+    calls, crashed = [], []
+
+    def flaky(work, c, *args, **kw):
+        calls.append(c)
+        if c == 2 and not crashed:  # a crash during the third chunk of the first attempt
+            crashed.append(c)
+            raise RuntimeError("simulated crash")
+        return real(work, c, *args, **kw)
+
+    monkeypatch.setattr(builder, "_compress_chunk", flaky)
+    path = tmp_path / "ix"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        builder.build_index(path, model, corpus, chunk_size=20, show_progress=False)
+    assert not path.exists()  # no half index where the index goes
+    calls.clear()
+    builder.build_index(path, model, corpus, chunk_size=20, show_progress=False)
+    assert calls == [2, 3]  # chunks 0 and 1 were kept from the first attempt
+    reference = Index.build(tmp_path / "ref", model, corpus, chunk_size=20, show_progress=False)
+    resumed = Index.open(path)
+    assert resumed.doc_ids == reference.doc_ids and np.array_equal(resumed.codes, reference.codes)
+
+
+def test_failed_rebuild_leaves_the_old_index_intact(tmp_path, model, corpus, monkeypatch):
+    path = tmp_path / "ix"
+    Index.build(path, model, dict(list(corpus.items())[:30]), show_progress=False)
+
+    def boom(*a, **kw):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(builder, "_finalize", boom)
+    with pytest.raises(RuntimeError):
+        builder.build_index(path, model, corpus, overwrite=True, show_progress=False)
+    assert len(Index.open(path, verify=True)) == 30
+
+
+def test_bad_input_and_damaged_indexes(tmp_path, built, model, corpus):
+    with pytest.raises(MedColbertError, match="empty"):
+        Index.build(tmp_path / "a", model, {}, show_progress=False)
+    with pytest.raises(DataError, match="duplicate document id 'x'"):
+        Index.build(tmp_path / "b", model, [("x", "one"), ("x", "two")], show_progress=False)
+    with pytest.raises(MedColbertError, match="already holds an index"):
+        Index.build(built.path, model, corpus, show_progress=False)
+    with pytest.raises(MedColbertError, match="nbits"):
+        Index.build(tmp_path / "c", model, corpus, nbits=3, show_progress=False)
+    with pytest.raises(MedColbertError, match="64-dim vectors but the index"):
+        Searcher(built, make_tiny_model(dim=64))
+    with pytest.raises(IndexFormatError, match="no index folder"):
+        Index.open(tmp_path / "nothing")
+
+    import shutil
+
+    def damaged(name):
+        target = tmp_path / name
+        shutil.copytree(built.path, target)
+        return target
+
+    p = damaged("version")
+    m = json.loads((p / "manifest.json").read_text())
+    (p / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        Index.open(p)
+    p = damaged("missing")
+    (p / "segments" / "00000" / "residuals.npy").unlink()
+    with pytest.raises(IndexFormatError, match="missing segments/00000/residuals.npy"):
+        Index.open(p)
+    p = damaged("truncated")
+    f = p / "segments" / "00000" / "residuals.npy"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        Index.open(p)
+    p = damaged("corrupt")
+    f = p / "codec" / "centroids.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="checksum"):
+        Index.open(p, verify=True)
