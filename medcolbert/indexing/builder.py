@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +154,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
         chunk_texts.append(text)
         chunk_positions.append(pos)
         if len(chunk_ids) == min(chunk_size, len(source) - c * chunk_size):
-            _compress_chunk(work, c, model, codec, chunk_ids, chunk_texts, chunk_positions, sample, batch_size)
-            bar.update(len(chunk_ids))
+            _compress_chunk(work, c, model, codec, chunk_ids, chunk_texts, chunk_positions, sample, batch_size,
+                            bar.update)
             chunk_ids, chunk_texts, chunk_positions = [], [], []
     bar.close()
     timings["encode_compress_s"] = time.perf_counter() - t0
@@ -251,13 +251,18 @@ def _read_codec(work: Path, nbits: int) -> ResidualCodec:
 
 
 def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[str], texts: list[str],  # type: ignore[no-untyped-def]
-                    positions: list[int], sample: _SampleVectors, batch_size: int) -> None:
+                    positions: list[int], sample: _SampleVectors, batch_size: int,
+                    progress: Callable[[int], object] = lambda n: None) -> None:
     vectors: list[torch.Tensor | None] = [sample.get(p) for p in positions]
     missing = [i for i, v in enumerate(vectors) if v is None]
-    if missing:
-        fresh = model.encode_documents([texts[i] for i in missing], batch_size=batch_size, show_progress=False)
-        for i, v in zip(missing, fresh):
+    progress(len(ids) - len(missing))
+    step = batch_size * 8  # progress moves every few batches, not once per chunk
+    for start in range(0, len(missing), step):
+        part = missing[start:start + step]
+        fresh = model.encode_documents([texts[i] for i in part], batch_size=batch_size, show_progress=False)
+        for i, v in zip(part, fresh):
             vectors[i] = v
+        progress(len(part))
     doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)  # type: ignore[union-attr]
     codes, residuals = codec.compress(torch.cat(vectors))  # type: ignore[arg-type]
     tmp = work / "chunks" / f".{c:05d}.tmp"

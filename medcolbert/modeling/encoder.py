@@ -121,6 +121,10 @@ class ColBERT(nn.Module):
     def _query_graph(self, batch: TokenBatch) -> torch.jit.ScriptModule | None:
         key = tuple(batch.input_ids.shape)
         if key not in self._query_graphs:
+            from transformers.utils import logging as hf_logging
+
+            previous = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # tracing makes transformers log config notes that mean nothing here
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -130,6 +134,8 @@ class ColBERT(nn.Module):
             except Exception:  # a backbone that cannot be traced simply stays eager
                 self.trace_queries = False
                 return None
+            finally:
+                hf_logging.set_verbosity(previous)
         return self._query_graphs[key]
 
     def forward_documents(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,10 +105,11 @@ class Searcher:
         if cand.size == 0:
             return []
         # 2. centroid interaction over the centroids that pass the threshold only (PLAID's pruning)
-        keep = (scores.max(dim=0).values >= cfg.centroid_score_threshold).numpy()
-        cand = self._centroid_stage(table, cand, keep, cfg.ndocs)
+        if cand.size > cfg.ndocs:
+            kept = np.flatnonzero((scores.max(dim=0).values >= cfg.centroid_score_threshold).numpy())
+            cand = self._pruned_stage(table, cand, kept, cfg.ndocs)
         # 3. full centroid interaction on the survivors; a quarter go on
-        cand = self._centroid_stage(table, cand, None, max(k, cfg.ndocs // 4))
+        cand = self._centroid_stage(table, cand, max(k, cfg.ndocs // 4))
         # 4. exact MaxSim over the decompressed vectors of the survivors
         cand = np.sort(cand)
         rows, lens = idx.embedding_rows(cand)
@@ -118,20 +119,43 @@ class Searcher:
         top = np.argsort(-exact, kind="stable")[:k]
         return [(idx.doc_ids[cand[i]], float(exact[i])) for i in top]
 
-    def _centroid_stage(self, table: torch.Tensor, cand: np.ndarray, keep: np.ndarray | None,
-                        n: int) -> np.ndarray:
-        if cand.size <= n and keep is not None:
+    def _pruned_stage(self, table: torch.Tensor, cand: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+        """Top n candidates by MaxSim over their centroids that passed the threshold (others count 0)."""
+        # Walk the inverted lists of the kept centroids only: their length, not the candidates' total
+        # number of centroids, bounds the work, which is what makes the pruning pay off.
+        idx = self.index
+        lengths = idx.ivf_offsets[kept + 1] - idx.ivf_offsets[kept]
+        docs = idx.ivf_docs[_ranges(idx.ivf_offsets[kept], idx.ivf_offsets[kept + 1])]
+        codes = np.repeat(kept, lengths)
+        slot = self._slots(cand)
+        where = slot[docs]
+        inside = where >= 0
+        where, codes = where[inside], codes[inside]
+        self._slot_buffer[cand] = -1
+        # Scores start at 0, the value colbert-ai gives pruned centroids; scatter-max is the fastest
+        # grouped reduction here (no sort by document needed).
+        best = torch.zeros((cand.size, table.shape[1]))
+        if codes.size:
+            gathered = torch.nn.functional.embedding(torch.from_numpy(codes), table)
+            best.scatter_reduce_(0, torch.from_numpy(where)[:, None].expand(-1, table.shape[1]), gathered, "amax")
+        approx = best.sum(dim=1).numpy()
+        return cand[np.argpartition(-approx, n - 1)[:n]]
+
+    def _slots(self, cand: np.ndarray) -> np.ndarray:
+        """A reusable document -> candidate-position map (-1 elsewhere), reset by the caller."""
+        if getattr(self, "_slot_buffer", None) is None or self._slot_buffer.size != len(self.index.doc_ids):
+            self._slot_buffer = np.full(len(self.index.doc_ids), -1, dtype=np.int64)
+        self._slot_buffer[cand] = np.arange(cand.size)
+        return self._slot_buffer
+
+    def _centroid_stage(self, table: torch.Tensor, cand: np.ndarray, n: int) -> np.ndarray:
+        """Top n candidates by MaxSim over all their centroids."""
+        if cand.size <= n:
             return cand
         idx = self.index
         lens = idx.pair_offsets[cand + 1] - idx.pair_offsets[cand]
         codes = idx.pair_codes[_ranges(idx.pair_offsets[cand], idx.pair_offsets[cand + 1])]
-        if keep is not None:
-            mask = keep[codes]
-            lens = np.bincount(np.repeat(np.arange(cand.size), lens)[mask], minlength=cand.size)
-            codes = codes[mask]
         approx = _segment_maxsim(table, codes, lens)
-        if cand.size <= n:
-            return cand
         return cand[np.argpartition(-approx, n - 1)[:n]]
 
 

@@ -1,0 +1,51 @@
+"""The colbert-ai half of scripts/bench_search.py; runs inside colbert-ai's own virtual environment.
+
+Indexes a collection with colbert-ai's Indexer, then times its Searcher one query at a time (query encoding
+included) and runs every query at k=100. Writes one JSON file; imports nothing from medcolbert.
+"""
+
+import json
+import os
+import sys
+import time
+
+from colbert import Indexer, Searcher
+from colbert.infra import ColBERTConfig, Run, RunConfig
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    queries = dict(line.rstrip("\n").split("\t", 1) for line in open(args["queries"]))
+    with Run().context(RunConfig(nranks=1, experiment="bench", root=args["root"])):
+        config = ColBERTConfig(nbits=args["nbits"], doc_maxlen=args["doc_maxlen"], query_maxlen=32,
+                               checkpoint=args["checkpoint"], gpus=0, kmeans_niters=4)
+        t0 = time.perf_counter()
+        indexer = Indexer(checkpoint=args["checkpoint"], config=config)
+        index_path = indexer.index(name=args["name"], collection=args["collection"], overwrite=True)
+        build_s = time.perf_counter() - t0
+        searcher = Searcher(index=args["name"], config=config, collection=args["collection"])
+        qids = list(queries)
+        for qid in qids[:5]:  # warm-up
+            searcher.search(queries[qid], k=10)
+        latencies = []
+        for qid in qids[: args["latency_queries"]]:
+            t = time.perf_counter()
+            searcher.search(queries[qid], k=10)
+            latencies.append(time.perf_counter() - t)
+        run = {}
+        for qid in qids:
+            pids, _, scores = searcher.search(queries[qid], k=args["k"])
+            run[qid] = {str(p): float(s) for p, s in zip(pids, scores)}
+    out = {"build_seconds": build_s, "index_bytes": dir_bytes(index_path), "index_path": index_path,
+           "num_embeddings": int(searcher.ranker.num_embeddings) if hasattr(searcher.ranker, "num_embeddings") else None,
+           "latencies_s": latencies, "run": run}
+    with open(args["out"], "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()
