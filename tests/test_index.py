@@ -95,7 +95,7 @@ def test_exact_search_is_brute_force_maxsim(built, model):
 
 
 def test_plaid_with_wide_settings_equals_exact(built, model):
-    searcher = Searcher(built, model, SearchConfig(ncells=64, centroid_score_threshold=-1.0, ndocs=200))
+    searcher = Searcher(built, model, SearchConfig(ncells=64, centroid_score_threshold=-1.0, ndocs=400))
     for query in ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly"]:
         plaid = searcher.search(query, k=10)
         exact = searcher.search(query, k=10, exact=True)

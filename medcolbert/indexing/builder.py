@@ -235,9 +235,8 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     codec = ResidualCodec.fit(centroids, held, nbits)
     folder = work / "codec"
     folder.mkdir(exist_ok=True)
-    save_array(folder / "centroids.npy", codec.centroids)
-    save_array(folder / "bucket_cutoffs.npy", codec.bucket_cutoffs)
-    save_array(folder / "bucket_weights.npy", codec.bucket_weights)
+    for name, array in codec.arrays().items():
+        save_array(folder / f"{name}.npy", array)
     (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
                                                   "sample_embeddings": int(flat.shape[0])}))
     (folder / "done").touch()
@@ -245,9 +244,7 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
 
 def _read_codec(work: Path, nbits: int) -> ResidualCodec:
     folder = work / "codec"
-    return ResidualCodec(np.load(folder / "centroids.npy", allow_pickle=False),
-                         np.load(folder / "bucket_cutoffs.npy", allow_pickle=False),
-                         np.load(folder / "bucket_weights.npy", allow_pickle=False), nbits)
+    return ResidualCodec.from_arrays(lambda name: np.load(folder / f"{name}.npy", allow_pickle=False), nbits)
 
 
 def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[str], texts: list[str],  # type: ignore[no-untyped-def]
@@ -302,9 +299,8 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
                   **{k: round(v, 2) for k, v in timings.items()},
                   **json.loads(info_path.read_text()), "chunks": n_chunks, "world_size": _dist()[1]}
     manifest = new_manifest(model, codec, build_info)
-    files = {f"codec/{name}": save_array(out / "codec" / name, arr) for name, arr in
-             [("centroids.npy", codec.centroids), ("bucket_cutoffs.npy", codec.bucket_cutoffs),
-              ("bucket_weights.npy", codec.bucket_weights)]}
+    files = {f"codec/{name}.npy": save_array(out / "codec" / f"{name}.npy", arr)
+             for name, arr in codec.arrays().items()}
     entry, seg_files = write_segment(out, "00000", ids, np.concatenate(doclens), np.concatenate(codes),
                                      np.concatenate(residuals))
     manifest["segments"] = [entry]

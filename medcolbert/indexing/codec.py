@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,25 +11,42 @@ import torch
 
 @dataclass
 class ResidualCodec:
-    """Centroids plus shared bucket cutoffs and weights for 1-, 2- or 4-bit residuals."""
+    """Centroids plus per-dimension bucket cutoffs and weights for 1-, 2- or 4-bit residuals."""
 
-    centroids: np.ndarray        # [C, dim] float16 as stored; residuals are taken against these exact values
-    bucket_cutoffs: np.ndarray   # [2**nbits - 1] float32
-    bucket_weights: np.ndarray   # [2**nbits] float32
+    centroids: np.ndarray        # [C, dim] int8; centroid = centroids * centroid_scales
+    centroid_scales: np.ndarray  # [C] float16
+    bucket_cutoffs: np.ndarray   # [dim, 2**nbits - 1] float32
+    bucket_weights: np.ndarray   # [dim, 2**nbits] float32
     nbits: int
+
+    ARRAYS = ("centroids", "centroid_scales", "bucket_cutoffs", "bucket_weights")
 
     def __post_init__(self) -> None:
         if self.nbits not in (1, 2, 4):
             raise ValueError(f"nbits must be 1, 2 or 4, got {self.nbits}")
         if self.dim * self.nbits % 8:
             raise ValueError(f"dim {self.dim} x nbits {self.nbits} is not a whole number of bytes")
-        self._centroids32 = torch.from_numpy(self.centroids.astype(np.float32))
-        # Byte -> the (8 / nbits) residual values it packs, so decompression is one table lookup per byte.
+        n = 1 << self.nbits
+        if self.bucket_cutoffs.shape != (self.dim, n - 1) or self.bucket_weights.shape != (self.dim, n):
+            raise ValueError(f"bucket arrays have shapes {self.bucket_cutoffs.shape} and {self.bucket_weights.shape}, "
+                             f"expected ({self.dim}, {n - 1}) and ({self.dim}, {n})")
+        if self.centroids.dtype != np.int8 or self.centroid_scales.shape != (self.centroids.shape[0],):
+            raise ValueError("centroids must be int8 [C, dim] with one scale per centroid")
+        # Residuals are always taken against these dequantized values, so 8-bit centroids cost no accuracy
+        # in the reconstruction; they halve the centroid table, which matters on small collections.
+        self._centroids32 = torch.from_numpy(self.centroids.astype(np.float32)
+                                             * self.centroid_scales.astype(np.float32)[:, None])
+        self._cutoffs = torch.from_numpy(self.bucket_cutoffs.astype(np.float32))
+        # (byte position, byte value) -> the (8 / nbits) residual values it packs, so decompression is
+        # one table lookup per byte. Row index = position * 256 + value.
         per_byte = 8 // self.nbits
         values = np.arange(256, dtype=np.uint16)
         shifts = np.arange(per_byte - 1, -1, -1) * self.nbits
-        buckets = (values[:, None] >> shifts[None, :]) & ((1 << self.nbits) - 1)
-        self._byte_table = torch.from_numpy(self.bucket_weights.astype(np.float32)[buckets])  # [256, per_byte]
+        buckets = (values[:, None] >> shifts[None, :]) & (n - 1)                     # [256, per_byte]
+        weights = self.bucket_weights.astype(np.float32).reshape(-1, per_byte, n)     # [positions, per_byte, n]
+        table = np.take_along_axis(weights[:, None, :, :], buckets[None, :, :, None].astype(np.int64), axis=3)
+        self._byte_table = torch.from_numpy(np.ascontiguousarray(table[..., 0].reshape(-1, per_byte)))
+        self._row_base = torch.arange(self.bytes_per_residual, dtype=torch.int64) * 256
 
     @property
     def dim(self) -> int:
@@ -52,20 +70,32 @@ class ResidualCodec:
 
     @classmethod
     def fit(cls, centroids: np.ndarray, heldout: np.ndarray, nbits: int) -> "ResidualCodec":
-        """Bucket cutoffs and weights from the residuals of held-out vectors (quantiles, as colbert-ai does)."""
-        stored = centroids.astype(np.float16)
-        codec = cls(stored, np.zeros((1 << nbits) - 1, np.float32), np.zeros(1 << nbits, np.float32), nbits)
-        codes = codec.assign(torch.from_numpy(np.asarray(heldout, np.float32)))
-        residuals = torch.from_numpy(np.asarray(heldout, np.float32)) - codec._centroids32[codes]
-        flat = residuals.flatten().float()
-        n = 1 << nbits
+        """Per-dimension bucket cutoffs and weights: quantiles of held-out residuals."""
+        # colbert-ai shares one set of buckets across dimensions; the residual spread differs a lot from
+        # one dimension to another, and per-dimension quantiles cost 128 x 2**nbits floats.
+        scales = (np.abs(centroids).max(axis=1) / 127.0).astype(np.float16)
+        scales = np.where(scales > 0, scales, np.float16(1.0)).astype(np.float16)
+        stored = np.clip(np.rint(centroids / scales.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
+        dim, n = stored.shape[1], 1 << nbits
+        codec = cls(stored, scales, np.zeros((dim, n - 1), np.float32), np.zeros((dim, n), np.float32), nbits)
+        vectors = torch.from_numpy(np.asarray(heldout, np.float32))
+        residuals = vectors - codec._centroids32[codec.assign(vectors)]
+        if residuals.shape[0] > 60_000:  # quantiles of 60k values per dimension are plenty
+            residuals = residuals[torch.randperm(residuals.shape[0], generator=torch.Generator().manual_seed(0))[:60_000]]
         cutoff_q = torch.arange(1, n, dtype=torch.float32) / n
         weight_q = (torch.arange(n, dtype=torch.float32) + 0.5) / n
-        if flat.numel() > 8_000_000:  # torch.quantile has an input limit; a random subset is plenty
-            flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:8_000_000]]
-        cutoffs = torch.quantile(flat, cutoff_q).numpy().astype(np.float32)
-        weights = torch.quantile(flat, weight_q).numpy().astype(np.float32)
-        return cls(stored, cutoffs, weights, nbits)
+        cutoffs = torch.quantile(residuals, cutoff_q, dim=0).T.contiguous().numpy()
+        weights = torch.quantile(residuals, weight_q, dim=0).T.contiguous().numpy()
+        return cls(stored, scales, cutoffs.astype(np.float32), weights.astype(np.float32), nbits)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays stored on disk, by file stem."""
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, load: Callable[[str], np.ndarray], nbits: int) -> "ResidualCodec":
+        """A codec from its stored arrays; load(stem) returns one."""
+        return cls(*(load(name) for name in cls.ARRAYS), nbits)
 
     def assign(self, vectors: torch.Tensor, batch: int = 8192) -> torch.Tensor:
         """Nearest centroid (highest dot product) of each vector, int64 [n]."""
@@ -79,7 +109,7 @@ class ResidualCodec:
         vectors = vectors.float()
         codes = self.assign(vectors)
         residuals = vectors - self._centroids32[codes]
-        buckets = torch.bucketize(residuals, torch.from_numpy(self.bucket_cutoffs)).to(torch.uint8).numpy()
+        buckets = (residuals.unsqueeze(-1) > self._cutoffs).sum(dim=-1).to(torch.uint8).numpy()  # [n, dim]
         per_byte = 8 // self.nbits
         grouped = buckets.reshape(buckets.shape[0], -1, per_byte).astype(np.uint16)
         shifts = (np.arange(per_byte - 1, -1, -1) * self.nbits).astype(np.uint16)
@@ -89,7 +119,7 @@ class ResidualCodec:
     def decompress(self, codes: np.ndarray | torch.Tensor, packed: np.ndarray) -> torch.Tensor:
         """Unit-length approximations of the vectors, float32 [n, dim]."""
         codes_t = torch.as_tensor(np.asarray(codes, dtype=np.int64))
-        packed_t = torch.from_numpy(np.ascontiguousarray(packed)).long()
+        packed_t = torch.from_numpy(np.ascontiguousarray(packed)).long() + self._row_base
         # embedding() is a much faster gather on CPU than advanced indexing (measured about 5x here).
         residual = torch.nn.functional.embedding(packed_t, self._byte_table).reshape(packed_t.shape[0], self.dim)
         vectors = torch.nn.functional.embedding(codes_t, self._centroids32).add_(residual)

@@ -53,9 +53,11 @@ class Index:
     def _load(self) -> None:
         m, files = self.manifest, self.manifest["files"]
         self.nbits = int(m["nbits"])
-        self.codec = ResidualCodec(load_array(self.path, "codec/centroids.npy", files),
-                                   load_array(self.path, "codec/bucket_cutoffs.npy", files),
-                                   load_array(self.path, "codec/bucket_weights.npy", files), self.nbits)
+        try:
+            self.codec = ResidualCodec.from_arrays(
+                lambda name: load_array(self.path, f"codec/{name}.npy", files), self.nbits)
+        except ValueError as exc:
+            raise IndexFormatError(f"{self.path}: damaged codec ({exc})") from None
         if self.codec.dim != m["dim"]:
             raise IndexFormatError(f"{self.path}: centroids have dim {self.codec.dim}, manifest says {m['dim']}")
         ids: list[str] = []

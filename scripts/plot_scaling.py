@@ -1,0 +1,48 @@
+"""Latency against collection size: a table and a plot from the bench_search.py results of each size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    """Read OUT/*/results.json, write OUT/scaling.md and OUT/scaling.png."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="experiments/plaid-scaling")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows = []
+    for f in sorted(out.glob("*/results.json")):
+        r = json.loads(f.read_text())
+        for name, s in r["systems"].items():
+            if "p50_ms" in s:
+                rows.append((r["documents"], name, s["p50_ms"], s["p95_ms"], s["ndcg@10"], r.get("queries")))
+    rows.sort()
+    lines = ["| documents | system | p50 ms | p95 ms | nDCG@10 | queries |", "|---|---|---|---|---|---|"]
+    lines += [f"| {d} | {n} | {p50:.1f} | {p95:.1f} | {nd:.4f} | {q} |" for d, n, p50, p95, nd, q in rows]
+    (out / "scaling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in sorted({r[1] for r in rows}):
+        pts = [(d, p50, p95) for d, n, p50, p95, *_ in rows if n == name]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} p50")
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="x", linestyle="--", label=f"{name} p95")
+    ax.set_xlabel("documents in the index (MedQuAD dev corpus and subsets)")
+    ax.set_ylabel("ms per query, k=10, query encoding included")
+    ax.set_title("Search latency against collection size (2 CPU cores)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
