@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, MedColbertError
 from ..evaluation.datasets import iter_jsonl, require_str
+from ..fsutil import replace_folder
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
@@ -308,12 +309,5 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
     manifest["num_documents"] = len(ids)
     write_manifest(out, manifest)
     # The finished index replaces the old one (if any) by renames only: never a half index at `path`.
-    if path.exists():
-        backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, backup)
-        os.replace(out, path)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(out, path)
+    replace_folder(out, path)
     shutil.rmtree(work, ignore_errors=True)

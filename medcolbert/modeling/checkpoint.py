@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..fsutil import replace_folder
 from .encoder import ColBERT
 
 METADATA_FILE = "artifact.metadata"
@@ -190,13 +190,7 @@ def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = N
         metadata["checkpoint"] = str(path.resolve())
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
 
-        if path.exists():
-            backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, backup)
-            os.replace(tmp, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
