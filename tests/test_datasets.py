@@ -4,7 +4,6 @@ import pytest
 
 from medcolbert import DataError, load_beir, read_run, read_triplets, write_run
 from medcolbert.evaluation.datasets import load_qrels
-from tests.conftest import write_beir
 
 
 def test_beir_folder_loads_with_titles_and_split_queries(tiny_beir):
@@ -34,7 +33,7 @@ def test_corpus_errors_name_file_and_line(tiny_beir, bad_line, message):
     corpus.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=message) as err:
         load_beir(tiny_beir)
-    assert f"corpus.jsonl:3" in str(err.value)
+    assert "corpus.jsonl:3" in str(err.value)
 
 
 def test_query_and_qrels_errors_name_file_and_line(tiny_beir):

@@ -3,7 +3,6 @@
 import random
 
 import pytest
-import torch
 
 from medcolbert import BM25, ColBERT, evaluate, load_beir, rerank, rerank_run
 from medcolbert.scoring import maxsim

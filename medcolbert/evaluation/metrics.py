@@ -9,7 +9,7 @@ from pathlib import Path
 
 import ir_measures
 
-from .datasets import Qrels, Run
+from .datasets import Qrels
 
 DEFAULT_METRICS = ("ndcg@10", "map@100", "recall@100", "mrr@10")
 

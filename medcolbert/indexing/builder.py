@@ -22,7 +22,7 @@ from ..fsutil import replace_folder
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
-from .storage import load_array, save_array, write_manifest, write_segment
+from .storage import read_segment, save_array, write_manifest, write_segment
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
@@ -163,9 +163,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     _barrier()
 
     if rank == 0:
-        t0 = time.perf_counter()
         _finalize(work, path, model, codec, n_chunks, overwrite, timings, t_start, source)
-        timings["finalize_s"] = time.perf_counter() - t0
     _barrier()
     return path
 
@@ -285,16 +283,11 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
         root = work / "chunks" / f"{c:05d}"
         if not (root / "done").exists():
             raise MedColbertError(f"chunk {c} of the build is missing; rerun the build to finish it")
-        info = json.loads((root / "entry.json").read_text())
-        files = info["files"]
-        from .storage import decode_code_deltas, decode_ids
-
-        lens = load_array(root, "segments/s/doclens.npy", files).astype(np.int64)
-        ids += decode_ids(load_array(root, "segments/s/doc_ids.npy", files))
-        doclens.append(lens)
-        codes.append(decode_code_deltas(load_array(root, "segments/s/code_deltas.npy", files),
-                                        load_array(root, "segments/s/code_escapes.npy", files), lens))
-        residuals.append(load_array(root, "segments/s/residuals.npy", files, mmap=True))
+        data = read_segment(root, "segments/s", json.loads((root / "entry.json").read_text())["files"])
+        ids += data.doc_ids
+        doclens.append(data.doclens)
+        codes.append(data.codes)
+        residuals.append(data.residuals)
     info_path = work / "codec" / "info.json"
     build_info = {"seconds_total": round(time.perf_counter() - t_start, 2),
                   **{k: round(v, 2) for k, v in timings.items()},

@@ -14,8 +14,8 @@ import torch
 
 from ..errors import IndexFormatError, MedColbertError
 from .codec import ResidualCodec
-from .storage import (FORMAT_NAME, FORMAT_VERSION, decode_code_deltas, decode_ids, load_array, read_manifest,
-                      save_array, sha256_file, write_manifest, write_segment)
+from .storage import (FORMAT_NAME, FORMAT_VERSION, load_array, ranges, read_manifest, read_segment, save_array,
+                      sha256_file, write_manifest, write_segment)
 
 
 class Index:
@@ -63,20 +63,15 @@ class Index:
         ids: list[str] = []
         doclens, codes, residuals = [], [], []
         for seg in m["segments"]:
-            rel = f"segments/{seg['name']}"
-            seg_ids = decode_ids(load_array(self.path, f"{rel}/doc_ids.npy", files))
-            lens = load_array(self.path, f"{rel}/doclens.npy", files).astype(np.int64)
-            deltas = load_array(self.path, f"{rel}/code_deltas.npy", files, mmap=True)
-            escapes = load_array(self.path, f"{rel}/code_escapes.npy", files)
-            res = load_array(self.path, f"{rel}/residuals.npy", files, mmap=True)
-            n = int(lens.sum())
-            if len(seg_ids) != len(lens) or len(seg_ids) != seg["num_documents"] or deltas.shape[0] != n \
-                    or res.shape != (n, self.codec.bytes_per_residual) or n != seg["num_embeddings"]:
+            data = read_segment(self.path, f"segments/{seg['name']}", files)
+            n = int(data.doclens.sum())
+            if len(data.doc_ids) != seg["num_documents"] or n != seg["num_embeddings"] \
+                    or data.residuals.shape != (n, self.codec.bytes_per_residual):
                 raise IndexFormatError(f"{self.path}: segment {seg['name']} arrays disagree in size (damaged index)")
-            ids += seg_ids
-            doclens.append(lens)
-            codes.append(decode_code_deltas(np.asarray(deltas), escapes, lens))
-            residuals.append(res)
+            ids += data.doc_ids
+            doclens.append(data.doclens)
+            codes.append(data.codes)
+            residuals.append(data.residuals)
         self.doc_ids: list[str] = ids
         self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
         self.codes = np.concatenate(codes) if codes else np.zeros(0, np.int32)
@@ -131,11 +126,7 @@ class Index:
 
     def embedding_rows(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global embedding rows of some documents, concatenated, and each document's count."""
-        lens = self.doclens[docs]
-        starts = self.doc_offsets[docs]
-        total = int(lens.sum())
-        rows = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(total)
-        return rows, lens
+        return ranges(self.doc_offsets[docs], self.doc_offsets[docs + 1]), self.doclens[docs]
 
     def document_vectors(self, docs: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
         """Decompressed vectors of documents given by position, each [n_tokens, dim]."""
@@ -186,12 +177,7 @@ class Index:
         vectors = model.encode_documents([documents[d] for d in ids], batch_size=batch_size)
         doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         codes, residuals = self.codec.compress(torch.cat(vectors))
-        name = _next_segment_name(self.manifest)
-        tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
-        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals)
-        (self.path / "segments").mkdir(exist_ok=True)
-        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        entry, files = self._write_new_segment(ids, doclens, codes, residuals)
         manifest = dict(self.manifest)
         manifest["segments"] = [*manifest["segments"], entry]
         manifest["files"] = {**manifest["files"], **files}
@@ -218,12 +204,8 @@ class Index:
         before = self.stats()
         live = np.flatnonzero(~self.deleted)
         rows, lens = self.embedding_rows(live)
-        name = _next_segment_name(self.manifest)
-        tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
-        entry, files = write_segment(tmp_root, name, [self.doc_ids[i] for i in live], lens, self.codes[rows],
-                                     self.residual_rows(rows))
-        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
+                                               self.residual_rows(rows))
         old = [s["name"] for s in self.manifest["segments"]]
         manifest = dict(self.manifest)
         manifest["segments"] = [entry]
@@ -237,6 +219,17 @@ class Index:
         for stale in self.path.glob("deleted-*.npy"):
             stale.unlink(missing_ok=True)
         return {"before": before, "after": self.stats()}
+
+    def _write_new_segment(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray,
+                           residuals: np.ndarray) -> tuple[dict, dict]:
+        """Write a segment beside the index, then move it in; it counts once a manifest names it."""
+        name = _next_segment_name(self.manifest)
+        tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
+        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals)
+        (self.path / "segments").mkdir(exist_ok=True)
+        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        return entry, files
 
     def _commit(self, manifest: dict) -> None:
         manifest["generation"] = int(manifest.get("generation", 0)) + 1

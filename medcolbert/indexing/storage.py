@@ -104,14 +104,35 @@ def decode_code_deltas(deltas: np.ndarray, escapes: np.ndarray, doclens: np.ndar
     return (csum - base[group]).astype(np.int32) if len(values) else np.zeros(0, np.int32)
 
 
+def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, e) for each pair, without a Python loop."""
+    lens = ends - starts
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(total)
+
+
 @dataclass
 class SegmentData:
-    """The arrays of one segment, as written by write_segment."""
+    """The arrays of one segment as read back: ids, lengths, decoded codes, memory-mapped residuals."""
 
     doc_ids: list[str]
     doclens: np.ndarray
     codes: np.ndarray
     residuals: np.ndarray
+
+
+def read_segment(root: Path, rel: str, files: dict) -> SegmentData:
+    """Read the segment written by write_segment under root/rel, decoding its centroid ids."""
+    lens = load_array(root, f"{rel}/doclens.npy", files).astype(np.int64)
+    deltas = load_array(root, f"{rel}/code_deltas.npy", files, mmap=True)
+    escapes = load_array(root, f"{rel}/code_escapes.npy", files)
+    residuals = load_array(root, f"{rel}/residuals.npy", files, mmap=True)
+    ids = decode_ids(load_array(root, f"{rel}/doc_ids.npy", files))
+    if deltas.shape[0] != int(lens.sum()) or len(ids) != len(lens):
+        raise IndexFormatError(f"{root}: {rel} arrays disagree in size (damaged index)")
+    return SegmentData(ids, lens, decode_code_deltas(np.asarray(deltas), escapes, lens), residuals)
 
 
 def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray, codes: np.ndarray,

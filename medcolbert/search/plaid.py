@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
 from ..indexing.index import Index
+from ..indexing.storage import ranges
 from .exact import exact_search
 
 
@@ -41,15 +41,6 @@ class SearchConfig:
         return replace(self, ncells=ncells, centroid_score_threshold=threshold, ndocs=max(ndocs, k))
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, e) for each pair, without a Python loop."""
-    lens = ends - starts
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(total)
-
-
 class Searcher:
     """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]."""
 
@@ -74,7 +65,7 @@ class Searcher:
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
         Q = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress)
-        cfg = replace(self.config, **knobs).resolved(k) if knobs else self.config.resolved(k)  # type: ignore[arg-type]
+        cfg = self._resolve(k, knobs)
         if cfg.exact:
             return dict(zip(qids, (dict(hits) for hits in exact_search(self.index, Q, k))))
         run: Run = {}
@@ -85,10 +76,14 @@ class Searcher:
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""
-        cfg = replace(self.config, **knobs).resolved(k) if knobs else self.config.resolved(k)  # type: ignore[arg-type]
+        cfg = self._resolve(k, knobs)
         if cfg.exact:
             return exact_search(self.index, q.unsqueeze(0), k)[0]
         return self._plaid(q, k, cfg)
+
+    def _resolve(self, k: int, knobs: dict) -> SearchConfig:
+        """The searcher's config with per-call knobs applied, resolved for k."""
+        return replace(self.config, **knobs).resolved(k)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ PLAID stages
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
@@ -99,7 +94,7 @@ class Searcher:
         table = torch.cat([scores.T, torch.zeros(1, scores.shape[0])]).contiguous()
         # 1. candidates: documents in the inverted lists of each query token's top ncells centroids
         cells = torch.topk(scores, min(cfg.ncells, scores.shape[1]), dim=1).indices.unique().numpy()
-        cand = np.unique(idx.ivf_docs[_ranges(idx.ivf_offsets[cells], idx.ivf_offsets[cells + 1])])
+        cand = np.unique(idx.ivf_docs[ranges(idx.ivf_offsets[cells], idx.ivf_offsets[cells + 1])])
         if idx.deleted.any():
             cand = cand[~idx.deleted[cand]]
         if cand.size == 0:
@@ -125,7 +120,7 @@ class Searcher:
         # number of centroids, bounds the work, which is what makes the pruning pay off.
         idx = self.index
         lengths = idx.ivf_offsets[kept + 1] - idx.ivf_offsets[kept]
-        docs = idx.ivf_docs[_ranges(idx.ivf_offsets[kept], idx.ivf_offsets[kept + 1])]
+        docs = idx.ivf_docs[ranges(idx.ivf_offsets[kept], idx.ivf_offsets[kept + 1])]
         codes = np.repeat(kept, lengths)
         slot = self._slots(cand)
         where = slot[docs]
@@ -154,7 +149,7 @@ class Searcher:
             return cand
         idx = self.index
         lens = idx.pair_offsets[cand + 1] - idx.pair_offsets[cand]
-        codes = idx.pair_codes[_ranges(idx.pair_offsets[cand], idx.pair_offsets[cand + 1])]
+        codes = idx.pair_codes[ranges(idx.pair_offsets[cand], idx.pair_offsets[cand + 1])]
         approx = _segment_maxsim(table, codes, lens)
         return cand[np.argpartition(-approx, n - 1)[:n]]
 
