@@ -62,6 +62,10 @@ def test_codec_round_trip_improves_with_bits(nbits):
     cos = (approx * vecs[:1000]).sum(-1).mean().item()
     assert cos > {1: 0.75, 2: 0.85, 4: 0.95}[nbits]
     assert torch.allclose(approx.norm(dim=-1), torch.ones(1000), atol=1e-5)
+    # The fused, chunked scoring used by search gives the same dot products as decompress-then-matmul.
+    q = torch.nn.functional.normalize(torch.randn(7, 32), dim=-1)
+    fused = codec.similarities(codes, packed, q, chunk=300)
+    assert torch.allclose(fused, approx @ q.T, atol=1e-5)
 
 
 def test_build_writes_a_folder_of_plain_arrays_with_checksums(built, corpus):

@@ -53,7 +53,7 @@ class ColBERT(nn.Module):
         # Mixed precision for encoding: float16 on CUDA by default, full precision on CPU unless asked.
         self.autocast_dtype: torch.dtype | None = None
         # Latency-bound callers (search) may turn this on: queries then run through a traced, frozen
-        # TorchScript graph per batch shape, about 1.8x faster than eager for one query on 2 CPU cores.
+        # TorchScript graph per batch shape, about 1.7x faster than eager for one query on 2 CPU cores.
         self.trace_queries = False
         self._query_graphs: dict[tuple[int, int], torch.jit.ScriptModule] = {}
 
@@ -130,7 +130,8 @@ class ColBERT(nn.Module):
                     warnings.simplefilter("ignore")
                     traced = torch.jit.trace(_QueryGraph(self), (batch.input_ids, batch.attention_mask),
                                              check_trace=False, strict=False)
-                    self._query_graphs[key] = torch.jit.freeze(traced.eval())
+                    # freeze + oneDNN fusions: about 15% faster again than a frozen graph for one query here.
+                    self._query_graphs[key] = torch.jit.optimize_for_inference(traced.eval())
             except Exception:  # a backbone that cannot be traced simply stays eager
                 self.trace_queries = False
                 return None
@@ -146,15 +147,19 @@ class ColBERT(nn.Module):
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
+        # eval()/train() walk every submodule (milliseconds on a 6-layer BERT), a cost a one-query search
+        # should not pay when the model is already in eval mode.
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else contextlib.nullcontext())
         try:
             with torch.inference_mode(), amp:
                 yield
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train(True)
 
     # ----------------------------------------------------------------- public encoding
     def encode_queries(self, queries: Sequence[str], batch_size: int = 128,

@@ -89,11 +89,18 @@ class Searcher:
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
         idx = self.index
         q = q.float()
-        scores = q @ self._centroids_t.T                                      # [Lq, C]
-        # One extra row that scores 0: it stands for padding and for pruned centroids (as in colbert-ai).
-        table = torch.cat([scores.T, torch.zeros(1, scores.shape[0])]).contiguous()
+        n_centroids = self._centroids_t.shape[0]
+        # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
+        # that scores 0: it stands for padding and for pruned centroids (as in colbert-ai).
+        table = torch.empty((n_centroids + 1, q.shape[0]), dtype=torch.float32)
+        torch.mm(self._centroids_t, q.T, out=table[:n_centroids])
+        table[n_centroids] = 0
+        scores = table[:n_centroids]
         # 1. candidates: documents in the inverted lists of each query token's top ncells centroids
-        cells = torch.topk(scores, min(cfg.ncells, scores.shape[1]), dim=1).indices.unique().numpy()
+        if cfg.ncells == 1:
+            cells = np.unique(scores.argmax(dim=0).numpy())
+        else:
+            cells = torch.topk(scores, min(cfg.ncells, n_centroids), dim=0).indices.unique().numpy()
         cand = np.unique(idx.ivf_docs[ranges(idx.ivf_offsets[cells], idx.ivf_offsets[cells + 1])])
         if idx.deleted.any():
             cand = cand[~idx.deleted[cand]]
@@ -101,15 +108,15 @@ class Searcher:
             return []
         # 2. centroid interaction over the centroids that pass the threshold only (PLAID's pruning)
         if cand.size > cfg.ndocs:
-            kept = np.flatnonzero((scores.max(dim=0).values >= cfg.centroid_score_threshold).numpy())
+            kept = np.flatnonzero((scores.max(dim=1).values >= cfg.centroid_score_threshold).numpy())
             cand = self._pruned_stage(table, cand, kept, cfg.ndocs)
         # 3. full centroid interaction on the survivors; a quarter go on
         cand = self._centroid_stage(table, cand, max(k, cfg.ndocs // 4))
         # 4. exact MaxSim over the decompressed vectors of the survivors
         cand = np.sort(cand)
         rows, lens = idx.embedding_rows(cand)
-        vectors = idx.codec.decompress(idx.codes[rows], idx.residual_rows(rows))
-        sim = torch.cat([vectors @ q.T, torch.full((1, q.shape[0]), -1e4)])   # [tokens + pad row, Lq]
+        sim = idx.codec.similarities(idx.codes[rows], idx.residual_rows(rows), q)
+        sim = torch.cat([sim, torch.full((1, q.shape[0]), -1e4)])   # [tokens + pad row, Lq]
         exact = _segment_maxsim(sim, np.arange(len(rows)), lens)
         top = np.argsort(-exact, kind="stable")[:k]
         return [(idx.doc_ids[cand[i]], float(exact[i])) for i in top]
