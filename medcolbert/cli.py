@@ -1,4 +1,4 @@
-"""The `medcolbert` command line: bm25, rerank, evaluate."""
+"""The `medcolbert` command line: retrieval, reranking, indexing, evaluation, mining and training."""
 
 from __future__ import annotations
 
@@ -135,6 +135,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", help="BEIR folder; its qrels/<split>.tsv is used")
     p.add_argument("--split", default="test", help="split, with --data (default: test)")
     _add_output_args(p)
+
+    p = sub.add_parser("mine", help="add hard negatives to training triplets or pairs",
+                       description="Retrieve candidates for each training query (BM25, or a ColBERT model through "
+                                   "a PLAID index), drop the positives and their near-duplicates, and sample "
+                                   "negatives from a rank window. Input: triplet/pair JSONL with --corpus, or a "
+                                   "BEIR folder and split whose qrels give the positives.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--input", help="JSONL of {query, pos, [neg]}")
+    g.add_argument("--data", help="BEIR folder; --split's qrels give the positives")
+    p.add_argument("--split", default="train")
+    p.add_argument("--corpus", help="corpus.jsonl to mine from (default: the BEIR corpus, or the input's positives)")
+    p.add_argument("--output", required=True, help="triplet JSONL to write")
+    p.add_argument("--negatives", type=int, default=8, help="negatives per query (default: 8)")
+    p.add_argument("--window", default="0,50", help="rank window START,END to sample from (default: 0,50)")
+    p.add_argument("--near-duplicate", type=float, default=0.7, help="word-overlap (Jaccard) above which a "
+                   "candidate counts as a copy of a positive (default: 0.7)")
+    p.add_argument("--model", default=None, help="mine with this ColBERT model instead of BM25")
+    p.add_argument("--index", default=None, help="with --model: PLAID index folder to build or reuse")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("make-mix", help="build the medical training mix from ../shared/data",
+                       description="MedQuAD train pairs, SciFact train qrels and Medical Question Pairs, with "
+                                   "BM25-mined negatives; MedQuAD dev topics and SciFact test queries are checked "
+                                   "out before anything is written.")
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--output", required=True)
+    p.add_argument("--negatives", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
+                       description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
+                                   "resumes from its latest checkpoint when started again. Under torchrun every "
+                                   "process takes a share of each batch (DistributedDataParallel).")
+    p.add_argument("--config", required=True)
+    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--output-dir", default=None, help="override output_dir")
     return parser
 
 
@@ -333,8 +369,64 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Mine hard negatives and write triplets."""
+    from .evaluation.datasets import load_beir, load_corpus
+    from .training.data import beir_to_triplets, pairs_to_triplets, write_triplets
+    from .training.mining import bm25_retriever, mine_negatives, model_retriever
+
+    try:
+        window = tuple(int(x) for x in args.window.split(","))
+        assert len(window) == 2
+    except (ValueError, AssertionError):
+        raise MedColbertError(f"--window must be START,END, got {args.window!r}") from None
+    if args.data:
+        data = load_beir(args.data, args.split)
+        triplets = beir_to_triplets(data)
+        corpus = {d: doc.full_text for d, doc in data.corpus.items()}
+    else:
+        triplets = pairs_to_triplets(args.input)
+        corpus = {f"p{i}": t for i, t in enumerate(dict.fromkeys(p for t in triplets for p in t.pos))}
+    if args.corpus:
+        corpus = {d: doc.full_text for d, doc in load_corpus(args.corpus).items()}
+    if args.model:
+        from .modeling.encoder import ColBERT
+
+        if not args.index:
+            raise MedColbertError("--model needs --index (where to build or reuse the PLAID index)")
+        retriever = model_retriever(ColBERT.from_pretrained(args.model), corpus, args.index)
+    else:
+        retriever = bm25_retriever(corpus)
+    mined = mine_negatives(triplets, corpus, retriever, n_negatives=args.negatives, window=window,  # type: ignore[arg-type]
+                           near_duplicate=args.near_duplicate, seed=args.seed)
+    write_triplets(args.output, mined)
+    print(f"{len(mined)} triplets, {sum(len(t.neg) for t in mined) / len(mined):.2f} negatives each -> {args.output}")
+    return 0
+
+
+def cmd_make_mix(args: argparse.Namespace) -> int:
+    """Build the medical training mix."""
+    import json
+
+    from .training.mix import build_medical_mix
+
+    _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run a training config."""
+    from .training.trainer import train
+
+    final = train(args.config, max_steps=args.max_steps, output_dir=args.output_dir)
+    print(f"final model: {final}")
+    return 0
+
+
 COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
-            "update": cmd_update, "evaluate": cmd_evaluate}
+            "update": cmd_update, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
+            "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

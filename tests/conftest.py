@@ -15,12 +15,14 @@ from medcolbert.modeling.checkpoint import default_model_path
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def make_tiny_model(dim: int = 16, doc_maxlen: int = 64, query_maxlen: int = 12, seed: int = 0) -> ColBERT:
+def make_tiny_model(dim: int = 16, doc_maxlen: int = 64, query_maxlen: int = 12, seed: int = 0,
+                    dropout: float = 0.1) -> ColBERT:
     """A 2-layer, 32-wide BERT with the packaged MiniLM vocabulary and a random projection."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     backbone = BertModel(config).eval()
     model = ColBERT(backbone, tokenizer, ModelConfig(dim=dim, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen),
                     projection=torch.randn(dim, 32), name="tiny")

@@ -95,6 +95,15 @@ class ColBERT(nn.Module):
         """The device the weights are on."""
         return self.linear.weight.device
 
+    def reconfigure(self, **changes: object) -> "ColBERT":
+        """Change tokenization settings (query_maxlen, doc_maxlen, ...) in place; the weights stay."""
+        if "dim" in changes and changes["dim"] != self.config.dim:
+            raise ValueError("dim is fixed by the projection's weights")
+        self.config = self.config.replace(**changes)
+        self.tokenizer.config = self.config
+        self._query_graphs.clear()
+        return self
+
     def fingerprint(self, weights_only: bool = False) -> str:
         """A hash of weights, vocabulary and (unless weights_only) config and precision, to key cached vectors."""
         h = hashlib.sha256()

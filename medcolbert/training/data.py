@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from ..evaluation.datasets import iter_jsonl, require_str
+from ..evaluation.datasets import BeirDataset, iter_jsonl, require_str
 
 
 @dataclass(frozen=True)
@@ -65,4 +67,50 @@ def read_triplets(path: str | Path) -> list[Triplet]:
                            _scores(obj, "neg_scores", len(neg), path, line), meta))
     if not out:
         raise DataError("no triplets", path)
+    return out
+
+
+def triplet_to_dict(t: Triplet) -> dict:
+    """The JSONL object of one triplet."""
+    obj: dict = {"query": t.query, "pos": list(t.pos), "neg": list(t.neg)}
+    if t.pos_scores is not None:
+        obj["pos_scores"] = list(t.pos_scores)
+    if t.neg_scores is not None:
+        obj["neg_scores"] = list(t.neg_scores)
+    obj.update(t.meta)
+    return obj
+
+
+def write_triplets(path: str | Path, triplets: list[Triplet]) -> Path:
+    """Write triplets as JSONL, atomically (a temporary file renamed at the end)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for t in triplets:
+            f.write(json.dumps(triplet_to_dict(t), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def pairs_to_triplets(path: str | Path, source: str | None = None) -> list[Triplet]:
+    """Question-answer pairs ({"query", "pos"} JSONL, extra fields kept) as triplets without negatives."""
+    triplets = read_triplets(path)
+    tag = source or Path(path).stem
+    # An upstream "source" field (MedQuAD names the NIH website) moves aside for the data-set tag.
+    return [Triplet(t.query, t.pos, t.neg, t.pos_scores, t.neg_scores,
+                    {**{("upstream_source" if k == "source" else k): v for k, v in t.meta.items()}, "source": tag})
+            for t in triplets]
+
+
+def beir_to_triplets(data: BeirDataset, source: str | None = None) -> list[Triplet]:
+    """One triplet per judged query of a BEIR split: its relevant documents are the positives."""
+    out = []
+    for qid, rels in data.qrels.items():
+        pos = tuple(data.corpus[d].full_text for d, r in rels.items() if r > 0 and d in data.corpus)
+        if qid in data.queries and pos:
+            out.append(Triplet(data.queries[qid], pos, (), meta={"source": source or data.name, "qid": qid,
+                                                                  "pos_ids": [d for d, r in rels.items() if r > 0]}))
+    if not out:
+        raise DataError(f"no judged query of split '{data.split}' has a relevant document in the corpus", data.path)
     return out

@@ -1,0 +1,150 @@
+"""Single-vector (bi-encoder) baselines: one unit vector per text, MedEmbed / bge / sentence-transformers style."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from ..errors import CheckpointError
+from ..fsutil import staged_folder
+from ..modeling.checkpoint import DEFAULT_MODEL_NAME, _load_backbone, _quiet_transformers, resolve_model_folder
+from ..modeling.encoder import resolve_autocast_dtype
+
+CONFIG_FILE = "medcolbert_dense.json"
+POOLINGS = ("mean", "cls")
+
+
+class BiEncoder(nn.Module):
+    """A transformer plus pooling: `encode(texts, is_query=...)` gives one unit vector per text."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, pooling: str = "mean", query_prefix: str = "",  # type: ignore[no-untyped-def]
+                 max_length: int = 256, name: str = "bi-encoder", source: str | None = None) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.pooling, self.query_prefix, self.max_length = pooling, query_prefix, max_length
+        self.name, self.source = name, source
+        self.autocast_dtype: torch.dtype | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, pooling: str | None = None,
+                        query_prefix: str | None = None, max_length: int | None = None,
+                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto") -> "BiEncoder":
+        """A bi-encoder from an HF or sentence-transformers folder or hub id; None = packaged MiniLM."""
+        folder, display = resolve_model_folder(name_or_path)
+        saved = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+        with _quiet_transformers():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"{folder}: cannot load the tokenizer ({exc})") from None
+        model = cls(_load_backbone(folder), tokenizer,
+                    pooling=pooling or saved.get("pooling") or _sentence_transformers_pooling(folder),
+                    query_prefix=query_prefix if query_prefix is not None else saved.get("query_prefix", ""),
+                    max_length=max_length or saved.get("max_length", 256),
+                    name=saved.get("name", display), source=None if name_or_path is None else str(name_or_path))
+        return model.to_device(device, dtype)
+
+    def to_device(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto") -> "BiEncoder":
+        """Move to `device` (default: CUDA if present) and pick the encoding precision."""
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.to(device).eval()
+        self.autocast_dtype = resolve_autocast_dtype(dtype, device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on."""
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        """Output vector size."""
+        return int(self.backbone.config.hidden_size)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write HF weights (safetensors), tokenizer and pooling config; sentence-transformers can load it too."""
+        path = Path(path)
+        with staged_folder(path) as tmp:
+            state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.backbone.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            self.backbone.config.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+            (tmp / CONFIG_FILE).write_text(json.dumps({"pooling": self.pooling, "query_prefix": self.query_prefix,
+                                                       "max_length": self.max_length, "name": self.name}, indent=2))
+            # The two files sentence-transformers reads to rebuild the same pooling.
+            (tmp / "1_Pooling").mkdir()
+            (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+                "word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
+                "pooling_mode_mean_tokens": self.pooling == "mean"}, indent=2))
+            (tmp / "modules.json").write_text(json.dumps([
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], indent=2))
+        return path
+
+    # ----------------------------------------------------------------- forward and encoding
+    def tokenize(self, texts: Sequence[str], is_query: bool) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask, the query prefix added to queries."""
+        if is_query and self.query_prefix:
+            texts = [self.query_prefix + t for t in texts]
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+
+    def forward_texts(self, texts: Sequence[str], is_query: bool) -> torch.Tensor:
+        """Unit vectors [n, dim] with gradients (for training)."""
+        batch = self.tokenize(texts, is_query)
+        out = self.backbone(**batch)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return nn.functional.normalize(pooled.float(), p=2, dim=-1)
+
+    def encode(self, texts: Sequence[str], is_query: bool, batch_size: int = 64,
+               show_progress: bool | None = None) -> torch.Tensor:
+        """Unit vectors [n, dim], float32 on the CPU."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
+        texts = list(texts)
+        # Length-sorted batches keep padding small.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out = torch.empty((len(texts), self.dim), dtype=torch.float32)
+        show = len(texts) > batch_size if show_progress is None else show_progress
+        was_training = self.training
+        self.eval()
+        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else torch.autocast(self.device.type, enabled=False))
+        try:
+            with torch.inference_mode(), amp, tqdm(total=len(texts), disable=not show, unit="text",
+                                                   desc="Encoding queries" if is_query else "Encoding documents") as bar:
+                for start in range(0, len(texts), batch_size):
+                    idx = order[start:start + batch_size]
+                    out[idx] = self.forward_texts([texts[i] for i in idx], is_query).float().cpu()
+                    bar.update(len(idx))
+        finally:
+            self.train(was_training)
+        return out
+
+
+def _sentence_transformers_pooling(folder: Path) -> str:
+    """The pooling a sentence-transformers folder declares (mean when it declares none)."""
+    cfg = folder / "1_Pooling" / "config.json"
+    if cfg.is_file():
+        if json.loads(cfg.read_text()).get("pooling_mode_cls_token"):
+            return "cls"
+    return "mean"
+
+
+__all__ = ["BiEncoder", "DEFAULT_MODEL_NAME"]

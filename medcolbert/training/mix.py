@@ -1,0 +1,100 @@
+"""The medical training mix: MedQuAD train pairs, SciFact train qrels and Medical Question Pairs, with mined negatives.
+
+Evaluation data never enters it: MedQuAD dev topics and SciFact test queries are checked out by
+`check_no_leakage`, which the builder runs before it writes anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from ..errors import DataError
+from ..evaluation.datasets import load_beir
+from .data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
+from .mining import bm25_retriever, mine_negatives
+
+MEDQUAD_PAIRS = "medquad/train_pairs.jsonl"
+MEDQUAD_DEV = "medquad/dev-retrieval"
+SCIFACT = "scifact"
+MQP_TRIPLETS = "medical_question_pairs/triplets.jsonl"
+
+
+def normalize_query(text: str) -> str:
+    """Lowercased, whitespace-collapsed text: how leakage checks compare queries."""
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def held_out(data_root: str | Path) -> dict[str, set[str]]:
+    """The evaluation queries and MedQuAD dev topics that training must not see."""
+    root = Path(data_root)
+    dev = load_beir(root / MEDQUAD_DEV, "dev")
+    test = load_beir(root / SCIFACT, "test")
+    judged = [dev.corpus[d] for rels in dev.qrels.values() for d in rels if d in dev.corpus]
+    return {"queries": {normalize_query(q) for q in list(dev.queries.values()) + list(test.queries.values())},
+            "medquad_dev_topics": {normalize_query(doc.title) for doc in judged},
+            "medquad_dev_answers": {doc.full_text for doc in judged} | {doc.text for doc in judged},
+            "scifact_test_qids": set(test.qrels)}
+
+
+def check_no_leakage(triplets: list[Triplet], data_root: str | Path) -> dict[str, int]:
+    """Raise a DataError if a held-out query or MedQuAD dev topic is in the triplets; else counts checked."""
+    held = held_out(data_root)
+    for i, t in enumerate(triplets):
+        if normalize_query(t.query) in held["queries"]:
+            raise DataError(f"training triplet {i} ({t.meta.get('source')}) is an evaluation query: {t.query[:80]!r}")
+        focus = t.meta.get("focus")
+        if focus is not None and normalize_query(str(focus)) in held["medquad_dev_topics"]:
+            raise DataError(f"training triplet {i} is about MedQuAD dev topic {focus!r}")
+        if t.meta.get("source") == "scifact-train" and t.meta.get("qid") in held["scifact_test_qids"]:
+            raise DataError(f"training triplet {i} has SciFact test query id {t.meta['qid']}")
+        if any(p in held["medquad_dev_answers"] for p in t.pos + t.neg):
+            raise DataError(f"training triplet {i} ({t.meta.get('source')}) holds the answer of a MedQuAD dev query")
+    return {"triplets_checked": len(triplets), "held_out_queries": len(held["queries"]),
+            "held_out_topics": len(held["medquad_dev_topics"])}
+
+
+def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n_negatives: int = 4,
+                      window: tuple[int, int] = (0, 30), seed: int = 0,
+                      show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
+    """The three-source mix with BM25-mined negatives (written as JSONL when output is given), and a report."""
+    root = Path(data_root)
+    held = held_out(root)
+    mix: list[Triplet] = []
+    # MedQuAD is split by topic upstream, but topic names differ in case between sources and a few answer
+    # texts are shared across topics, so pairs whose topic or answer belongs to the dev set are dropped here.
+    # Negatives come from the remaining training answers only.
+    all_pairs = pairs_to_triplets(root / MEDQUAD_PAIRS, source="medquad-train")
+    medquad = [t for t in all_pairs
+               if normalize_query(str(t.meta.get("focus", ""))) not in held["medquad_dev_topics"]
+               and not any(p in held["medquad_dev_answers"] for p in t.pos)]
+    dropped = Counter({"medquad-train (dev topic or answer)": len(all_pairs) - len(medquad)})
+    answers = {f"a{i}": text for i, text in enumerate(dict.fromkeys(p for t in medquad for p in t.pos))}
+    mix += mine_negatives(medquad, answers, bm25_retriever(answers), n_negatives=n_negatives, window=window,
+                          seed=seed, show_progress=show_progress)
+    # SciFact train claims: negatives from the whole corpus (the usual BEIR fine-tuning setting).
+    scifact = load_beir(root / SCIFACT, "train")
+    corpus = {d: doc.full_text for d, doc in scifact.corpus.items()}
+    mix += mine_negatives(beir_to_triplets(scifact, source="scifact-train"), corpus, bm25_retriever(corpus),
+                          n_negatives=n_negatives, window=window, seed=seed, show_progress=show_progress)
+    # Medical Question Pairs: a doctor-written paraphrase and a doctor-written hard negative each; kept as they are.
+    mix += [Triplet(t.query, t.pos, t.neg, meta={"source": "medical-question-pairs", **t.meta})
+            for t in read_triplets(root / MQP_TRIPLETS)]
+    # A few claims occur word for word in more than one split (SciFact has such duplicates).
+    kept = [t for t in mix if normalize_query(t.query) not in held["queries"]]
+    dropped.update(f"{t.meta.get('source')} (query is an evaluation query)" for t in mix
+                   if normalize_query(t.query) in held["queries"])
+    report = {"dropped": dict(dropped), "sources": mix_summary(kept), **check_no_leakage(kept, root)}
+    if output is not None:
+        write_triplets(output, kept)
+    return kept, report
+
+
+def mix_summary(triplets: list[Triplet]) -> dict[str, dict[str, float]]:
+    """Per source: triplets and mean negatives."""
+    counts = Counter(t.meta.get("source", "?") for t in triplets)
+    negs = Counter()
+    for t in triplets:
+        negs[t.meta.get("source", "?")] += len(t.neg)
+    return {s: {"triplets": n, "mean_negatives": negs[s] / n} for s, n in counts.items()}

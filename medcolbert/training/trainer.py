@@ -1,0 +1,539 @@
+"""Fine-tuning on triplets: contrastive (in-batch + hard negatives) and distillation losses, resumable, DDP-ready.
+
+One trainer serves both model kinds: `colbert` (MaxSim over token vectors) and `dense` (one vector per
+text, the MedEmbed recipe), so that comparisons between them share data, budget and code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import DataError, MedColbertError
+from ..fsutil import staged_folder
+from ..scoring import maxsim
+from .data import Triplet, read_triplets
+from .losses import contrastive_loss, distillation_loss
+
+STATE_FILE = "trainer_state.pt"
+MODEL_DIR = "model"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; read from YAML by `TrainConfig.from_yaml`."""
+
+    output_dir: str
+    train_files: list[Any]                  # paths, or {"path": ..., "repeat": n} to upsample a file
+    source_repeat: dict = field(default_factory=dict)  # {triplet "source" field: n} to upsample a source
+    kind: str = "colbert"                   # colbert | dense
+    model: str | None = None                # base model; None = the packaged all-MiniLM-L6-v2
+    loss: str = "contrastive"               # contrastive | distill | both
+    temperature: float = 1.0                # softmax temperature of the contrastive loss
+    distill_temperature: float = 1.0        # temperature applied to teacher scores
+    distill_weight: float = 1.0             # weight of the KL term when loss = both
+    in_batch_negatives: bool = True
+    n_negatives: int = 1                    # hard negatives per query per step
+    batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
+    grad_accum: int = 1
+    lr: float = 5e-5
+    projection_lr: float | None = None      # ColBERT's linear layer (None = lr)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_steps: int = 1000
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    query_maxlen: int = 32
+    doc_maxlen: int = 180                   # training truncation; the saved model keeps inference_doc_maxlen
+    inference_doc_maxlen: int = 300
+    dim: int = 128
+    pooling: str = "mean"                   # dense only
+    query_prefix: str = ""                  # dense only (bge/MedEmbed-style instruction)
+    eval_data: str | None = None            # a BEIR folder for the periodic dev evaluation
+    eval_split: str = "dev"
+    eval_queries: int = 100
+    eval_docs: int = 1000                   # distractors added to the judged documents of the sample
+    eval_every: int = 250
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    bf16: bool = True                       # autocast on CUDA; CPU stays fp32 (bf16 was slower on this CPU)
+    device: str | None = None
+    save_dtype: str | None = None           # e.g. float16 for the final model
+    notes: dict = field(default_factory=dict)
+
+    KINDS = ("colbert", "dense")
+    LOSSES = ("contrastive", "distill", "both")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {self.kind!r}")
+        if self.loss not in self.LOSSES:
+            raise ValueError(f"loss must be one of {self.LOSSES}, got {self.loss!r}")
+        for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.n_negatives < 0 or self.temperature <= 0 or self.distill_temperature <= 0:
+            raise ValueError("n_negatives must be >= 0 and temperatures > 0")
+        if not self.train_files:
+            raise ValueError("train_files is empty")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """A config from a YAML file; unknown keys are an error naming the file and key."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError("config file not found", path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(f"invalid YAML ({exc})", path) from None
+        if not isinstance(raw, dict):
+            raise DataError("expected a mapping of settings", path)
+        raw = dict(raw.get("train", raw))
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise DataError(f"unknown setting(s) {unknown}; known: {sorted(known)}", path)
+        try:
+            return cls(**raw)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"bad setting: {exc}", path) from None
+
+    def to_dict(self) -> dict:
+        """The settings as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+class TripletStream:
+    """A deterministic, resumable stream of training samples: epoch e is a seeded permutation of the data."""
+
+    def __init__(self, triplets: Sequence[Triplet], seed: int, n_negatives: int, need_scores: bool) -> None:
+        if not triplets:
+            raise DataError("no training triplets")
+        self.triplets, self.seed, self.n_negatives = list(triplets), seed, n_negatives
+        if need_scores:
+            for i, t in enumerate(self.triplets):
+                if t.pos_scores is None or t.neg_scores is None:
+                    raise DataError(f"distillation needs pos_scores and neg_scores; triplet {i} has none "
+                                    f"(query {t.query[:60]!r})")
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.triplets))}
+        return self._orders[epoch]
+
+    def sample(self, index: int) -> tuple[str, list[str], list[float] | None]:
+        """Global sample `index`: (query, [positive, negatives...], teacher scores or None)."""
+        epoch, pos = divmod(index, len(self.triplets))
+        t = self.triplets[int(self._order(epoch)[pos])]
+        rng = random.Random(self.seed * 1_000_003 + index)
+        p = rng.randrange(len(t.pos))
+        chosen = rng.sample(range(len(t.neg)), min(self.n_negatives, len(t.neg)))
+        docs = [t.pos[p]] + [t.neg[j] for j in chosen]
+        scores = None
+        if t.pos_scores is not None and t.neg_scores is not None:
+            scores = [t.pos_scores[p]] + [t.neg_scores[j] for j in chosen]
+        # Triplets with too few negatives borrow positives of random other triplets, so every query brings
+        # the same number of documents (the shapes all ranks gather must agree).
+        while len(docs) < 1 + self.n_negatives:
+            other = self.triplets[rng.randrange(len(self.triplets))]
+            docs.append(other.pos[0])
+            if scores is not None:
+                scores.append(min(scores) - 1.0)
+        return t.query, docs, scores
+
+
+def load_training_data(files: Sequence[Any], source_repeat: dict | None = None) -> list[Triplet]:
+    """Triplets of every file, each repeated `repeat` times, and each triplet of source s `source_repeat[s]` times."""
+    out: list[Triplet] = []
+    for entry in files:
+        path, repeat = (entry, 1) if isinstance(entry, str) else (entry.get("path"), entry.get("repeat", 1))
+        if not isinstance(path, str) or not isinstance(repeat, int) or repeat < 1:
+            raise DataError(f"train_files entry {entry!r}: expected a path or {{path: ..., repeat: n >= 1}}")
+        out += read_triplets(path) * repeat
+    for source, n in (source_repeat or {}).items():
+        if not isinstance(n, int) or n < 1:
+            raise DataError(f"source_repeat[{source!r}] must be an integer >= 1, got {n!r}")
+        matching = [t for t in out if t.meta.get("source") == source]
+        if not matching:
+            raise DataError(f"source_repeat names source {source!r}, which no training triplet has")
+        out += matching * (n - 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- models
+class _Encoders(nn.Module):
+    """The trainable part of either model kind, as one module DDP can wrap: (queries, docs) -> representations."""
+
+    def __init__(self, model: nn.Module, kind: str, doc_len: int) -> None:
+        super().__init__()
+        self.model, self.kind, self.doc_len = model, kind, doc_len
+
+    def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        m = self.model
+        if self.kind == "dense":
+            q = m.forward_texts(queries, is_query=True)
+            d = m.forward_texts(docs, is_query=False)
+            tokens = int(m.tokenize(queries, True)["attention_mask"].sum() + m.tokenize(docs, False)["attention_mask"].sum())
+            return q, d, None, tokens
+        qb = m.tokenizer.tokenize_queries(queries).to(m.device)
+        db = m.tokenizer.tokenize_documents(docs).to(m.device)
+        q = m.forward_queries(qb)
+        d, keep = m.forward_documents(db)
+        # Pad every rank's documents to the same length so that they can be gathered.
+        pad = self.doc_len - d.shape[1]
+        if pad > 0:
+            d = nn.functional.pad(d, (0, 0, 0, pad))
+            keep = nn.functional.pad(keep, (0, pad))
+        return q, d, keep, int(qb.attention_mask.sum() + db.attention_mask.sum())
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor over ranks, keeping gradients flowing back to each rank's own part."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def _gather_nograd(t: torch.Tensor) -> torch.Tensor:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs (or resumes) a training run described by a TrainConfig."""
+
+    def __init__(self, config: TrainConfig, triplets: Sequence[Triplet] | None = None,
+                 show_progress: bool | None = None) -> None:
+        self.cfg = config
+        self.out = Path(config.output_dir)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        micro_total = config.batch_size // config.grad_accum
+        if config.batch_size % (config.grad_accum * self.world):
+            raise MedColbertError(f"batch_size {config.batch_size} must be divisible by grad_accum {config.grad_accum} "
+                                  f"x world size {self.world}")
+        self.micro = micro_total // self.world
+        self.device = self._device()
+        torch.manual_seed(config.seed)
+        self.model = self._load_model()
+        data = triplets if triplets is not None else load_training_data(config.train_files, config.source_repeat)
+        self.stream = TripletStream(data, config.seed, config.n_negatives, need_scores=config.loss != "contrastive")
+        self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2)
+        self.ddp: nn.Module = self.encoders
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.encoders, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        warmup = int(config.warmup_ratio * config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(warmup, config.max_steps))
+        self.step = 0
+        self.show_progress = self.rank == 0 if show_progress is None else show_progress and self.rank == 0
+        self._eval = None
+
+    # ------------------------------------------------------------------ setup
+    def _device(self) -> torch.device:
+        if self.cfg.device:
+            return torch.device(self.cfg.device)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def _load_model(self) -> nn.Module:
+        c = self.cfg
+        if c.kind == "dense":
+            from ..baselines.dense import BiEncoder
+
+            model = BiEncoder.from_pretrained(c.model, pooling=c.pooling, query_prefix=c.query_prefix,
+                                              max_length=c.doc_maxlen, device=self.device, dtype="float32")
+        else:
+            from ..modeling.encoder import ColBERT
+
+            model = ColBERT.from_pretrained(c.model, device=self.device, dtype="float32", query_maxlen=c.query_maxlen,
+                                            doc_maxlen=c.doc_maxlen, **({"dim": c.dim} if c.dim else {}))
+        # The HF pooler head is loaded with the backbone but neither model kind uses it; frozen, it also keeps
+        # DistributedDataParallel from waiting for gradients that never come.
+        for name, p in model.named_parameters():
+            if ".pooler." in name:
+                p.requires_grad_(False)
+        return model.train()
+
+    def _param_groups(self) -> list[dict]:
+        decay, no_decay, projection = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("linear."):
+                projection.append(p)
+            elif p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if projection:
+            groups.append({"params": projection, "lr": self.cfg.projection_lr or self.cfg.lr})
+        return groups
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[Path]:
+        """Finished checkpoints of this run, oldest first."""
+        folder = self.out / "checkpoints"
+        return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
+
+    def save_checkpoint(self) -> Path | None:
+        """Write model, optimizer, scheduler, RNG and data position (rank 0), atomically."""
+        path = self.out / "checkpoints" / f"step-{self.step:07d}"
+        if self.rank == 0:
+            with staged_folder(path) as tmp:
+                self.model.save_pretrained(tmp / MODEL_DIR)
+                state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "config": json.dumps(self.cfg.to_dict())}
+                if torch.cuda.is_available():
+                    state["cuda_rng"] = torch.cuda.get_rng_state()
+                torch.save(state, tmp / STATE_FILE)
+            for old in self.checkpoints()[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.distributed:
+            dist.barrier()
+        return path if self.rank == 0 else None
+
+    def resume(self) -> bool:
+        """Continue from the latest checkpoint, if there is one; True when resumed."""
+        found = self.checkpoints()
+        if not found:
+            return False
+        latest = found[-1]
+        state = torch.load(latest / STATE_FILE, map_location="cpu", weights_only=True)
+        weights = _load_weights(latest / MODEL_DIR)
+        own = self.model.state_dict()
+        missing = [k for k in own if k not in weights]
+        if missing:
+            raise MedColbertError(f"{latest}: checkpoint lacks {missing[:3]}... (another model kind?)")
+        self.model.load_state_dict({k: weights[k].to(own[k].dtype) for k in own})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.step = int(state["step"])
+        return True
+
+    # ------------------------------------------------------------------ one step
+    def _micro_batch(self, micro_index: int) -> tuple[list[str], list[str], list[list[float]] | None]:
+        base = self.step * self.cfg.batch_size + micro_index * self.micro * self.world + self.rank * self.micro
+        samples = [self.stream.sample(base + i) for i in range(self.micro)]
+        queries = [s[0] for s in samples]
+        docs = [d for s in samples for d in s[1]]
+        scores = [s[2] for s in samples] if samples[0][2] is not None else None
+        return queries, docs, scores
+
+    def _loss(self, queries: list[str], docs: list[str], teacher: list[list[float]] | None) -> tuple[torch.Tensor, int]:
+        c = self.cfg
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and c.bf16
+               else torch.autocast(self.device.type, enabled=False))
+        with amp:
+            q, d, keep, tokens = self.ddp(queries, docs)
+        per_query = 1 + c.n_negatives
+        first = torch.arange(len(queries), device=q.device) * per_query   # each query's positive (local index)
+        if c.in_batch_negatives:
+            # Every document of every rank is a negative for every other query; gradients flow back to the
+            # rank that encoded it, so N ranks x B queries train like one process with N*B queries.
+            d, keep = _gather(d), _gather_nograd(keep) if keep is not None else None
+            first = first + self.rank * len(docs)
+        scores = self._scores(q, d, keep)                                   # [queries, documents]
+        own = scores.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
+        loss = torch.zeros((), device=q.device)
+        if c.loss in ("contrastive", "both"):
+            if c.in_batch_negatives:
+                loss = loss + contrastive_loss(scores, first, c.temperature)
+            else:
+                loss = loss + contrastive_loss(own, torch.zeros_like(first), c.temperature)
+        if c.loss in ("distill", "both"):
+            t = torch.tensor(teacher, dtype=torch.float32, device=q.device)
+            loss = loss + (c.distill_weight if c.loss == "both" else 1.0) * distillation_loss(own, t, c.distill_temperature)
+        return loss, tokens
+
+    def _scores(self, q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.kind == "dense":
+            return q @ d.T
+        return maxsim(q, d, document_mask=keep)
+
+    def train_step(self) -> dict:
+        """One optimizer step over batch_size queries; returns its metrics."""
+        self.model.train()
+        t0 = time.perf_counter()
+        total, tokens = 0.0, 0
+        for m in range(self.cfg.grad_accum):
+            queries, docs, teacher = self._micro_batch(m)
+            loss, n = self._loss(queries, docs, teacher)
+            (loss / self.cfg.grad_accum).backward()
+            total += float(loss.detach()) / self.cfg.grad_accum
+            tokens += n
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        seconds = time.perf_counter() - t0
+        return {"step": self.step, "loss": total, "grad_norm": float(norm), "lr": self.scheduler.get_last_lr()[0],
+                "seconds": seconds, "triplets_per_s": self.cfg.batch_size / seconds,
+                "tokens_per_s": tokens * self.world / seconds}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict:
+        """nDCG@10 on the fixed dev sample (exact scoring of every sampled document)."""
+        if self.cfg.eval_data is None:
+            return {}
+        from ..evaluation.datasets import load_beir
+        from ..evaluation.metrics import evaluate
+
+        if self._eval is None:
+            data = load_beir(self.cfg.eval_data, self.cfg.eval_split)
+            rng = random.Random(0)
+            qids = sorted(data.qrels)
+            qids = sorted(rng.sample(qids, min(self.cfg.eval_queries, len(qids))))
+            judged = list(dict.fromkeys(d for q in qids for d in data.qrels[q] if d in data.corpus))
+            rest = sorted(set(data.corpus) - set(judged))
+            docs = judged + rng.sample(rest, min(self.cfg.eval_docs, len(rest)))
+            self._eval = ({q: data.queries[q] for q in qids}, {d: data.corpus[d].full_text for d in docs},
+                          {q: data.qrels[q] for q in qids})
+        queries, corpus, qrels = self._eval
+        m = self.model
+        ids = list(corpus)
+        if self.cfg.kind == "dense":
+            Q = m.encode(list(queries.values()), is_query=True, show_progress=False)
+            D = m.encode([corpus[d] for d in ids], is_query=False, show_progress=False)
+            S = Q @ D.T
+        else:
+            from ..scoring import maxsim_one
+
+            Q = m.encode_queries(list(queries.values()), show_progress=False)
+            D = m.encode_documents([corpus[d] for d in ids], show_progress=False)
+            S = torch.stack([maxsim_one(Q[i], D) for i in range(len(Q))])
+        m.train()
+        top = torch.topk(S, min(100, len(ids)), dim=1)
+        run = {q: {ids[j]: float(s) for s, j in zip(top.values[i], top.indices[i])} for i, q in enumerate(queries)}
+        return {f"dev_{k}": v for k, v in evaluate(run, qrels, ["ndcg@10", "recall@100"]).items()}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        """Train to max_steps (resuming if checkpoints exist), evaluate, and save the final model."""
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        log = self.out / "metrics.jsonl"
+        if self.rank == 0:
+            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+            _truncate_log(log, self.step)
+            if not resumed and c.eval_data:
+                _append(log, {"step": 0, **self.evaluate()})
+        bar = tqdm(total=c.max_steps, initial=self.step, desc=f"Training {c.kind}", unit="step",
+                   disable=not self.show_progress)
+        started, first_step = time.perf_counter(), self.step
+        while self.step < c.max_steps:
+            metrics = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.1e}")
+            if self.rank == 0 and (self.step % c.log_every == 0 or self.step == c.max_steps):
+                _append(log, {**metrics, "elapsed_s": time.perf_counter() - started, "resumed_at": first_step})
+            if self.step % c.save_every == 0 or self.step == c.max_steps:
+                self.save_checkpoint()
+            if self.rank == 0 and c.eval_data and (self.step % c.eval_every == 0 or self.step == c.max_steps):
+                ev = self.evaluate()
+                _append(log, {"step": self.step, **ev})
+                bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+        bar.close()
+        final = self.out / "final"
+        if self.rank == 0:
+            # The saved model encodes documents at the inference length, not the (shorter) training one.
+            if c.kind == "colbert":
+                self.model.reconfigure(doc_maxlen=c.inference_doc_maxlen)
+            else:
+                self.model.max_length = c.inference_doc_maxlen
+            dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(c.save_dtype or "", None)
+            self.model.save_pretrained(final, dtype=dtype)
+            if c.kind == "colbert":
+                self.model.reconfigure(doc_maxlen=c.doc_maxlen)
+            else:
+                self.model.max_length = c.doc_maxlen
+        if self.distributed:
+            dist.barrier()
+        return final
+
+
+def _linear_schedule(warmup: int, total: int):  # noqa: ANN202 - a LambdaLR factor
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A saved model's weights under the trainee's own parameter names."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    if (folder / "artifact.metadata").is_file():  # colbert-ai layout: '<prefix>.<key>' + linear.weight
+        out = {"linear.weight": weights.pop("linear.weight")}
+        for k, v in weights.items():
+            out["backbone." + k.split(".", 1)[1]] = v
+        return out
+    return {"backbone." + k: v for k, v in weights.items()}
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step`, written by a run that was interrupted before its next checkpoint."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(config: TrainConfig | str | Path, **overrides: Any) -> Path:
+    """Run a training config (a TrainConfig or a YAML path) to the end; returns the final model folder."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_yaml(config, **overrides)
+    return Trainer(cfg).fit()
+
+
+__all__ = ["TrainConfig", "Trainer", "TripletStream", "train"]

@@ -1,0 +1,217 @@
+"""Training data, mining, losses and the trainer (tiny models built from a config; real data only for the mix check)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from medcolbert import load_beir
+from medcolbert.errors import DataError
+from medcolbert.modeling.checkpoint import default_model_path
+from medcolbert.training.data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
+from medcolbert.training.losses import contrastive_loss, distillation_loss
+from medcolbert.training.mining import mine_negatives
+from medcolbert.training.trainer import TrainConfig, Trainer, TripletStream
+from tests.conftest import SHARED_DATA, make_tiny_model
+from tests.test_distributed import free_port
+
+TRIPLETS = [
+    Triplet("do statins cause muscle pain", ("Statin therapy is associated with myopathy and muscle pain.",),
+            ("Annual influenza vaccination reduces hospital admissions.",)),
+    Triplet("metformin for diabetes", ("Metformin is a first-line treatment for type 2 diabetes.",),
+            ("Low-dose aspirin lowers the risk of a second infarction.",)),
+    Triplet("aspirin after heart attack", ("Low-dose aspirin lowers the risk of a second infarction.",),
+            ("Short sleep duration is linked to obesity in children.",)),
+    Triplet("flu vaccine in older people", ("Annual influenza vaccination reduces hospital admissions.",),
+            ("Inhaled corticosteroids control persistent asthma symptoms.",)),
+    Triplet("asthma inhaler steroids", ("Inhaled corticosteroids control persistent asthma symptoms.",),
+            ("Metformin is a first-line treatment for type 2 diabetes.",)),
+    Triplet("children sleep and weight", ("Short sleep duration is linked to obesity in children.",),
+            ("Statin therapy is associated with myopathy and muscle pain.",)),
+    Triplet("vitamin d and bones", ("Vitamin D supplements reduce fractures in older women.",),
+            ("Annual influenza vaccination reduces hospital admissions.",)),
+    Triplet("smoking and lung cancer", ("Tobacco smoking is the main cause of lung cancer.",),
+            ("Vitamin D supplements reduce fractures in older women.",)),
+]
+
+
+def write_train_file(path: Path, triplets=TRIPLETS) -> str:
+    write_triplets(path, list(triplets))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    model = make_tiny_model(seed=5, dropout=0.0)
+    return str(model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny"))
+
+
+def config(tmp_path: Path, checkpoint: str, **kw) -> TrainConfig:
+    base = dict(output_dir=str(tmp_path / "run"), train_files=[write_train_file(tmp_path / "train.jsonl")],
+                model=checkpoint, batch_size=4, max_steps=4, lr=1e-3, save_every=2, log_every=1, doc_maxlen=32,
+                query_maxlen=12, dim=16, inference_doc_maxlen=64, warmup_ratio=0.25)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------- data
+def test_converters_and_round_trip(tmp_path, tiny_beir):
+    data = load_beir(tiny_beir, "test")
+    triplets = beir_to_triplets(data, source="tiny")
+    assert len(triplets) == 4 and triplets[0].pos[0].startswith("Statins and muscle pain")
+    assert triplets[0].meta["source"] == "tiny" and triplets[0].meta["pos_ids"] == ["d1"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"query": "q?", "pos": ["answer"], "source": "GHR", "focus": "X"}) + "\n")
+    (t,) = pairs_to_triplets(pairs, source="medquad")
+    assert t.neg == () and t.meta == {"upstream_source": "GHR", "focus": "X", "source": "medquad"}
+    write_triplets(tmp_path / "t.jsonl", triplets)
+    assert read_triplets(tmp_path / "t.jsonl") == triplets
+
+
+def test_mining_skips_positives_and_near_duplicates_and_respects_the_window():
+    pos = "statins cause muscle pain and myopathy in some treated patients"
+    corpus = {"p": pos, "dup": pos + " too", "n1": "statins lower cholesterol in patients with muscle pain history",
+              "n2": "muscle pain after exercise in patients", "n3": "statins and liver enzymes in patients",
+              "far": "influenza vaccination of older adults"}
+    t = Triplet("statins muscle pain patients", (pos,), ())
+    (mined,) = mine_negatives([t], corpus, n_negatives=10, window=(0, 3), near_duplicate=0.7)
+    assert pos not in mined.neg and corpus["dup"] not in mined.neg
+    assert set(mined.neg) <= {corpus["n1"], corpus["n2"], corpus["n3"]} and len(mined.neg) == 3
+    (skip_first,) = mine_negatives([t], corpus, n_negatives=10, window=(1, 3), near_duplicate=0.7)
+    assert len(skip_first.neg) == 2
+    again = mine_negatives([t], corpus, n_negatives=2, window=(0, 3), seed=0)
+    assert again == mine_negatives([t], corpus, n_negatives=2, window=(0, 3), seed=0)
+    with pytest.raises(ValueError, match="window"):
+        mine_negatives([t], corpus, window=(3, 3))
+
+
+def test_stream_is_deterministic_and_pads_missing_negatives():
+    stream = TripletStream([Triplet("q", ("p",), ()), *TRIPLETS], seed=3, n_negatives=2, need_scores=False)
+    samples = [stream.sample(i) for i in range(20)]
+    assert samples == [TripletStream(TRIPLETS[:0] + [Triplet("q", ("p",), ()), *TRIPLETS], 3, 2, False).sample(i)
+                       for i in range(20)]
+    assert all(len(docs) == 3 for _, docs, _ in samples)
+    with pytest.raises(DataError, match="pos_scores"):
+        TripletStream(TRIPLETS, seed=0, n_negatives=1, need_scores=True)
+
+
+# ---------------------------------------------------------------- losses
+def test_losses():
+    scores = torch.tensor([[5.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    manual = -(torch.log_softmax(scores / 0.5, dim=1)[[0, 1], [0, 1]]).mean()
+    assert torch.allclose(contrastive_loss(scores, targets, 0.5), manual)
+    assert distillation_loss(scores, scores).abs() < 1e-6
+    assert distillation_loss(scores, scores.flip(1)) > 0.1
+    with pytest.raises(ValueError):
+        distillation_loss(scores, scores[:, :2])
+
+
+# ---------------------------------------------------------------- trainer
+def test_config_from_yaml_names_unknown_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\ntrain_files: [a.jsonl]\nlearning_rate: 1\n")
+    with pytest.raises(DataError, match="bad.yaml.*learning_rate"):
+        TrainConfig.from_yaml(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("output_dir: x\ntrain_files: [a.jsonl]\nlr: 0.001\n")
+    assert TrainConfig.from_yaml(good, max_steps=7).max_steps == 7
+
+
+def test_training_lowers_the_loss(tmp_path, tiny_checkpoint):
+    cfg = config(tmp_path, tiny_checkpoint, max_steps=30, save_every=100, warmup_ratio=0.0, lr=3e-3)
+    trainer = Trainer(cfg, show_progress=False)
+    losses = [trainer.train_step()["loss"] for _ in range(cfg.max_steps)]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_checkpoint):
+    straight = Trainer(config(tmp_path / "a", tiny_checkpoint), show_progress=False)
+    final = straight.fit()
+    log = [json.loads(line) for line in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    # Interrupted after step 3 (last checkpoint at step 2), then resumed by a new trainer.
+    first = Trainer(config(tmp_path / "b", tiny_checkpoint), show_progress=False)
+    first.out.mkdir(parents=True)
+    for _ in range(2):
+        first.train_step()
+    first.save_checkpoint()
+    first.train_step()
+    resumed = Trainer(config(tmp_path / "b", tiny_checkpoint), show_progress=False)
+    resumed.fit()
+    assert resumed.step == 4
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    from medcolbert import ColBERT
+
+    saved = ColBERT.from_pretrained(final, device="cpu")
+    assert saved.config.doc_maxlen == 64 and torch.equal(saved.linear.weight, straight.model.linear.weight)
+
+
+def test_distillation_and_hard_negatives_only(tmp_path, tiny_checkpoint):
+    scored = [Triplet(t.query, t.pos, t.neg, (3.0,), (1.0,)) for t in TRIPLETS]
+    path = write_train_file(tmp_path / "scored.jsonl", scored)
+    for loss in ("distill", "both"):
+        cfg = config(tmp_path / loss, tiny_checkpoint, train_files=[path], loss=loss, in_batch_negatives=False,
+                     max_steps=2)
+        metrics = Trainer(cfg, show_progress=False).train_step()
+        assert metrics["loss"] > 0 and metrics["triplets_per_s"] > 0
+
+
+def test_dense_kind_trains_and_saves_a_loadable_bi_encoder(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    folder = tmp_path / "tiny-bert"
+    bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = config(tmp_path, str(folder), kind="dense", temperature=0.05, max_steps=2)
+    final = Trainer(cfg, show_progress=False).fit()
+    from medcolbert.baselines.dense import BiEncoder
+
+    model = BiEncoder.from_pretrained(final, device="cpu")
+    vectors = model.encode(["a query", "a longer document text"], is_query=False)
+    assert vectors.shape == (2, 32) and torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_two_process_training_equals_one_process_with_the_whole_batch(tmp_path, tiny_checkpoint):
+    cfg = config(tmp_path / "dist", tiny_checkpoint, max_steps=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(Path(__file__).with_name("dist_train_worker.py")),
+           json.dumps(cfg.to_dict())]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = Trainer(config(tmp_path / "single", tiny_checkpoint, max_steps=2), show_progress=False)
+    for _ in range(2):
+        single.train_step()
+    from medcolbert import ColBERT
+
+    dist_model = ColBERT.from_pretrained(tmp_path / "dist" / "run" / "weights", device="cpu")
+    a, b = single.model.state_dict(), dist_model.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "medquad").is_dir(), reason="needs ../shared/data")
+def test_medical_mix_holds_no_evaluation_query_or_dev_topic(tmp_path):
+    from medcolbert.training.mix import build_medical_mix, check_no_leakage, held_out, normalize_query
+
+    mix, report = build_medical_mix(SHARED_DATA, tmp_path / "mix.jsonl", n_negatives=2, show_progress=False)
+    written = read_triplets(tmp_path / "mix.jsonl")
+    assert len(written) == len(mix) > 15000
+    assert set(report["sources"]) == {"medquad-train", "scifact-train", "medical-question-pairs"}
+    held = held_out(SHARED_DATA)
+    assert not {normalize_query(t.query) for t in written} & held["queries"]
+    assert not {normalize_query(t.meta["focus"]) for t in written if "focus" in t.meta} & held["medquad_dev_topics"]
+    assert not any(p in held["medquad_dev_answers"] for t in written for p in t.pos + t.neg)
+    assert all(len(t.neg) >= 1 for t in written)
+    # The check itself refuses a mix that holds a dev query.
+    dev_query = next(iter(load_beir(SHARED_DATA / "medquad" / "dev-retrieval", "dev").queries.values()))
+    with pytest.raises(DataError, match="evaluation query"):
+        check_no_leakage(written[:5] + [Triplet(dev_query, ("x",), ())], SHARED_DATA)
