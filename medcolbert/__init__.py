@@ -21,6 +21,15 @@ _EXPORTS = {
     "read_run": "medcolbert.evaluation.datasets",
     "write_run": "medcolbert.evaluation.datasets",
     "read_triplets": "medcolbert.training.data",
+    "write_triplets": "medcolbert.training.data",
+    "mine_negatives": "medcolbert.training.mining",
+    "TrainConfig": "medcolbert.training.trainer",
+    "train": "medcolbert.training.trainer",
+    "BiEncoder": "medcolbert.baselines.dense",
+    "DenseIndex": "medcolbert.baselines.dense",
+    "Index": "medcolbert.indexing.index",
+    "Searcher": "medcolbert.search.plaid",
+    "SearchConfig": "medcolbert.search.plaid",
     "DataError": "medcolbert.errors",
     "MedColbertError": "medcolbert.errors",
 }
@@ -29,6 +38,11 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .baselines.bm25 import BM25
+    from .baselines.dense import BiEncoder, DenseIndex
+    from .indexing.index import Index
+    from .search.plaid import SearchConfig, Searcher
+    from .training.mining import mine_negatives
+    from .training.trainer import TrainConfig, train
     from .config import ModelConfig
     from .errors import DataError, MedColbertError
     from .evaluation.datasets import load_beir, read_run, write_run
@@ -36,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .modeling.encoder import ColBERT
     from .scoring import maxsim
     from .search.rerank import rerank, rerank_run
-    from .training.data import read_triplets
+    from .training.data import read_triplets, write_triplets
     from .vector_cache import VectorCache
 
 

@@ -103,3 +103,22 @@ class VectorCache:
         for i, doc_id in enumerate(ids):
             self._entries[doc_id] = (text_hash(texts[i]), flat[offsets[i]:offsets[i + 1]])
         self._next_chunk = n + 1
+
+
+class CachedEncoder:
+    """A model stand-in whose document vectors come from (and go to) a VectorCache, e.g. to index what was
+    already encoded for reranking, or to build several indexes from one encoding."""
+
+    def __init__(self, model: ColBERT, cache: VectorCache, corpus: dict[str, str]) -> None:
+        self.model, self.cache = model, cache
+        self.ids_by_text = {text: doc_id for doc_id, text in corpus.items()}
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the model's
+        return getattr(self.model, name)
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 32,
+                         show_progress: bool | None = None) -> list[torch.Tensor]:
+        """Vectors of documents of the corpus, encoded only if the cache lacks them."""
+        ids = [self.ids_by_text[t] for t in texts]
+        got = self.cache.get_or_encode(ids, list(texts), batch_size=batch_size, show_progress=show_progress)
+        return [got[i].float() for i in ids]

@@ -22,6 +22,7 @@ import numpy as np
 from bench_search import latency, pct, subset
 from medcolbert import ColBERT, load_beir
 from medcolbert.indexing.index import Index
+from medcolbert.modeling.checkpoint import BASE_MODEL_ID
 from medcolbert.search.plaid import Searcher
 
 
@@ -47,7 +48,9 @@ def main() -> None:
     qids, doc_ids = subset(data, args.max_docs, args.max_queries)
     queries = [data.queries[q] for q in qids]
     index = Index.open(work / "medcolbert-nbits2")
-    model = ColBERT.from_pretrained(index.manifest.get("model", {}).get("source"), device="cpu",
+    # Indexes built before the release named the packaged base None.
+    source = index.manifest.get("model", {}).get("source") or BASE_MODEL_ID
+    model = ColBERT.from_pretrained(source, device="cpu",
                                     doc_maxlen=args.doc_maxlen)
     searcher = Searcher(index, model)
 

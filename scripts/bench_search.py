@@ -23,22 +23,7 @@ import numpy as np
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.search.plaid import Searcher
-from medcolbert.vector_cache import VectorCache
-
-
-class CachedEncoder:
-    """A model stand-in whose document vectors come from the vector cache (encoded once for all nbits)."""
-
-    def __init__(self, model: ColBERT, cache: VectorCache, ids_by_text: dict[str, str]) -> None:
-        self.model, self.cache, self.ids_by_text = model, cache, ids_by_text
-
-    def __getattr__(self, name: str):  # noqa: ANN204 - delegate everything else
-        return getattr(self.model, name)
-
-    def encode_documents(self, texts, batch_size=32, show_progress=None):  # noqa: ANN001, ANN201
-        ids = [self.ids_by_text[t] for t in texts]
-        got = self.cache.get_or_encode(ids, list(texts), batch_size=batch_size, show_progress=False)
-        return [got[i].float() for i in ids]
+from medcolbert.vector_cache import CachedEncoder, VectorCache
 
 
 def subset(data, max_docs: int | None, max_queries: int | None, seed: int = 0):
@@ -134,8 +119,7 @@ def main() -> None:
     # 2. Index size (and PLAID quality) at other nbits, from vectors encoded once.
     other = [int(b) for b in args.nbits_sizes.split(",") if int(b) != 2]
     if other:
-        ids_by_text = {t: d for d, t in corpus.items()}
-        cached = CachedEncoder(model, VectorCache(model, work / "vectors"), ids_by_text)
+        cached = CachedEncoder(model, VectorCache(model, work / "vectors"), corpus)
         for nbits in other:
             idx = Index.build(work / f"medcolbert-nbits{nbits}", cached, corpus, nbits=nbits)
             s = Searcher(idx, model)

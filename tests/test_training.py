@@ -178,6 +178,12 @@ def test_dense_kind_trains_and_saves_a_loadable_bi_encoder(tmp_path):
     model = BiEncoder.from_pretrained(final, device="cpu")
     vectors = model.encode(["a query", "a longer document text"], is_query=False)
     assert vectors.shape == (2, 32) and torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+    from medcolbert.baselines.dense import DenseIndex
+
+    corpus = {f"d{i}": t.pos[0] for i, t in enumerate(TRIPLETS)}
+    for kind in ("flat", "hnsw"):
+        run = DenseIndex(model, kind=kind).index(corpus).search({"q": corpus["d3"]}, k=3)
+        assert next(iter(run["q"])) == "d3" and len(run["q"]) == 3
 
 
 def test_two_process_training_equals_one_process_with_the_whole_batch(tmp_path, tiny_checkpoint):

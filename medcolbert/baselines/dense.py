@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -13,8 +14,9 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from ..errors import CheckpointError
+from ..evaluation.datasets import Run
 from ..fsutil import staged_folder
-from ..modeling.checkpoint import DEFAULT_MODEL_NAME, _load_backbone, _quiet_transformers, resolve_model_folder
+from ..modeling.checkpoint import _load_backbone, _quiet_transformers, resolve_model_folder
 from ..modeling.encoder import resolve_autocast_dtype
 
 CONFIG_FILE = "medcolbert_dense.json"
@@ -147,4 +149,43 @@ def _sentence_transformers_pooling(folder: Path) -> str:
     return "mean"
 
 
-__all__ = ["BiEncoder", "DEFAULT_MODEL_NAME"]
+
+
+class DenseIndex:
+    """A corpus as unit vectors in a faiss inner-product index: flat (exact) or HNSW (large corpora)."""
+
+    def __init__(self, model: BiEncoder, kind: str = "flat", hnsw_m: int = 32) -> None:
+        if kind not in ("flat", "hnsw"):
+            raise ValueError(f"kind must be 'flat' or 'hnsw', got {kind!r}")
+        self.model, self.kind, self.hnsw_m = model, kind, hnsw_m
+        self.doc_ids: list[str] = []
+        self._faiss = None
+
+    def index(self, corpus: Mapping[str, str], batch_size: int = 64, show_progress: bool | None = None) -> "DenseIndex":
+        """Encode and add {doc id: text}."""
+        import faiss
+
+        if not corpus:
+            raise ValueError("cannot index an empty corpus")
+        vectors = self.model.encode(list(corpus.values()), is_query=False, batch_size=batch_size,
+                                    show_progress=show_progress).numpy()
+        dim = vectors.shape[1]
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._faiss, self.doc_ids = index, list(corpus)
+        return self
+
+    def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Top-k documents of each query, as {query id: {doc id: score}}."""
+        if self._faiss is None:
+            raise RuntimeError("DenseIndex.search called before index()")
+        qids = list(queries)
+        if not qids:
+            return {}
+        q = self.model.encode([queries[i] for i in qids], is_query=True, show_progress=False).numpy()
+        scores, idx = self._faiss.search(np.ascontiguousarray(q, dtype=np.float32), min(k, len(self.doc_ids)))
+        return {qid: {self.doc_ids[j]: float(s) for s, j in zip(scores[r], idx[r]) if j >= 0}
+                for r, qid in enumerate(qids)}

@@ -24,6 +24,15 @@ METADATA_FILE = "artifact.metadata"
 WEIGHTS_FILE = "model.safetensors"
 LINEAR_KEY = "linear.weight"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+# Names the packaged base explicitly, where None would pick the released medical checkpoint.
+BASE_MODEL_ID = "packaged:all-MiniLM-L6-v2"
+RELEASE_NAME = "medcolbert-minilm-v1"
+
+
+def release_model_path() -> Path | None:
+    """The released medical ColBERT checkpoint of a source checkout, or None where there is none."""
+    path = Path(__file__).resolve().parents[2] / "checkpoints" / RELEASE_NAME
+    return path if (path / METADATA_FILE).is_file() and (path / WEIGHTS_FILE).is_file() else None
 
 
 def default_model_path() -> Path:
@@ -39,9 +48,15 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_model_folder(name_or_path: str | Path | None) -> tuple[Path, str]:
-    """A local folder for a model name, path or hub id, and a display name for it."""
-    if name_or_path is None:
+def resolve_model_folder(name_or_path: str | Path | None, prefer_release: bool = False) -> tuple[Path, str]:
+    """A local folder for a model name, path or hub id, and a display name for it.
+
+    None is the packaged all-MiniLM-L6-v2, or with prefer_release the released medical checkpoint when the
+    checkout has one.
+    """
+    if name_or_path is None and prefer_release and release_model_path() is not None:
+        return release_model_path(), RELEASE_NAME  # type: ignore[return-value]
+    if name_or_path is None or str(name_or_path) == BASE_MODEL_ID:
         return default_model_path(), DEFAULT_MODEL_NAME
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -121,7 +136,9 @@ def _load_backbone(folder: Path) -> torch.nn.Module:
 
 def load_colbert(name_or_path: str | Path | None = None, **overrides: object) -> ColBERT:
     """A ColBERT model from a colbert-ai checkpoint folder, a plain HF encoder, or the packaged default."""
-    folder, display = resolve_model_folder(name_or_path)
+    folder, display = resolve_model_folder(name_or_path, prefer_release=True)
+    if name_or_path is None:  # record which default it was, so that an index names its model for good
+        name_or_path = str(folder) if display == RELEASE_NAME else BASE_MODEL_ID
     metadata = folder / METADATA_FILE
     config = ModelConfig.read_metadata(metadata) if metadata.is_file() else ModelConfig()
     projection = read_tensor(folder, LINEAR_KEY)
@@ -148,8 +165,7 @@ def load_colbert(name_or_path: str | Path | None = None, **overrides: object) ->
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer, backbone = _ensure_markers(tokenizer, backbone, config)
     try:
-        return ColBERT(backbone, tokenizer, config, projection=projection, name=display,
-                       source=None if name_or_path is None else str(name_or_path))
+        return ColBERT(backbone, tokenizer, config, projection=projection, name=display, source=str(name_or_path))
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
 

@@ -280,9 +280,11 @@ class Trainer:
             model = BiEncoder.from_pretrained(c.model, pooling=c.pooling, query_prefix=c.query_prefix,
                                               max_length=c.doc_maxlen, device=self.device, dtype="float32")
         else:
+            from ..modeling.checkpoint import BASE_MODEL_ID
             from ..modeling.encoder import ColBERT
 
-            model = ColBERT.from_pretrained(c.model, device=self.device, dtype="float32", query_maxlen=c.query_maxlen,
+            # None means the packaged base here: training starts from it, never from the release.
+            model = ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=self.device, dtype="float32", query_maxlen=c.query_maxlen,
                                             doc_maxlen=c.doc_maxlen, **({"dim": c.dim} if c.dim else {}))
         # The HF pooler head is loaded with the backbone but neither model kind uses it; frozen, it also keeps
         # DistributedDataParallel from waiting for gradients that never come.
