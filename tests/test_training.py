@@ -221,3 +221,13 @@ def test_medical_mix_holds_no_evaluation_query_or_dev_topic(tmp_path):
     dev_query = next(iter(load_beir(SHARED_DATA / "medquad" / "dev-retrieval", "dev").queries.values()))
     with pytest.raises(DataError, match="evaluation query"):
         check_no_leakage(written[:5] + [Triplet(dev_query, ("x",), ())], SHARED_DATA)
+
+
+def test_periodic_dev_evaluation_is_logged(tmp_path, tiny_checkpoint, tiny_beir):
+    cfg = config(tmp_path, tiny_checkpoint, max_steps=2, eval_data=str(tiny_beir), eval_split="test",
+                 eval_every=2, eval_queries=3, eval_docs=2)
+    Trainer(cfg, show_progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "dev_ndcg@10" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(0.0 <= r["dev_ndcg@10"] <= 1.0 for r in evals)

@@ -67,6 +67,7 @@ class TrainConfig:
     eval_split: str = "dev"
     eval_queries: int = 100
     eval_docs: int = 1000                   # distractors added to the judged documents of the sample
+    eval_distractors: str = "bm25"          # bm25: each query's BM25 top hits first, then random; random: random only
     eval_every: int = 250
     save_every: int = 100
     keep_checkpoints: int = 2
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError("n_negatives must be >= 0 and temperatures > 0")
         if not self.train_files:
             raise ValueError("train_files is empty")
+        if self.eval_distractors not in ("bm25", "random"):
+            raise ValueError(f"eval_distractors must be 'bm25' or 'random', got {self.eval_distractors!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
@@ -429,8 +432,18 @@ class Trainer:
             qids = sorted(data.qrels)
             qids = sorted(rng.sample(qids, min(self.cfg.eval_queries, len(qids))))
             judged = list(dict.fromkeys(d for q in qids for d in data.qrels[q] if d in data.corpus))
-            rest = sorted(set(data.corpus) - set(judged))
-            docs = judged + rng.sample(rest, min(self.cfg.eval_docs, len(rest)))
+            hard: list[str] = []
+            if self.cfg.eval_distractors == "bm25":
+                # Random distractors make the sample too easy to show progress (nDCG@10 > 0.9 untrained on
+                # MedQuAD); BM25's own top hits are the documents a model must learn to rank below the answer.
+                from ..baselines.bm25 import BM25
+
+                bm25 = BM25().index({d: doc.full_text for d, doc in data.corpus.items()})
+                hits = bm25.search({q: data.queries[q] for q in qids}, k=max(1, self.cfg.eval_docs // max(1, len(qids))))
+                hard = [d for d in dict.fromkeys(d for q in qids for d in hits[q]) if d not in set(judged)]
+            rest = sorted(set(data.corpus) - set(judged) - set(hard))
+            need = max(0, self.cfg.eval_docs - len(hard))
+            docs = judged + hard[:self.cfg.eval_docs] + rng.sample(rest, min(need, len(rest)))
             self._eval = ({q: data.queries[q] for q in qids}, {d: data.corpus[d].full_text for d in docs},
                           {q: data.qrels[q] for q in qids})
         queries, corpus, qrels = self._eval
