@@ -143,3 +143,18 @@ def test_hub_ids_resolve_through_the_hub_client(tmp_path, tiny_model, monkeypatc
     assert "artifact.metadata" in asked[0][1] and "*.safetensors" in asked[0][1]
     with pytest.raises(CheckpointError, match="could not be fetched from the Hugging Face hub"):
         ColBERT.from_pretrained("abhinand/not-a-colbert")
+
+
+def test_fresh_projection_bits_do_not_depend_on_thread_count():
+    from medcolbert.modeling.encoder import fresh_projection
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fresh_projection(384, 128)
+        torch.set_num_threads(2)
+        two = fresh_projection(384, 128)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert torch.allclose(one @ one.T, torch.eye(128), atol=1e-5)

@@ -24,10 +24,17 @@ def fresh_projection(hidden_size: int, dim: int, seed: int = PROJECTION_SEED) ->
     """A seeded random projection with orthonormal rows, [dim, hidden_size]."""
     # Orthonormal rows keep the geometry of the backbone's token space as far as `dim` allows, and the
     # fixed seed makes the "plain HF encoder" model the same on every machine (and its cache key stable).
+    # LAPACK's QR gives bit-different results with different thread counts; one thread and float64,
+    # rounded to float32, make the bits (and so the fingerprint) the same under any torch.set_num_threads.
     gen = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(max(hidden_size, dim), min(hidden_size, dim), generator=gen)
-    q, _ = torch.linalg.qr(gaussian)
-    return (q.T if dim <= hidden_size else q).contiguous()
+    gaussian = torch.randn(max(hidden_size, dim), min(hidden_size, dim), generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        q, _ = torch.linalg.qr(gaussian)
+    finally:
+        torch.set_num_threads(threads)
+    return (q.T if dim <= hidden_size else q).float().contiguous()
 
 
 class ColBERT(nn.Module):
