@@ -62,10 +62,6 @@ def test_codec_round_trip_improves_with_bits(nbits):
     cos = (approx * vecs[:1000]).sum(-1).mean().item()
     assert cos > {1: 0.75, 2: 0.85, 4: 0.95}[nbits]
     assert torch.allclose(approx.norm(dim=-1), torch.ones(1000), atol=1e-5)
-    # The fused, chunked scoring used by search gives the same dot products as decompress-then-matmul.
-    q = torch.nn.functional.normalize(torch.randn(7, 32), dim=-1)
-    fused = codec.similarities(codes, packed, q, chunk=300)
-    assert torch.allclose(fused, approx @ q.T, atol=1e-5)
 
 
 def test_build_writes_a_folder_of_plain_arrays_with_checksums(built, corpus):
@@ -108,6 +104,26 @@ def test_plaid_with_wide_settings_equals_exact(built, model):
     assert len(default) == 5 and default == sorted(default, key=lambda h: -h[1])
     run = searcher.search_all({"a": "statin", "b": "asthma steroid"}, k=3)
     assert set(run) == {"a", "b"} and all(len(h) == 3 for h in run.values())
+
+
+def test_engine_scores_equal_decompress_then_matmul_and_threads_agree(built, model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medcolbert.search.engine import PlaidEngine
+
+    engine = PlaidEngine(built, "cpu")
+    rows = torch.arange(0, built.num_embeddings, 3)
+    q = model.encode_queries(["statin muscle pain"])[0]
+    fused = engine.similarities(rows, q, chunk=100)   # several chunks
+    reference = built.codec.decompress(built.codes[rows.numpy()], built.residual_rows(rows.numpy())) @ q.T
+    assert torch.allclose(fused, reference, atol=1e-5)
+    # One searcher shared by threads gives every thread the answer it gives alone.
+    searcher = Searcher(built, model, SearchConfig(ncells=2, centroid_score_threshold=0.0, ndocs=8))
+    queries = ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly", "asthma steroid"] * 5
+    alone = [searcher.search(x, k=5) for x in queries]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: searcher.search(x, k=5), queries))
+    assert together == alone
 
 
 def test_traced_query_encoder_matches_eager(model):

@@ -127,17 +127,3 @@ class ResidualCodec:
         """Unit-length approximations of the vectors, float32 [n, dim]."""
         vectors = self._unnormalized(torch.as_tensor(np.asarray(codes, dtype=np.int64)), packed)
         return vectors.div_(vectors.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-
-    def similarities(self, codes: np.ndarray, packed: np.ndarray, q: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """Dot products of the decompressed (unit) vectors with the rows of q, float32 [n, Lq]."""
-        # Scoring a chunk at a time keeps the decompressed block in cache, and dividing the [chunk, Lq]
-        # scores by the norms is cheaper than normalizing [chunk, dim] vectors first.
-        codes_t = torch.as_tensor(np.asarray(codes, dtype=np.int64))
-        out = torch.empty((len(codes_t), q.shape[0]), dtype=torch.float32)
-        qt = q.float().T.contiguous()
-        for s in range(0, len(codes_t), chunk):
-            vectors = self._unnormalized(codes_t[s:s + chunk], packed[s:s + chunk])
-            part = out[s:s + chunk]
-            torch.mm(vectors, qt, out=part)
-            part.div_(vectors.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-        return out

@@ -27,7 +27,7 @@ def fresh_projection(hidden_size: int, dim: int, seed: int = PROJECTION_SEED) ->
     # LAPACK's QR gives bit-different results with different thread counts; one thread and float64,
     # rounded to float32, make the bits (and so the fingerprint) the same under any torch.set_num_threads.
     gen = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(max(hidden_size, dim), min(hidden_size, dim), generator=gen, dtype=torch.float64)
+    gaussian = torch.randn(max(hidden_size, dim), min(hidden_size, dim), generator=gen).double()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -6,13 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
 from ..indexing.index import Index
-from ..indexing.storage import ranges
+from .engine import PlaidEngine
 from .exact import exact_search
 
 
@@ -42,16 +41,18 @@ class SearchConfig:
 
 
 class Searcher:
-    """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]."""
+    """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]; safe to share between threads."""
 
     def __init__(self, index: Index | str | Path, model, config: SearchConfig | None = None,  # type: ignore[no-untyped-def]
-                 trace_queries: bool = True) -> None:
+                 trace_queries: bool = True, device: str | torch.device | None = None) -> None:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self.index.check_model(model)
         self.model = model
         model.trace_queries = trace_queries
         self.config = config or SearchConfig()
-        self._centroids_t = self.index.codec.centroids_f32.contiguous()
+        # The stages run where the model runs unless told otherwise: on CUDA the whole index is moved to
+        # GPU memory once, here.
+        self.engine = PlaidEngine(self.index, device if device is not None else model.device)
 
     # ------------------------------------------------------------------ public
     def search(self, query: str, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
@@ -85,96 +86,8 @@ class Searcher:
         """The searcher's config with per-call knobs applied, resolved for k."""
         return replace(self.config, **knobs).resolved(k)  # type: ignore[arg-type]
 
-    # ------------------------------------------------------------------ PLAID stages
+    # ------------------------------------------------------------------ PLAID
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
-        idx = self.index
-        q = q.float()
-        n_centroids = self._centroids_t.shape[0]
-        # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
-        # that scores 0: it stands for padding and for pruned centroids (as in colbert-ai).
-        table = torch.empty((n_centroids + 1, q.shape[0]), dtype=torch.float32)
-        torch.mm(self._centroids_t, q.T, out=table[:n_centroids])
-        table[n_centroids] = 0
-        scores = table[:n_centroids]
-        # 1. candidates: documents in the inverted lists of each query token's top ncells centroids
-        if cfg.ncells == 1:
-            cells = np.unique(scores.argmax(dim=0).numpy())
-        else:
-            cells = torch.topk(scores, min(cfg.ncells, n_centroids), dim=0).indices.unique().numpy()
-        cand = np.unique(idx.ivf_docs[ranges(idx.ivf_offsets[cells], idx.ivf_offsets[cells + 1])])
-        if idx.deleted.any():
-            cand = cand[~idx.deleted[cand]]
-        if cand.size == 0:
-            return []
-        # 2. centroid interaction over the centroids that pass the threshold only (PLAID's pruning)
-        if cand.size > cfg.ndocs:
-            kept = np.flatnonzero((scores.max(dim=1).values >= cfg.centroid_score_threshold).numpy())
-            cand = self._pruned_stage(table, cand, kept, cfg.ndocs)
-        # 3. full centroid interaction on the survivors; a quarter go on
-        cand = self._centroid_stage(table, cand, max(k, cfg.ndocs // 4))
-        # 4. exact MaxSim over the decompressed vectors of the survivors
-        cand = np.sort(cand)
-        rows, lens = idx.embedding_rows(cand)
-        sim = idx.codec.similarities(idx.codes[rows], idx.residual_rows(rows), q)
-        sim = torch.cat([sim, torch.full((1, q.shape[0]), -1e4)])   # [tokens + pad row, Lq]
-        exact = _segment_maxsim(sim, np.arange(len(rows)), lens)
-        top = np.argsort(-exact, kind="stable")[:k]
-        return [(idx.doc_ids[cand[i]], float(exact[i])) for i in top]
-
-    def _pruned_stage(self, table: torch.Tensor, cand: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
-        """Top n candidates by MaxSim over their centroids that passed the threshold (others count 0)."""
-        # Walk the inverted lists of the kept centroids only: their length, not the candidates' total
-        # number of centroids, bounds the work, which is what makes the pruning pay off.
-        idx = self.index
-        lengths = idx.ivf_offsets[kept + 1] - idx.ivf_offsets[kept]
-        docs = idx.ivf_docs[ranges(idx.ivf_offsets[kept], idx.ivf_offsets[kept + 1])]
-        codes = np.repeat(kept, lengths)
-        slot = self._slots(cand)
-        where = slot[docs]
-        inside = where >= 0
-        where, codes = where[inside], codes[inside]
-        self._slot_buffer[cand] = -1
-        # Scores start at 0, the value colbert-ai gives pruned centroids; scatter-max is the fastest
-        # grouped reduction here (no sort by document needed).
-        best = torch.zeros((cand.size, table.shape[1]))
-        if codes.size:
-            gathered = torch.nn.functional.embedding(torch.from_numpy(codes), table)
-            best.scatter_reduce_(0, torch.from_numpy(where)[:, None].expand(-1, table.shape[1]), gathered, "amax")
-        approx = best.sum(dim=1).numpy()
-        return cand[np.argpartition(-approx, n - 1)[:n]]
-
-    def _slots(self, cand: np.ndarray) -> np.ndarray:
-        """A reusable document -> candidate-position map (-1 elsewhere), reset by the caller."""
-        if getattr(self, "_slot_buffer", None) is None or self._slot_buffer.size != len(self.index.doc_ids):
-            self._slot_buffer = np.full(len(self.index.doc_ids), -1, dtype=np.int64)
-        self._slot_buffer[cand] = np.arange(cand.size)
-        return self._slot_buffer
-
-    def _centroid_stage(self, table: torch.Tensor, cand: np.ndarray, n: int) -> np.ndarray:
-        """Top n candidates by MaxSim over all their centroids."""
-        if cand.size <= n:
-            return cand
-        idx = self.index
-        lens = idx.pair_offsets[cand + 1] - idx.pair_offsets[cand]
-        codes = idx.pair_codes[ranges(idx.pair_offsets[cand], idx.pair_offsets[cand + 1])]
-        approx = _segment_maxsim(table, codes, lens)
-        return cand[np.argpartition(-approx, n - 1)[:n]]
-
-
-def _segment_maxsim(table: torch.Tensor, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Per group of consecutive `rows` (sizes `lens`): sum over columns of the max over the group's rows.
-
-    `table` is [R + 1, Lq]; its last row is the padding value. Groups are laid out as a dense
-    [groups, longest, Lq] gather, which on CPU is several times faster than a segmented reduction.
-    """
-    n = len(lens)
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    width = max(1, int(lens.max()))
-    mat = np.full((n, width), table.shape[0] - 1, dtype=np.int64)
-    if len(rows):
-        owner = np.repeat(np.arange(n), lens)
-        pos = np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)
-        mat[owner, pos] = rows
-    gathered = torch.nn.functional.embedding(torch.from_numpy(mat), table)   # [n, width, Lq]
-    return gathered.amax(dim=1).sum(dim=1).numpy()
+        docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
+        ids = self.index.doc_ids
+        return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]
