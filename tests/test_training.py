@@ -182,8 +182,19 @@ def test_dense_kind_trains_and_saves_a_loadable_bi_encoder(tmp_path):
 
     corpus = {f"d{i}": t.pos[0] for i, t in enumerate(TRIPLETS)}
     for kind in ("flat", "hnsw"):
-        run = DenseIndex(model, kind=kind).index(corpus).search({"q": corpus["d3"]}, k=3)
+        index = DenseIndex(model, kind=kind).index(corpus)
+        run = index.search({"q": corpus["d3"]}, k=3)
         assert next(iter(run["q"])) == "d3" and len(run["q"]) == 3
+        saved = index.save(tmp_path / f"dense-{kind}")
+        assert DenseIndex.load(saved, model).search({"q": corpus["d3"]}, k=3) == run
+    from medcolbert.errors import IndexFormatError, MedColbertError
+
+    (saved / "vectors.npy").write_bytes(b"truncated")
+    with pytest.raises(IndexFormatError, match="vectors.npy"):
+        DenseIndex.load(saved, model)
+    other = BiEncoder.from_pretrained(final, device="cpu", pooling="cls")
+    with pytest.raises(MedColbertError, match="another model"):
+        DenseIndex.load(tmp_path / "dense-flat", other)
 
 
 def test_two_process_training_equals_one_process_with_the_whole_batch(tmp_path, tiny_checkpoint):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, IndexFormatError, MedColbertError
 from ..evaluation.datasets import Run
 from ..fsutil import staged_folder
 from ..modeling.checkpoint import _load_backbone, _quiet_transformers, resolve_model_folder
@@ -66,6 +67,15 @@ class BiEncoder(nn.Module):
     def device(self) -> torch.device:
         """The device the weights are on."""
         return next(self.backbone.parameters()).device
+
+    def fingerprint(self) -> str:
+        """A hash of weights, vocabulary, pooling, prefix and length, to key cached vectors and indexes."""
+        h = hashlib.sha256(json.dumps([self.pooling, self.query_prefix, self.max_length]).encode())
+        h.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
+        for key, tensor in sorted(self.backbone.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:24]
 
     @property
     def dim(self) -> int:
@@ -151,37 +161,98 @@ def _sentence_transformers_pooling(folder: Path) -> str:
 
 
 
+DENSE_FORMAT = "medcolbert-dense-index"
+DENSE_VERSION = 1
+
+
 class DenseIndex:
-    """A corpus as unit vectors in a faiss inner-product index: flat (exact) or HNSW (large corpora)."""
+    """A corpus as unit vectors in a faiss inner-product index: flat (exact) or HNSW (large corpora).
+
+    Saved as a folder like the multi-vector index: `vectors.npy` (float32), `doc_ids.npy`, for HNSW the
+    graph as `hnsw.faiss`, and a `manifest.json` with the model's fingerprint and every file's checksum.
+    """
 
     def __init__(self, model: BiEncoder, kind: str = "flat", hnsw_m: int = 32) -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"kind must be 'flat' or 'hnsw', got {kind!r}")
         self.model, self.kind, self.hnsw_m = model, kind, hnsw_m
         self.doc_ids: list[str] = []
+        self.vectors = np.zeros((0, model.dim), dtype=np.float32)
         self._faiss = None
 
-    def index(self, corpus: Mapping[str, str], batch_size: int = 64, show_progress: bool | None = None) -> "DenseIndex":
-        """Encode and add {doc id: text}."""
+    def _make_faiss(self):  # noqa: ANN202 - a faiss index
         import faiss
 
+        dim = self.vectors.shape[1]
+        index = faiss.IndexFlatIP(dim) if self.kind == "flat" else faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        # faiss-gpu, where installed and a GPU is visible, serves flat search from GPU memory.
+        if self.kind == "flat" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        return index
+
+    def index(self, corpus: Mapping[str, str], batch_size: int = 64, show_progress: bool | None = None) -> "DenseIndex":
+        """Encode {doc id: text} and index it."""
         if not corpus:
             raise ValueError("cannot index an empty corpus")
-        vectors = self.model.encode(list(corpus.values()), is_query=False, batch_size=batch_size,
-                                    show_progress=show_progress).numpy()
-        dim = vectors.shape[1]
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        else:
-            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        self._faiss, self.doc_ids = index, list(corpus)
+        self.vectors = np.ascontiguousarray(self.model.encode(list(corpus.values()), is_query=False, batch_size=batch_size,
+                                                              show_progress=show_progress).numpy(), dtype=np.float32)
+        self.doc_ids = list(corpus)
+        self._faiss = self._make_faiss()
+        self._faiss.add(self.vectors)
         return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index folder atomically."""
+        import faiss
+
+        from ..indexing.storage import encode_ids, save_array
+
+        path = Path(path)
+        with staged_folder(path) as tmp:
+            files = {"vectors.npy": save_array(tmp / "vectors.npy", self.vectors),
+                     "doc_ids.npy": save_array(tmp / "doc_ids.npy", encode_ids(self.doc_ids))}
+            if self.kind == "hnsw":
+                from ..indexing.storage import sha256_file
+
+                faiss.write_index(self._faiss, str(tmp / "hnsw.faiss"))
+                files["hnsw.faiss"] = {"bytes": (tmp / "hnsw.faiss").stat().st_size, "sha256": sha256_file(tmp / "hnsw.faiss")}
+            manifest = {"format": DENSE_FORMAT, "format_version": DENSE_VERSION, "kind": self.kind, "hnsw_m": self.hnsw_m,
+                        "model": {"name": self.model.name, "source": self.model.source,
+                                  "fingerprint": self.model.fingerprint()},
+                        "dim": int(self.vectors.shape[1]), "num_documents": len(self.doc_ids), "files": files}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: BiEncoder) -> "DenseIndex":
+        """Open a saved index for `model` (a model with other weights is refused)."""
+        import faiss
+
+        from ..indexing.storage import decode_ids, load_array, read_manifest
+
+        path = Path(path)
+        m = read_manifest(path, DENSE_FORMAT, DENSE_VERSION)
+        if m["model"]["fingerprint"] != model.fingerprint():
+            raise MedColbertError(f"{path} was built with another model ({m['model']['name']}); rebuild it or load "
+                                  "that model")
+        out = cls(model, kind=m["kind"], hnsw_m=m.get("hnsw_m", 32))
+        out.vectors = np.ascontiguousarray(load_array(path, "vectors.npy", m["files"]), dtype=np.float32)
+        out.doc_ids = decode_ids(load_array(path, "doc_ids.npy", m["files"]))
+        if out.vectors.shape != (m["num_documents"], m["dim"]) or len(out.doc_ids) != m["num_documents"]:
+            raise IndexFormatError(f"{path}: arrays disagree with the manifest (damaged index)")
+        if out.kind == "hnsw":
+            if not (path / "hnsw.faiss").is_file():
+                raise IndexFormatError(f"{path}: the index is missing hnsw.faiss")
+            out._faiss = faiss.read_index(str(path / "hnsw.faiss"))
+        else:
+            out._faiss = out._make_faiss()
+            out._faiss.add(out.vectors)
+        return out
 
     def search(self, queries: Mapping[str, str], k: int = 100) -> Run:
         """Top-k documents of each query, as {query id: {doc id: score}}."""
         if self._faiss is None:
-            raise RuntimeError("DenseIndex.search called before index()")
+            raise RuntimeError("DenseIndex.search called before index() or load()")
         qids = list(queries)
         if not qids:
             return {}

@@ -155,7 +155,7 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
     return entry, files
 
 
-def read_manifest(root: Path) -> dict:
+def read_manifest(root: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION) -> dict:
     """The manifest of an index folder, checked for format and version."""
     if not root.is_dir():
         raise IndexFormatError(f"{root}: no index folder there")
@@ -166,12 +166,12 @@ def read_manifest(root: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise IndexFormatError(f"{path}: not valid JSON ({exc.msg})") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path}: not a medcolbert index (format {manifest.get('format')!r})")
+    if manifest.get("format") != format_name:
+        raise IndexFormatError(f"{path}: not a {format_name} folder (format {manifest.get('format')!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexFormatError(f"{path}: index format version {version}, this medcolbert reads version "
-                               f"{FORMAT_VERSION}; rebuild the index with this version")
+    if version != format_version:
+        raise IndexFormatError(f"{path}: {format_name} format version {version}, this medcolbert reads version "
+                               f"{format_version}; rebuild it with this version")
     return manifest
 
 
