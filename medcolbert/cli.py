@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
+                       description="Run every system of the YAML file on every data set; write the results "
+                                   "table (markdown + JSON), TREC runs, per-query scores, paired significance "
+                                   "against the baseline and plots under the output folder. Fails (exit 3) "
+                                   "when a result drifts past the tolerance from the scores the file expects.")
+    p.add_argument("config", help="experiment YAML (see experiments/*.yaml)")
+    p.add_argument("--output-dir", default=None, help="override the output folder")
+
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
                        description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
                                    "resumes from its latest checkpoint when started again. Under torchrun every "
@@ -417,6 +425,23 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run an experiment file."""
+    from .experiment import ExperimentConfig, ExperimentDrift, run_experiment
+
+    cfg = ExperimentConfig.from_yaml(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    try:
+        run_experiment(cfg, log=_log)
+    except ExperimentDrift as exc:
+        print((cfg.out / "results.md").read_text())
+        print(f"medcolbert experiment: {exc}", file=sys.stderr)
+        return 3
+    print((cfg.out / "results.md").read_text())
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run a training config."""
     from .training.trainer import train
@@ -428,7 +453,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
             "update": cmd_update, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
-            "train": cmd_train}
+            "train": cmd_train, "experiment": cmd_experiment}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

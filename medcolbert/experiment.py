@@ -1,0 +1,409 @@
+"""Reproducible experiments from a YAML file: systems x data sets, metrics, significance, plots, drift checks.
+
+`medcolbert experiment experiments/NAME.yaml` writes under the output folder (default experiments/NAME/):
+results.md and results.json (the table), runs/DATASET.SYSTEM.trec, perquery/DATASET.SYSTEM.json, paired
+significance of every system against the baseline, and plots/*.png. Expected scores recorded in the YAML
+are checked after the run: any drift past the tolerance fails the command, after everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, MedColbertError
+from .evaluation.datasets import BeirDataset, Run, load_beir, write_run
+from .evaluation.metrics import parse_metric, per_query
+
+SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf")
+TESTS = ("paired-t", "bootstrap")
+
+
+class ExperimentDrift(MedColbertError):
+    """A result moved past the tolerance from the score the experiment file records."""
+
+
+@dataclass
+class ExperimentConfig:
+    """What to run: data sets, systems, metrics, the baseline and the scores to expect."""
+
+    name: str
+    datasets: list[dict]
+    systems: list[dict]
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "map@100", "recall@100", "mrr@10"])
+    baseline: str | None = None          # default: the first system
+    test: str = "paired-t"               # paired-t | bootstrap
+    alpha: float = 0.05
+    expected: dict = field(default_factory=dict)   # {dataset: {system: {metric: value}}}
+    tolerance: float = 0.002
+    latency_queries: int = 50            # queries timed one at a time per system (0: no timing)
+    output_dir: str | None = None
+    work_dir: str | None = None          # caches: vectors, indexes (default .cache/experiments/NAME)
+    source: Path | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
+        """Read and check an experiment file; errors name the file and the entry."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError("experiment file not found", path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(f"invalid YAML ({exc})", path) from None
+        if not isinstance(raw, dict):
+            raise DataError("expected a mapping", path)
+        known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "expected", "tolerance",
+                 "latency_queries", "output_dir", "work_dir"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise DataError(f"unknown key(s) {unknown}; known: {sorted(known)}", path)
+        raw.setdefault("name", path.stem)
+        for key in ("datasets", "systems"):
+            if not isinstance(raw.get(key), list) or not raw[key]:
+                raise DataError(f"'{key}' must be a non-empty list", path)
+        cfg = cls(**raw, source=path)
+        cfg.check(path)
+        return cfg
+
+    def check(self, where: object = None) -> None:
+        """Validate names, references and metrics before any work is done."""
+        names: list[str] = []
+        for i, s in enumerate(self.systems):
+            if not isinstance(s, dict) or "name" not in s or "type" not in s:
+                raise DataError(f"systems[{i}] needs a name and a type", where)
+            if s["type"] not in SYSTEM_TYPES:
+                raise DataError(f"systems[{i}] ({s['name']}): type must be one of {SYSTEM_TYPES}", where)
+            refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
+            if s["type"] in ("rerank", "rrf") and not all(refs):
+                raise DataError(f"systems[{i}] ({s['name']}): a {s['type']} names its input system(s)", where)
+            for ref in refs:
+                if ref not in names:
+                    raise DataError(f"systems[{i}] ({s['name']}) uses '{ref}', which is not a system listed before it", where)
+            if s["name"] in names:
+                raise DataError(f"systems[{i}]: duplicate system name '{s['name']}'", where)
+            names.append(s["name"])
+        for i, d in enumerate(self.datasets):
+            if not isinstance(d, dict) or not {"name", "path"} <= set(d):
+                raise DataError(f"datasets[{i}] needs a name and a path (and a split)", where)
+        if self.baseline is not None and self.baseline not in names:
+            raise DataError(f"baseline '{self.baseline}' is not a system", where)
+        if self.test not in TESTS:
+            raise DataError(f"test must be one of {TESTS}", where)
+        for m in self.metrics:
+            try:
+                parse_metric(m)
+            except ValueError as exc:
+                raise DataError(str(exc), where) from None
+
+    @property
+    def out(self) -> Path:
+        """The output folder."""
+        return Path(self.output_dir or f"experiments/{self.name}")
+
+    @property
+    def work(self) -> Path:
+        """The cache folder."""
+        return Path(self.work_dir or f".cache/experiments/{self.name}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _model_source(spec: dict) -> str | None:
+    value = spec.get("model")
+    return None if value in (None, "default") else str(value)
+
+
+# --------------------------------------------------------------------------------------------- systems
+class _Context:
+    """One data set's state while its systems run: runs so far, per-query latencies, shared models."""
+
+    def __init__(self, cfg: ExperimentConfig, name: str, data: BeirDataset, show_progress: bool | None) -> None:
+        self.cfg, self.name, self.data, self.show = cfg, name, data, show_progress
+        self.corpus = {d: doc.full_text for d, doc in data.corpus.items()}
+        self.runs: dict[str, Run] = {}
+        self.latency_ms: dict[str, float | None] = {}
+        self.timed_qids = sorted(data.queries)[: cfg.latency_queries]
+        self._models: dict[tuple, Any] = {}
+
+    def model(self, kind: str, spec: dict):  # type: ignore[no-untyped-def]
+        """A model, loaded once per data set and shared by the systems that name it."""
+        key = (kind, _model_source(spec), spec.get("pooling"), spec.get("query_prefix"), spec.get("doc_maxlen"))
+        if key not in self._models:
+            if kind == "dense":
+                from .baselines.dense import BiEncoder
+
+                self._models[key] = BiEncoder.from_pretrained(_model_source(spec), pooling=spec.get("pooling"),
+                                                              query_prefix=spec.get("query_prefix"),
+                                                              max_length=spec.get("doc_maxlen", 300))
+            else:
+                from .modeling.encoder import ColBERT
+
+                overrides = {"doc_maxlen": spec["doc_maxlen"]} if "doc_maxlen" in spec else {}
+                self._models[key] = ColBERT.from_pretrained(_model_source(spec), **overrides)
+        return self._models[key]
+
+    def time_queries(self, search_one: Callable[[str], object]) -> float | None:
+        """Median milliseconds of search_one over the timed queries, one at a time, after a warm-up."""
+        if not self.timed_qids:
+            return None
+        texts = [self.data.queries[q] for q in self.timed_qids]
+        for t in texts[:3]:
+            search_one(t)
+        times = []
+        for t in texts:
+            start = time.perf_counter()
+            search_one(t)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000)
+
+
+def _run_system(ctx: _Context, spec: dict) -> Run:
+    """Run one system on one data set; records its latency in ctx."""
+    kind, k, queries = spec["type"], int(spec.get("k", 100)), ctx.data.queries
+    if kind == "bm25":
+        from .baselines.bm25 import BM25
+
+        bm25 = BM25().index(ctx.corpus)
+        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: bm25.search({"q": t}, k=k))
+        return bm25.search(queries, k=k)
+    if kind == "dense":
+        from .baselines.dense import DenseIndex
+
+        model = ctx.model("dense", spec)
+        folder = ctx.cfg.work / f"dense-{ctx.name}-{spec.get('index', 'flat')}-{model.fingerprint()}"
+        if (folder / "manifest.json").is_file():
+            index = DenseIndex.load(folder, model)
+        else:
+            index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show)
+            index.save(folder)
+        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: index.search({"q": t}, k=k))
+        return index.search(queries, k=k)
+    if kind == "colbert":
+        searcher = _colbert_searcher(ctx, spec)
+        knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs") if key in spec}
+        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: searcher.search(t, k=k, **knobs))
+        return searcher.search_all(queries, k=k, show_progress=ctx.show, **knobs)
+    if kind == "rerank":
+        from .search.rerank import rerank, rerank_run
+        from .vector_cache import VectorCache
+
+        model = ctx.model("colbert", spec)
+        cache = VectorCache(model, ctx.cfg.work / "vectors")
+        first, depth = ctx.runs[spec["first_stage"]], int(spec.get("depth", 100))
+        run = rerank_run(model, queries, first, ctx.corpus, depth=depth, k=k, cache=cache, show_progress=ctx.show)
+        # Latency: the first stage's, plus encoding the query and MaxSim over its candidates' stored vectors
+        # (a reranker in production keeps document vectors, as this cache does).
+        timed = list(dict.fromkeys(d for q in ctx.timed_qids for d in list(first.get(q, {}))[:depth]))
+        vectors = cache.get_or_encode(timed, [ctx.corpus[d] for d in timed], show_progress=False)
+        qid_of = {ctx.data.queries[q]: q for q in ctx.timed_qids}
+
+        def one(text: str) -> object:
+            cands = list(first.get(qid_of.get(text, ""), {}))[:depth]
+            return rerank(model, text, [vectors[d] for d in cands], ids=cands)
+
+        base = ctx.latency_ms.get(spec["first_stage"])
+        own = ctx.time_queries(one)
+        ctx.latency_ms[spec["name"]] = None if base is None or own is None else base + own
+        return run
+    # rrf
+    from .search.fusion import rrf
+
+    inputs = [ctx.runs[name] for name in spec["runs"]]
+    lat = [ctx.latency_ms.get(name) for name in spec["runs"]]
+    ctx.latency_ms[spec["name"]] = None if any(x is None for x in lat) else float(sum(lat))  # type: ignore[arg-type]
+    return rrf(inputs, k=int(spec.get("rrf_k", 60)), depth=k, weights=spec.get("weights"))
+
+
+def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    from .indexing.index import Index
+    from .search.plaid import Searcher
+    from .vector_cache import CachedEncoder, VectorCache
+
+    model = ctx.model("colbert", spec)
+    nbits = int(spec.get("nbits", 2))
+    folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}-{model.fingerprint()}"
+    if (folder / "manifest.json").is_file():
+        index = Index.open(folder)
+    else:
+        cached = CachedEncoder(model, VectorCache(model, ctx.cfg.work / "vectors"), ctx.corpus)
+        index = Index.build(folder, cached, ctx.corpus, nbits=nbits, show_progress=ctx.show)
+    return Searcher(index, model)
+
+
+# --------------------------------------------------------------------------------------------- statistics
+def paired_test(a: np.ndarray, b: np.ndarray, test: str = "paired-t", seed: int = 0,
+                resamples: int = 10_000) -> float:
+    """Two-sided p-value that per-query scores a and b (same queries) have the same mean."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) < 2 or np.allclose(d, 0):
+        return 1.0
+    if test == "paired-t":
+        from scipy import stats
+
+        return float(stats.ttest_rel(a, b).pvalue)
+    # Paired bootstrap: resample queries, and count how often the mean difference crosses zero.
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
+
+
+# --------------------------------------------------------------------------------------------- the run
+def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Run every system on every data set and write the outputs; raises ExperimentDrift after writing."""
+    out = cfg.out
+    for sub in ("runs", "perquery", "plots"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    baseline = cfg.baseline or cfg.systems[0]["name"]
+    results: dict = {"name": cfg.name, "metrics": cfg.metrics, "baseline": baseline, "test": cfg.test,
+                     "alpha": cfg.alpha, "datasets": {}}
+    started = time.perf_counter()
+    for ds in cfg.datasets:
+        data = load_beir(ds["path"], ds.get("split", "test"))
+        ctx = _Context(cfg, ds["name"], data, show_progress)
+        table: dict[str, dict] = {}
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for spec in cfg.systems:
+            t0 = time.perf_counter()
+            run = _run_system(ctx, spec)
+            ctx.runs[spec["name"]] = run
+            slug = _slug(spec["name"])
+            write_run(run, out / "runs" / f"{ds['name']}.{slug}.trec", tag=slug)
+            scores[spec["name"]] = per_query(run, data.qrels, cfg.metrics)
+            (out / "perquery" / f"{ds['name']}.{slug}.json").write_text(json.dumps(scores[spec["name"]], indent=1) + "\n")
+            table[spec["name"]] = {m: float(np.mean(list(scores[spec["name"]][m].values()))) for m in cfg.metrics}
+            table[spec["name"]].update({"p50_ms": ctx.latency_ms.get(spec["name"]),
+                                        "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"{ds['name']} / {spec['name']}: " + ", ".join(f"{m} {table[spec['name']][m]:.4f}" for m in cfg.metrics))
+        qids = sorted(data.qrels)
+        for name, row in table.items():
+            if name == baseline:
+                continue
+            row["vs_baseline"] = {}
+            for m in cfg.metrics:
+                a = np.array([scores[name][m][q] for q in qids])
+                b = np.array([scores[baseline][m][q] for q in qids])
+                p = paired_test(a, b, cfg.test)
+                row["vs_baseline"][m] = {"delta": float(a.mean() - b.mean()), "p": p, "significant": p < cfg.alpha}
+        results["datasets"][ds["name"]] = {"split": ds.get("split", "test"), "queries": len(qids),
+                                           "documents": len(data.corpus), "systems": table}
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out / "plots", out / "perquery")
+    drift = check_expected(results, cfg.expected, cfg.tolerance)
+    if drift:
+        raise ExperimentDrift(f"{len(drift)} result(s) drifted past the tolerance {cfg.tolerance} from "
+                              f"{cfg.source or 'the expected scores'}:\n  " + "\n  ".join(drift))
+    return results
+
+
+def check_expected(results: dict, expected: dict, tolerance: float) -> list[str]:
+    """Lines describing every expected score that the results miss by more than the tolerance."""
+    drift = []
+    for ds, systems in (expected or {}).items():
+        for system, metrics in systems.items():
+            row = results["datasets"].get(ds, {}).get("systems", {}).get(system)
+            for metric, value in metrics.items():
+                got = None if row is None else row.get(metric)
+                if got is None:
+                    drift.append(f"{ds} / {system} / {metric}: expected {value}, not measured")
+                elif abs(got - value) > tolerance:
+                    drift.append(f"{ds} / {system} / {metric}: expected {value:.4f}, got {got:.4f}")
+    return drift
+
+
+def results_markdown(results: dict) -> str:
+    """The results as markdown tables, one per data set, with significance marks."""
+    metrics, baseline = results["metrics"], results["baseline"]
+    lines = [f"# {results['name']}", "",
+             f"Significance: {results['test']} against `{baseline}`, per metric over all judged queries; "
+             f"`*` marks p < {results['alpha']}.", ""]
+    for ds, block in results["datasets"].items():
+        lines += [f"## {ds} ({block['split']}: {block['queries']} queries, {block['documents']} documents)", "",
+                  "| system | " + " | ".join(metrics) + " | p50 ms/query |", "|---|" + "---|" * (len(metrics) + 1)]
+        for name, row in block["systems"].items():
+            cells = []
+            for m in metrics:
+                mark = "*" if row.get("vs_baseline", {}).get(m, {}).get("significant") else ""
+                cells.append(f"{row[m]:.4f}{mark}")
+            lat = row.get("p50_ms")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if lat is None else f'{lat:.1f}'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_results(results: dict, folder: Path, perquery: Path) -> list[Path]:
+    """Quality per system and data set, quality against latency, per-query differences (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MedColbertError("plots need matplotlib: pip install 'medcolbert[bench]'") from exc
+    metric, baseline = results["metrics"][0], results["baseline"]
+    datasets = list(results["datasets"])
+    systems = list(next(iter(results["datasets"].values()))["systems"])
+    written = []
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(systems) * len(datasets)), 4))
+    width = 0.8 / len(systems)
+    for i, s in enumerate(systems):
+        ax.bar(np.arange(len(datasets)) + i * width, [results["datasets"][d]["systems"][s][metric] for d in datasets],
+               width, label=s)
+    ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per system and data set")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, folder / "quality.png"))
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for s in systems:
+            row = results["datasets"][d]["systems"][s]
+            if row.get("p50_ms"):
+                ax.scatter(row["p50_ms"], row[metric])
+                ax.annotate(s, (row["p50_ms"], row[metric]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 ms per query (one at a time)")
+        ax.set_ylabel(metric)
+        ax.set_title(d)
+    written.append(_save(fig, folder / "quality-vs-latency.png"))
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        base = json.loads((perquery / f"{d}.{_slug(baseline)}.json").read_text())[metric]
+        for s in systems:
+            if s == baseline:
+                continue
+            other = json.loads((perquery / f"{d}.{_slug(s)}.json").read_text())[metric]
+            ax.plot(sorted(other[q] - base[q] for q in base), label=s)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_xlabel("queries, sorted by difference")
+        ax.set_ylabel(f"{metric} minus {baseline}")
+        ax.set_title(d)
+        if len(systems) > 1:
+            ax.legend(fontsize=7)
+    written.append(_save(fig, folder / "per-query-differences.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,98 @@
+"""The experiment harness end to end on a tiny corpus with tiny models built in the test."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from medcolbert.cli import main
+from medcolbert.errors import DataError
+from medcolbert.experiment import ExperimentConfig, ExperimentDrift, paired_test, run_experiment
+from medcolbert.modeling.checkpoint import default_model_path
+from tests.conftest import make_tiny_model, write_beir
+from tests.test_index import make_corpus
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    texts = make_corpus(60, seed=4)
+    docs = {d: ("", t) for d, t in texts.items()}
+    ids = list(texts)
+    queries = {f"q{i}": " ".join(texts[ids[i * 5]].split()[:4]) for i in range(8)}
+    qrels = {f"q{i}": {ids[i * 5]: 1} for i in range(8)}
+    data = write_beir(root / "data", docs=docs, queries=queries, qrels=qrels)
+    colbert = make_tiny_model(seed=2).save_pretrained(root / "colbert")
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_path()))
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    bert.save_pretrained(root / "dense")
+    tokenizer.save_pretrained(root / "dense")
+    spec = {"name": "tiny", "datasets": [{"name": "tiny", "path": str(data), "split": "test"}],
+            "systems": [{"name": "bm25", "type": "bm25"},
+                        {"name": "dense", "type": "dense", "model": str(root / "dense"), "doc_maxlen": 64},
+                        {"name": "colbert", "type": "colbert", "model": str(colbert)},
+                        {"name": "bm25 > colbert", "type": "rerank", "first_stage": "bm25", "model": str(colbert), "depth": 20},
+                        {"name": "hybrid", "type": "rrf", "runs": ["bm25", "colbert"]}],
+            "latency_queries": 3, "output_dir": str(root / "out"), "work_dir": str(root / "work")}
+    return root, spec
+
+
+def test_experiment_writes_tables_runs_significance_and_plots(setup):
+    root, spec = setup
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    results = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
+    out = root / "out"
+    rows = results["datasets"]["tiny"]["systems"]
+    assert list(rows) == ["bm25", "dense", "colbert", "bm25 > colbert", "hybrid"]
+    assert rows["bm25"]["ndcg@10"] > 0.5      # the queries are words of their document
+    assert "vs_baseline" not in rows["bm25"] and 0.0 <= rows["colbert"]["vs_baseline"]["ndcg@10"]["p"] <= 1.0
+    assert all(rows[s]["p50_ms"] > 0 for s in rows)
+    for name in ("runs/tiny.bm25-colbert.trec", "perquery/tiny.hybrid.json", "results.md", "results.json",
+                 "plots/quality.png", "plots/quality-vs-latency.png", "plots/per-query-differences.png"):
+        assert (out / name).is_file(), name
+    perq = json.loads((out / "perquery" / "tiny.colbert.json").read_text())
+    assert len(perq["ndcg@10"]) == 8
+    assert "| hybrid |" in (out / "results.md").read_text()
+    # A second run reuses the cached indexes and gives the same table.
+    again = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
+    assert again["datasets"]["tiny"]["systems"]["colbert"]["ndcg@10"] == rows["colbert"]["ndcg@10"]
+
+
+def test_drift_fails_loudly_after_writing(setup, capsys):
+    root, spec = setup
+    spec = {**spec, "systems": spec["systems"][:1], "output_dir": str(root / "drift"),
+            "expected": {"tiny": {"bm25": {"ndcg@10": 0.0}}}}
+    path = root / "drift.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ExperimentDrift, match="tiny / bm25 / ndcg@10: expected 0.0000"):
+        run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
+    assert (root / "drift" / "results.md").is_file()
+    assert main(["experiment", str(path)]) == 3
+    assert "drifted" in capsys.readouterr().err
+
+
+def test_bad_experiment_files_name_the_problem(tmp_path, setup):
+    _, spec = setup
+    cases = [({**spec, "sytems": []}, "unknown key"),
+             ({**spec, "systems": [{"name": "r", "type": "rerank", "first_stage": "nope"}]}, "not a system listed before"),
+             ({**spec, "systems": [{"name": "x", "type": "magic"}]}, "type must be one of"),
+             ({**spec, "metrics": ["ndcg@10", "bogus@3"]}, "bogus"),
+             ({**spec, "baseline": "nobody"}, "baseline")]
+    for i, (content, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(yaml.safe_dump(content))
+        with pytest.raises(DataError, match=message):
+            ExperimentConfig.from_yaml(path)
+
+
+def test_paired_tests():
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    assert paired_test(a, a) == 1.0
+    for test in ("paired-t", "bootstrap"):
+        assert paired_test(a + 0.1, a + rng.normal(0, 0.01, 200), test) < 0.001
+        assert paired_test(a + rng.normal(0, 0.1, 200), a, test) > 0.01
