@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-import warnings
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,20 +163,40 @@ class Index:
                           f"{built_with.get('fingerprint')}); scores will not be comparable", stacklevel=2)
 
     # ------------------------------------------------------------------ updates
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the index's write lock (across processes) with this object brought up to date first."""
+        # Two writers that both read generation N would each commit an N+1 that drops the other's change;
+        # the lock serializes them, and the reload makes each start from the latest commit.
+        with open(self.path / ".write.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if read_manifest(self.path).get("generation") != self.manifest.get("generation"):
+                    self.manifest = read_manifest(self.path)
+                    self._load()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def add(self, model, documents: Mapping[str, str], batch_size: int = 32) -> int:  # type: ignore[no-untyped-def]
         """Encode and append documents as a new segment; returns how many were added."""
         self.check_model(model)
         if not documents:
             return 0
+        for d, text in documents.items():
+            if not isinstance(text, str) or not text.strip():
+                raise MedColbertError(f"document '{d}' has empty text")
+        # Encoding happens before the lock is taken: it is the slow part and touches no index file.
         ids = list(documents)
+        vectors = model.encode_documents([documents[d] for d in ids], batch_size=batch_size)
+        with self._writing():
+            return self._append(ids, vectors)
+
+    def _append(self, ids: list[str], vectors: list[torch.Tensor]) -> int:
         clash = [d for d in ids if d in self.position]
         if clash:
             raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
                                   "(delete them first to replace them)")
-        for d in ids:
-            if not isinstance(documents[d], str) or not documents[d].strip():
-                raise MedColbertError(f"document '{d}' has empty text")
-        vectors = model.encode_documents([documents[d] for d in ids], batch_size=batch_size)
         doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         codes, residuals = self.codec.compress(torch.cat(vectors))
         entry, files = self._write_new_segment(ids, doclens, codes, residuals)
@@ -186,6 +208,10 @@ class Index:
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Mark documents deleted (they never come back in results); returns how many."""
+        with self._writing():
+            return self._tombstone(doc_ids)
+
+    def _tombstone(self, doc_ids: Sequence[str]) -> int:
         unknown = [d for d in doc_ids if d not in self.position]
         if unknown:
             raise MedColbertError(f"{len(unknown)} document ids are not in the index, e.g. '{unknown[0]}'")
@@ -201,6 +227,10 @@ class Index:
 
     def compact(self) -> dict:
         """Rewrite the live documents as one segment, reclaiming deleted space; returns stats before/after."""
+        with self._writing():
+            return self._compact()
+
+    def _compact(self) -> dict:
         before = self.stats()
         live = np.flatnonzero(~self.deleted)
         rows, lens = self.embedding_rows(live)

@@ -33,6 +33,9 @@ def save_array(path: Path, array: np.ndarray) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        # On disk before any manifest names it: an acknowledged update must survive a crash.
+        f.flush()
+        os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 

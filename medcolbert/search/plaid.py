@@ -52,7 +52,9 @@ class Searcher:
         self.config = config or SearchConfig()
         # The stages run where the model runs unless told otherwise: on CUDA the whole index is moved to
         # GPU memory once, here.
-        self.engine = PlaidEngine(self.index, device if device is not None else model.device)
+        self._device = device if device is not None else model.device
+        self.engine = PlaidEngine(self.index, self._device)
+        self._generation = self.index.manifest.get("generation")
 
     # ------------------------------------------------------------------ public
     def search(self, query: str, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
@@ -88,6 +90,10 @@ class Searcher:
 
     # ------------------------------------------------------------------ PLAID
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
+        if self.index.manifest.get("generation") != self._generation:
+            # The Index object was updated in place (add/delete/compact): the engine's copy is stale.
+            self.engine = PlaidEngine(self.index, self._device)
+            self._generation = self.index.manifest.get("generation")
         docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
         ids = self.index.doc_ids
         return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]
