@@ -174,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (see experiments/*.yaml)")
     p.add_argument("--output-dir", default=None, help="override the output folder")
 
+    p = sub.add_parser("serve", help="serve search and rerank over HTTP (FastAPI + uvicorn)",
+                       description="Serve POST /search, POST /rerank, POST /documents (add), POST /documents/delete, "
+                                   "GET /health, GET /metrics and the OpenAPI document at /docs. Binds to "
+                                   "127.0.0.1 unless told otherwise. With --api-key-file or $MEDCOLBERT_API_KEY set, "
+                                   "every endpoint but /health needs the key (header X-API-Key or Bearer).")
+    p.add_argument("--index", required=True)
+    p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-file", default=None, help="file whose first line is the API key (never logged)")
+    p.add_argument("--no-batching", action="store_true", help="encode each request's queries on their own")
+
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
                        description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
                                    "resumes from its latest checkpoint when started again. Under torchrun every "
@@ -442,6 +454,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP service until interrupted."""
+    try:
+        import uvicorn
+
+        from .service import create_app, read_api_key
+    except ImportError as exc:
+        raise MedColbertError(f"serving needs FastAPI and uvicorn: pip install 'medcolbert[serve]' ({exc})") from None
+    from .indexing.storage import read_manifest
+
+    read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
+    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file), batching=not args.no_batching)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run a training config."""
     from .training.trainer import train
@@ -453,7 +481,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
             "update": cmd_update, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
-            "train": cmd_train, "experiment": cmd_experiment}
+            "train": cmd_train, "experiment": cmd_experiment, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,447 @@
+"""An HTTP search and rerank service over one index: FastAPI app, request limits, live index updates, metrics.
+
+Start it with `medcolbert serve --index PATH`. Searches run in FastAPI's thread pool against an immutable
+(index, searcher) snapshot; a write, or another process's write seen through the manifest, builds a new
+snapshot and swaps it in, so no request ever sees a half-applied change. Concurrent queries are encoded
+together in one batch by a small collector thread.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import MedColbertError
+
+log = logging.getLogger("medcolbert.service")
+API_KEY_ENV = "MEDCOLBERT_API_KEY"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_query_chars: int = 2_000
+    max_batch: int = 64              # queries per /search request
+    max_k: int = 1_000
+    max_candidates: int = 1_000      # per /rerank request
+    max_document_chars: int = 100_000
+    max_add: int = 1_000             # documents per add request
+    max_body_bytes: int = 4_000_000
+
+
+# ----------------------------------------------------------------------------------------- request models
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SearchRequest(_Strict):
+    """One query or a batch, the number of hits, and optional PLAID knobs."""
+
+    query: str | None = None
+    queries: list[str] | None = None
+    k: int = 10
+    ncells: int | None = Field(default=None, ge=1, le=64)
+    centroid_score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    ndocs: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class RerankRequest(_Strict):
+    """A query and its candidates, as texts or as ids of indexed documents."""
+
+    query: str
+    candidates: list[str] | None = None
+    ids: list[str] | None = None
+    k: int | None = None
+
+
+class AddRequest(_Strict):
+    """Documents to add, {id: text}."""
+
+    documents: dict[str, str]
+
+
+class DeleteRequest(_Strict):
+    """Ids of documents to delete."""
+
+    ids: list[str]
+
+
+# ----------------------------------------------------------------------------------------- metrics
+class Metrics:
+    """Request counts, errors and latency histograms, written in Prometheus' text format."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.hist: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one finished request."""
+        with self._lock:
+            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
+            counts = self.hist.setdefault(endpoint, [0] * (len(self.BUCKETS) + 1))
+            for i, bound in enumerate(self.BUCKETS):
+                if seconds <= bound:
+                    counts[i] += 1
+            counts[-1] += 1
+            self.sums[endpoint] = self.sums.get(endpoint, 0.0) + seconds
+
+    def render(self, extra: dict[str, float]) -> str:
+        """The Prometheus exposition text."""
+        lines = ["# HELP medcolbert_requests_total Requests by endpoint and HTTP status.",
+                 "# TYPE medcolbert_requests_total counter"]
+        with self._lock:
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(f'medcolbert_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            lines += ["# HELP medcolbert_errors_total Requests answered with a 4xx or 5xx status.",
+                      "# TYPE medcolbert_errors_total counter"]
+            errors: dict[str, int] = {}
+            for (endpoint, status), n in self.requests.items():
+                if status >= 400:
+                    errors[endpoint] = errors.get(endpoint, 0) + n
+            for endpoint, n in sorted(errors.items()):
+                lines.append(f'medcolbert_errors_total{{endpoint="{endpoint}"}} {n}')
+            lines += ["# HELP medcolbert_request_seconds Request latency.", "# TYPE medcolbert_request_seconds histogram"]
+            for endpoint, counts in sorted(self.hist.items()):
+                for bound, n in zip(self.BUCKETS, counts):
+                    lines.append(f'medcolbert_request_seconds_bucket{{endpoint="{endpoint}",le="{bound}"}} {n}')
+                lines.append(f'medcolbert_request_seconds_bucket{{endpoint="{endpoint}",le="+Inf"}} {counts[-1]}')
+                lines.append(f'medcolbert_request_seconds_sum{{endpoint="{endpoint}"}} {self.sums[endpoint]:.6f}')
+                lines.append(f'medcolbert_request_seconds_count{{endpoint="{endpoint}"}} {counts[-1]}')
+        for name, value in extra.items():
+            lines += [f"# TYPE medcolbert_{name} gauge", f"medcolbert_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- query batching
+class QueryBatcher:
+    """Encodes queries that arrive together in one encoder call (a collector thread, short wait)."""
+
+    def __init__(self, model, max_batch: int = 32, wait_s: float = 0.002) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.max_batch, self.wait_s = model, max_batch, wait_s
+        self._queue: queue.Queue[tuple[str, Future]] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="medcolbert-query-batcher", daemon=True)
+        self._thread.start()
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Vectors of the given queries, [n, Lq, dim], encoded together with whatever else is waiting."""
+        futures = []
+        for t in texts:
+            f: Future = Future()
+            self._queue.put((t, f))
+            futures.append(f)
+        return torch.stack([f.result() for f in futures])
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.perf_counter() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.perf_counter())))
+                except queue.Empty:
+                    break
+            try:
+                vectors = self.model.encode_queries([t for t, _ in batch], batch_size=len(batch), show_progress=False)
+                for (_, f), v in zip(batch, vectors):
+                    f.set_result(v)
+            except Exception as exc:  # hand the failure to every waiting request instead of dying
+                for _, f in batch:
+                    f.set_exception(exc)
+
+
+# ----------------------------------------------------------------------------------------- the service
+class _Snapshot:
+    """An opened index and its searcher, never modified after construction."""
+
+    def __init__(self, path: Path, model) -> None:  # type: ignore[no-untyped-def]
+        from .indexing.index import Index
+        from .search.plaid import Searcher
+
+        self.index = Index.open(path)
+        self.searcher = Searcher(self.index, model)
+        self.generation = self.index.manifest.get("generation")
+        self.manifest_stat = _stat(path)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = (path / "manifest.json").stat()
+    return st.st_mtime_ns, st.st_ino
+
+
+class Service:
+    """The state behind the app: model, current snapshot, writer lock, batcher, metrics."""
+
+    def __init__(self, index_path: str | Path, model_path: str | None = None, limits: Limits | None = None,
+                 batching: bool = True) -> None:
+        self.path = Path(index_path)
+        self.model_path, self.limits, self.batching = model_path, limits or Limits(), batching
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._swap = threading.Lock()
+        self._write = threading.Lock()
+        self.snapshot: _Snapshot | None = None
+        self.model = None
+        self.batcher: QueryBatcher | None = None
+
+    def load(self) -> None:
+        """Load model and index (in a background thread at startup; /health says when it is done)."""
+        try:
+            from .indexing.storage import read_manifest
+            from .modeling.encoder import ColBERT
+
+            manifest = read_manifest(self.path)
+            source = self.model_path or manifest.get("model", {}).get("source")
+            self.model = ColBERT.from_pretrained(source)
+            self.snapshot = _Snapshot(self.path, self.model)
+            self.batcher = QueryBatcher(self.model, max_batch=self.limits.max_batch) if self.batching else None
+            self.ready.set()
+        except Exception as exc:  # reported by /health, not raised into the server loop
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("loading failed: %s", self.load_error)
+
+    def current(self) -> _Snapshot:
+        """The latest snapshot, reloaded first if the manifest on disk changed (e.g. another process wrote)."""
+        if not self.ready.is_set():
+            raise HTTPException(503, "the index and model are still loading")
+        snap = self.snapshot
+        assert snap is not None
+        try:
+            changed = _stat(self.path) != snap.manifest_stat
+        except FileNotFoundError:
+            changed = False
+        if changed:
+            with self._swap:
+                if self.snapshot is snap:  # another request may have reloaded meanwhile
+                    self.snapshot = _Snapshot(self.path, self.model)
+                snap = self.snapshot
+        return snap
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Query vectors, batched with concurrent requests when batching is on."""
+        if self.batcher is not None:
+            return self.batcher.encode(texts)
+        return self.model.encode_queries(texts, show_progress=False)  # type: ignore[union-attr]
+
+    # --------------------------------------------------------------- checks
+    def check_text(self, text: str, what: str, limit: int) -> None:
+        """Reject empty or oversized strings with a message naming the field."""
+        if not text.strip():
+            raise HTTPException(422, f"{what} is empty")
+        if len(text) > limit:
+            raise HTTPException(413, f"{what} has {len(text)} characters; the limit is {limit}")
+
+    def check_k(self, k: int) -> None:
+        """Reject k outside 1..max_k."""
+        if not 1 <= k <= self.limits.max_k:
+            raise HTTPException(422, f"k must be between 1 and {self.limits.max_k}, got {k}")
+
+
+def create_app(index_path: str | Path, model_path: str | None = None, api_key: str | None = None,
+               limits: Limits | None = None, batching: bool = True, load_in_background: bool = True) -> FastAPI:
+    """The FastAPI application serving one index."""
+    service = Service(index_path, model_path, limits, batching)
+    app = FastAPI(title="medcolbert", version=_version(),
+                  description="Late-interaction search and reranking over a medcolbert index.")
+    app.state.service = service
+    if load_in_background:
+        threading.Thread(target=service.load, name="medcolbert-loader", daemon=True).start()
+    else:
+        service.load()
+    L = service.limits
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        endpoint = request.url.path
+        response = await _guarded(request, call_next, service, api_key)
+        service.metrics.observe(endpoint if endpoint in KNOWN_PATHS else "other", response.status_code,
+                                time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                    for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(MedColbertError)
+    async def bad_input(_: Request, exc: MedColbertError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        """200 once the index and model are loaded, 503 before (or if loading failed)."""
+        if service.ready.is_set():
+            snap = service.snapshot
+            return JSONResponse({"status": "ready", "documents": len(snap.index) if snap else 0,
+                                 "generation": snap.generation if snap else None})
+        return JSONResponse({"status": "failed" if service.load_error else "loading", "error": service.load_error},
+                            status_code=503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        """Prometheus text: requests, errors, latency histograms, index size."""
+        snap = service.snapshot
+        extra = {"ready": float(service.ready.is_set())}
+        if snap is not None:
+            extra.update({"index_documents": float(len(snap.index)), "index_generation": float(snap.generation or 0)})
+        return service.metrics.render(extra)
+
+    @app.post("/search")
+    def search(req: SearchRequest) -> dict[str, Any]:
+        """Top-k documents for a query or a batch of queries."""
+        if (req.query is None) == (req.queries is None):
+            raise HTTPException(422, "give exactly one of 'query' or 'queries'")
+        texts = [req.query] if req.query is not None else list(req.queries or [])
+        if not texts:
+            raise HTTPException(422, "queries is an empty list")
+        if len(texts) > L.max_batch:
+            raise HTTPException(413, f"{len(texts)} queries; the limit per request is {L.max_batch}")
+        for i, t in enumerate(texts):
+            service.check_text(t, "query" if req.query is not None else f"queries[{i}]", L.max_query_chars)
+        service.check_k(req.k)
+        knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
+                                   ("ndocs", req.ndocs)) if v is not None}
+        snap = service.current()
+        Q = service.encode(texts)
+        hits = [snap.searcher.search_vectors(Q[i], k=req.k, **knobs) for i in range(len(texts))]
+        results = [[{"id": d, "score": s} for d, s in h] for h in hits]
+        body: dict[str, Any] = {"generation": snap.generation}
+        body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
+        return body
+
+    @app.post("/rerank")
+    def rerank(req: RerankRequest) -> dict[str, Any]:
+        """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
+        from .scoring import maxsim_one
+
+        service.check_text(req.query, "query", L.max_query_chars)
+        if (req.candidates is None) == (req.ids is None):
+            raise HTTPException(422, "give exactly one of 'candidates' (texts) or 'ids' (indexed documents)")
+        items = req.candidates if req.candidates is not None else req.ids
+        assert items is not None
+        if not items:
+            raise HTTPException(422, "no candidates given")
+        if len(items) > L.max_candidates:
+            raise HTTPException(413, f"{len(items)} candidates; the limit is {L.max_candidates}")
+        k = req.k if req.k is not None else len(items)
+        service.check_k(k)
+        snap = service.current()
+        q = service.encode([req.query])[0]
+        if req.candidates is not None:
+            for i, c in enumerate(req.candidates):
+                service.check_text(c, f"candidates[{i}]", L.max_document_chars)
+            docs = service.model.encode_documents(req.candidates, show_progress=False)  # type: ignore[union-attr]
+            labels: list[Any] = list(range(len(req.candidates)))
+        else:
+            unknown = [d for d in req.ids or [] if d not in snap.index.position]
+            if unknown:
+                raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+            docs = snap.index.document_vectors([snap.index.position[d] for d in req.ids or []])
+            labels = list(req.ids or [])
+        scores = maxsim_one(q, docs)
+        order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
+        key = "index" if req.candidates is not None else "id"
+        return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
+
+    @app.post("/documents")
+    def add_documents(req: AddRequest) -> dict[str, Any]:
+        """Add documents; the answer comes once they are committed (durable and searchable)."""
+        if not req.documents:
+            raise HTTPException(422, "documents is empty")
+        if len(req.documents) > L.max_add:
+            raise HTTPException(413, f"{len(req.documents)} documents; the limit per request is {L.max_add}")
+        for doc_id, text in req.documents.items():
+            service.check_text(doc_id, "document id", 512)
+            service.check_text(text, f"documents[{doc_id!r}]", L.max_document_chars)
+        return _write(service, lambda index: index.add(service.model, dict(req.documents)), "added")
+
+    @app.post("/documents/delete")
+    def delete_documents(req: DeleteRequest) -> dict[str, Any]:
+        """Delete documents by id; they never come back in results."""
+        if not req.ids:
+            raise HTTPException(422, "ids is empty")
+        snap = service.current()
+        unknown = [d for d in req.ids if d not in snap.index.position]
+        if unknown:
+            raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+        return _write(service, lambda index: index.delete(list(dict.fromkeys(req.ids))), "deleted")
+
+    return app
+
+
+KNOWN_PATHS = {"/health", "/metrics", "/search", "/rerank", "/documents", "/documents/delete", "/openapi.json", "/docs"}
+
+
+def _write(service: Service, change, verb: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Apply a change through a fresh writer Index, then swap in a snapshot that shows it."""
+    from .indexing.index import Index
+
+    service.current()  # 503 while loading
+    with service._write:
+        try:
+            n = change(Index.open(service.path))
+        except MedColbertError as exc:
+            raise HTTPException(409 if "already in the index" in str(exc) else 400, str(exc)) from None
+        with service._swap:
+            service.snapshot = _Snapshot(service.path, service.model)
+    return {verb: n, "generation": service.snapshot.generation}
+
+
+async def _guarded(request: Request, call_next, service: Service, api_key: str | None):  # type: ignore[no-untyped-def]
+    """API key (all but /health) and body size checks before the endpoint runs."""
+    if api_key and request.url.path != "/health":
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
+    length = request.headers.get("content-length")
+    limit = service.limits.max_body_bytes
+    if length is not None:
+        if not length.isdigit():
+            return JSONResponse({"detail": "bad Content-Length header"}, status_code=400)
+        if int(length) > limit:
+            return JSONResponse({"detail": f"request body of {length} bytes; the limit is {limit}"}, status_code=413)
+    elif request.method == "POST":
+        # A body without a declared length could be of any size; ask for the length instead of reading it.
+        return JSONResponse({"detail": "a Content-Length header is required"}, status_code=411)
+    try:
+        return await call_next(request)
+    except Exception:  # a bug, not bad input: answer 500 with no internals, keep the server up
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The API key from a file (first line) or the MEDCOLBERT_API_KEY environment variable."""
+    if path:
+        key = Path(path).read_text().strip()
+        if not key:
+            raise MedColbertError(f"{path}: the API key file is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
