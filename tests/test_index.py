@@ -1,5 +1,6 @@
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -173,6 +174,23 @@ def test_add_delete_compact(tmp_path, model, corpus):
     # a deleted id can be added again and is found again
     compacted.add(model, {"new1": "leukemia chemotherapy cancer leukemia"})
     assert "new1" in everything(compacted)
+
+
+def test_writers_see_each_other_and_survive_a_crashed_writer(tmp_path, model, corpus):
+    idx = Index.build(tmp_path / "ix", model, dict(list(corpus.items())[:30]), show_progress=False)
+    searcher = Searcher(idx, model, SearchConfig(ncells=64, centroid_score_threshold=-1, ndocs=100))
+    # A writer killed after moving its segment in but before committing leaves an orphan folder.
+    orphan = idx.path / "segments" / "00001"
+    shutil.copytree(idx.path / "segments" / "00000", orphan)
+    (idx.path / ".tmp-00001-999").mkdir()
+    other = Index.open(idx.path)          # a second writer, e.g. another process
+    other.add(model, {"a": "kidney dialysis failure"})
+    idx.add(model, {"b": "asthma steroid inhaler"})   # idx is behind by one commit; the lock brings it up to date
+    final = Index.open(idx.path, verify=True)
+    assert {"a", "b"} <= final.position.keys() and len(final) == 32
+    assert not list(idx.path.glob(".tmp-*"))
+    # A Searcher over an Index updated in place searches the new state.
+    assert "b" in dict(searcher.search("asthma steroid inhaler", k=40))
 
 
 def test_interrupted_build_resumes_from_finished_chunks(tmp_path, model, corpus, monkeypatch):

@@ -254,10 +254,16 @@ class Index:
                            residuals: np.ndarray) -> tuple[dict, dict]:
         """Write a segment beside the index, then move it in; it counts once a manifest names it."""
         name = _next_segment_name(self.manifest)
+        # Leftovers of a writer killed before its commit: a temp folder, or a segment no manifest names.
+        for stale in self.path.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        target = self.path / "segments" / name
+        if target.exists():
+            shutil.rmtree(target)
         tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
         entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals)
         (self.path / "segments").mkdir(exist_ok=True)
-        os.replace(tmp_root / "segments" / name, self.path / "segments" / name)
+        os.replace(tmp_root / "segments" / name, target)
         shutil.rmtree(tmp_root, ignore_errors=True)
         return entry, files
 
