@@ -134,6 +134,7 @@ class _Context:
         self.corpus = {d: doc.full_text for d, doc in data.corpus.items()}
         self.runs: dict[str, Run] = {}
         self.latency_ms: dict[str, float | None] = {}
+        self.extra: dict[str, dict] = {}   # per system: index size and the like
         self.timed_qids = sorted(data.queries)[: cfg.latency_queries]
         self._models: dict[tuple, Any] = {}
 
@@ -192,7 +193,9 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
         return index.search(queries, k=k)
     if kind == "colbert":
         searcher = _colbert_searcher(ctx, spec)
-        knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs") if key in spec}
+        stats = searcher.index.stats()
+        ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
+        knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact") if key in spec}
         ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: searcher.search(t, k=k, **knobs))
         return searcher.search_all(queries, k=k, show_progress=ctx.show, **knobs)
     if kind == "rerank":
@@ -285,7 +288,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
             (out / "perquery" / f"{ds['name']}.{slug}.json").write_text(json.dumps(scores[spec["name"]], indent=1) + "\n")
             table[spec["name"]] = {m: float(np.mean(list(scores[spec["name"]][m].values()))) for m in cfg.metrics}
             table[spec["name"]].update({"p50_ms": ctx.latency_ms.get(spec["name"]),
-                                        "seconds": round(time.perf_counter() - t0, 1)})
+                                        "seconds": round(time.perf_counter() - t0, 1), **ctx.extra.get(spec["name"], {})})
             log(f"{ds['name']} / {spec['name']}: " + ", ".join(f"{m} {table[spec['name']][m]:.4f}" for m in cfg.metrics))
         qids = sorted(data.qrels)
         for name, row in table.items():
@@ -332,15 +335,19 @@ def results_markdown(results: dict) -> str:
              f"Significance: {results['test']} against `{baseline}`, per metric over all judged queries; "
              f"`*` marks p < {results['alpha']}.", ""]
     for ds, block in results["datasets"].items():
+        sizes = any("bytes_per_vector" in row for row in block["systems"].values())
+        head = " | ".join(metrics) + " | p50 ms/query |" + (" bytes/vector | index MB |" if sizes else "")
         lines += [f"## {ds} ({block['split']}: {block['queries']} queries, {block['documents']} documents)", "",
-                  "| system | " + " | ".join(metrics) + " | p50 ms/query |", "|---|" + "---|" * (len(metrics) + 1)]
+                  "| system | " + head, "|---|" + "---|" * (len(metrics) + 1 + 2 * sizes)]
         for name, row in block["systems"].items():
             cells = []
             for m in metrics:
                 mark = "*" if row.get("vs_baseline", {}).get(m, {}).get("significant") else ""
                 cells.append(f"{row[m]:.4f}{mark}")
-            lat = row.get("p50_ms")
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {'' if lat is None else f'{lat:.1f}'} |")
+            cells.append("" if row.get("p50_ms") is None else f"{row['p50_ms']:.1f}")
+            if sizes:
+                cells += [f"{row['bytes_per_vector']:.2f}", f"{row['index_mb']:.1f}"] if "bytes_per_vector" in row else ["", ""]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
