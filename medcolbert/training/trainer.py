@@ -138,6 +138,9 @@ class TripletStream:
                 if t.pos_scores is None or t.neg_scores is None:
                     raise DataError(f"distillation needs pos_scores and neg_scores; triplet {i} has none "
                                     f"(query {t.query[:60]!r})")
+                if len(t.neg) < n_negatives:
+                    raise DataError(f"distillation with n_negatives={n_negatives} needs that many scored negatives; "
+                                    f"triplet {i} has {len(t.neg)} (query {t.query[:60]!r})")
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -157,13 +160,15 @@ class TripletStream:
         if t.pos_scores is not None and t.neg_scores is not None:
             scores = [t.pos_scores[p]] + [t.neg_scores[j] for j in chosen]
         # Triplets with too few negatives borrow positives of random other triplets, so every query brings
-        # the same number of documents (the shapes all ranks gather must agree).
+        # the same number of documents (the shapes all ranks gather must agree). Distillation never gets
+        # here: it requires enough scored negatives up front.
+        tries = 0
         while len(docs) < 1 + self.n_negatives:
             other = self.triplets[rng.randrange(len(self.triplets))]
-            docs.append(other.pos[0])
-            if scores is not None:
-                scores.append(min(scores) - 1.0)
-        return t.query, docs, scores
+            tries += 1
+            if other.pos[0] not in t.pos or tries > 20:  # a few tries to avoid a copy of this query's positive
+                docs.append(other.pos[0])
+        return t.query, docs, scores if scores is not None and len(scores) == len(docs) else None
 
 
 def load_training_data(files: Sequence[Any], source_repeat: dict | None = None) -> list[Triplet]:
