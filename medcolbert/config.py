@@ -102,14 +102,14 @@ class ModelConfig:
         """The fields as a plain dict."""
         return dataclasses.asdict(self)
 
-    def to_colbert_metadata(self, base_model: str | None = None, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_colbert_metadata(self, name: str | None = None, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """The complete `artifact.metadata` dict colbert-ai writes and reads for this config."""
         meta = dict(COLBERT_AI_DEFAULTS)
         meta.update(self.to_dict())
         # colbert-ai builds its model class from `model_name` when set (a hub id it may try to download);
         # left None, it reads the checkpoint folder's own config.json, which is what we want.
         meta["model_name"] = None
-        meta["meta"] = {"written_by": "medcolbert", "base_model": base_model, **(extra_meta or {})}
+        meta["meta"] = {"written_by": "medcolbert", "name": name, **(extra_meta or {})}
         return meta
 
     @classmethod

@@ -8,7 +8,7 @@ from transformers import BertModel, BertPreTrainedModel
 
 from medcolbert import ColBERT
 from medcolbert.errors import CheckpointError
-from medcolbert.modeling.checkpoint import default_model_path
+from medcolbert.modeling.checkpoint import BASE_MODEL_ID, default_model_path
 from tests.conftest import make_tiny_model
 
 
@@ -82,7 +82,7 @@ def test_loads_a_checkpoint_written_by_colbert_ai(tmp_path, safe):
 
 def test_plain_hf_encoder_gets_a_reproducible_fresh_projection(tmp_path):
     a = ColBERT.from_pretrained(default_model_path(), device="cpu", doc_maxlen=80)
-    b = ColBERT.from_pretrained(None, device="cpu", doc_maxlen=80)
+    b = ColBERT.from_pretrained(BASE_MODEL_ID, device="cpu", doc_maxlen=80)
     assert a.config.doc_maxlen == 80 and a.config.dim == 128
     assert torch.equal(a.linear.weight, b.linear.weight)
     w = a.linear.weight

@@ -16,9 +16,12 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_help_explains_every_command():
     out = subprocess.run([sys.executable, "-m", "medcolbert", "--help"], capture_output=True, text=True, check=True)
-    for command in ("bm25", "rerank", "evaluate"):
+    for command in ("bm25", "rerank", "evaluate", "index", "search", "update", "mine", "make-mix", "train",
+                    "experiment", "serve"):
         assert command in out.stdout
-    for command, phrase in [("bm25", "BM25"), ("rerank", "--first-stage"), ("evaluate", "--qrels")]:
+    for command, phrase in [("bm25", "BM25"), ("rerank", "--first-stage"), ("evaluate", "--qrels"),
+                            ("mine", "--window"), ("train", "--config"), ("experiment", "drifts"),
+                            ("serve", "--api-key-file")]:
         sub = subprocess.run([sys.executable, "-m", "medcolbert", command, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0 and phrase in sub.stdout
 

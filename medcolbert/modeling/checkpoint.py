@@ -201,7 +201,7 @@ def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = N
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         model.tokenizer.tokenizer.save_pretrained(str(tmp))
         metadata = model.config.to_colbert_metadata(
-            base_model=model.name, extra_meta={"medcolbert_version": _version()})
+            name=model.name, extra_meta={"medcolbert_version": _version()})
         # colbert-ai loads its tokenizer from `checkpoint`; point it at where the folder is saved.
         metadata["checkpoint"] = str(path.resolve())
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
