@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key (never logged)")
-    p.add_argument("--no-batching", action="store_true", help="encode each request's queries on their own")
+    p.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
+                   help="encode concurrent queries in one batch: auto = on CUDA only (on CPU it was slower)")
 
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
                        description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
@@ -465,7 +466,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .indexing.storage import read_manifest
 
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
-    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file), batching=not args.no_batching)
+    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file), batching={"auto": None, "on": True, "off": False}[args.batching])
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -49,7 +49,7 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):
         port = free_port()
-        server = start_server(str(index_path), model.source, port, batching=True)
+        server = start_server(str(index_path), model.source, port, batching=False)
         stop = threading.Event()
         sent: list[str] = []
 
@@ -76,7 +76,7 @@ def main() -> None:
         index = Index.open(index_path, verify=True)
         missing = [d for d in acknowledged if d not in index.position]
         port = free_port()
-        server = start_server(str(index_path), model.source, port, batching=True)
+        server = start_server(str(index_path), model.source, port, batching=False)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
                 probe = acknowledged[-3:]

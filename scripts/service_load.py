@@ -34,7 +34,7 @@ def start_server(index: str, model: str | None, port: int, batching: bool) -> su
     """`medcolbert serve` in a subprocess, returned once /health says ready."""
     cmd = [sys.executable, "-m", "medcolbert", "serve", "--index", index, "--port", str(port)]
     cmd += ["--model", model] if model else []
-    cmd += [] if batching else ["--no-batching"]
+    cmd += ["--batching", "on" if batching else "off"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -149,3 +149,17 @@ def test_fuzz_no_endpoint_answers_5xx(served, path, data):
     else:
         response = client.post(path, json=body if kind == "object" else data.draw(JSON))
     assert response.status_code < 500, (path, body, response.text)
+
+
+def test_batched_encoding_gives_the_same_answers(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, corpus, root = served
+    app = create_app(root / "index", str(root / "ckpt"), batching=True, load_in_background=False)
+    queries = [corpus[f"doc{i}"] for i in range(12)]
+    with TestClient(app) as client:
+        alone = [client.post("/search", json={"query": q, "k": 3}).json()["results"] for q in queries]
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda q: client.post("/search", json={"query": q, "k": 3}).json()["results"], queries))
+    assert [[h["id"] for h in r] for r in together] == [[h["id"] for h in r] for r in alone]
+    assert all(abs(a[0]["score"] - b[0]["score"]) < 1e-3 for a, b in zip(alone, together))
