@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, MedColbertError
-from .evaluation.datasets import BeirDataset, Run, load_beir, write_run
+from .evaluation.datasets import BeirDataset, Run, load_beir, read_yaml_mapping, write_run
 from .evaluation.metrics import parse_metric, per_query
 
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf")
@@ -51,22 +51,10 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
         """Read and check an experiment file; errors name the file and the entry."""
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise DataError("experiment file not found", path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DataError(f"invalid YAML ({exc})", path) from None
-        if not isinstance(raw, dict):
-            raise DataError("expected a mapping", path)
         known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "expected", "tolerance",
                  "latency_queries", "output_dir", "work_dir"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise DataError(f"unknown key(s) {unknown}; known: {sorted(known)}", path)
+        raw = read_yaml_mapping(path, known)
         raw.setdefault("name", path.stem)
         for key in ("datasets", "systems"):
             if not isinstance(raw.get(key), list) or not raw[key]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_search import latency, pct, subset
+from bench_search import colbert_ai_job, latency, pct, subset
 from medcolbert import ColBERT, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
@@ -60,15 +60,7 @@ def main() -> None:
     if not (ckpt / "artifact.metadata").is_file():
         model.save_pretrained(ckpt)
     corpus = {d: data.corpus[d].full_text for d in doc_ids}
-    with open(work / "collection.tsv", "w") as f:
-        for i, d in enumerate(doc_ids):
-            f.write(f"{i}\t{' '.join(corpus[d].split())}\n")
-    with open(work / "queries.tsv", "w") as f:
-        for q in qids:
-            f.write(f"{q}\t{' '.join(data.queries[q].split())}\n")
-    side = {"checkpoint": str(ckpt.resolve()), "collection": str((work / "collection.tsv").resolve()),
-            "queries": str((work / "queries.tsv").resolve()), "root": str((work / "colbert-ai").resolve()),
-            "name": "bench", "nbits": 2, "doc_maxlen": args.doc_maxlen, "k": 10, "latency_queries": len(qids)}
+    side = colbert_ai_job(work, ckpt, corpus, {q: data.queries[q] for q in qids}, args.doc_maxlen, k=10)
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(Path(".cache/torch_extensions").resolve())}
 
     def colbert_ai(mode: str) -> dict:

@@ -45,6 +45,21 @@ def subset(data, max_docs: int | None, max_queries: int | None, seed: int = 0):
     return qids, docs
 
 
+def colbert_ai_job(work: Path, checkpoint: Path, corpus: dict[str, str], queries: dict[str, str],
+                   doc_maxlen: int, k: int) -> dict:
+    """Write the collection and queries TSVs colbert-ai reads (passage i = i-th corpus entry), and return
+    the job description scripts/colbert_ai_side.py takes (without its "out" and "mode")."""
+    with open(work / "collection.tsv", "w") as f:
+        for i, text in enumerate(corpus.values()):
+            f.write(f"{i}\t{' '.join(text.split())}\n")
+    with open(work / "queries.tsv", "w") as f:
+        for q, text in queries.items():
+            f.write(f"{q}\t{' '.join(text.split())}\n")
+    return {"checkpoint": str(checkpoint.resolve()), "collection": str((work / "collection.tsv").resolve()),
+            "queries": str((work / "queries.tsv").resolve()), "root": str((work / "colbert-ai").resolve()),
+            "name": "bench", "nbits": 2, "doc_maxlen": doc_maxlen, "k": k, "latency_queries": len(queries)}
+
+
 def latency(fn, queries: list[str], warmup: int = 5) -> list[float]:
     """Seconds per call of fn(query), one query at a time, after a warm-up."""
     for q in queries[:warmup]:
@@ -135,16 +150,8 @@ def main() -> None:
             ["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True, text=True).stdout.split()[-1]
         ckpt = model.save_pretrained(work / "checkpoint")
         pids = list(corpus)
-        with open(work / "collection.tsv", "w") as f:
-            for i, d in enumerate(pids):
-                f.write(f"{i}\t{' '.join(corpus[d].split())}\n")
-        with open(work / "queries.tsv", "w") as f:
-            for q in qids:
-                f.write(f"{q}\t{' '.join(queries[q].split())}\n")
-        side = {"checkpoint": str(ckpt.resolve()), "collection": str((work / "collection.tsv").resolve()),
-                "queries": str((work / "queries.tsv").resolve()), "root": str((work / "colbert-ai").resolve()),
-                "name": "bench", "nbits": 2, "doc_maxlen": args.doc_maxlen, "k": 100,
-                "latency_queries": len(qids), "out": str((work / "colbert_ai.json").resolve())}
+        side = {**colbert_ai_job(work, ckpt, corpus, queries, args.doc_maxlen, k=100),
+                "out": str((work / "colbert_ai.json").resolve())}
         env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(Path(".cache/torch_extensions").resolve())}
         t0 = time.perf_counter()
         proc = subprocess.run([python, "scripts/colbert_ai_side.py", json.dumps(side)], env=env,

@@ -114,7 +114,10 @@ class BiEncoder(nn.Module):
 
     def forward_texts(self, texts: Sequence[str], is_query: bool) -> torch.Tensor:
         """Unit vectors [n, dim] with gradients (for training)."""
-        batch = self.tokenize(texts, is_query)
+        return self.forward_batch(self.tokenize(texts, is_query))
+
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit vectors [n, dim] of an already tokenized batch."""
         out = self.backbone(**batch)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         if self.pooling == "cls":

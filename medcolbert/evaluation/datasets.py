@@ -63,6 +63,27 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield line_no, obj
 
 
+def read_yaml_mapping(path: str | Path, known: set[str], section: str | None = None) -> dict:
+    """A YAML file's mapping (or its `section` when present); a missing file, bad YAML or unknown key names the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"invalid YAML ({exc})", path) from None
+    if isinstance(raw, dict) and section is not None:
+        raw = raw.get(section, raw)
+    if not isinstance(raw, dict):
+        raise DataError("expected a mapping of settings", path)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise DataError(f"unknown key(s) {unknown}; known: {sorted(known)}", path)
+    return dict(raw)
+
+
 def require_str(obj: Mapping, key: str, path: Path | str, line: int, allow_empty: bool = False) -> str:
     """obj[key] as a string, or a DataError naming the field."""
     if key not in obj:

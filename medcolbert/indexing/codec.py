@@ -118,12 +118,22 @@ class ResidualCodec:
 
     def _unnormalized(self, codes: torch.Tensor, packed: np.ndarray) -> torch.Tensor:
         """Centroid plus dequantized residual, float32 [n, dim], before normalization."""
-        packed_t = torch.from_numpy(np.ascontiguousarray(packed)).int() + self._row_base
-        # embedding() is a much faster gather on CPU than advanced indexing (measured about 5x here).
-        residual = torch.nn.functional.embedding(packed_t, self._byte_table).view(packed_t.shape[0], self.dim)
-        return torch.nn.functional.embedding(codes, self._centroids32).add_(residual)
+        return dequantize(codes, torch.from_numpy(np.ascontiguousarray(packed)), self._centroids32,
+                          self._byte_table, self._row_base)
 
     def decompress(self, codes: np.ndarray | torch.Tensor, packed: np.ndarray) -> torch.Tensor:
         """Unit-length approximations of the vectors, float32 [n, dim]."""
         vectors = self._unnormalized(torch.as_tensor(np.asarray(codes, dtype=np.int64)), packed)
         return vectors.div_(vectors.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+
+
+def dequantize(codes: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor, byte_table: torch.Tensor,
+               row_base: torch.Tensor) -> torch.Tensor:
+    """Centroid plus dequantized residual, float32 [n, dim], before normalization; inputs on one device.
+
+    `byte_table` maps (byte position * 256 + byte value) to the residual values that byte packs.
+    """
+    rows = packed.int() + row_base
+    # embedding() is a much faster gather on CPU than advanced indexing (measured about 5x here).
+    residual = torch.nn.functional.embedding(rows, byte_table).view(rows.shape[0], -1)
+    return torch.nn.functional.embedding(codes, centroids).add_(residual)

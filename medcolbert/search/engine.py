@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..indexing.codec import dequantize
 from ..indexing.index import Index
 
 
@@ -73,7 +74,6 @@ class PlaidEngine:
         self.residuals = None if d.type == "cpu" else put(np.concatenate([np.asarray(p) for p in index._residual_parts]))
         self._byte_table = codec._byte_table.to(d)
         self._row_base = codec._row_base.to(d)
-        self.dim = codec.dim
         self._local = threading.local()
 
     # ------------------------------------------------------------------ helpers
@@ -90,9 +90,8 @@ class PlaidEngine:
         qt = q.T.contiguous()
         for s in range(0, len(rows), chunk):
             part_rows = rows[s:s + chunk]
-            packed = self._residual_rows(part_rows).int() + self._row_base
-            vectors = F.embedding(self.codes[part_rows], self.centroids)
-            vectors += F.embedding(packed, self._byte_table).view(len(part_rows), self.dim)
+            vectors = dequantize(self.codes[part_rows], self._residual_rows(part_rows), self.centroids,
+                                 self._byte_table, self._row_base)
             part = out[s:s + chunk]
             torch.mm(vectors, qt, out=part)
             part.div_(vectors.norm(dim=-1, keepdim=True).clamp_min_(1e-12))

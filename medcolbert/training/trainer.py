@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import DataError, MedColbertError
+from ..evaluation.datasets import read_yaml_mapping
 from ..fsutil import staged_folder
 from ..scoring import maxsim
 from .data import Triplet, read_triplets
@@ -98,23 +99,9 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """A config from a YAML file; unknown keys are an error naming the file and key."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise DataError("config file not found", path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DataError(f"invalid YAML ({exc})", path) from None
-        if not isinstance(raw, dict):
-            raise DataError("expected a mapping of settings", path)
-        raw = dict(raw.get("train", raw))
-        raw.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise DataError(f"unknown setting(s) {unknown}; known: {sorted(known)}", path)
+        raw = read_yaml_mapping(path, known, section="train")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**raw)
         except (TypeError, ValueError) as exc:
@@ -200,10 +187,9 @@ class _Encoders(nn.Module):
     def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         m = self.model
         if self.kind == "dense":
-            q = m.forward_texts(queries, is_query=True)
-            d = m.forward_texts(docs, is_query=False)
-            tokens = int(m.tokenize(queries, True)["attention_mask"].sum() + m.tokenize(docs, False)["attention_mask"].sum())
-            return q, d, None, tokens
+            qb, db = m.tokenize(queries, True), m.tokenize(docs, False)
+            tokens = int(qb["attention_mask"].sum() + db["attention_mask"].sum())
+            return m.forward_batch(qb), m.forward_batch(db), None, tokens
         qb = m.tokenizer.tokenize_queries(queries).to(m.device)
         db = m.tokenizer.tokenize_documents(docs).to(m.device)
         q = m.forward_queries(qb)
