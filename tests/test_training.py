@@ -16,7 +16,7 @@ from medcolbert.modeling.checkpoint import default_model_path
 from medcolbert.training.data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
 from medcolbert.training.losses import contrastive_loss, distillation_loss
 from medcolbert.training.mining import mine_negatives
-from medcolbert.training.trainer import TrainConfig, Trainer, TripletStream
+from medcolbert.training.trainer import TrainConfig, Trainer, TripletStream, load_training_data
 from tests.conftest import SHARED_DATA, make_tiny_model
 from tests.test_distributed import free_port
 
@@ -98,6 +98,20 @@ def test_stream_is_deterministic_and_pads_missing_negatives():
     assert all(len(docs) == 3 for _, docs, _ in samples)
     with pytest.raises(DataError, match="pos_scores"):
         TripletStream(TRIPLETS, seed=0, n_negatives=1, need_scores=True)
+
+
+def test_training_data_selects_and_upsamples_sources(tmp_path):
+    tagged = [Triplet(t.query, t.pos, t.neg, meta={"source": "a" if i < 3 else "b"}) for i, t in enumerate(TRIPLETS)]
+    path = write_train_file(tmp_path / "mix.jsonl", tagged)
+    assert len(load_training_data([path])) == len(TRIPLETS)
+    only_a = load_training_data([path], sources=["a"])
+    assert [t.query for t in only_a] == [t.query for t in TRIPLETS[:3]]
+    upsampled = load_training_data([{"path": path, "repeat": 2}], source_repeat={"a": 3}, sources=["a"])
+    assert len(upsampled) == 3 * 2 * 3
+    with pytest.raises(DataError, match="'c'"):
+        load_training_data([path], sources=["a", "c"])
+    with pytest.raises(DataError, match="source_repeat"):
+        load_training_data([path], source_repeat={"b": 2}, sources=["a"])
 
 
 # ---------------------------------------------------------------- losses

@@ -41,6 +41,7 @@ class TrainConfig:
     output_dir: str
     train_files: list[Any]                  # paths, or {"path": ..., "repeat": n} to upsample a file
     source_repeat: dict = field(default_factory=dict)  # {triplet "source" field: n} to upsample a source
+    sources: list | None = None             # train only on triplets of these sources (None: all)
     kind: str = "colbert"                   # colbert | dense
     model: str | None = None                # base model; None = the packaged all-MiniLM-L6-v2
     loss: str = "contrastive"               # contrastive | distill | both
@@ -158,14 +159,22 @@ class TripletStream:
         return t.query, docs, scores if scores is not None and len(scores) == len(docs) else None
 
 
-def load_training_data(files: Sequence[Any], source_repeat: dict | None = None) -> list[Triplet]:
-    """Triplets of every file, each repeated `repeat` times, and each triplet of source s `source_repeat[s]` times."""
+def load_training_data(files: Sequence[Any], source_repeat: dict | None = None,
+                       sources: Sequence[str] | None = None) -> list[Triplet]:
+    """Triplets of every file (of the given sources only, when named), each file repeated `repeat` times and each
+    triplet of source s `source_repeat[s]` times."""
     out: list[Triplet] = []
     for entry in files:
         path, repeat = (entry, 1) if isinstance(entry, str) else (entry.get("path"), entry.get("repeat", 1))
         if not isinstance(path, str) or not isinstance(repeat, int) or repeat < 1:
             raise DataError(f"train_files entry {entry!r}: expected a path or {{path: ..., repeat: n >= 1}}")
         out += read_triplets(path) * repeat
+    if sources is not None:
+        present = {t.meta.get("source") for t in out}
+        missing = [s for s in sources if s not in present]
+        if missing:
+            raise DataError(f"sources names {missing}, which no training triplet has (present: {sorted(map(str, present))})")
+        out = [t for t in out if t.meta.get("source") in set(sources)]
     for source, n in (source_repeat or {}).items():
         if not isinstance(n, int) or n < 1:
             raise DataError(f"source_repeat[{source!r}] must be an integer >= 1, got {n!r}")
@@ -241,7 +250,7 @@ class Trainer:
         self.device = self._device()
         torch.manual_seed(config.seed)
         self.model = self._load_model()
-        data = triplets if triplets is not None else load_training_data(config.train_files, config.source_repeat)
+        data = triplets if triplets is not None else load_training_data(config.train_files, config.source_repeat, config.sources)
         self.stream = TripletStream(data, config.seed, config.n_negatives, need_scores=config.loss != "contrastive")
         self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2)
         self.ddp: nn.Module = self.encoders
