@@ -112,7 +112,7 @@ def test_engine_scores_equal_decompress_then_matmul_and_threads_agree(built, mod
 
     from medcolbert.search.engine import PlaidEngine
 
-    engine = PlaidEngine(built, "cpu")
+    engine = PlaidEngine(built, "cpu", compiled=False)
     rows = torch.arange(0, built.num_embeddings, 3)
     q = model.encode_queries(["statin muscle pain"])[0]
     fused = engine.similarities(rows, q, chunk=100)   # several chunks
@@ -125,6 +125,45 @@ def test_engine_scores_equal_decompress_then_matmul_and_threads_agree(built, mod
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda x: searcher.search(x, k=5), queries))
     assert together == alone
+
+
+@pytest.mark.skipif(__import__("medcolbert.search.cpu_kernel", fromlist=["load"]).load() is None,
+                    reason="compiled PLAID stages not built")
+def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
+    from medcolbert.search.cpu_kernel import load
+    from medcolbert.search.engine import PlaidEngine
+
+    kernel = load()
+    rows = np.arange(0, built.num_embeddings, 2)
+    out, norms = kernel.decompress(built.codes[rows].astype(np.int32), built.residual_rows(rows),
+                                   built.codec.centroids_f32.numpy(), built.codec._byte_table.numpy())
+    unit = built.codec.decompress(built.codes[rows], built.residual_rows(rows)).numpy()
+    assert np.allclose(out / norms[:, None], unit, atol=1e-6)
+    sim, lens = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), np.array([3, 1, 6])
+    assert np.allclose(kernel.segment_maxsim(sim, lens), [sim[:3].max(0).sum(), sim[3].sum(), sim[4:].max(0).sum()])
+    halved = kernel.segment_maxsim(sim, lens, np.full(10, 2.0, dtype=np.float32))
+    assert np.allclose(halved, kernel.segment_maxsim(sim, lens) / 2)
+    with pytest.raises(TypeError, match="int64"):
+        kernel.segment_maxsim(sim, lens.astype(np.int32))
+
+    # An index with two segments and deleted documents, searched with knobs that run every stage.
+    shutil.copytree(built.path, tmp_path / "idx")
+    idx = Index.open(tmp_path / "idx")
+    extra = {f"x{d}": text for d, text in make_corpus(30, seed=7).items()}
+    idx.add(model, extra | {"new": "asthma steroid inhaler asthma"})
+    idx.delete(["doc1", "doc2", "doc3", "new"])
+    queries = ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly", "asthma steroid"]
+    for index in (built, idx):
+        compiled, reference = PlaidEngine(index, "cpu", compiled=True), PlaidEngine(index, "cpu", compiled=False)
+        for query in queries:
+            q = model.encode_queries([query])[0]
+            for k, ncells, threshold, ndocs in [(10, 1, 0.5, 256), (3, 2, 0.0, 8), (5, 4, 0.3, 16), (100, 2, 0.4, 1024)]:
+                docs_c, scores_c = compiled.search(q, k, ncells, threshold, ndocs)
+                docs_t, scores_t = reference.search(q, k, ncells, threshold, ndocs)
+                assert torch.allclose(scores_c, scores_t, atol=1e-5), (query, k)
+                assert docs_c.tolist() == docs_t.tolist(), (query, k)
+                if index is idx:
+                    assert not {index.doc_ids[d] for d in docs_c.tolist()} & {"doc1", "doc2", "doc3", "new"}
 
 
 def test_traced_query_encoder_matches_eager(model):

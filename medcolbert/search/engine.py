@@ -1,7 +1,9 @@
-"""The PLAID compute engine: the index as torch tensors on one device, and the search stages over them.
+"""The PLAID compute engine: the index as arrays on one device, and the search stages over them.
 
-Every stage is plain torch, so the same code runs on CPU and on CUDA; nothing is compiled at import or at
-first use. Per-query scratch space is per thread, so one engine can serve many threads.
+Every stage is written in plain torch, so the same code runs on CPU and on CUDA. On CPU, when the install
+built the optional compiled stages (search/_plaid_cpu.c, nothing is compiled at import or at first use),
+stages 1-3 and the exact stage's decompression and MaxSim run there instead: same results, several times
+faster. Per-query scratch space is per thread, so one engine can serve many threads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from torch.nn import functional as F
 
 from ..indexing.codec import dequantize
 from ..indexing.index import Index
+from ..indexing.storage import ranges as np_ranges
+from . import cpu_kernel
 
 
 def ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -26,8 +30,8 @@ def ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     return shift + torch.arange(total, device=starts.device)
 
 
-def segment_maxsim(table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """Per group of consecutive `rows` (sizes `lens`): sum over columns of the max over the group's rows.
+def segment_maxsim(table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+    """Per group of consecutive `rows` (sizes `lens`): sum over columns of the max (at least `floor`) over the group's rows.
 
     `table` is [R + 1, Lq]; its last row is the padding value. Groups are laid out as a dense
     [groups, longest, Lq] gather, which on CPU is several times faster than a segmented reduction.
@@ -41,7 +45,8 @@ def segment_maxsim(table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor) 
         owner = torch.repeat_interleave(torch.arange(n, device=table.device), lens)
         pos = torch.arange(len(rows), device=table.device) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
         mat[owner, pos] = rows
-    return F.embedding(mat, table).amax(dim=1).sum(dim=1)
+    best = F.embedding(mat, table).amax(dim=1)
+    return (best if floor is None else best.clamp_min_(floor)).sum(dim=1)
 
 
 def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -52,10 +57,19 @@ def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
 class PlaidEngine:
     """An index's arrays on a device and the four PLAID stages over them."""
 
-    def __init__(self, index: Index, device: str | torch.device = "cpu") -> None:
+    def __init__(self, index: Index, device: str | torch.device = "cpu", compiled: bool | None = None) -> None:
+        """compiled: use the compiled CPU stages (None: where built and the device is the CPU)."""
         self.index = index
         self.device = torch.device(device)
         d = self.device
+        self._local = threading.local()
+        self.kernel = cpu_kernel.load() if d.type == "cpu" and compiled is not False else None
+        if compiled and self.kernel is None:
+            raise RuntimeError("the compiled PLAID stages are not available (CPU only; built at install time with a "
+                               "C compiler; MEDCOLBERT_PLAID_KERNEL=torch turns them off)")
+        if self.kernel is not None:
+            self._init_kernel(index)
+            return
 
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(d)
@@ -74,7 +88,24 @@ class PlaidEngine:
         self.residuals = None if d.type == "cpu" else put(np.concatenate([np.asarray(p) for p in index._residual_parts]))
         self._byte_table = codec._byte_table.to(d)
         self._row_base = codec._row_base.to(d)
-        self._local = threading.local()
+
+    def _init_kernel(self, index: Index) -> None:
+        """The arrays the compiled stages read, as the index holds them (no int64 copies)."""
+        codec = index.codec
+        self.centroids = codec.centroids_f32
+        self.num_centroids = self.centroids.shape[0]
+        self._np = {
+            "ivf_offsets": np.ascontiguousarray(index.ivf_offsets, dtype=np.int64),
+            "ivf_docs": np.ascontiguousarray(index.ivf_docs, dtype=np.int32),
+            "pair_offsets": np.ascontiguousarray(index.pair_offsets, dtype=np.int64),
+            "pair_codes": np.ascontiguousarray(index.pair_codes, dtype=np.int32),
+            "doc_offsets": np.ascontiguousarray(index.doc_offsets, dtype=np.int64),
+            "doclens": np.ascontiguousarray(index.doclens, dtype=np.int64),
+            "codes": np.ascontiguousarray(index.codes, dtype=np.int32),
+            "centroids": self.centroids.numpy(),
+            "byte_table": codec._byte_table.numpy(),
+        }
+        self._deleted = index.deleted.view(np.uint8) if bool(index.deleted.any()) else None
 
     # ------------------------------------------------------------------ helpers
     def _residual_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -100,6 +131,8 @@ class PlaidEngine:
     # ------------------------------------------------------------------ search
     def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first."""
+        if self.kernel is not None:
+            return self._search_compiled(q, k, ncells, threshold, ndocs)
         q = q.to(self.device, torch.float32)
         C = self.num_centroids
         # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
@@ -127,7 +160,7 @@ class PlaidEngine:
         n_exact = max(k, ndocs // 4)
         if cand.numel() > n_exact:
             starts, ends = self.pair_offsets[cand], self.pair_offsets[cand + 1]
-            approx = segment_maxsim(table, self.pair_codes[ranges(starts, ends)], ends - starts)
+            approx = segment_maxsim(table, self.pair_codes[ranges(starts, ends)], ends - starts, floor=0.0)
             cand = cand[_top(approx, n_exact)]
         # 4. exact MaxSim over the decompressed vectors of the survivors (in index order: sequential reads)
         cand = torch.sort(cand).values
@@ -137,6 +170,34 @@ class PlaidEngine:
         exact = segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
         order = torch.sort(exact, descending=True, stable=True).indices[:k]
         return cand[order], exact[order]
+
+    def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
+                         ndocs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`search` through the compiled stages (CPU)."""
+        a, kernel = self._np, self.kernel
+        assert kernel is not None
+        q = q.to("cpu", torch.float32).contiguous()
+        C, Lq = self.num_centroids, q.shape[0]
+        table = np.empty((C + 1, Lq), dtype=np.float32)
+        torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:C]))
+        table[C] = 0
+        slots = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = np.full(len(a["doclens"]), -1, dtype=np.int32)
+        cand = kernel.candidates(table, a["ivf_offsets"], a["ivf_docs"], a["pair_offsets"], a["pair_codes"],
+                                 self._deleted, ncells, threshold, ndocs, max(k, ndocs // 4), slots)
+        if len(cand) == 0:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
+        lens = a["doclens"][cand]
+        rows = np_ranges(a["doc_offsets"][cand], a["doc_offsets"][cand] + lens)
+        vectors, norms = kernel.decompress(a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows)),
+                                           a["centroids"], a["byte_table"])
+        # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
+        sim = torch.mm(torch.from_numpy(vectors), q.T).numpy()
+        exact = kernel.segment_maxsim(sim, lens, norms)
+        order = np.argsort(-exact, kind="stable")[:k]
+        return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
 
     def _pruned_stage(self, table: torch.Tensor, cand: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
         """Top n candidates by MaxSim over their centroids that passed the threshold (others count 0)."""

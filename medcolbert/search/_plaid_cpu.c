@@ -1,0 +1,250 @@
+/* The PLAID stages as compiled CPU loops: medcolbert's fast path on CPU (search/cpu_kernel.py loads it).
+ *
+ * Built ahead of time by setuptools when the package is installed (an optional extension: without a C compiler
+ * the install still succeeds and search runs the torch engine, which is also the CUDA path and the reference
+ * these loops are tested against). Nothing here is compiled at import or at first use.
+ *
+ * The functions take plain pointers and are called through ctypes; the Python module below exists only so
+ * that the shared library is found and importable like any other extension.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Runtime dispatch between instruction sets, so one binary is portable and still uses AVX-512 here. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MC_CLONES
+#endif
+
+typedef struct {
+    float score;
+    int32_t pos;
+} scored_t;
+
+/* Reorders a[0..n) so that a[0..k) hold the k highest scores (in no particular order). */
+static void select_top(scored_t *a, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, target = k - 1;
+    if (k <= 0 || k >= n) return;
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2].score;
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i].score > pivot) i++;
+            while (a[j].score < pivot) j--;
+            if (i <= j) {
+                scored_t t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (target <= j) hi = j;
+        else if (target >= i) lo = i;
+        else break;
+    }
+}
+
+/* Per query token, the ncells best centroids (into cells[Lq * ncells]); per centroid, its best score. */
+MC_CLONES
+static void centroid_pass(const float *table, int64_t C, int64_t Lq, int64_t ncells, int32_t *cells, float *best,
+                          float *rowmax) {
+    for (int64_t x = 0; x < Lq * ncells; x++) {
+        best[x] = -INFINITY;
+        cells[x] = 0;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        const float *row = table + c * Lq;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < Lq; j++) m = row[j] > m ? row[j] : m;
+        rowmax[c] = m;
+        for (int64_t j = 0; j < Lq; j++) {
+            float v = row[j];
+            float *b = best + j * ncells;
+            int32_t *id = cells + j * ncells;
+            if (v <= b[ncells - 1]) continue;
+            int64_t p = ncells - 1;  /* insertion into the token's short sorted list */
+            while (p > 0 && b[p - 1] < v) {
+                b[p] = b[p - 1];
+                id[p] = id[p - 1];
+                p--;
+            }
+            b[p] = v;
+            id[p] = (int32_t)c;
+        }
+    }
+}
+
+/* Element-wise running max of one centroid row into a document's accumulator. */
+MC_CLONES
+static void max_into(float *acc, const float *row, int64_t Lq) {
+    for (int64_t j = 0; j < Lq; j++) acc[j] = row[j] > acc[j] ? row[j] : acc[j];
+}
+
+static float sum_of(const float *x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < n; j++) s += x[j];
+    return s;
+}
+
+/* Stages 1-3: candidates from the top ncells centroids per query token; if more than ndocs, the ndocs best
+ * by MaxSim over their centroids that score >= threshold (others count 0); if more than n_exact, the n_exact
+ * best by MaxSim over all their centroids (floored at 0, like the pruned stage). table is [C + 1, Lq] centroid
+ * scores. slots is a [num_docs] scratch array of -1s, left as it was found. The survivors go to out (capacity
+ * num_docs); returns their number, or -1 when out of memory. */
+int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,
+                      const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,
+                      float threshold, int64_t ndocs, int64_t n_exact, int32_t *slots, int32_t *out) {
+    if (ncells > C) ncells = C;
+    int32_t *cells = malloc(sizeof(int32_t) * Lq * ncells);
+    float *best = malloc(sizeof(float) * Lq * ncells);
+    float *rowmax = malloc(sizeof(float) * C);
+    if (!cells || !best || !rowmax) {
+        free(cells), free(best), free(rowmax);
+        return -1;
+    }
+    centroid_pass(table, C, Lq, ncells, cells, best, rowmax);
+
+    int64_t n = 0;
+    for (int64_t x = 0; x < Lq * ncells; x++) {
+        int32_t c = cells[x];
+        for (int64_t p = ivf_offsets[c]; p < ivf_offsets[c + 1]; p++) {
+            int32_t d = ivf_docs[p];
+            if (slots[d] >= 0 || (deleted && deleted[d])) continue;
+            slots[d] = (int32_t)n;
+            out[n++] = d;
+        }
+    }
+    free(cells);
+    free(best);
+
+    int64_t status = 0;
+    if (n > ndocs) {
+        float *acc = calloc((size_t)(n * Lq), sizeof(float));
+        scored_t *ranked = malloc(sizeof(scored_t) * n);
+        if (!acc || !ranked) {
+            status = -1;
+        } else {
+            /* Walk the inverted lists of the centroids that pass the threshold: their length, not the number
+             * of candidates' centroids, bounds the work (PLAID's pruning). */
+            for (int64_t c = 0; c < C; c++) {
+                if (!(rowmax[c] >= threshold)) continue;
+                const float *row = table + c * Lq;
+                for (int64_t p = ivf_offsets[c]; p < ivf_offsets[c + 1]; p++) {
+                    int32_t s = slots[ivf_docs[p]];
+                    if (s >= 0) max_into(acc + (int64_t)s * Lq, row, Lq);
+                }
+            }
+            for (int64_t s = 0; s < n; s++) {
+                ranked[s].score = sum_of(acc + s * Lq, Lq);
+                ranked[s].pos = (int32_t)s;
+            }
+            select_top(ranked, n, ndocs);
+            for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
+            /* ranked holds positions into out: gather through a copy so that no survivor is overwritten. */
+            for (int64_t s = 0; s < ndocs; s++) ranked[s].pos = out[ranked[s].pos];
+            for (int64_t s = 0; s < ndocs; s++) out[s] = ranked[s].pos;
+            n = ndocs;
+        }
+        free(acc);
+        free(ranked);
+    } else {
+        for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
+    }
+    free(rowmax);
+    if (status < 0) {
+        for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
+        return status;
+    }
+
+    if (n > n_exact) {
+        float *acc = malloc(sizeof(float) * Lq);
+        scored_t *ranked = malloc(sizeof(scored_t) * n);
+        if (!acc || !ranked) {
+            free(acc), free(ranked);
+            return -1;
+        }
+        for (int64_t s = 0; s < n; s++) {
+            int32_t d = out[s];
+            memset(acc, 0, sizeof(float) * Lq);
+            for (int64_t p = pair_offsets[d]; p < pair_offsets[d + 1]; p++)
+                max_into(acc, table + (int64_t)pair_codes[p] * Lq, Lq);
+            ranked[s].score = sum_of(acc, Lq);
+            ranked[s].pos = d;
+        }
+        select_top(ranked, n, n_exact);
+        for (int64_t s = 0; s < n_exact; s++) out[s] = ranked[s].pos;
+        n = n_exact;
+        free(acc);
+        free(ranked);
+    }
+    return n;
+}
+
+/* Centroid plus dequantized residual of n vectors into out [n, dim], and their norms (at least 1e-12) into
+ * norms [n]. byte_table maps (byte position * 256 + byte value) to the per_byte residual values that byte
+ * packs. */
+MC_CLONES
+void mc_decompress(const int32_t *codes, const uint8_t *packed, int64_t n, const float *centroids, int64_t dim,
+                   const float *byte_table, int64_t per_byte, float *out, float *norms) {
+    int64_t nbytes = dim / per_byte;
+    for (int64_t r = 0; r < n; r++) {
+        const float *cen = centroids + (int64_t)codes[r] * dim;
+        const uint8_t *pk = packed + r * nbytes;
+        float *v = out + r * dim;
+        if (per_byte == 4) {  /* nbits 2, the default: a fixed-size copy the compiler unrolls */
+            for (int64_t b = 0; b < nbytes; b++) {
+                const float *t = byte_table + (b * 256 + pk[b]) * 4;
+                for (int i = 0; i < 4; i++) v[b * 4 + i] = cen[b * 4 + i] + t[i];
+            }
+        } else {
+            for (int64_t b = 0; b < nbytes; b++) {
+                const float *t = byte_table + (b * 256 + pk[b]) * per_byte;
+                for (int64_t i = 0; i < per_byte; i++) v[b * per_byte + i] = cen[b * per_byte + i] + t[i];
+            }
+        }
+        /* 16 partial sums: independent lanes the compiler can keep in one vector register. */
+        float part[16] = {0};
+        int64_t i = 0;
+        for (; i + 16 <= dim; i += 16)
+            for (int l = 0; l < 16; l++) part[l] += v[i + l] * v[i + l];
+        float sq = 0.0f;
+        for (; i < dim; i++) sq += v[i] * v[i];
+        for (int l = 0; l < 16; l++) sq += part[l];
+        float norm = sqrtf(sq);
+        norms[r] = norm > 1e-12f ? norm : 1e-12f;
+    }
+}
+
+/* Per document (consecutive groups of lens[d] rows of sim [rows, Lq], row r divided by norms[r] when norms is
+ * given): the sum over columns of the column maxima, into out [ndocs]. */
+MC_CLONES
+void mc_segment_maxsim(const float *sim, int64_t Lq, const float *norms, const int64_t *lens, int64_t ndocs,
+                       float *out) {
+    float acc[Lq > 0 ? Lq : 1];
+    int64_t r = 0;
+    for (int64_t d = 0; d < ndocs; d++) {
+        for (int64_t j = 0; j < Lq; j++) acc[j] = -INFINITY;
+        for (int64_t e = 0; e < lens[d]; e++, r++) {
+            const float *row = sim + r * Lq;
+            float nr = norms ? norms[r] : 1.0f;
+            for (int64_t j = 0; j < Lq; j++) {
+                float x = row[j] / nr;
+                acc[j] = x > acc[j] ? x : acc[j];
+            }
+        }
+        out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;
+    }
+}
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plaid_cpu",
+                                    "Compiled PLAID stages (called through ctypes by medcolbert.search.cpu_kernel).",
+                                    -1, NULL};
+
+PyMODINIT_FUNC PyInit__plaid_cpu(void) { return PyModule_Create(&module); }

@@ -1,0 +1,93 @@
+"""The compiled PLAID stages for CPU (search/_plaid_cpu.c), when the install could build them.
+
+`load()` returns None where the extension is missing (no C compiler at install time) or disabled with
+MEDCOLBERT_PLAID_KERNEL=torch; the engine then runs its torch stages, which give the same results.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from functools import lru_cache
+
+import numpy as np
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+class CpuKernel:
+    """Typed wrappers around the shared library's three functions."""
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)
+        lib.mc_candidates.restype = _I
+        lib.mc_candidates.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_float, _I, _I, _P, _P]
+        lib.mc_decompress.restype = None
+        lib.mc_decompress.argtypes = [_P, _P, _I, _P, _I, _P, _I, _P, _P]
+        lib.mc_segment_maxsim.restype = None
+        lib.mc_segment_maxsim.argtypes = [_P, _I, _P, _P, _I, _P]
+        self.lib, self.path = lib, path
+
+    def candidates(self, table: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, pair_offsets: np.ndarray,
+                   pair_codes: np.ndarray, deleted: np.ndarray | None, ncells: int, threshold: float, ndocs: int,
+                   n_exact: int, slots: np.ndarray) -> np.ndarray:
+        """Stages 1-3 for one query's centroid scores table [C + 1, Lq]: the surviving document positions."""
+        C, Lq = table.shape[0] - 1, table.shape[1]
+        out = np.empty(len(slots), dtype=np.int32)
+        n = self.lib.mc_candidates(_ptr(table, np.float32), C, Lq, _ptr(ivf_offsets, np.int64),
+                                   _ptr(ivf_docs, np.int32), _ptr(pair_offsets, np.int64), _ptr(pair_codes, np.int32),
+                                   None if deleted is None else _ptr(deleted, np.uint8), ncells, threshold, ndocs,
+                                   n_exact, _ptr(slots, np.int32), out.ctypes.data)
+        if n < 0:
+            raise MemoryError("PLAID candidate stages: out of memory")
+        return out[:n]
+
+    def decompress(self, codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray,
+                   byte_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decompressed vectors [n, dim] (not normalized) of rows given by centroid ids and packed residuals, and their norms."""
+        n, dim = len(codes), centroids.shape[1]
+        if packed.shape != (n, dim // byte_table.shape[1]):
+            raise ValueError(f"packed residuals have shape {packed.shape}, expected {(n, dim // byte_table.shape[1])}")
+        out, norms = np.empty((n, dim), dtype=np.float32), np.empty(n, dtype=np.float32)
+        self.lib.mc_decompress(_ptr(codes, np.int32), _ptr(packed, np.uint8), n, _ptr(centroids, np.float32), dim,
+                               _ptr(byte_table, np.float32), byte_table.shape[1], out.ctypes.data, norms.ctypes.data)
+        return out, norms
+
+    def segment_maxsim(self, sim: np.ndarray, lens: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+        """Per group of consecutive rows of sim [rows, Lq] (sizes lens; row r divided by norms[r] if given): the sum of the column maxima."""
+        if int(lens.sum()) != sim.shape[0] or (norms is not None and norms.shape != (sim.shape[0],)):
+            raise ValueError(f"{sim.shape[0]} rows of scores for groups of {int(lens.sum())} rows "
+                             f"and {None if norms is None else len(norms)} norms")
+        out = np.empty(len(lens), dtype=np.float32)
+        self.lib.mc_segment_maxsim(_ptr(sim, np.float32), sim.shape[1],
+                                   None if norms is None else _ptr(norms, np.float32), _ptr(lens, np.int64), len(lens),
+                                   out.ctypes.data)
+        return out
+
+
+def _ptr(a: np.ndarray, dtype: type) -> int:
+    """The data pointer of a C-contiguous array of exactly this dtype (a wrong one would be read as garbage)."""
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        raise TypeError(f"expected a C-contiguous {np.dtype(dtype).name} array, got {a.dtype} "
+                        f"(contiguous: {a.flags.c_contiguous})")
+    return a.ctypes.data
+
+
+@lru_cache(maxsize=1)
+def _load_cached() -> CpuKernel | None:
+    spec = importlib.util.find_spec("medcolbert.search._plaid_cpu")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        return CpuKernel(spec.origin)
+    except OSError:
+        return None
+
+
+def load() -> CpuKernel | None:
+    """The compiled stages, or None where they are not built or MEDCOLBERT_PLAID_KERNEL=torch."""
+    if os.environ.get("MEDCOLBERT_PLAID_KERNEL", "").lower() == "torch":
+        return None
+    return _load_cached()
