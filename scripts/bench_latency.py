@@ -1,9 +1,10 @@
-"""Search latency of medcolbert vs colbert-ai 0.2.22, side by side in alternating rounds (A B A B ...).
+"""Search latency of medcolbert vs colbert-ai 0.2.22, side by side in alternating rounds (A B C A B C ...).
 
 Uses the medcolbert index that scripts/bench_search.py left in WORK (same checkpoint, passages and queries)
 and builds colbert-ai's index there once if it is missing. Each round times every query one at a time at
-k=10, query encoding included, first in medcolbert (this process) and then in colbert-ai (its own venv).
-Alternating rounds spread the machine's drift over both systems; the ratio is reported per round.
+k=10, query encoding included: medcolbert with its compiled CPU stages, medcolbert with its torch engine
+(where the compiled stages are built), then colbert-ai (its own venv). Alternating rounds spread the
+machine's drift over the systems; ratios are reported per round, and nDCG@10 of the very results timed.
 Raw latencies go to OUT/latency.json, a table to OUT/latency.md.
 """
 
@@ -20,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from bench_search import colbert_ai_job, latency, pct, subset
-from medcolbert import ColBERT, load_beir
+from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
+from medcolbert.search import cpu_kernel
 from medcolbert.search.plaid import Searcher
 
 
@@ -52,7 +54,12 @@ def main() -> None:
     source = index.manifest.get("model", {}).get("source") or BASE_MODEL_ID
     model = ColBERT.from_pretrained(source, device="cpu",
                                     doc_maxlen=args.doc_maxlen)
-    searcher = Searcher(index, model)
+    searchers = {"medcolbert": Searcher(index, model)}
+    if cpu_kernel.load() is not None:
+        searchers = {"medcolbert": Searcher(index, model, compiled=True),
+                     "medcolbert (torch engine)": Searcher(index, model, compiled=False)}
+    else:
+        print("the compiled stages are not built: timing the torch engine only", flush=True)
 
     python = args.colbert_ai_python or subprocess.run(
         ["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True, text=True).stdout.split()[-1]
@@ -80,29 +87,51 @@ def main() -> None:
     if args.rounds == 0:
         return
 
+    qrels = {q: data.qrels[q] for q in qids}
+
+    def timed(searcher: Searcher) -> tuple[list[float], dict]:
+        run: dict = {}
+        times = latency(lambda q: run.__setitem__(len(run), searcher.search(q, k=10)), queries)
+        hits = list(run.values())[-len(queries):]   # the warm-up calls come first
+        return times, {qid: dict(h) for qid, h in zip(qids, hits)}
+
     rounds = []
     for r in range(args.rounds):
         t0 = time.perf_counter()
-        ours = latency(lambda q: searcher.search(q, k=10), queries)
-        theirs = colbert_ai("latency")["latencies_s"]
-        rounds.append({"round": r + 1, "medcolbert_p50_ms": pct(ours, 50), "medcolbert_p95_ms": pct(ours, 95),
-                       "colbert_ai_p50_ms": pct(theirs, 50), "colbert_ai_p95_ms": pct(theirs, 95),
-                       "p50_ratio": pct(ours, 50) / pct(theirs, 50), "p95_ratio": pct(ours, 95) / pct(theirs, 95),
-                       "medcolbert_latencies_s": ours, "colbert_ai_latencies_s": theirs})
-        print(f"round {r + 1}: medcolbert p50 {pct(ours, 50):.1f} ms, colbert-ai p50 {pct(theirs, 50):.1f} ms, "
-              f"ratio {rounds[-1]['p50_ratio']:.2f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        row: dict = {"round": r + 1, "systems": {}}
+        for name, searcher in searchers.items():
+            times, run = timed(searcher)
+            row["systems"][name] = {"latencies_s": times, "ndcg@10": evaluate(run, qrels, ["ndcg@10"])["ndcg@10"]}
+        theirs = colbert_ai("latency")
+        their_run = {q: {doc_ids[int(p)]: x for p, x in h.items()} for q, h in theirs["run10"].items()}
+        row["systems"]["colbert-ai 0.2.22"] = {"latencies_s": theirs["latencies_s"],
+                                              "ndcg@10": evaluate(their_run, qrels, ["ndcg@10"])["ndcg@10"]}
+        for s in row["systems"].values():
+            s["p50_ms"], s["p95_ms"] = pct(s["latencies_s"], 50), pct(s["latencies_s"], 95)
+        base = row["systems"]["colbert-ai 0.2.22"]
+        for name in searchers:
+            s = row["systems"][name]
+            s["p50_ratio"], s["p95_ratio"] = s["p50_ms"] / base["p50_ms"], s["p95_ms"] / base["p95_ms"]
+        rounds.append(row)
+        print(f"round {r + 1} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
+            f"{n} p50 {s['p50_ms']:.1f} ms nDCG@10 {s['ndcg@10']:.4f}" for n, s in row["systems"].items()), flush=True)
+    names = list(rounds[0]["systems"])
     summary = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(doc_ids), "k": 10,
-               "rounds": rounds, "median_p50_ratio": float(np.median([r["p50_ratio"] for r in rounds])),
-               "median_p95_ratio": float(np.median([r["p95_ratio"] for r in rounds])), "machine_cores": os.cpu_count()}
+               "rounds": rounds, "machine_cores": os.cpu_count(),
+               "median_ratios": {n: {"p50": float(np.median([r["systems"][n]["p50_ratio"] for r in rounds])),
+                                     "p95": float(np.median([r["systems"][n]["p95_ratio"] for r in rounds]))}
+                                 for n in searchers}}
     (out / "latency.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# Latency at k=10, query encoding included: {len(qids)} queries, {len(doc_ids)} documents", "",
-             "| round | medcolbert p50 ms | medcolbert p95 ms | colbert-ai p50 ms | colbert-ai p95 ms | p50 ratio | p95 ratio |",
+             "| round | system | p50 ms | p95 ms | p50 / colbert-ai | p95 / colbert-ai | nDCG@10 |",
              "|---|---|---|---|---|---|---|"]
     for r in rounds:
-        lines.append(f"| {r['round']} | {r['medcolbert_p50_ms']:.1f} | {r['medcolbert_p95_ms']:.1f} | "
-                     f"{r['colbert_ai_p50_ms']:.1f} | {r['colbert_ai_p95_ms']:.1f} | {r['p50_ratio']:.2f} | {r['p95_ratio']:.2f} |")
-    lines += ["", f"Median over rounds: p50 ratio {summary['median_p50_ratio']:.2f}, p95 ratio {summary['median_p95_ratio']:.2f} "
-              "(medcolbert / colbert-ai; lower is faster)."]
+        for n in names:
+            s = r["systems"][n]
+            ratios = f"{s['p50_ratio']:.2f} | {s['p95_ratio']:.2f}" if "p50_ratio" in s else " | "
+            lines.append(f"| {r['round']} | {n} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {ratios} | {s['ndcg@10']:.4f} |")
+    lines += [""] + [f"Median over rounds, {n} / colbert-ai: p50 ratio {m['p50']:.2f}, p95 ratio {m['p95']:.2f} "
+                     "(lower is faster)." for n, m in summary["median_ratios"].items()]
     (out / "latency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -44,7 +44,9 @@ class Searcher:
     """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]; safe to share between threads."""
 
     def __init__(self, index: Index | str | Path, model, config: SearchConfig | None = None,  # type: ignore[no-untyped-def]
-                 trace_queries: bool = True, device: str | torch.device | None = None) -> None:
+                 trace_queries: bool = True, device: str | torch.device | None = None,
+                 compiled: bool | None = None) -> None:
+        """compiled: run the compiled CPU stages (None: where the install built them and the device is the CPU)."""
         self.index = index if isinstance(index, Index) else Index.open(index)
         self.index.check_model(model)
         self.model = model
@@ -53,7 +55,8 @@ class Searcher:
         # The stages run where the model runs unless told otherwise: on CUDA the whole index is moved to
         # GPU memory once, here.
         self._device = device if device is not None else model.device
-        self.engine = PlaidEngine(self.index, self._device)
+        self._compiled = compiled
+        self.engine = PlaidEngine(self.index, self._device, compiled)
         self._generation = self.index.manifest.get("generation")
 
     # ------------------------------------------------------------------ public
@@ -92,7 +95,7 @@ class Searcher:
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
         if self.index.manifest.get("generation") != self._generation:
             # The Index object was updated in place (add/delete/compact): the engine's copy is stale.
-            self.engine = PlaidEngine(self.index, self._device)
+            self.engine = PlaidEngine(self.index, self._device, self._compiled)
             self._generation = self.index.manifest.get("generation")
         docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
         ids = self.index.doc_ids
