@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
     p.add_argument("--output-dir", default=None, help="override output_dir")
+
+    sub.add_parser("info", help="what this install can use: versions, devices, compiled search stages, default model")
     return parser
 
 
@@ -480,7 +482,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print versions, devices, whether the compiled PLAID stages are built, and the default model."""
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .modeling.checkpoint import BASE_MODEL_ID, release_model_path
+    from .search import cpu_kernel
+
+    kernel = cpu_kernel.load()
+    try:
+        import faiss
+
+        faiss_line = f"{faiss.__version__} ({'GPU' if hasattr(faiss, 'StandardGpuResources') else 'CPU only'})"
+    except ImportError:
+        faiss_line = "not installed"
+    default = release_model_path()
+    lines = [
+        ("medcolbert", __version__),
+        ("python", platform.python_version()),
+        ("torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads, CPU capability "
+                  f"{torch.backends.cpu.get_cpu_capability()}"),
+        ("cuda", ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+         if torch.cuda.is_available() else "not available"),
+        ("faiss", faiss_line),
+        ("compiled PLAID stages", kernel.path if kernel is not None else
+         "not in use (not built at install, or MEDCOLBERT_PLAID_KERNEL=torch): search runs the torch engine"),
+        ("default model", str(default) if default is not None else f"{BASE_MODEL_ID} (no released checkpoint here)"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
             "update": cmd_update, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "serve": cmd_serve}
 

@@ -17,13 +17,27 @@ def tiny_checkpoint(tmp_path_factory):
 def test_help_explains_every_command():
     out = subprocess.run([sys.executable, "-m", "medcolbert", "--help"], capture_output=True, text=True, check=True)
     for command in ("bm25", "rerank", "evaluate", "index", "search", "update", "mine", "make-mix", "train",
-                    "experiment", "serve"):
+                    "experiment", "serve", "info"):
         assert command in out.stdout
     for command, phrase in [("bm25", "BM25"), ("rerank", "--first-stage"), ("evaluate", "--qrels"),
                             ("mine", "--window"), ("train", "--config"), ("experiment", "drifts"),
                             ("serve", "--api-key-file")]:
         sub = subprocess.run([sys.executable, "-m", "medcolbert", command, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0 and phrase in sub.stdout
+
+
+def test_info_says_which_search_engine_runs(monkeypatch, capsys):
+    from medcolbert.cli import main
+    from medcolbert.search import cpu_kernel
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "default model" in out
+    if cpu_kernel.load() is not None:
+        assert cpu_kernel.load().path in out
+    monkeypatch.setenv("MEDCOLBERT_PLAID_KERNEL", "torch")
+    assert main(["info"]) == 0
+    assert "search runs the torch engine" in capsys.readouterr().out
 
 
 def test_bm25_command_prints_metrics_and_writes_run(tiny_beir, tmp_path, capsys):
