@@ -9,10 +9,11 @@ are checked after the run: any drift past the tolerance fails the command, after
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,9 @@ class ExperimentConfig:
         for i, d in enumerate(self.datasets):
             if not isinstance(d, dict) or not {"name", "path"} <= set(d):
                 raise DataError(f"datasets[{i}] needs a name and a path (and a split)", where)
+            mq = d.get("max_queries")
+            if mq is not None and (not isinstance(mq, int) or isinstance(mq, bool) or mq < 1):
+                raise DataError(f"datasets[{i}] ({d['name']}): max_queries must be a positive integer, got {mq!r}", where)
         if self.baseline is not None and self.baseline not in names:
             raise DataError(f"baseline '{self.baseline}' is not a system", where)
         if self.test not in TESTS:
@@ -251,6 +255,15 @@ def paired_test(a: np.ndarray, b: np.ndarray, test: str = "paired-t", seed: int 
 
 
 # --------------------------------------------------------------------------------------------- the run
+def _sample_queries(data: BeirDataset, n: int | None) -> BeirDataset:
+    """The data set with a fixed random sample of n judged queries (all of them when n is None)."""
+    qids = sorted(q for q in data.qrels if q in data.queries)
+    if n is None or n >= len(qids):
+        return data
+    keep = sorted(random.Random(0).sample(qids, n))
+    return replace(data, queries={q: data.queries[q] for q in keep}, qrels={q: data.qrels[q] for q in keep})
+
+
 def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Run every system on every data set and write the outputs; raises ExperimentDrift after writing."""
@@ -262,7 +275,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
                      "alpha": cfg.alpha, "datasets": {}}
     started = time.perf_counter()
     for ds in cfg.datasets:
-        data = load_beir(ds["path"], ds.get("split", "test"))
+        data = _sample_queries(load_beir(ds["path"], ds.get("split", "test")), ds.get("max_queries"))
         ctx = _Context(cfg, ds["name"], data, show_progress)
         table: dict[str, dict] = {}
         scores: dict[str, dict[str, dict[str, float]]] = {}

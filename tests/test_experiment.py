@@ -60,6 +60,15 @@ def test_experiment_writes_tables_runs_significance_and_plots(setup):
     # A second run reuses the cached indexes and gives the same table.
     again = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
     assert again["datasets"]["tiny"]["systems"]["colbert"]["ndcg@10"] == rows["colbert"]["ndcg@10"]
+    # max_queries: a fixed sample of the judged queries, the same one every run.
+    sample = {**spec, "systems": spec["systems"][:1], "output_dir": str(root / "sample"),
+              "datasets": [{**spec["datasets"][0], "max_queries": 3}]}
+    path.write_text(yaml.safe_dump(sample))
+    first = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)["datasets"]["tiny"]
+    perq = json.loads((root / "sample" / "perquery" / "tiny.bm25.json").read_text())["ndcg@10"]
+    assert first["queries"] == 3 and len(perq) == 3
+    run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
+    assert json.loads((root / "sample" / "perquery" / "tiny.bm25.json").read_text())["ndcg@10"] == perq
 
 
 def test_drift_fails_loudly_after_writing(setup, capsys):
@@ -81,7 +90,8 @@ def test_bad_experiment_files_name_the_problem(tmp_path, setup):
              ({**spec, "systems": [{"name": "r", "type": "rerank", "first_stage": "nope"}]}, "not a system listed before"),
              ({**spec, "systems": [{"name": "x", "type": "magic"}]}, "type must be one of"),
              ({**spec, "metrics": ["ndcg@10", "bogus@3"]}, "bogus"),
-             ({**spec, "baseline": "nobody"}, "baseline")]
+             ({**spec, "baseline": "nobody"}, "baseline"),
+             ({**spec, "datasets": [{**spec["datasets"][0], "max_queries": 0}]}, "max_queries")]
     for i, (content, message) in enumerate(cases):
         path = tmp_path / f"bad{i}.yaml"
         path.write_text(yaml.safe_dump(content))
