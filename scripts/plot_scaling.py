@@ -1,4 +1,9 @@
-"""Latency against collection size: a table and a plot from the bench_search.py results of each size."""
+"""Latency against collection size: a table and a plot from the results of each size.
+
+Where OUT/SIZE/latency/latency.json exists (scripts/bench_latency.py: medcolbert and colbert-ai side by side
+in alternating rounds), its per-system medians over rounds are used; otherwise bench_search.py's
+OUT/SIZE/results.json (medcolbert alone).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,32 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def main() -> None:
-    """Read OUT/*/results.json, write OUT/scaling.md and OUT/scaling.png."""
+    """Read OUT/*/latency/latency.json or OUT/*/results.json, write OUT/scaling.md and OUT/scaling.png."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="experiments/plaid-scaling")
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
-    for f in sorted(out.glob("*/results.json")):
-        r = json.loads(f.read_text())
-        for name, s in r["systems"].items():
-            if "p50_ms" in s:
-                rows.append((r["documents"], name, s["p50_ms"], s["p95_ms"], s["ndcg@10"], r.get("queries")))
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        side_by_side = folder / "latency" / "latency.json"
+        if side_by_side.is_file():
+            r = json.loads(side_by_side.read_text())
+            for name in r["rounds"][0]["systems"]:
+                per_round = [x["systems"][name] for x in r["rounds"]]
+                rows.append((r["documents"], name, float(np.median([x["p50_ms"] for x in per_round])),
+                             float(np.median([x["p95_ms"] for x in per_round])), per_round[0]["ndcg@10"], r["queries"]))
+        elif (folder / "results.json").is_file():
+            r = json.loads((folder / "results.json").read_text())
+            for name, s in r["systems"].items():
+                if "p50_ms" in s:
+                    rows.append((r["documents"], name, s["p50_ms"], s["p95_ms"], s["ndcg@10"], r.get("queries")))
     rows.sort()
     lines = ["| documents | system | p50 ms | p95 ms | nDCG@10 | queries |", "|---|---|---|---|---|---|"]
+    # p50/p95: medians over the alternating rounds where colbert-ai ran side by side.
     lines += [f"| {d} | {n} | {p50:.1f} | {p95:.1f} | {nd:.4f} | {q} |" for d, n, p50, p95, nd, q in rows]
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

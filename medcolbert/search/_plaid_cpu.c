@@ -52,8 +52,7 @@ static void select_top(scored_t *a, int64_t n, int64_t k) {
 }
 
 /* Per query token, the ncells best centroids (into cells[Lq * ncells]); per centroid, its best score. */
-MC_CLONES
-static void centroid_pass(const float *table, int64_t C, int64_t Lq, int64_t ncells, int32_t *cells, float *best,
+static inline void centroid_pass(const float *table, int64_t C, int64_t Lq, int64_t ncells, int32_t *cells, float *best,
                           float *rowmax) {
     for (int64_t x = 0; x < Lq * ncells; x++) {
         best[x] = -INFINITY;
@@ -82,12 +81,11 @@ static void centroid_pass(const float *table, int64_t C, int64_t Lq, int64_t nce
 }
 
 /* Element-wise running max of one centroid row into a document's accumulator. */
-MC_CLONES
-static void max_into(float *acc, const float *row, int64_t Lq) {
+static inline void max_into(float *acc, const float *row, int64_t Lq) {
     for (int64_t j = 0; j < Lq; j++) acc[j] = row[j] > acc[j] ? row[j] : acc[j];
 }
 
-static float sum_of(const float *x, int64_t n) {
+static inline float sum_of(const float *x, int64_t n) {
     float s = 0.0f;
     for (int64_t j = 0; j < n; j++) s += x[j];
     return s;
@@ -97,7 +95,9 @@ static float sum_of(const float *x, int64_t n) {
  * by MaxSim over their centroids that score >= threshold (others count 0); if more than n_exact, the n_exact
  * best by MaxSim over all their centroids (floored at 0, like the pruned stage). table is [C + 1, Lq] centroid
  * scores. slots is a [num_docs] scratch array of -1s, left as it was found. The survivors go to out (capacity
- * num_docs); returns their number, or -1 when out of memory. */
+ * num_docs); returns their number, or -1 when out of memory. The helpers above are inlined into each
+ * instruction-set clone of this function. */
+MC_CLONES
 int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,
                       const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,
                       float threshold, int64_t ndocs, int64_t n_exact, int32_t *slots, int32_t *out) {
