@@ -44,15 +44,19 @@ class CpuKernel:
             raise MemoryError("PLAID candidate stages: out of memory")
         return out[:n]
 
-    def decompress(self, codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray,
-                   byte_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decompress(self, codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray, byte_table: np.ndarray,
+                   out: np.ndarray | None = None, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decompressed vectors [n, dim] (not normalized) of rows given by centroid ids and packed residuals, and their norms."""
         n, dim = len(codes), centroids.shape[1]
         if packed.shape != (n, dim // byte_table.shape[1]):
             raise ValueError(f"packed residuals have shape {packed.shape}, expected {(n, dim // byte_table.shape[1])}")
-        out, norms = np.empty((n, dim), dtype=np.float32), np.empty(n, dtype=np.float32)
+        out = np.empty((n, dim), dtype=np.float32) if out is None else out
+        norms = np.empty(n, dtype=np.float32) if norms is None else norms
+        if out.shape != (n, dim) or norms.shape != (n,):
+            raise ValueError(f"output buffers of shapes {out.shape} and {norms.shape} for {n} vectors of {dim}")
         self.lib.mc_decompress(_ptr(codes, np.int32), _ptr(packed, np.uint8), n, _ptr(centroids, np.float32), dim,
-                               _ptr(byte_table, np.float32), byte_table.shape[1], out.ctypes.data, norms.ctypes.data)
+                               _ptr(byte_table, np.float32), byte_table.shape[1], _ptr(out, np.float32),
+                               _ptr(norms, np.float32))
         return out, norms
 
     def segment_maxsim(self, sim: np.ndarray, lens: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:

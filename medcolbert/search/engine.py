@@ -57,6 +57,8 @@ def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
 class PlaidEngine:
     """An index's arrays on a device and the four PLAID stages over them."""
 
+    SCRATCH_LIMIT = 4 << 20   # floats (16 MB) per reused per-thread buffer
+
     def __init__(self, index: Index, device: str | torch.device = "cpu", compiled: bool | None = None) -> None:
         """compiled: use the compiled CPU stages (None: where built and the device is the CPU)."""
         self.index = index
@@ -178,7 +180,7 @@ class PlaidEngine:
         assert kernel is not None
         q = q.to("cpu", torch.float32).contiguous()
         C, Lq = self.num_centroids, q.shape[0]
-        table = np.empty((C + 1, Lq), dtype=np.float32)
+        table = self._scratch("table", (C + 1) * Lq).reshape(C + 1, Lq)
         torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:C]))
         table[C] = 0
         slots = getattr(self._local, "slots", None)
@@ -191,13 +193,29 @@ class PlaidEngine:
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
         lens = a["doclens"][cand]
         rows = np_ranges(a["doc_offsets"][cand], a["doc_offsets"][cand] + lens)
+        n, dim = len(rows), a["centroids"].shape[1]
         vectors, norms = kernel.decompress(a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows)),
-                                           a["centroids"], a["byte_table"])
+                                           a["centroids"], a["byte_table"], self._scratch("vectors", n * dim).reshape(n, dim),
+                                           self._scratch("norms", n))
         # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
-        sim = torch.mm(torch.from_numpy(vectors), q.T).numpy()
+        sim = self._scratch("sim", n * Lq).reshape(n, Lq)
+        torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
         exact = kernel.segment_maxsim(sim, lens, norms)
         order = np.argsort(-exact, kind="stable")[:k]
         return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
+
+    def _scratch(self, name: str, size: int) -> np.ndarray:
+        """A float32 buffer of `size` for this thread, reused between queries (fresh pages cost more than the work)."""
+        if size > self.SCRATCH_LIMIT:   # a rare large request does not leave every thread holding its memory
+            return np.empty(size, dtype=np.float32)
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        buf = buffers.get(name)
+        if buf is None or len(buf) < size:
+            grown = min(self.SCRATCH_LIMIT, 2 * len(buf)) if buf is not None else 0
+            buf = buffers[name] = np.empty(max(size, grown), dtype=np.float32)
+        return buf[:size]
 
     def _pruned_stage(self, table: torch.Tensor, cand: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
         """Top n candidates by MaxSim over their centroids that passed the threshold (others count 0)."""
