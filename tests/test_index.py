@@ -135,10 +135,17 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
 
     kernel = load()
     rows = np.arange(0, built.num_embeddings, 2)
-    out, norms = kernel.decompress(built.codes[rows].astype(np.int32), built.residual_rows(rows),
-                                   built.codec.centroids_f32.numpy(), built.codec._byte_table.numpy())
-    unit = built.codec.decompress(built.codes[rows], built.residual_rows(rows)).numpy()
+    codec = built.codec
+    args = (codec.centroids, codec.centroid_scales.astype(np.float32), codec._byte_table.numpy())
+    out, norms = kernel.decompress(built.codes[rows].astype(np.int32), built.residual_rows(rows), *args)
+    unit = codec.decompress(built.codes[rows], built.residual_rows(rows)).numpy()
     assert np.allclose(out / norms[:, None], unit, atol=1e-6)
+    # Reading rows of the whole arrays gives the same vectors as gathering them first.
+    everything = np.arange(built.num_embeddings)
+    direct, _ = kernel.decompress(built.codes.astype(np.int32), built.residual_rows(everything), *args, rows=rows)
+    assert np.array_equal(direct, out)
+    with pytest.raises(IndexError):
+        kernel.decompress(built.codes.astype(np.int32), built.residual_rows(everything), *args, rows=rows + 10**6)
     sim, lens = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), np.array([3, 1, 6])
     assert np.allclose(kernel.segment_maxsim(sim, lens), [sim[:3].max(0).sum(), sim[3].sum(), sim[4:].max(0).sum()])
     halved = kernel.segment_maxsim(sim, lens, np.full(10, 2.0, dtype=np.float32))

@@ -188,25 +188,32 @@ int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *
 }
 
 /* Centroid plus dequantized residual of n vectors into out [n, dim], and their norms (at least 1e-12) into
- * norms [n]. byte_table maps (byte position * 256 + byte value) to the per_byte residual values that byte
- * packs. */
+ * norms [n]. Vector r is row rows[r] of codes/packed (row r where rows is NULL). Centroids are read as the
+ * index stores them, int8 times a per-centroid scale: the table then fits in L2 cache, and the product is the
+ * same float32 value the torch stages compute. byte_table maps (byte position * 256 + byte value) to the
+ * per_byte residual values that byte packs. */
 MC_CLONES
-void mc_decompress(const int32_t *codes, const uint8_t *packed, int64_t n, const float *centroids, int64_t dim,
-                   const float *byte_table, int64_t per_byte, float *out, float *norms) {
+void mc_decompress(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
+                   const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
+                   int64_t per_byte, float *out, float *norms) {
     int64_t nbytes = dim / per_byte;
     for (int64_t r = 0; r < n; r++) {
-        const float *cen = centroids + (int64_t)codes[r] * dim;
-        const uint8_t *pk = packed + r * nbytes;
+        int64_t row = rows ? rows[r] : r;
+        int32_t code = codes[row];
+        const int8_t *cen = centroids + (int64_t)code * dim;
+        const float scale = scales[code];
+        const uint8_t *pk = packed + row * nbytes;
         float *v = out + r * dim;
-        if (per_byte == 4) {  /* nbits 2, the default: a fixed-size copy the compiler unrolls */
+        for (int64_t i = 0; i < dim; i++) v[i] = (float)cen[i] * scale;
+        if (per_byte == 4) {  /* nbits 2, the default: a fixed-size add the compiler unrolls */
             for (int64_t b = 0; b < nbytes; b++) {
                 const float *t = byte_table + (b * 256 + pk[b]) * 4;
-                for (int i = 0; i < 4; i++) v[b * 4 + i] = cen[b * 4 + i] + t[i];
+                for (int i = 0; i < 4; i++) v[b * 4 + i] += t[i];
             }
         } else {
             for (int64_t b = 0; b < nbytes; b++) {
                 const float *t = byte_table + (b * 256 + pk[b]) * per_byte;
-                for (int64_t i = 0; i < per_byte; i++) v[b * per_byte + i] = cen[b * per_byte + i] + t[i];
+                for (int64_t i = 0; i < per_byte; i++) v[b * per_byte + i] += t[i];
             }
         }
         /* 16 partial sums: independent lanes the compiler can keep in one vector register. */

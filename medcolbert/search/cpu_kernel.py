@@ -25,7 +25,7 @@ class CpuKernel:
         lib.mc_candidates.restype = _I
         lib.mc_candidates.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_float, _I, _I, _P, _P]
         lib.mc_decompress.restype = None
-        lib.mc_decompress.argtypes = [_P, _P, _I, _P, _I, _P, _I, _P, _P]
+        lib.mc_decompress.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _I, _P, _P]
         lib.mc_segment_maxsim.restype = None
         lib.mc_segment_maxsim.argtypes = [_P, _I, _P, _P, _I, _P]
         self.lib, self.path = lib, path
@@ -44,17 +44,25 @@ class CpuKernel:
             raise MemoryError("PLAID candidate stages: out of memory")
         return out[:n]
 
-    def decompress(self, codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray, byte_table: np.ndarray,
-                   out: np.ndarray | None = None, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Decompressed vectors [n, dim] (not normalized) of rows given by centroid ids and packed residuals, and their norms."""
-        n, dim = len(codes), centroids.shape[1]
-        if packed.shape != (n, dim // byte_table.shape[1]):
-            raise ValueError(f"packed residuals have shape {packed.shape}, expected {(n, dim // byte_table.shape[1])}")
+    def decompress(self, codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray, scales: np.ndarray,
+                   byte_table: np.ndarray, rows: np.ndarray | None = None, out: np.ndarray | None = None,
+                   norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decompressed vectors [n, dim] (not normalized) and their norms, of `rows` of codes/packed (all rows if None).
+
+        centroids are int8 [C, dim] with float32 scales [C], as the codec stores them.
+        """
+        n = len(codes) if rows is None else len(rows)
+        dim = centroids.shape[1]
+        if packed.shape[1:] != (dim // byte_table.shape[1],) or packed.shape[0] != len(codes):
+            raise ValueError(f"packed residuals have shape {packed.shape}, expected ({len(codes)}, {dim // byte_table.shape[1]})")
+        if rows is not None and n and (int(rows.min()) < 0 or int(rows.max()) >= len(codes)):
+            raise IndexError(f"rows out of range for {len(codes)} vectors")
         out = np.empty((n, dim), dtype=np.float32) if out is None else out
         norms = np.empty(n, dtype=np.float32) if norms is None else norms
         if out.shape != (n, dim) or norms.shape != (n,):
             raise ValueError(f"output buffers of shapes {out.shape} and {norms.shape} for {n} vectors of {dim}")
-        self.lib.mc_decompress(_ptr(codes, np.int32), _ptr(packed, np.uint8), n, _ptr(centroids, np.float32), dim,
+        self.lib.mc_decompress(None if rows is None else _ptr(rows, np.int64), _ptr(codes, np.int32),
+                               _ptr(packed, np.uint8), n, _ptr(centroids, np.int8), _ptr(scales, np.float32), dim,
                                _ptr(byte_table, np.float32), byte_table.shape[1], _ptr(out, np.float32),
                                _ptr(norms, np.float32))
         return out, norms

@@ -104,9 +104,13 @@ class PlaidEngine:
             "doc_offsets": np.ascontiguousarray(index.doc_offsets, dtype=np.int64),
             "doclens": np.ascontiguousarray(index.doclens, dtype=np.int64),
             "codes": np.ascontiguousarray(index.codes, dtype=np.int32),
-            "centroids": self.centroids.numpy(),
+            "centroids8": np.ascontiguousarray(codec.centroids, dtype=np.int8),
+            "scales": codec.centroid_scales.astype(np.float32),
             "byte_table": codec._byte_table.numpy(),
         }
+        # One segment (a fresh or compacted index): the kernel reads its memory-mapped residuals directly.
+        parts = index._residual_parts
+        self._packed = parts[0] if len(parts) == 1 and parts[0].flags.c_contiguous else None
         self._deleted = index.deleted.view(np.uint8) if bool(index.deleted.any()) else None
 
     # ------------------------------------------------------------------ helpers
@@ -193,10 +197,14 @@ class PlaidEngine:
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
         lens = a["doclens"][cand]
         rows = np_ranges(a["doc_offsets"][cand], a["doc_offsets"][cand] + lens)
-        n, dim = len(rows), a["centroids"].shape[1]
-        vectors, norms = kernel.decompress(a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows)),
-                                           a["centroids"], a["byte_table"], self._scratch("vectors", n * dim).reshape(n, dim),
-                                           self._scratch("norms", n))
+        n, dim = len(rows), a["centroids8"].shape[1]
+        buffers = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
+        if self._packed is not None:
+            vectors, norms = kernel.decompress(a["codes"], self._packed, a["centroids8"], a["scales"], a["byte_table"],
+                                               rows, *buffers)
+        else:
+            vectors, norms = kernel.decompress(a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows)),
+                                               a["centroids8"], a["scales"], a["byte_table"], None, *buffers)
         # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
         sim = self._scratch("sim", n * Lq).reshape(n, Lq)
         torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
