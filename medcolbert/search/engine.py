@@ -9,6 +9,7 @@ faster. Per-query scratch space is per thread, so one engine can serve many thre
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ class PlaidEngine:
     """An index's arrays on a device and the four PLAID stages over them."""
 
     SCRATCH_LIMIT = 4 << 20   # floats (16 MB) per reused per-thread buffer
+    SPLIT_ROWS = 4096         # exact stages this large decompress on two threads
 
     def __init__(self, index: Index, device: str | torch.device = "cpu", compiled: bool | None = None) -> None:
         """compiled: use the compiled CPU stages (None: where built and the device is the CPU)."""
@@ -65,6 +67,8 @@ class PlaidEngine:
         self.device = torch.device(device)
         d = self.device
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._helper_lock = threading.Lock()
         self.kernel = cpu_kernel.load() if d.type == "cpu" and compiled is not False else None
         if compiled and self.kernel is None:
             raise RuntimeError("the compiled PLAID stages are not available (CPU only; built at install time with a "
@@ -198,19 +202,36 @@ class PlaidEngine:
         lens = a["doclens"][cand]
         rows = np_ranges(a["doc_offsets"][cand], a["doc_offsets"][cand] + lens)
         n, dim = len(rows), a["centroids8"].shape[1]
-        buffers = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
+        vectors, norms = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
         if self._packed is not None:
-            vectors, norms = kernel.decompress(a["codes"], self._packed, a["centroids8"], a["scales"], a["byte_table"],
-                                               rows, *buffers)
+            codes, packed, which = a["codes"], self._packed, rows
         else:
-            vectors, norms = kernel.decompress(a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows)),
-                                               a["centroids8"], a["scales"], a["byte_table"], None, *buffers)
+            codes, packed = a["codes"][rows], np.ascontiguousarray(self.index.residual_rows(rows))
+            which = np.arange(n, dtype=np.int64)
+
+        def decompress(lo: int, hi: int) -> None:
+            kernel.decompress(codes, packed, a["centroids8"], a["scales"], a["byte_table"], which[lo:hi],
+                              vectors[lo:hi], norms[lo:hi])
+
+        # Two halves on two cores when torch may use two threads (the kernel call releases the GIL).
+        half = n // 2 if n >= self.SPLIT_ROWS and torch.get_num_threads() > 1 else n
+        helper = self._helper().submit(decompress, half, n) if half < n else None
+        decompress(0, half)
+        if helper is not None:
+            helper.result()
         # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
         sim = self._scratch("sim", n * Lq).reshape(n, Lq)
         torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
         exact = kernel.segment_maxsim(sim, lens, norms)
         order = np.argsort(-exact, kind="stable")[:k]
         return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
+
+    def _helper(self) -> ThreadPoolExecutor:
+        """One worker thread that takes half of a query's decompression."""
+        with self._helper_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="medcolbert-plaid")
+            return self._pool
 
     def _scratch(self, name: str, size: int) -> np.ndarray:
         """A float32 buffer of `size` for this thread, reused between queries (fresh pages cost more than the work)."""
