@@ -90,10 +90,10 @@ def main() -> None:
     qrels = {q: data.qrels[q] for q in qids}
 
     def timed(searcher: Searcher) -> tuple[list[float], dict]:
-        run: dict = {}
-        times = latency(lambda q: run.__setitem__(len(run), searcher.search(q, k=10)), queries)
-        hits = list(run.values())[-len(queries):]   # the warm-up calls come first
-        return times, {qid: dict(h) for qid, h in zip(qids, hits)}
+        hits: list = []
+        times = latency(lambda q: hits.append(searcher.search(q, k=10)), queries)
+        # The warm-up calls come first; the last len(queries) results are the timed ones.
+        return times, {qid: dict(h) for qid, h in zip(qids, hits[-len(queries):])}
 
     rounds = []
     for r in range(args.rounds):

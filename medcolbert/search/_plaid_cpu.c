@@ -124,12 +124,15 @@ int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *
     free(cells);
     free(best);
 
-    int64_t status = 0;
+    /* Stage 2 scores every candidate; the slots map is no longer needed after it and is reset (once, on every
+     * path) before the survivors are compacted into out. */
+    scored_t *ranked = NULL;
+    int failed = 0;
     if (n > ndocs) {
         float *acc = calloc((size_t)(n * Lq), sizeof(float));
-        scored_t *ranked = malloc(sizeof(scored_t) * n);
+        ranked = malloc(sizeof(scored_t) * n);
         if (!acc || !ranked) {
-            status = -1;
+            failed = 1;
         } else {
             /* Walk the inverted lists of the centroids that pass the threshold: their length, not the number
              * of candidates' centroids, bounds the work (PLAID's pruning). */
@@ -146,21 +149,21 @@ int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *
                 ranked[s].pos = (int32_t)s;
             }
             select_top(ranked, n, ndocs);
-            for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
-            /* ranked holds positions into out: gather through a copy so that no survivor is overwritten. */
-            for (int64_t s = 0; s < ndocs; s++) ranked[s].pos = out[ranked[s].pos];
-            for (int64_t s = 0; s < ndocs; s++) out[s] = ranked[s].pos;
-            n = ndocs;
         }
         free(acc);
-        free(ranked);
-    } else {
-        for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
     }
     free(rowmax);
-    if (status < 0) {
-        for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
-        return status;
+    for (int64_t s = 0; s < n; s++) slots[out[s]] = -1;
+    if (failed) {
+        free(ranked);
+        return -1;
+    }
+    if (ranked) {
+        /* ranked holds positions into out: gather through a copy so that no survivor is overwritten. */
+        for (int64_t s = 0; s < ndocs; s++) ranked[s].pos = out[ranked[s].pos];
+        for (int64_t s = 0; s < ndocs; s++) out[s] = ranked[s].pos;
+        n = ndocs;
+        free(ranked);
     }
 
     if (n > n_exact) {

@@ -73,6 +73,9 @@ class PlaidEngine:
         if compiled and self.kernel is None:
             raise RuntimeError("the compiled PLAID stages are not available (CPU only; built at install time with a "
                                "C compiler; MEDCOLBERT_PLAID_KERNEL=torch turns them off)")
+        codec = index.codec
+        self.centroids = codec.centroids_f32.to(d)
+        self.num_centroids = self.centroids.shape[0]
         if self.kernel is not None:
             self._init_kernel(index)
             return
@@ -80,9 +83,6 @@ class PlaidEngine:
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(d)
 
-        codec = index.codec
-        self.centroids = codec.centroids_f32.to(d)
-        self.num_centroids = self.centroids.shape[0]
         self.ivf_offsets, self.ivf_docs = put(index.ivf_offsets), put(index.ivf_docs.astype(np.int64))
         self.pair_offsets, self.pair_codes = put(index.pair_offsets), put(index.pair_codes.astype(np.int64))
         self.doc_offsets, self.doclens = put(index.doc_offsets), put(index.doclens)
@@ -98,8 +98,6 @@ class PlaidEngine:
     def _init_kernel(self, index: Index) -> None:
         """The arrays the compiled stages read, as the index holds them (no int64 copies)."""
         codec = index.codec
-        self.centroids = codec.centroids_f32
-        self.num_centroids = self.centroids.shape[0]
         self._np = {
             "ivf_offsets": np.ascontiguousarray(index.ivf_offsets, dtype=np.int64),
             "ivf_docs": np.ascontiguousarray(index.ivf_docs, dtype=np.int32),
@@ -199,8 +197,8 @@ class PlaidEngine:
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
-        lens = a["doclens"][cand]
-        rows = np_ranges(a["doc_offsets"][cand], a["doc_offsets"][cand] + lens)
+        lens, starts = a["doclens"][cand], a["doc_offsets"][cand]
+        rows = np_ranges(starts, starts + lens)
         n, dim = len(rows), a["centroids8"].shape[1]
         vectors, norms = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
         if self._packed is not None:
