@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--max-docs", type=int, default=None, help="as given to bench_search.py")
     ap.add_argument("--max-queries", type=int, default=None, help="as given to bench_search.py")
     ap.add_argument("--doc-maxlen", type=int, default=300)
+    ap.add_argument("--model", default=None,
+                    help="checkpoint both systems use (default: WORK/checkpoint if present, else the index's model)")
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (0: only build what is missing)")
     ap.add_argument("--colbert-ai-python", default=None)
     ap.add_argument("--out", required=True)
@@ -50,10 +52,15 @@ def main() -> None:
     qids, doc_ids = subset(data, args.max_docs, args.max_queries)
     queries = [data.queries[q] for q in qids]
     index = Index.open(work / "medcolbert-nbits2")
+    ckpt = work / "checkpoint"
     # Indexes built before the release named the packaged base None.
-    source = index.manifest.get("model", {}).get("source") or BASE_MODEL_ID
-    model = ColBERT.from_pretrained(source, device="cpu",
-                                    doc_maxlen=args.doc_maxlen)
+    source = args.model or (ckpt if (ckpt / "artifact.metadata").is_file() else None) \
+        or index.manifest.get("model", {}).get("source") or BASE_MODEL_ID
+    model = ColBERT.from_pretrained(source, device="cpu", doc_maxlen=args.doc_maxlen)
+    # Same checkpoint on both sides, bit for bit, or the comparison means nothing.
+    if model.fingerprint(weights_only=True) != index.manifest["model"].get("fingerprint"):
+        raise SystemExit(f"{source} is not the model {work}/medcolbert-nbits2 was built with: pass that one "
+                         "with --model (or rebuild the index with scripts/bench_search.py)")
     searchers = {"medcolbert": Searcher(index, model)}
     if cpu_kernel.load() is not None:
         searchers = {"medcolbert": Searcher(index, model, compiled=True),
@@ -63,9 +70,11 @@ def main() -> None:
 
     python = args.colbert_ai_python or subprocess.run(
         ["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True, text=True).stdout.split()[-1]
-    ckpt = work / "checkpoint"
     if not (ckpt / "artifact.metadata").is_file():
         model.save_pretrained(ckpt)
+    elif Path(source) != ckpt and ColBERT.from_pretrained(ckpt, device="cpu").fingerprint(weights_only=True) != index.manifest["model"]["fingerprint"]:
+        raise SystemExit(f"{ckpt} (colbert-ai's checkpoint) is not the model the index was built with: remove it "
+                         f"and {work}/colbert-ai, then run again")
     corpus = {d: data.corpus[d].full_text for d in doc_ids}
     side = colbert_ai_job(work, ckpt, corpus, {q: data.queries[q] for q in qids}, args.doc_maxlen, k=10)
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(Path(".cache/torch_extensions").resolve())}

@@ -21,6 +21,10 @@
 #else
 #define MC_CLONES
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MC_AVX512 1
+#include <immintrin.h>
+#endif
 
 typedef struct {
     float score;
@@ -196,9 +200,9 @@ int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *
  * same float32 value the torch stages compute. byte_table maps (byte position * 256 + byte value) to the
  * per_byte residual values that byte packs. */
 MC_CLONES
-void mc_decompress(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
-                   const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
-                   int64_t per_byte, float *out, float *norms) {
+static void decompress_any(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
+                           const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
+                           int64_t per_byte, float *out, float *norms) {
     int64_t nbytes = dim / per_byte;
     for (int64_t r = 0; r < n; r++) {
         int64_t row = rows ? rows[r] : r;
@@ -230,6 +234,66 @@ void mc_decompress(const int64_t *rows, const int32_t *codes, const uint8_t *pac
         float norm = sqrtf(sq);
         norms[r] = norm > 1e-12f ? norm : 1e-12f;
     }
+}
+
+#ifdef MC_AVX512
+#define MC_MAX_DIM 512
+/* decompress_any for nbits 2 with AVX-512, 16 dimensions at a time: each lane picks its bucket weight by two
+ * mask blends instead of 32 scattered table reads per vector (about 3x faster here). Same operations in the
+ * same order as decompress_any (multiply, then add; 16 partial sums of squares), so the same bits. */
+__attribute__((target("avx512f")))
+static void decompress_nbits2_avx512(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
+                                     const int8_t *centroids, const float *scales, int64_t dim,
+                                     const float *byte_table, float *out, float *norms) {
+    /* weights[u][d]: bucket u's value in dimension d, read back from the byte table (dimension 4b + j is
+     * field j of byte b, the first field in the high bits). */
+    float weights[4][MC_MAX_DIM];
+    for (int64_t d = 0; d < dim; d++)
+        for (int u = 0; u < 4; u++)
+            weights[u][d] = byte_table[((d / 4) * 256 + (u << (6 - 2 * (d % 4)))) * 4 + d % 4];
+    /* Lane l of a 16-dimension block reads bits shift[l], shift[l] + 1 of the block's 4 bytes (little endian). */
+    const __m512i shift = _mm512_setr_epi32(6, 4, 2, 0, 14, 12, 10, 8, 22, 20, 18, 16, 30, 28, 26, 24);
+    const __m512i bit0 = _mm512_set1_epi32(1), bit1 = _mm512_set1_epi32(2);
+    for (int64_t r = 0; r < n; r++) {
+        int64_t row = rows ? rows[r] : r;
+        int32_t code = codes[row];
+        const int8_t *cen = centroids + (int64_t)code * dim;
+        const __m512 scale = _mm512_set1_ps(scales[code]);
+        const uint8_t *pk = packed + row * (dim / 4);
+        float *v = out + r * dim;
+        __m512 squares = _mm512_setzero_ps();
+        for (int64_t k = 0; k < dim / 16; k++) {
+            uint32_t bits;
+            memcpy(&bits, pk + 4 * k, 4);
+            __m512i bucket = _mm512_srlv_epi32(_mm512_set1_epi32((int)bits), shift);
+            __mmask16 low = _mm512_test_epi32_mask(bucket, bit0), high = _mm512_test_epi32_mask(bucket, bit1);
+            __m512 w01 = _mm512_mask_blend_ps(low, _mm512_loadu_ps(weights[0] + 16 * k), _mm512_loadu_ps(weights[1] + 16 * k));
+            __m512 w23 = _mm512_mask_blend_ps(low, _mm512_loadu_ps(weights[2] + 16 * k), _mm512_loadu_ps(weights[3] + 16 * k));
+            __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(cen + 16 * k))));
+            __m512 x = _mm512_add_ps(_mm512_mul_ps(c, scale), _mm512_mask_blend_ps(high, w01, w23));
+            _mm512_storeu_ps(v + 16 * k, x);
+            squares = _mm512_add_ps(squares, _mm512_mul_ps(x, x));
+        }
+        float part[16];
+        _mm512_storeu_ps(part, squares);
+        float sq = 0.0f;
+        for (int l = 0; l < 16; l++) sq += part[l];
+        float norm = sqrtf(sq);
+        norms[r] = norm > 1e-12f ? norm : 1e-12f;
+    }
+}
+#endif
+
+void mc_decompress(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
+                   const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
+                   int64_t per_byte, float *out, float *norms) {
+#ifdef MC_AVX512
+    if (per_byte == 4 && dim % 16 == 0 && dim <= MC_MAX_DIM && __builtin_cpu_supports("avx512f")) {
+        decompress_nbits2_avx512(rows, codes, packed, n, centroids, scales, dim, byte_table, out, norms);
+        return;
+    }
+#endif
+    decompress_any(rows, codes, packed, n, centroids, scales, dim, byte_table, per_byte, out, norms);
 }
 
 /* Per document (consecutive groups of lens[d] rows of sim [rows, Lq], row r divided by norms[r] when norms is
