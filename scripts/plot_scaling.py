@@ -27,17 +27,22 @@ def main() -> None:
             r = json.loads(side_by_side.read_text())
             for name in r["rounds"][0]["systems"]:
                 per_round = [x["systems"][name] for x in r["rounds"]]
+                ratio = float(np.median([x["p50_ratio"] for x in per_round])) if "p50_ratio" in per_round[0] else None
                 rows.append((r["documents"], name, float(np.median([x["p50_ms"] for x in per_round])),
-                             float(np.median([x["p95_ms"] for x in per_round])), per_round[0]["ndcg@10"], r["queries"]))
+                             float(np.median([x["p95_ms"] for x in per_round])), per_round[0]["ndcg@10"], r["queries"],
+                             ratio))
         elif (folder / "results.json").is_file():
             r = json.loads((folder / "results.json").read_text())
             for name, s in r["systems"].items():
                 if "p50_ms" in s:
-                    rows.append((r["documents"], name, s["p50_ms"], s["p95_ms"], s["ndcg@10"], r.get("queries")))
-    rows.sort()
-    lines = ["| documents | system | p50 ms | p95 ms | nDCG@10 | queries |", "|---|---|---|---|---|---|"]
-    # p50/p95: medians over the alternating rounds where colbert-ai ran side by side.
-    lines += [f"| {d} | {n} | {p50:.1f} | {p95:.1f} | {nd:.4f} | {q} |" for d, n, p50, p95, nd, q in rows]
+                    rows.append((r["documents"], name, s["p50_ms"], s["p95_ms"], s["ndcg@10"], r.get("queries"), None))
+    rows.sort(key=lambda r: r[:2])
+    lines = ["| documents | system | p50 ms | p95 ms | p50 / colbert-ai | nDCG@10 | queries |",
+             "|---|---|---|---|---|---|---|"]
+    # p50/p95: medians over the alternating rounds where colbert-ai ran side by side; the ratio is the median
+    # of the per-round ratios (each measured within one round).
+    lines += [f"| {d} | {n} | {p50:.1f} | {p95:.1f} | {'' if ratio is None else f'{ratio:.2f}'} | {nd:.4f} | {q} |"
+              for d, n, p50, p95, nd, q, ratio in rows]
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
