@@ -2,7 +2,7 @@
 
 Builds one index per centroid count in WORK/centroids-C (the checkpoint in WORK/checkpoint, as the other
 bench scripts use it) over the same documents and queries as scripts/bench_search.py with the same --max-docs
-and --max-queries, and writes OUT/centroids.json and a table to stdout.
+and --max-queries, and writes OUT/centroids.json (one JSON line per count also goes to stdout).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
         index = Index.open(path) if (path / "manifest.json").is_file() else \
             Index.build(path, model, corpus, nbits=2, num_centroids=count)
         searcher = Searcher(index, model)
-        row = {"centroids": count, "vectors": index.num_embeddings, **index.stats()}
+        row = {"centroids": count, **index.stats()}
         for name, knobs in (("plaid", {}), ("exact", {"exact": True})):
             run = searcher.search_all(queries, k=10, show_progress=False, **knobs)
             row[f"ndcg@10 {name}"] = evaluate(run, qrels, ["ndcg@10"])["ndcg@10"]
@@ -49,7 +49,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"data": args.data, "documents": len(doc_ids), "queries": len(qids),
-               "default_centroids": default_num_centroids(rows[0]["vectors"]), "rows": rows}
+               "default_centroids": default_num_centroids(rows[0]["embeddings"]), "rows": rows}
     (out / "centroids.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 

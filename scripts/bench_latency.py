@@ -57,8 +57,12 @@ def main() -> None:
     source = args.model or (ckpt if (ckpt / "artifact.metadata").is_file() else None) \
         or index.manifest.get("model", {}).get("source") or BASE_MODEL_ID
     model = ColBERT.from_pretrained(source, device="cpu", doc_maxlen=args.doc_maxlen)
+
+    def built_with(m: ColBERT) -> bool:
+        return m.fingerprint(weights_only=True) == index.manifest["model"].get("fingerprint")
+
     # Same checkpoint on both sides, bit for bit, or the comparison means nothing.
-    if model.fingerprint(weights_only=True) != index.manifest["model"].get("fingerprint"):
+    if not built_with(model):
         raise SystemExit(f"{source} is not the model {work}/medcolbert-nbits2 was built with: pass that one "
                          "with --model (or rebuild the index with scripts/bench_search.py)")
     searchers = {"medcolbert": Searcher(index, model)}
@@ -72,7 +76,7 @@ def main() -> None:
         ["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True, text=True).stdout.split()[-1]
     if not (ckpt / "artifact.metadata").is_file():
         model.save_pretrained(ckpt)
-    elif Path(source) != ckpt and ColBERT.from_pretrained(ckpt, device="cpu").fingerprint(weights_only=True) != index.manifest["model"]["fingerprint"]:
+    elif Path(source) != ckpt and not built_with(ColBERT.from_pretrained(ckpt, device="cpu")):
         raise SystemExit(f"{ckpt} (colbert-ai's checkpoint) is not the model the index was built with: remove it "
                          f"and {work}/colbert-ai, then run again")
     corpus = {d: data.corpus[d].full_text for d in doc_ids}

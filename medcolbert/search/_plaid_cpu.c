@@ -28,9 +28,6 @@
 #else
 #define MC_NO_JAM
 #endif
-/* Loops the compiler would otherwise leave scalar (it reads a running max nested in another loop as a
- * floating-point reduction it may not reorder): each element's max is independent of the others. */
-#define MC_SIMD _Pragma("omp simd")
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MC_AVX512 1
 #include <immintrin.h>
@@ -105,9 +102,11 @@ static inline void centroid_pass(const float *table, int64_t C, int64_t Lq, int6
     }
 }
 
-/* Element-wise running max of one centroid row into a document's accumulator. */
+/* Element-wise running max of one centroid row into a document's accumulator. Inlined into a loop over rows,
+ * the compiler reads it as a floating-point reduction it may not reorder and leaves it scalar; each element's
+ * max is independent of the others, which `omp simd` tells it. */
 static inline void max_into(float *restrict acc, const float *restrict row, int64_t Lq) {
-    MC_SIMD
+    _Pragma("omp simd")
     for (int64_t j = 0; j < Lq; j++) acc[j] = row[j] > acc[j] ? row[j] : acc[j];
 }
 
