@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--negatives", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--consumer-health", action="store_true",
+                   help="add the consumer-health train pairs (real consumer questions) with mined negatives")
+    p.add_argument("--teacher", default=None,
+                   help="single-vector teacher (name or path, e.g. packaged:all-MiniLM-L6-v2) whose cosine scores "
+                        "are stored as pos_scores / neg_scores for distillation")
+    p.add_argument("--teacher-max-length", type=int, default=128, help="teacher's token limit (default: 128)")
 
     p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
                        description="Run every system of the YAML file on every data set; write the results "
@@ -435,7 +441,9 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
 
     from .training.mix import build_medical_mix
 
-    _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed)
+    _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed,
+                                  consumer_health=args.consumer_health, teacher=args.teacher,
+                                  teacher_max_length=args.teacher_max_length)
     print(json.dumps(report, indent=2))
     return 0
 

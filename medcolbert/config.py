@@ -73,7 +73,8 @@ class ModelConfig:
     """How a ColBERT encoder tokenizes and projects text (the fields colbert-ai stores)."""
 
     dim: int = 128
-    query_maxlen: int = 32
+    # Real consumer questions run to 126 word pieces at p90 (consumer-health dev), so the limit is 128.
+    query_maxlen: int = 128
     doc_maxlen: int = 300
     query_token_id: str = "[unused0]"
     doc_token_id: str = "[unused1]"
@@ -81,6 +82,9 @@ class ModelConfig:
     attend_to_mask_tokens: bool = False
     similarity: str = "cosine"
     interaction: str = "colbert"
+    # [MASK] augmentation length: shorter queries are padded with [MASK] up to it; longer ones keep their
+    # tokens up to query_maxlen, unpadded. None pads every query to query_maxlen (colbert-ai's rule).
+    query_augment_len: int | None = 32
 
     def __post_init__(self) -> None:
         for name in ("dim", "query_maxlen", "doc_maxlen"):
@@ -89,10 +93,19 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
         if self.query_maxlen < 3 or self.doc_maxlen < 3:
             raise ValueError("query_maxlen and doc_maxlen must leave room for [CLS], the marker and [SEP] (>= 3)")
+        if self.query_augment_len is not None and (
+                not isinstance(self.query_augment_len, int) or isinstance(self.query_augment_len, bool)
+                or self.query_augment_len < 3):
+            raise ValueError(f"ModelConfig.query_augment_len must be an integer >= 3 or None, got {self.query_augment_len!r}")
         if self.similarity != "cosine":
             raise ValueError(f"similarity {self.similarity!r} is not supported; medcolbert scores with cosine (dot products of unit vectors)")
         if self.interaction != "colbert":
             raise ValueError(f"interaction {self.interaction!r} is not supported; only 'colbert' (MaxSim)")
+
+    @property
+    def augment_len(self) -> int:
+        """The length short queries are padded to with [MASK] (never past query_maxlen)."""
+        return self.query_maxlen if self.query_augment_len is None else min(self.query_augment_len, self.query_maxlen)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed."""
@@ -118,7 +131,10 @@ class ModelConfig:
         if "config" in data and isinstance(data["config"], dict):  # older colbert-ai wraps the fields
             data = data["config"]
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields and v is not None}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in fields and v is not None}
+        # A checkpoint without the key was written by colbert-ai (or medcolbert before 0.2): it pads every
+        # query to its query_maxlen, and keeps doing so here.
+        values["query_augment_len"] = data.get("query_augment_len")
         try:
             return cls(**values)
         except (TypeError, ValueError) as exc:

@@ -256,3 +256,40 @@ def test_periodic_dev_evaluation_is_logged(tmp_path, tiny_checkpoint, tiny_beir)
     evals = [r for r in records if "dev_ndcg@10" in r]
     assert [r["step"] for r in evals] == [0, 2]
     assert all(0.0 <= r["dev_ndcg@10"] <= 1.0 for r in evals)
+
+
+def test_source_weights_set_each_sources_share():
+    from medcolbert.training.trainer import weight_sources
+
+    data = [Triplet(f"a{i}", ("p",), meta={"source": "big"}) for i in range(90)] + \
+           [Triplet(f"b{i}", ("p",), meta={"source": "small"}) for i in range(10)]
+    out = weight_sources(data, {"big": 0.5, "small": 0.5}, seed=1)
+    counts = {s: sum(t.meta["source"] == s for t in out) for s in ("big", "small")}
+    assert counts == {"big": 50, "small": 50}
+    # The small source is cycled through whole permutations: every triplet 5 times.
+    assert {sum(t.query == f"b{i}" for t in out) for i in range(10)} == {5}
+    assert weight_sources(data, {"big": 0.5, "small": 0.5}, seed=1) == out
+    with pytest.raises(DataError, match="no weight to sources \\['small'\\]"):
+        weight_sources(data, {"big": 1.0}, seed=1)
+    with pytest.raises(DataError, match="which no training triplet has"):
+        weight_sources(data, {"big": 1.0, "small": 1.0, "other": 1.0}, seed=1)
+    with pytest.raises(DataError, match="finite number >= 0"):
+        weight_sources(data, {"big": float("nan"), "small": 1.0}, seed=1)
+
+
+def test_online_teacher_distills_over_the_whole_batch(tmp_path, tiny_checkpoint):
+    teacher_dir = tmp_path / "teacher"
+    from medcolbert.baselines.dense import BiEncoder
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    torch.manual_seed(3)
+    backbone = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=128))
+    BiEncoder(backbone, tok, pooling="mean").save_pretrained(teacher_dir)
+    cfg = config(tmp_path, tiny_checkpoint, loss="distill", teacher=str(teacher_dir), max_steps=2)
+    trainer = Trainer(cfg, show_progress=False)
+    queries, docs, _ = trainer._micro_batch(0)
+    t = trainer._teacher_scores(queries, docs)
+    # One teacher score for every (query, document of the batch) pair: the same columns the student scores.
+    assert t.shape == (len(queries), len(docs)) and torch.isfinite(t).all() and t.abs().max() <= 1.0 + 1e-5
+    assert trainer.train_step()["loss"] > 0

@@ -130,9 +130,9 @@ class ColBERT(nn.Module):
         return self.linear(hidden)
 
     def forward_queries(self, batch: TokenBatch) -> torch.Tensor:
-        """Query token vectors [B, query_maxlen, dim], unit length (the [MASK] augmentation included)."""
-        vectors = self._project(batch)
-        return nn.functional.normalize(vectors.float(), p=2, dim=-1)
+        """Query token vectors [B, L, dim], unit length ([MASK] augmentation included; [PAD] positions zero)."""
+        vectors = nn.functional.normalize(self._project(batch).float(), p=2, dim=-1)
+        return vectors * self.tokenizer.query_keep_mask(batch).unsqueeze(-1)
 
     def _query_graph(self, batch: TokenBatch) -> torch.jit.ScriptModule | None:
         key = tuple(batch.input_ids.shape)
@@ -180,17 +180,32 @@ class ColBERT(nn.Module):
     # ----------------------------------------------------------------- public encoding
     def encode_queries(self, queries: Sequence[str], batch_size: int = 128,
                        show_progress: bool | None = None) -> torch.Tensor:
-        """Query vectors, [n, query_maxlen, dim] float32 on the CPU."""
+        """Query vectors, [n, L, dim] float32 on the CPU; L is the longest query's vector count.
+
+        Each query has max(augmentation length, its tokens) vectors; the rows past them are zero, which
+        MaxSim ignores.
+        """
         queries = _as_text_list(queries, "queries")
-        out = torch.empty((len(queries), self.config.query_maxlen, self.config.dim), dtype=torch.float32)
+        lengths = self.tokenizer.query_lengths(queries) if queries else []
+        out = torch.zeros((len(queries), max(lengths, default=self.config.augment_len), self.config.dim),
+                          dtype=torch.float32)
+        # Batches of similar length: a long question does not make a whole batch of short ones pay for it.
+        order = sorted(range(len(queries)), key=lambda i: lengths[i])
         starts = range(0, len(queries), batch_size)
         with self._inference():
             for start in _progress(starts, show_progress, "Encoding queries", batch_size, len(queries)):
-                batch = self.tokenizer.tokenize_queries(queries[start:start + batch_size]).to(self.device)
-                graph = self._query_graph(batch) if self.trace_queries and self.device.type == "cpu" \
-                    and self.autocast_dtype is None and not self.training else None
+                idx = order[start:start + batch_size]
+                batch = self.tokenizer.tokenize_queries([queries[i] for i in idx]).to(self.device)
+                graph = None
+                if self.trace_queries and self.device.type == "cpu" and self.autocast_dtype is None and not self.training:
+                    # One graph per shape: long queries are padded up to a multiple of 16 tokens ([PAD] gives
+                    # zero vectors), so at most query_maxlen / 16 graphs are ever traced.
+                    batch = _pad_to(batch, _bucket(batch.input_ids.shape[1], self.config.augment_len),
+                                    self.tokenizer.pad_token_id)
+                    graph = self._query_graph(batch)
                 vectors = graph(batch.input_ids, batch.attention_mask) if graph is not None else self.forward_queries(batch)
-                out[start:start + batch_size] = vectors.cpu()
+                width = min(vectors.shape[1], out.shape[1])
+                out[idx, :width] = vectors[:, :width].float().cpu()
         return out
 
     def encode_documents(self, documents: Sequence[str], batch_size: int = 32,
@@ -234,6 +249,20 @@ class _QueryGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.forward_queries(TokenBatch(input_ids, attention_mask))
+
+
+def _bucket(length: int, augment: int) -> int:
+    """The traced-graph length for a batch of `length` tokens: the augmentation length, or the next multiple of 16."""
+    return length if length <= augment else -(-length // 16) * 16
+
+
+def _pad_to(batch: TokenBatch, length: int, pad_id: int) -> TokenBatch:
+    """The batch right-padded with [PAD] (attention 0) to `length` tokens."""
+    extra = length - batch.input_ids.shape[1]
+    if extra <= 0:
+        return batch
+    return TokenBatch(nn.functional.pad(batch.input_ids, (0, extra), value=pad_id),
+                      nn.functional.pad(batch.attention_mask, (0, extra), value=0))
 
 
 def resolve_autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:

@@ -97,6 +97,9 @@ class Searcher:
             # The Index object was updated in place (add/delete/compact): the engine's copy is stale.
             self.engine = PlaidEngine(self.index, self._device, self._compiled)
             self._generation = self.index.manifest.get("generation")
+        # Queries of a batch share one length; the zero rows past a query's own vectors would only add
+        # candidates from arbitrary centroids, so PLAID sees the query's real vectors alone.
+        q = q[q.abs().sum(dim=-1) > 0]
         docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
         ids = self.index.doc_ids
         return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]

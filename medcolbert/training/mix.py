@@ -19,6 +19,8 @@ MEDQUAD_PAIRS = "medquad/train_pairs.jsonl"
 MEDQUAD_DEV = "medquad/dev-retrieval"
 SCIFACT = "scifact"
 MQP_TRIPLETS = "medical_question_pairs/triplets.jsonl"
+CONSUMER_PAIRS = "consumer-health/train_pairs.jsonl"
+CONSUMER_DEV = "consumer-health/dev-retrieval"
 
 
 def normalize_query(text: str) -> str:
@@ -32,9 +34,16 @@ def held_out(data_root: str | Path) -> dict[str, set[str]]:
     dev = load_beir(root / MEDQUAD_DEV, "dev")
     test = load_beir(root / SCIFACT, "test")
     judged = [dev.corpus[d] for rels in dev.qrels.values() for d in rels if d in dev.corpus]
-    return {"queries": {normalize_query(q) for q in list(dev.queries.values()) + list(test.queries.values())},
+    queries = list(dev.queries.values()) + list(test.queries.values())
+    answers = {doc.full_text for doc in judged} | {doc.text for doc in judged}
+    if (root / CONSUMER_DEV).is_dir():  # the out-of-domain check: its questions and judged answers stay out
+        ch = load_beir(root / CONSUMER_DEV, "dev")
+        queries += [ch.queries[q] for q in ch.qrels if q in ch.queries]
+        ch_judged = [ch.corpus[d] for rels in ch.qrels.values() for d in rels if d in ch.corpus]
+        answers |= {doc.full_text for doc in ch_judged} | {doc.text for doc in ch_judged}
+    return {"queries": {normalize_query(q) for q in queries},
             "medquad_dev_topics": {normalize_query(doc.title) for doc in judged},
-            "medquad_dev_answers": {doc.full_text for doc in judged} | {doc.text for doc in judged},
+            "medquad_dev_answers": answers,
             "scifact_test_qids": set(test.qrels)}
 
 
@@ -56,9 +65,15 @@ def check_no_leakage(triplets: list[Triplet], data_root: str | Path) -> dict[str
 
 
 def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n_negatives: int = 4,
-                      window: tuple[int, int] = (0, 30), seed: int = 0,
+                      window: tuple[int, int] = (0, 30), seed: int = 0, consumer_health: bool = False,
+                      teacher: str | None = None, teacher_max_length: int = 128,
                       show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
-    """The three-source mix with BM25-mined negatives (written as JSONL when output is given), and a report."""
+    """The medical mix with BM25-mined negatives (written as JSONL when output is given), and a report.
+
+    consumer_health adds the real consumer questions' train pairs (source 'consumer-health-train');
+    teacher names a single-vector model whose cosine scores of each positive and negative are stored as
+    pos_scores / neg_scores for distillation.
+    """
     root = Path(data_root)
     held = held_out(root)
     mix: list[Triplet] = []
@@ -81,11 +96,27 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
     # Medical Question Pairs: a doctor-written paraphrase and a doctor-written hard negative each; kept as they are.
     mix += [Triplet(t.query, t.pos, t.neg, meta={"source": "medical-question-pairs", **t.meta})
             for t in read_triplets(root / MQP_TRIPLETS)]
+    if consumer_health:
+        # Real consumer questions: negatives from MedQuAD train answers plus the other questions' answers,
+        # the documents such a question is confused with. Appended last, so the other sources' negatives
+        # are the same as in the mix without them (one seeded generator, same order).
+        consumer = [t for t in pairs_to_triplets(root / CONSUMER_PAIRS, source="consumer-health-train")
+                    if not any(p in held["medquad_dev_answers"] for p in t.pos)]
+        dropped["consumer-health-train (judged dev answer)"] = len(read_triplets(root / CONSUMER_PAIRS)) - len(consumer)
+        pool = dict(answers)
+        pool.update({f"c{i}": text for i, text in enumerate(dict.fromkeys(p for t in consumer for p in t.pos))})
+        mix += mine_negatives(consumer, pool, bm25_retriever(pool), n_negatives=n_negatives, window=window,
+                              seed=seed, show_progress=show_progress)
     # A few claims occur word for word in more than one split (SciFact has such duplicates).
     kept = [t for t in mix if normalize_query(t.query) not in held["queries"]]
     dropped.update(f"{t.meta.get('source')} (query is an evaluation query)" for t in mix
                    if normalize_query(t.query) in held["queries"])
     report = {"dropped": dict(dropped), "sources": mix_summary(kept), **check_no_leakage(kept, root)}
+    if teacher is not None:
+        from .teacher import score_triplets
+
+        kept = score_triplets(kept, teacher, max_length=teacher_max_length, show_progress=show_progress)
+        report["teacher"] = {"model": teacher, "max_length": teacher_max_length, "score": "cosine"}
     if output is not None:
         write_triplets(output, kept)
     return kept, report

@@ -42,12 +42,15 @@ class TrainConfig:
     train_files: list[Any]                  # paths, or {"path": ..., "repeat": n} to upsample a file
     source_repeat: dict = field(default_factory=dict)  # {triplet "source" field: n} to upsample a source
     sources: list | None = None             # train only on triplets of these sources (None: all)
+    source_weights: dict | None = None      # {source: share of the samples}; every source present needs one
     kind: str = "colbert"                   # colbert | dense
     model: str | None = None                # base model; None = the packaged all-MiniLM-L6-v2
     loss: str = "contrastive"               # contrastive | distill | both
     temperature: float = 1.0                # softmax temperature of the contrastive loss
     distill_temperature: float = 1.0        # temperature applied to teacher scores
     distill_weight: float = 1.0             # weight of the KL term when loss = both
+    teacher: str | None = None              # single-vector teacher scored online over every document of the batch
+                                            # (None: distill from the pos_scores / neg_scores of the triplets)
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -60,6 +63,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     query_maxlen: int = 32
+    query_augment_len: int | None = None    # pad shorter queries with [MASK] to this; None: pad all to query_maxlen
     doc_maxlen: int = 180                   # training truncation; the saved model keeps inference_doc_maxlen
     inference_doc_maxlen: int = 300
     dim: int = 128
@@ -185,6 +189,40 @@ def load_training_data(files: Sequence[Any], source_repeat: dict | None = None,
     return out
 
 
+def weight_sources(triplets: Sequence[Triplet], weights: dict, seed: int) -> list[Triplet]:
+    """The triplets resampled so that source s makes up weights[s] of them (same total; seeded, deterministic).
+
+    A source given a larger share than it has triplets is cycled through whole permutations before any
+    triplet repeats a second time; a smaller share takes a seeded subset.
+    """
+    by_source: dict[str, list[Triplet]] = {}
+    for t in triplets:
+        by_source.setdefault(str(t.meta.get("source", "?")), []).append(t)
+    unknown = sorted(set(map(str, weights)) - set(by_source))
+    if unknown:
+        raise DataError(f"source_weights names {unknown}, which no training triplet has (present: {sorted(by_source)})")
+    missing = sorted(set(by_source) - set(map(str, weights)))
+    if missing:
+        raise DataError(f"source_weights gives no weight to sources {missing}; give each present source a weight (0 drops it)")
+    for s, w in weights.items():
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not np.isfinite(w) or w < 0:
+            raise DataError(f"source_weights[{s!r}] must be a finite number >= 0, got {w!r}")
+    total_w = float(sum(weights.values()))
+    if total_w <= 0:
+        raise DataError("source_weights are all 0")
+    n = len(triplets)
+    out: list[Triplet] = []
+    for i, source in enumerate(sorted(by_source)):
+        items = by_source[source]
+        want = round(n * float(weights[source]) / total_w)
+        rng = np.random.default_rng([seed, i])
+        while want > 0:
+            order = rng.permutation(len(items))[:want]
+            out += [items[j] for j in order]
+            want -= len(order)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- models
 class _Encoders(nn.Module):
     """The trainable part of either model kind, as one module DDP can wrap: (queries, docs) -> representations."""
@@ -251,7 +289,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = self._load_model()
         data = triplets if triplets is not None else load_training_data(config.train_files, config.source_repeat, config.sources)
-        self.stream = TripletStream(data, config.seed, config.n_negatives, need_scores=config.loss != "contrastive")
+        if config.source_weights:
+            data = weight_sources(data, config.source_weights, config.seed)
+        self.stream = TripletStream(data, config.seed, config.n_negatives,
+                                    need_scores=config.loss != "contrastive" and config.teacher is None)
+        self.teacher = self._load_teacher() if config.teacher and config.loss != "contrastive" else None
         self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2)
         self.ddp: nn.Module = self.encoders
         if self.distributed:
@@ -288,13 +330,32 @@ class Trainer:
 
             # None means the packaged base here: training starts from it, never from the release.
             model = ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=self.device, dtype="float32", query_maxlen=c.query_maxlen,
-                                            doc_maxlen=c.doc_maxlen, **({"dim": c.dim} if c.dim else {}))
+                                            query_augment_len=c.query_augment_len, doc_maxlen=c.doc_maxlen, **({"dim": c.dim} if c.dim else {}))
         # The HF pooler head is loaded with the backbone but neither model kind uses it; frozen, it also keeps
         # DistributedDataParallel from waiting for gradients that never come.
         for name, p in model.named_parameters():
             if ".pooler." in name:
                 p.requires_grad_(False)
         return model.train()
+
+    def _load_teacher(self) -> nn.Module:
+        from ..baselines.dense import BiEncoder
+
+        # The teacher reads what the student reads: queries and documents at the training lengths.
+        teacher = BiEncoder.from_pretrained(self.cfg.teacher, max_length=max(self.cfg.query_maxlen, self.cfg.doc_maxlen),
+                                            device=self.device, dtype="float32")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher.eval()
+
+    def _teacher_scores(self, queries: list[str], docs: list[str]) -> torch.Tensor:
+        """The teacher's cosine of every local query with every document of the batch (all ranks when in-batch)."""
+        with torch.no_grad():
+            tq = self.teacher.forward_texts(queries, True).float()      # type: ignore[union-attr]
+            td = self.teacher.forward_texts(docs, False).float()        # type: ignore[union-attr]
+            if self.cfg.in_batch_negatives:
+                td = _gather_nograd(td)
+            return tq @ td.T
 
     def _param_groups(self) -> list[dict]:
         decay, no_decay, projection = [], [], []
@@ -388,8 +449,11 @@ class Trainer:
             else:
                 loss = loss + contrastive_loss(own, torch.zeros_like(first), c.temperature)
         if c.loss in ("distill", "both"):
-            t = torch.tensor(teacher, dtype=torch.float32, device=q.device)
-            loss = loss + (c.distill_weight if c.loss == "both" else 1.0) * distillation_loss(own, t, c.distill_temperature)
+            if self.teacher is not None:  # online teacher: KL over every document the student scored
+                student, t = scores, self._teacher_scores(queries, docs)
+            else:
+                student, t = own, torch.tensor(teacher, dtype=torch.float32, device=q.device)
+            loss = loss + (c.distill_weight if c.loss == "both" else 1.0) * distillation_loss(student, t, c.distill_temperature)
         return loss, tokens
 
     def _scores(self, q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -551,4 +615,4 @@ def train(config: TrainConfig | str | Path, **overrides: Any) -> Path:
     return Trainer(cfg).fit()
 
 
-__all__ = ["TrainConfig", "Trainer", "TripletStream", "train"]
+__all__ = ["TrainConfig", "Trainer", "TripletStream", "train", "weight_sources"]
