@@ -10,6 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import MedColbertError
+from .validation import float_option, int_option
+
+# Accepted ranges of the numeric options (argparse names the option and the range on a bad value).
+K = int_option(1, 100_000)
+POSITIVE = int_option(1)
 
 DEFAULT_METRICS = "ndcg@10,map@100,recall@100,mrr@10"
 
@@ -25,6 +30,21 @@ def _metrics(text: str) -> list[str]:
     for name in names:
         parse_metric(name)  # fail before any work is done
     return names
+
+
+def _check_output(path: str | None, what: str = "--output") -> None:
+    """Fail before any work when an output path cannot be written (a folder, or a folder that refuses writes)."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise MedColbertError(f"{what} {path} is a folder; give a file path")
+    parent = target.parent if str(target.parent) else Path(".")
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise MedColbertError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MedColbertError(f"{what} {path}: no permission to write in {existing}")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -45,8 +65,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="encoding precision; auto = float16 on CUDA, float32 on CPU")
-    p.add_argument("--doc-maxlen", type=int, default=None, help="override the model's document length")
-    p.add_argument("--batch-size", type=int, default=32, help="documents per encoder batch (default: 32)")
+    p.add_argument("--doc-maxlen", type=int_option(3, 8192), default=None, help="override the model's document length")
+    p.add_argument("--batch-size", type=int_option(1, 4096), default=32, help="documents per encoder batch (default: 32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "retrieve the top k for each query of a split, print the metrics and "
                                    "optionally write the run in TREC format.")
     _add_data_args(p)
-    p.add_argument("--k", type=int, default=100, help="documents per query (default: 100)")
+    p.add_argument("--k", type=K, default=100, help="documents per query, 1-100000 (default: 100)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     _add_output_args(p)
 
@@ -76,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--first-stage", choices=["bm25"], default="bm25", help="first-stage retriever (default: bm25)")
     src.add_argument("--run", metavar="RUN", help="rerank this TREC run file instead of retrieving")
-    p.add_argument("--depth", type=int, default=100, help="candidates reranked per query (default: 100)")
+    p.add_argument("--depth", type=K, default=100, help="candidates reranked per query (default: 100)")
     _add_model_args(p)
     p.add_argument("--output", metavar="RUN", help="write the reranked run here in TREC format")
     p.add_argument("--cache-dir", default=None, help="vector cache folder (default: $MEDCOLBERT_CACHE or ~/.cache/medcolbert/vectors)")
@@ -94,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index folder to write")
     _add_model_args(p)
     p.add_argument("--nbits", type=int, choices=[1, 2, 4], default=2, help="bits per residual dimension (default: 2)")
-    p.add_argument("--num-centroids", type=int, default=None, help="default: the power of two at or below 8 * sqrt(token vectors)")
-    p.add_argument("--kmeans-niters", type=int, default=10)
-    p.add_argument("--chunk-size", type=int, default=2048, help="documents per resumable chunk (default: 2048)")
+    p.add_argument("--num-centroids", type=int_option(1, 1 << 24), default=None, help="default: the power of two at or below 8 * sqrt(token vectors)")
+    p.add_argument("--kmeans-niters", type=int_option(1, 10_000), default=10)
+    p.add_argument("--chunk-size", type=POSITIVE, default=2048, help="documents per resumable chunk (default: 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")
 
     p = sub.add_parser("search", help="search an index with PLAID and write/evaluate a run",
@@ -109,11 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
     p.add_argument("--device", default=None)
-    p.add_argument("--k", type=int, default=100, help="documents per query (default: 100)")
-    p.add_argument("--ncells", type=int, default=None)
-    p.add_argument("--threshold", type=float, default=None, help="centroid score threshold")
-    p.add_argument("--ndocs", type=int, default=None)
+    p.add_argument("--k", type=K, default=100, help="documents per query, 1-100000 (default: 100)")
+    p.add_argument("--ncells", type=int_option(1, 1 << 24), default=None, help="centroids probed per query token")
+    p.add_argument("--threshold", type=float_option(-1.0, 1.0), default=None, help="centroid score threshold, -1 to 1")
+    p.add_argument("--ndocs", type=POSITIVE, default=None, help="documents kept for centroid interaction")
     p.add_argument("--exact", action="store_true", help="brute-force MaxSim over every document")
+    p.add_argument("--all-queries", action="store_true",
+                   help="search every query of queries.jsonl without evaluating (no qrels needed)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     _add_output_args(p)
 
@@ -126,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", metavar="IDS", help="file with one document id per line to delete")
     p.add_argument("--compact", action="store_true", help="rewrite live documents as one segment")
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
+
+    p = sub.add_parser("check", help="verify an index: every file's size and sha256 against its manifest",
+                       description="Open an index, check the manifest's keys and ranges, every file's size and "
+                                   "sha256 checksum, and that the arrays agree with each other. Exit 0 when "
+                                   "intact, 2 with the first problem found.")
+    p.add_argument("--index", required=True)
 
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
                        description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
@@ -149,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--corpus", help="corpus.jsonl to mine from (default: the BEIR corpus, or the input's positives)")
     p.add_argument("--output", required=True, help="triplet JSONL to write")
-    p.add_argument("--negatives", type=int, default=8, help="negatives per query (default: 8)")
+    p.add_argument("--negatives", type=int_option(0, 1000), default=8, help="negatives per query (default: 8)")
     p.add_argument("--window", default="0,50", help="rank window START,END to sample from (default: 0,50)")
-    p.add_argument("--near-duplicate", type=float, default=0.7, help="word-overlap (Jaccard) above which a "
+    p.add_argument("--near-duplicate", type=float_option(0.0, 1.0), default=0.7, help="word-overlap (Jaccard) above which a "
                    "candidate counts as a copy of a positive (default: 0.7)")
     p.add_argument("--model", default=None, help="mine with this ColBERT model instead of BM25")
     p.add_argument("--index", default=None, help="with --model: PLAID index folder to build or reuse")
@@ -163,14 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "out before anything is written.")
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--output", required=True)
-    p.add_argument("--negatives", type=int, default=4)
+    p.add_argument("--negatives", type=int_option(0, 1000), default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--consumer-health", action="store_true",
                    help="add the consumer-health train pairs (real consumer questions) with mined negatives")
     p.add_argument("--teacher", default=None,
                    help="single-vector teacher (name or path, e.g. packaged:all-MiniLM-L6-v2) whose cosine scores "
                         "are stored as pos_scores / neg_scores for distillation")
-    p.add_argument("--teacher-max-length", type=int, default=128, help="teacher's token limit (default: 128)")
+    p.add_argument("--teacher-max-length", type=int_option(3, 8192), default=128, help="teacher's token limit (default: 128)")
 
     p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
                        description="Run every system of the YAML file on every data set; write the results "
@@ -188,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_option(1, 65535), default=8000)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key (never logged)")
     p.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
                    help="encode concurrent queries in one batch: auto = on CUDA only (on CPU it was slower)")
@@ -198,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumes from its latest checkpoint when started again. Under torchrun every "
                                    "process takes a share of each batch (DistributedDataParallel).")
     p.add_argument("--config", required=True)
-    p.add_argument("--max-steps", type=int, default=None, help="override max_steps")
+    p.add_argument("--max-steps", type=POSITIVE, default=None, help="override max_steps")
     p.add_argument("--output-dir", default=None, help="override output_dir")
 
     sub.add_parser("info", help="what this install can use: versions, devices, compiled search stages, default model")
@@ -212,6 +240,8 @@ def cmd_bm25(args: argparse.Namespace) -> int:
     from .evaluation.metrics import evaluate, format_table, write_json
 
     metrics = _metrics(args.metrics)
+    _check_output(args.output)
+    _check_output(args.json, "--json")
     data = load_beir(args.data, args.split)
     t0 = time.perf_counter()
     bm25 = BM25().index({d: doc.full_text for d, doc in data.corpus.items()})
@@ -235,9 +265,9 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     from .search.rerank import rerank_run
     from .vector_cache import VectorCache
 
-    if args.depth < 1:
-        raise MedColbertError("--depth must be at least 1")
     metrics = _metrics(args.metrics)
+    _check_output(args.output)
+    _check_output(args.json, "--json")
     data = load_beir(args.data, args.split)
     texts = {d: doc.full_text for d, doc in data.corpus.items()}
     if args.run:
@@ -291,6 +321,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.metrics import evaluate, format_table, write_json
 
     metrics = _metrics(args.metrics)
+    _check_output(args.json, "--json")
     qrels = load_beir(args.data, args.split).qrels if args.data else load_qrels(args.qrels)
     rows = {}
     for path in args.runs:
@@ -351,12 +382,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.plaid import SearchConfig, Searcher
 
     metrics = _metrics(args.metrics)
+    _check_output(args.output)
+    _check_output(args.json, "--json")
     index = Index.open(args.index)
     data = Path(args.data)
     queries_all = load_queries(data / "queries.jsonl")
-    qrels = load_qrels(data / "qrels" / f"{args.split}.tsv", queries_all) \
-        if (data / "qrels" / f"{args.split}.tsv").is_file() else None
-    queries = {q: queries_all[q] for q in qrels} if qrels else queries_all
+    qrels_path = data / "qrels" / f"{args.split}.tsv"
+    if args.all_queries:
+        qrels, queries = None, queries_all
+    else:
+        if not qrels_path.is_file():
+            available = sorted(p.stem for p in (data / "qrels").glob("*.tsv")) if (data / "qrels").is_dir() else []
+            raise MedColbertError(f"{args.data}: no qrels for split '{args.split}' (available: "
+                                  f"{', '.join(available) or 'none'}); --all-queries searches every query unevaluated")
+        qrels = load_qrels(qrels_path, queries_all)
+        queries = {q: queries_all[q] for q in qrels}
     model = _index_model(index, args.model, args.device)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact)
     searcher = Searcher(index, model, config)
@@ -380,23 +420,45 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_update(args: argparse.Namespace) -> int:
     """Apply additions, deletions and compaction to an index."""
-    from .evaluation.datasets import load_corpus
+    from .evaluation.datasets import check_row_id, iter_lines, load_corpus
     from .indexing.index import Index
 
-    index = Index.open(args.index)
     if not (args.add or args.delete or args.compact):
         raise MedColbertError("nothing to do: give --add, --delete and/or --compact")
+    index = Index.open(args.index)
+    # Every input is read and checked before anything changes; the delete and the add commit together.
+    ids: list[str] = []
     if args.delete:
-        ids = [line.strip() for line in Path(args.delete).read_text().splitlines() if line.strip()]
-        print(f"deleted {index.delete(ids)} documents")
-    if args.add:
-        corpus = load_corpus(args.add)
-        model = _index_model(index, args.model)
-        print(f"added {index.add(model, {d: doc.full_text for d, doc in corpus.items()})} documents")
+        for line_no, line in iter_lines(args.delete):
+            if line.strip():
+                ids.append(check_row_id(line.strip(), "document id", args.delete, line_no))
+        if not ids:
+            raise MedColbertError(f"{args.delete}: no document ids in the file")
+    documents = {d: doc.full_text for d, doc in load_corpus(args.add).items()} if args.add else {}
+    if ids or documents:
+        model = _index_model(index, args.model) if documents else None
+        done = index.update(model, add=documents, delete=ids)
+        if ids:
+            print(f"deleted {done['deleted']} documents")
+        if documents:
+            print(f"added {done['added']} documents")
     if args.compact:
         result = index.compact()
         print(f"compacted: {result['before']['bytes_total'] / 1e6:.1f} MB -> {result['after']['bytes_total'] / 1e6:.1f} MB")
     print(f"{len(index)} documents in {args.index}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Verify an index's files against their checksums."""
+    from .indexing.index import Index
+
+    t0 = time.perf_counter()
+    index = Index.open(args.index, verify=True)
+    stats = index.stats()
+    print(f"{args.index}: intact ({len(index.manifest['files'])} files, {stats['bytes_total'] / 1e6:.1f} MB checked "
+          f"in {time.perf_counter() - t0:.1f}s; {stats['documents']} documents, {stats['embeddings']} vectors, "
+          f"generation {index.manifest.get('generation')})")
     return 0
 
 
@@ -470,14 +532,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .service import create_app, read_api_key
+        from .service import create_app, read_api_key, timed_http_protocol
     except ImportError as exc:
         raise MedColbertError(f"serving needs FastAPI and uvicorn: pip install 'medcolbert[serve]' ({exc})") from None
     from .indexing.storage import read_manifest
 
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
     app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file), batching={"auto": None, "on": True, "off": False}[args.batching])
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    limits = app.state.service.limits
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                http=timed_http_protocol(limits.header_timeout_s))
     return 0
 
 
@@ -527,7 +591,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
-            "update": cmd_update, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
+            "update": cmd_update, "check": cmd_check, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "serve": cmd_serve}
 
 
@@ -541,6 +605,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MEDCOLBERT_DEBUG"):
             raise
         print(f"medcolbert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A file the command could not read or write: one line with the path and the system's reason.
+        if os.environ.get("MEDCOLBERT_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medcolbert {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished document chunks stay cached and the next run resumes from them",

@@ -25,6 +25,7 @@ from .evaluation.metrics import parse_metric, per_query
 
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf")
 TESTS = ("paired-t", "bootstrap")
+CORRECTIONS = ("holm", "bonferroni", "none")
 
 
 class ExperimentDrift(MedColbertError):
@@ -42,6 +43,7 @@ class ExperimentConfig:
     baseline: str | None = None          # default: the first system
     test: str = "paired-t"               # paired-t | bootstrap
     alpha: float = 0.05
+    correction: str = "holm"             # holm | bonferroni | none: over the systems compared with the baseline
     expected: dict = field(default_factory=dict)   # {dataset: {system: {metric: value}}}
     tolerance: float = 0.002
     latency_queries: int = 50            # queries timed one at a time per system (0: no timing)
@@ -53,7 +55,7 @@ class ExperimentConfig:
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
         """Read and check an experiment file; errors name the file and the entry."""
         path = Path(path)
-        known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "expected", "tolerance",
+        known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "correction", "expected", "tolerance",
                  "latency_queries", "output_dir", "work_dir"}
         raw = read_yaml_mapping(path, known)
         raw.setdefault("name", path.stem)
@@ -66,6 +68,8 @@ class ExperimentConfig:
 
     def check(self, where: object = None) -> None:
         """Validate names, references and metrics before any work is done."""
+        if self.correction not in CORRECTIONS:
+            raise DataError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}", where)
         names: list[str] = []
         for i, s in enumerate(self.systems):
             if not isinstance(s, dict) or "name" not in s or "type" not in s:
@@ -254,6 +258,32 @@ def paired_test(a: np.ndarray, b: np.ndarray, test: str = "paired-t", seed: int 
     return float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
 
 
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the mean of per-query scores (queries resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return [float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))]
+
+
+def adjust_pvalues(pvalues: list[float], method: str = "holm") -> list[float]:
+    """p-values corrected for the number of comparisons: Holm's step-down, Bonferroni, or none."""
+    n = len(pvalues)
+    if method == "none" or n == 0:
+        return list(pvalues)
+    if method == "bonferroni":
+        return [min(1.0, p * n) for p in pvalues]
+    order = sorted(range(n), key=lambda i: pvalues[i])
+    out, running = [0.0] * n, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (n - rank) * pvalues[i]))   # monotone: never below an earlier step
+        out[i] = running
+    return out
+
+
 # --------------------------------------------------------------------------------------------- the run
 def _sample_queries(data: BeirDataset, n: int | None) -> BeirDataset:
     """The data set with a fixed random sample of n judged queries (all of them when n is None)."""
@@ -272,7 +302,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
         (out / sub).mkdir(parents=True, exist_ok=True)
     baseline = cfg.baseline or cfg.systems[0]["name"]
     results: dict = {"name": cfg.name, "metrics": cfg.metrics, "baseline": baseline, "test": cfg.test,
-                     "alpha": cfg.alpha, "datasets": {}}
+                     "alpha": cfg.alpha, "correction": cfg.correction, "datasets": {}}
     started = time.perf_counter()
     for ds in cfg.datasets:
         data = _sample_queries(load_beir(ds["path"], ds.get("split", "test")), ds.get("max_queries"))
@@ -293,14 +323,20 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
             log(f"{ds['name']} / {spec['name']}: " + ", ".join(f"{m} {table[spec['name']][m]:.4f}" for m in cfg.metrics))
         qids = sorted(data.qrels)
         for name, row in table.items():
-            if name == baseline:
-                continue
-            row["vs_baseline"] = {}
-            for m in cfg.metrics:
+            row["ci95"] = {m: bootstrap_ci(np.array([scores[name][m][q] for q in qids])) for m in cfg.metrics}
+        others = [name for name in table if name != baseline]
+        for m in cfg.metrics:
+            raw = []
+            for name in others:
                 a = np.array([scores[name][m][q] for q in qids])
                 b = np.array([scores[baseline][m][q] for q in qids])
-                p = paired_test(a, b, cfg.test)
-                row["vs_baseline"][m] = {"delta": float(a.mean() - b.mean()), "p": p, "significant": p < cfg.alpha}
+                raw.append((float(a.mean() - b.mean()), paired_test(a, b, cfg.test)))
+            adjusted = adjust_pvalues([p for _, p in raw], cfg.correction)
+            for name, (delta, p), p_adj in zip(others, raw, adjusted):
+                significant = p_adj < cfg.alpha
+                table[name].setdefault("vs_baseline", {})[m] = {
+                    "delta": delta, "p": p, "p_adjusted": p_adj, "significant": significant,
+                    "direction": ("better" if delta > 0 else "worse") if significant else "no difference"}
         results["datasets"][ds["name"]] = {"split": ds.get("split", "test"), "queries": len(qids),
                                            "documents": len(data.corpus), "systems": table}
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -333,8 +369,10 @@ def results_markdown(results: dict) -> str:
     """The results as markdown tables, one per data set, with significance marks."""
     metrics, baseline = results["metrics"], results["baseline"]
     lines = [f"# {results['name']}", "",
-             f"Significance: {results['test']} against `{baseline}`, per metric over all judged queries; "
-             f"`*` marks p < {results['alpha']}.", ""]
+             f"Significance: {results['test']} against `{baseline}`, per metric over all judged queries, "
+             f"p-values corrected for the number of systems compared ({results.get('correction', 'none')}); "
+             f"`▲` marks significantly better, `▼` significantly worse (corrected p < {results['alpha']}). "
+             "Brackets: 95% bootstrap confidence interval of the mean.", ""]
     for ds, block in results["datasets"].items():
         sizes = any("bytes_per_vector" in row for row in block["systems"].values())
         head = " | ".join(metrics) + " | p50 ms/query |" + (" bytes/vector | index MB |" if sizes else "")
@@ -343,8 +381,10 @@ def results_markdown(results: dict) -> str:
         for name, row in block["systems"].items():
             cells = []
             for m in metrics:
-                mark = "*" if row.get("vs_baseline", {}).get(m, {}).get("significant") else ""
-                cells.append(f"{row[m]:.4f}{mark}")
+                direction = row.get("vs_baseline", {}).get(m, {}).get("direction")
+                mark = {"better": "▲", "worse": "▼"}.get(direction or "", "")
+                ci = row.get("ci95", {}).get(m)
+                cells.append(f"{row[m]:.4f}{mark}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             cells.append("" if row.get("p50_ms") is None else f"{row['p50_ms']:.1f}")
             if sizes:
                 cells += [f"{row['bytes_per_vector']:.2f}", f"{row['index_mb']:.1f}"] if "bytes_per_vector" in row else ["", ""]

@@ -10,16 +10,48 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+FAILPOINT_ENV = "MEDCOLBERT_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Die at once (as kill -9 would) when $MEDCOLBERT_FAILPOINT names this point: crash tests use it to
+    stop a real build or update between two of its writes. Unset, it costs one dictionary lookup."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os._exit(137)
+
+
+def _backup_name(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.replaced")
+
+
 def replace_folder(src: Path, dst: Path) -> None:
-    """Move a finished folder to dst by renames only, replacing whatever folder was there."""
+    """Move a finished folder to dst by renames only, replacing whatever folder was there.
+
+    Between the two renames dst is briefly absent; the old folder then sits at `.NAME.replaced` beside
+    it, and `recover_replaced(dst)` (run when a folder is opened) puts it back after a crash there.
+    """
+    recover_replaced(dst)
     if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        backup = _backup_name(dst)
         os.replace(dst, backup)
+        failpoint("replace-between-renames")
         os.replace(src, dst)
         shutil.rmtree(backup, ignore_errors=True)
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
+
+
+def recover_replaced(dst: Path) -> bool:
+    """Undo a replacement cut off between its renames: restore the old folder if dst is missing; True if it did."""
+    backup = _backup_name(dst)
+    if not backup.exists():
+        return False
+    if dst.exists():   # the new folder made it; only the old one's removal was cut off
+        shutil.rmtree(backup, ignore_errors=True)
+        return False
+    os.replace(backup, dst)
+    return True
 
 
 @contextlib.contextmanager

@@ -8,12 +8,15 @@ encoded together in one batch by a small collector thread.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 import os
 import queue
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import MedColbertError
+from .errors import CheckpointError, IndexFormatError, MedColbertError
+from .validation import id_problem, text_problem
 
 log = logging.getLogger("medcolbert.service")
 API_KEY_ENV = "MEDCOLBERT_API_KEY"
@@ -42,6 +46,8 @@ class Limits:
     max_document_chars: int = 100_000
     max_add: int = 1_000             # documents per add request
     max_body_bytes: int = 4_000_000
+    header_timeout_s: float = 10.0   # a connection must finish its request headers within this
+    body_timeout_s: float = 30.0     # and send each part of its body within this
 
 
 # ----------------------------------------------------------------------------------------- request models
@@ -187,6 +193,10 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_ino
 
 
+class ServerFault(Exception):
+    """A failure of the server's own state (its index or model), answered 5xx with no internals."""
+
+
 class Service:
     """The state behind the app: model, current snapshot, writer lock, batcher, metrics."""
 
@@ -235,7 +245,12 @@ class Service:
         if changed:
             with self._swap:
                 if self.snapshot is snap:  # another request may have reloaded meanwhile
-                    self.snapshot = _Snapshot(self.path, self.model)
+                    try:
+                        self.snapshot = _Snapshot(self.path, self.model)
+                    except (MedColbertError, OSError, ValueError) as exc:
+                        # The server's own index, not the client: logged with its path, answered without.
+                        log.error("reloading the index failed: %s", exc)
+                        raise ServerFault("the index changed on disk and cannot be read; serving stopped") from None
                 snap = self.snapshot
         return snap
 
@@ -247,11 +262,38 @@ class Service:
 
     # --------------------------------------------------------------- checks
     def check_text(self, text: str, what: str, limit: int) -> None:
-        """Reject empty or oversized strings with a message naming the field."""
+        """Reject empty, oversized or invalid (lone surrogate) strings with a message naming the field."""
         if not text.strip():
             raise HTTPException(422, f"{what} is empty")
         if len(text) > limit:
             raise HTTPException(413, f"{what} has {len(text)} characters; the limit is {limit}")
+        bad = text_problem(text)
+        if bad:
+            raise HTTPException(422, f"{what} {bad}")
+
+    def check_id(self, doc_id: str, what: str) -> None:
+        """Reject ids that are empty, too long, or hold control characters, whitespace or invalid Unicode."""
+        if len(doc_id) > 512:
+            raise HTTPException(413, f"{what} has {len(doc_id)} characters; the limit is 512")
+        bad = id_problem(doc_id)
+        if bad:
+            raise HTTPException(422, f"{what} {ascii(doc_id[:40])} {bad}")
+
+    def index_problem(self) -> str | None:
+        """Why the index on disk cannot serve (a short reason, no paths), or None; cheap: manifest and file sizes."""
+        from .indexing.storage import read_manifest
+
+        try:
+            manifest = read_manifest(self.path)
+            for rel, info in manifest["files"].items():
+                if (self.path / rel).stat().st_size != info["bytes"]:
+                    return "an index file does not have the size the manifest records"
+        except FileNotFoundError:
+            return "an index file is missing"
+        except (IndexFormatError, OSError) as exc:
+            log.error("index check failed: %s", exc)
+            return "the index cannot be read"
+        return None
 
     def check_k(self, k: int) -> None:
         """Reject k outside 1..max_k."""
@@ -281,25 +323,42 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
                                 time.perf_counter() - start)
         return response
 
+    app.add_middleware(BodyTimeout, timeout=service.limits.body_timeout_s)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
                     for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
+    @app.exception_handler(ServerFault)
+    async def server_fault(request: Request, exc: ServerFault) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        return JSONResponse({"detail": f"{exc} (request id {rid})", "request_id": rid}, status_code=503)
+
     @app.exception_handler(MedColbertError)
-    async def bad_input(_: Request, exc: MedColbertError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+    async def own_failure(request: Request, exc: MedColbertError) -> JSONResponse:
+        # Client input is checked in the endpoints; an error from medcolbert's own code reaching this point
+        # concerns the server's index or model: 5xx, details (paths) only in the server log.
+        rid = getattr(request.state, "request_id", "-")
+        log.error("request %s on %s failed: %s", rid, request.url.path, exc)
+        return JSONResponse({"detail": f"the server's index or model failed (request id {rid})", "request_id": rid},
+                            status_code=503 if isinstance(exc, (IndexFormatError, CheckpointError)) else 500)
 
     @app.get("/health")
     def health() -> JSONResponse:
-        """200 once the index and model are loaded, 503 before (or if loading failed)."""
+        """200 when the index and model are loaded and the index is readable; 503 loading, failed or degraded."""
         if service.ready.is_set():
+            problem = service.index_problem()
             snap = service.snapshot
+            if problem:
+                return JSONResponse({"status": "degraded", "error": problem}, status_code=503)
             return JSONResponse({"status": "ready", "documents": len(snap.index) if snap else 0,
                                  "generation": snap.generation if snap else None})
-        return JSONResponse({"status": "failed" if service.load_error else "loading", "error": service.load_error},
-                            status_code=503)
+        # The load error is logged with its details; the answer names only what kind of failure it was.
+        return JSONResponse({"status": "failed" if service.load_error else "loading",
+                             "error": "the index or model could not be loaded (see the server log)"
+                             if service.load_error else None}, status_code=503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
@@ -349,14 +408,16 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             raise HTTPException(413, f"{len(items)} candidates; the limit is {L.max_candidates}")
         k = req.k if req.k is not None else len(items)
         service.check_k(k)
+        for i, c in enumerate(req.candidates or []):
+            service.check_text(c, f"candidates[{i}]", L.max_document_chars)
         snap = service.current()
         q = service.encode([req.query])[0]
         if req.candidates is not None:
-            for i, c in enumerate(req.candidates):
-                service.check_text(c, f"candidates[{i}]", L.max_document_chars)
             docs = service.model.encode_documents(req.candidates, show_progress=False)  # type: ignore[union-attr]
             labels: list[Any] = list(range(len(req.candidates)))
         else:
+            for i, d in enumerate(req.ids or []):
+                service.check_id(d, f"ids[{i}]")
             unknown = [d for d in req.ids or [] if d not in snap.index.position]
             if unknown:
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
@@ -375,15 +436,22 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         if len(req.documents) > L.max_add:
             raise HTTPException(413, f"{len(req.documents)} documents; the limit per request is {L.max_add}")
         for doc_id, text in req.documents.items():
-            service.check_text(doc_id, "document id", 512)
-            service.check_text(text, f"documents[{doc_id!r}]", L.max_document_chars)
-        return _write(service, lambda index: index.add(service.model, dict(req.documents)), "added")
+            service.check_id(doc_id, "document id")
+            service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
+        service.current()  # 503 while loading
+        docs = dict(req.documents)
+        # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
+        # so a delete never waits behind a large add.
+        vectors = service.model.encode_documents(list(docs.values()), show_progress=False)  # type: ignore[union-attr]
+        return _write(service, lambda index: index.update(add=docs, vectors=vectors)["added"], "added")
 
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:
         """Delete documents by id; they never come back in results."""
         if not req.ids:
             raise HTTPException(422, "ids is empty")
+        for i, d in enumerate(req.ids):
+            service.check_id(d, f"ids[{i}]")
         snap = service.current()
         unknown = [d for d in req.ids if d not in snap.index.position]
         if unknown:
@@ -403,16 +471,37 @@ def _write(service: Service, change, verb: str) -> dict[str, Any]:  # type: igno
     service.current()  # 503 while loading
     with service._write:
         try:
-            n = change(Index.open(service.path))
-        except MedColbertError as exc:
-            raise HTTPException(409 if "already in the index" in str(exc) else 400, str(exc)) from None
+            index = Index.open(service.path)
+        except (MedColbertError, OSError) as exc:
+            log.error("opening the index for a write failed: %s", exc)
+            raise ServerFault("the index cannot be opened for writing") from None
+        try:
+            n = change(index)
+        except (IndexFormatError, OSError) as exc:
+            log.error("writing to the index failed: %s", exc)
+            raise ServerFault("the index could not be written") from None
+        except MedColbertError as exc:   # the request's ids: unknown, already present
+            raise HTTPException(409 if "already in the index" in str(exc) else 404 if "not in the index" in str(exc)
+                                else 422, str(exc)) from None
         with service._swap:
-            service.snapshot = _Snapshot(service.path, service.model)
+            try:
+                service.snapshot = _Snapshot(service.path, service.model)
+            except (MedColbertError, OSError) as exc:
+                log.error("reloading after a write failed: %s", exc)
+                raise ServerFault("the change was committed but the index cannot be reloaded") from None
     return {verb: n, "generation": service.snapshot.generation}
 
 
 async def _guarded(request: Request, call_next, service: Service, api_key: str | None):  # type: ignore[no-untyped-def]
-    """API key (all but /health) and body size checks before the endpoint runs."""
+    """Request id, API key (all but /health) and body size checks before the endpoint runs."""
+    rid = uuid.uuid4().hex[:16]
+    request.state.request_id = rid
+    response = await _checked(request, call_next, service, api_key, rid)
+    response.headers["X-Request-ID"] = rid
+    return response
+
+
+async def _checked(request: Request, call_next, service: Service, api_key: str | None, rid: str):  # type: ignore[no-untyped-def]
     if api_key and request.url.path != "/health":
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -430,14 +519,102 @@ async def _guarded(request: Request, call_next, service: Service, api_key: str |
     try:
         return await call_next(request)
     except Exception:  # a bug, not bad input: answer 500 with no internals, keep the server up
-        log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        log.exception("unhandled error on %s (request id %s)", request.url.path, rid)
+        return JSONResponse({"detail": f"internal error (request id {rid})", "request_id": rid}, status_code=500)
+
+
+class BodyTimeout:
+    """ASGI middleware: a request whose body stalls for longer than `timeout` seconds is answered 408."""
+
+    def __init__(self, app, timeout: float) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"timed_out": False, "started": False}
+
+        async def timed_receive():  # type: ignore[no-untyped-def]
+            try:
+                return await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                # The app sees the client as gone; its own answer to that is replaced by the 408 below.
+                state["timed_out"] = True
+                return {"type": "http.disconnect"}
+
+        async def guarded_send(message):  # type: ignore[no-untyped-def]
+            if state["timed_out"]:
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not state["timed_out"]:
+                raise
+        if state["timed_out"] and not state["started"]:
+            body = json.dumps({"detail": f"the request body did not arrive within {self.timeout:g} s"}).encode()
+            await send({"type": "http.response.start", "status": 408,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+def timed_http_protocol(header_timeout: float):  # type: ignore[no-untyped-def]
+    """uvicorn's h11 protocol, closing connections that do not finish their request headers in time."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        """Closes a connection whose request headers are not complete `header_timeout` seconds after it opened
+        (or after its previous response): uvicorn alone keeps such a connection open as long as bytes trickle in."""
+
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                log.warning("closing a connection that did not finish its request headers in %g s", header_timeout)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # the headers are in; the body has its own timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
 
 
 def read_api_key(path: str | None) -> str | None:
     """The API key from a file (first line) or the MEDCOLBERT_API_KEY environment variable."""
     if path:
-        key = Path(path).read_text().strip()
+        from .evaluation.datasets import iter_lines
+
+        lines = [line for _, line in iter_lines(path)]   # a missing file or bad bytes: one line naming it
+        key = lines[0].strip() if lines else ""
         if not key:
             raise MedColbertError(f"{path}: the API key file is empty")
         return key

@@ -123,7 +123,9 @@ def test_health_is_503_until_loaded(tmp_path):
     app = create_app(tmp_path / "missing-index", None, load_in_background=False)
     with TestClient(app) as client:
         health = client.get("/health")
-        assert health.status_code == 503 and "no index folder" in health.json()["error"]
+        body = health.json()
+        assert health.status_code == 503 and body["status"] == "failed" and "could not be loaded" in body["error"]
+        assert str(tmp_path) not in health.text   # paths go to the server log only
         assert client.post("/search", json={"query": "x"}).status_code == 503
 
 

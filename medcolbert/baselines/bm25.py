@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..validation import check_int
+
 from collections.abc import Mapping
 
 import bm25s
@@ -36,6 +38,7 @@ class BM25:
         """Top-k documents of each query, as {query id: {doc id: score}}."""
         if self._retriever is None:
             raise RuntimeError("BM25.search called before index()")
+        check_int("k", k, 1)
         if not queries:
             return {}
         k = min(k, len(self.doc_ids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..validation import id_problem, text_problem
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -45,22 +47,46 @@ class BeirDataset:
         return [self.corpus[d].full_text for d in doc_ids]
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file."""
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line of a UTF-8 file; bad bytes are a DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError("file not found", path)
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+        raise DataError("file not found" if not path.exists() else "not a file", path)
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"cannot be read ({exc.strerror})", path) from None
+    with f:
+        for line_no, raw in enumerate(f, start=1):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, line_no) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, line_no)
-            yield line_no, obj
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                                path, line_no) from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file."""
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, line_no) from None
+        except RecursionError:
+            raise DataError("invalid JSON (nested too deeply)", path, line_no) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, line_no)
+        yield line_no, obj
+
+
+def check_row_id(value: str, what: str, path: Path | str, line: int) -> str:
+    """An id read from a file, or a DataError naming the file, line and the problem."""
+    bad = id_problem(value)
+    if bad:
+        raise DataError(f"{what} {value[:40]!r} {bad}", path, line)
+    return value
 
 
 def read_yaml_mapping(path: str | Path, known: set[str], section: str | None = None) -> dict:
@@ -95,6 +121,9 @@ def require_str(obj: Mapping, key: str, path: Path | str, line: int, allow_empty
         raise DataError(f"field '{key}' must be a string, got {type(value).__name__}", path, line)
     if not allow_empty and not value.strip():
         raise DataError(f"field '{key}' is empty", path, line)
+    bad = id_problem(value) if key.endswith("id") else text_problem(value)
+    if bad:
+        raise DataError(f"field '{key}' {bad}", path, line)
     return value
 
 
@@ -107,6 +136,8 @@ def load_corpus(path: str | Path) -> dict[str, Document]:
         title = obj.get("title") or ""
         if not isinstance(title, str):
             raise DataError(f"field 'title' must be a string, got {type(title).__name__}", path, line)
+        if text_problem(title):
+            raise DataError(f"field 'title' {text_problem(title)}", path, line)
         if not text.strip() and not title.strip():
             raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", path, line)
         if doc_id in corpus:
@@ -130,26 +161,28 @@ def load_queries(path: str | Path) -> dict[str, str]:
 
 
 def _qrels_rows(path: Path) -> Iterator[tuple[int, str, str, int]]:
-    if not path.is_file():
-        raise DataError("file not found", path)
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
-                continue  # BEIR TSV header
-            if len(parts) == 3:  # BEIR: query-id corpus-id score
-                qid, did, rel = parts
-            elif len(parts) == 4:  # TREC: qid iteration docid relevance
-                qid, _, did, rel = parts
-            else:
-                raise DataError(f"expected 3 (BEIR) or 4 (TREC) fields, found {len(parts)}", path, line_no)
-            try:
-                rel_value = int(float(rel))
-            except ValueError:
-                raise DataError(f"relevance '{rel}' is not a number", path, line_no) from None
-            yield line_no, qid, did, rel_value
+    for line_no, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if line_no == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
+            continue  # BEIR TSV header
+        if len(parts) == 3:  # BEIR: query-id corpus-id score
+            qid, did, rel = parts
+        elif len(parts) == 4:  # TREC: qid iteration docid relevance
+            qid, _, did, rel = parts
+        else:
+            raise DataError(f"expected 3 (BEIR) or 4 (TREC) fields, found {len(parts)}", path, line_no)
+        try:
+            value = float(rel)
+        except ValueError:
+            raise DataError(f"relevance '{rel[:20]}' is not a number", path, line_no) from None
+        # A grade is a whole number; 1.5 or nan would be rounded or crash deep inside the metrics.
+        if not value.is_integer() or abs(value) > 1_000_000:
+            raise DataError(f"relevance '{rel[:20]}' is not an integer grade", path, line_no)
+        check_row_id(qid, "query id", path, line_no)
+        check_row_id(did, "document id", path, line_no)
+        yield line_no, qid, did, int(value)
 
 
 def load_qrels(path: str | Path, queries: Mapping[str, str] | None = None,
@@ -188,33 +221,35 @@ def read_run(path: str | Path, queries: Mapping[str, object] | None = None,
              corpus: Mapping[str, object] | None = None) -> Run:
     """A TREC run file (qid Q0 docid rank score tag); ids are checked when given."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
     run: Run = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise DataError(f"expected 6 fields 'qid Q0 docid rank score tag', found {len(parts)}", path, line_no)
-            qid, _, did, rank, score, _ = parts
-            try:
-                int(rank)
-            except ValueError:
-                raise DataError(f"rank '{rank}' is not an integer", path, line_no) from None
-            try:
-                value = float(score)
-            except ValueError:
-                raise DataError(f"score '{score}' is not a number", path, line_no) from None
-            if queries is not None and qid not in queries:
-                raise DataError(f"unknown query id '{qid}'", path, line_no)
-            if corpus is not None and did not in corpus:
-                raise DataError(f"unknown document id '{did}'", path, line_no)
-            docs = run.setdefault(qid, {})
-            if did in docs:
-                raise DataError(f"document '{did}' listed twice for query '{qid}'", path, line_no)
-            docs[did] = value
+    for line_no, line in iter_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 6:
+            raise DataError(f"expected 6 fields 'qid Q0 docid rank score tag', found {len(parts)}", path, line_no)
+        qid, _, did, rank, score, _ = parts
+        try:
+            int(rank)
+        except ValueError:
+            raise DataError(f"rank '{rank[:20]}' is not an integer", path, line_no) from None
+        try:
+            value = float(score)
+        except ValueError:
+            raise DataError(f"score '{score[:20]}' is not a number", path, line_no) from None
+        if not math.isfinite(value):
+            # NaN compares false with everything: ir-measures would rank such a run arbitrarily.
+            raise DataError(f"score '{score}' is not finite", path, line_no)
+        check_row_id(qid, "query id", path, line_no)
+        check_row_id(did, "document id", path, line_no)
+        if queries is not None and qid not in queries:
+            raise DataError(f"unknown query id '{qid}'", path, line_no)
+        if corpus is not None and did not in corpus:
+            raise DataError(f"unknown document id '{did}'", path, line_no)
+        docs = run.setdefault(qid, {})
+        if did in docs:
+            raise DataError(f"document '{did}' listed twice for query '{qid}'", path, line_no)
+        docs[did] = value
     if not run:
         raise DataError("the run is empty", path)
     return run
@@ -228,6 +263,9 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for qid in run:
+                bad = [d for d, v in run[qid].items() if not math.isfinite(v)]
+                if bad:
+                    raise ValueError(f"query '{qid}': document '{bad[0]}' has a non-finite score; refusing to write {path.name}")
                 ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
                 for rank, (did, score) in enumerate(ranked, start=1):
                     f.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, MedColbertError
 from ..evaluation.datasets import iter_jsonl, require_str
-from ..fsutil import replace_folder
+from ..fsutil import failpoint, recover_replaced, replace_folder
+from ..validation import check_id, check_int, check_text
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
@@ -36,7 +37,12 @@ class CorpusSource:
         if isinstance(corpus, (str, Path)):
             path = Path(corpus)
             self.path = path / "corpus.jsonl" if path.is_dir() else path
-            self.ids = [doc_id for doc_id, _ in self._stream()]
+            self.ids = []
+            content = hashlib.sha256()
+            for doc_id, text in self._stream():
+                self.ids.append(doc_id)
+                content.update(_hash_item(doc_id, text))
+            self._content = content.hexdigest()
         elif isinstance(corpus, Mapping):
             self._items = list(corpus.items())
             self.ids = [d for d, _ in self._items]
@@ -51,9 +57,15 @@ class CorpusSource:
                 raise DataError(f"duplicate document id '{d}' (entry {i + 1})", self.path)
             seen.add(d)
         if self._items is not None:
-            for d, t in self._items:
-                if not isinstance(t, str) or not t.strip():
-                    raise MedColbertError(f"document '{d}' has empty text")
+            content = hashlib.sha256()
+            for i, (d, t) in enumerate(self._items):
+                try:
+                    check_id(d, f"document id (entry {i + 1})")
+                    check_text(t, f"text of document '{d}'")
+                except ValueError as exc:
+                    raise MedColbertError(str(exc)) from None
+                content.update(_hash_item(d, t))
+            self._content = content.hexdigest()
 
     def _stream(self) -> Iterator[tuple[str, str]]:
         assert self.path is not None
@@ -78,8 +90,14 @@ class CorpusSource:
         return {i: t for i, (_, t) in enumerate(self.iter_texts()) if i in positions}
 
     def fingerprint(self) -> str:
-        """A hash of the ids and their order (resuming needs the same collection)."""
-        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()[:24]
+        """A hash of every id and text, in order: a resumed build reuses chunks only of the same collection."""
+        return self._content[:24]
+
+
+def _hash_item(doc_id: str, text: str) -> bytes:
+    """One document's bytes for the content hash; lengths first, so no two (id, text) pairs run together."""
+    a, b = doc_id.encode("utf-8"), text.encode("utf-8")
+    return f"{len(a)}:{len(b)}:".encode() + a + b
 
 
 def _dist() -> tuple[int, int]:
@@ -112,6 +130,17 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     rank, world = _dist()
     if nbits not in (1, 2, 4):
         raise MedColbertError(f"nbits must be 1, 2 or 4, got {nbits}")
+    try:  # checked before anything is written, so a bad setting leaves no work folder behind
+        check_int("chunk_size", chunk_size, 1)
+        check_int("batch_size", batch_size, 1, 65536)
+        check_int("kmeans_niters", kmeans_niters, 1, 10_000)
+        if num_centroids is not None:
+            check_int("num_centroids", num_centroids, 1, 1 << 24)
+    except ValueError as exc:
+        raise MedColbertError(str(exc)) from None
+    if path.exists() and not path.is_dir():
+        raise MedColbertError(f"{path} is a file, not an index folder")
+    recover_replaced(path)   # an earlier overwrite cut off between its renames: the old index comes back first
     if (path / "manifest.json").exists() and not overwrite:
         raise MedColbertError(f"{path} already holds an index; pass overwrite=True (--overwrite) to replace it")
     if path.exists() and not (path / "manifest.json").exists() and any(path.iterdir()):
@@ -266,6 +295,7 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
     entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals)
     (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files}))
     (tmp / "done").touch()
+    failpoint("build-chunk-written")
     final = work / "chunks" / f"{c:05d}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -301,6 +331,7 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
     manifest["files"] = {**files, **seg_files}
     manifest["num_documents"] = len(ids)
     write_manifest(out, manifest)
+    failpoint("build-before-rename")
     # The finished index replaces the old one (if any) by renames only: never a half index at `path`.
     replace_folder(out, path)
     shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import IndexFormatError, MedColbertError
+from ..fsutil import failpoint, recover_replaced
+from ..validation import check_id, check_text
 from .codec import ResidualCodec
 from .storage import (FORMAT_NAME, FORMAT_VERSION, load_array, ranges, read_manifest, read_segment, save_array,
                       sha256_file, write_manifest, write_segment)
@@ -25,6 +27,7 @@ class Index:
 
     def __init__(self, path: str | Path, verify: bool = False) -> None:
         self.path = Path(path)
+        recover_replaced(self.path)   # an overwrite cut off between its two renames leaves the old index beside
         self.manifest = read_manifest(self.path)
         if verify:
             self.verify()
@@ -49,6 +52,8 @@ class Index:
             p = self.path / rel
             if not p.is_file():
                 raise IndexFormatError(f"{self.path}: the index is missing {rel}")
+            if p.stat().st_size != info["bytes"]:
+                raise IndexFormatError(f"{self.path}: {rel} has {p.stat().st_size} bytes, the manifest says {info['bytes']}")
             if sha256_file(p) != info["sha256"]:
                 raise IndexFormatError(f"{self.path}: {rel} does not match its checksum (damaged file)")
 
@@ -85,6 +90,8 @@ class Index:
         deleted = np.zeros(len(ids), dtype=bool)
         if m.get("deleted"):
             positions = load_array(self.path, m["deleted"], files).astype(np.int64)
+            if positions.ndim != 1 or (positions.size and (positions.min() < 0 or positions.max() >= len(ids))):
+                raise IndexFormatError(f"{self.path}: {m['deleted']} names positions outside the {len(ids)} documents")
             deleted[positions] = True
         self.deleted = deleted
         self.position = {d: i for i, d in enumerate(ids) if not deleted[i]}
@@ -181,49 +188,81 @@ class Index:
     def add(self, model, documents: Mapping[str, str], batch_size: int = 32) -> int:  # type: ignore[no-untyped-def]
         """Encode and append documents as a new segment; returns how many were added."""
         self.check_model(model)
-        if not documents:
-            return 0
-        for d, text in documents.items():
-            if not isinstance(text, str) or not text.strip():
-                raise MedColbertError(f"document '{d}' has empty text")
-        # Encoding happens before the lock is taken: it is the slow part and touches no index file.
-        ids = list(documents)
-        vectors = model.encode_documents([documents[d] for d in ids], batch_size=batch_size)
-        with self._writing():
-            return self._append(ids, vectors)
+        return self.update(model, add=documents, batch_size=batch_size)["added"]
 
-    def _append(self, ids: list[str], vectors: list[torch.Tensor]) -> int:
-        clash = [d for d in ids if d in self.position]
-        if clash:
-            raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
-                                  "(delete them first to replace them)")
+    def update(self, model=None, add: Mapping[str, str] | None = None, delete: Sequence[str] = (),  # type: ignore[no-untyped-def]
+               batch_size: int = 32, vectors: Sequence[torch.Tensor] | None = None) -> dict:
+        """Delete and add documents in one commit: either both happen or neither does.
+
+        vectors: the added documents' vectors when the caller encoded them already (in the order of `add`).
+        """
+        add = dict(add or {})
+        delete = list(delete)
+        for i, (d, text) in enumerate(add.items()):
+            try:
+                check_id(d, "document id")
+                check_text(text, f"text of document '{d}'")
+            except ValueError as exc:
+                raise MedColbertError(str(exc)) from None
+        for d in delete:
+            try:
+                check_id(d, "document id to delete")
+            except ValueError as exc:
+                raise MedColbertError(str(exc)) from None
+        if vectors is not None:
+            if len(vectors) != len(add):
+                raise MedColbertError(f"{len(vectors)} vector sets for {len(add)} documents")
+            if any(v.ndim != 2 or v.shape[-1] != self.codec.dim for v in vectors):
+                raise MedColbertError(f"document vectors must be [tokens, {self.codec.dim}]")
+            vectors = list(vectors)
+        elif add:
+            if model is None:
+                raise MedColbertError("adding documents needs the model the index was built with")
+            self.check_model(model)
+            # Encoding happens before the lock is taken: it is the slow part and touches no index file,
+            # so a delete from another writer never waits behind it.
+            ids = list(add)
+            vectors = model.encode_documents([add[d] for d in ids], batch_size=batch_size)
+        with self._writing():
+            manifest = dict(self.manifest)
+            if delete:
+                manifest = self._tombstone_manifest(manifest, delete)
+            if add:
+                survivors = {d for d in self.position if d not in set(delete)}
+                clash = [d for d in add if d in survivors]
+                if clash:
+                    raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
+                                          "(delete them first to replace them)")
+                manifest = self._append_manifest(manifest, list(add), list(vectors or []))
+            if delete or add:
+                self._commit(manifest)
+        return {"added": len(add), "deleted": len(delete)}
+
+    def _append_manifest(self, manifest: dict, ids: list[str], vectors: list[torch.Tensor]) -> dict:
         doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         codes, residuals = self.codec.compress(torch.cat(vectors))
         entry, files = self._write_new_segment(ids, doclens, codes, residuals)
-        manifest = dict(self.manifest)
+        manifest = dict(manifest)
         manifest["segments"] = [*manifest["segments"], entry]
         manifest["files"] = {**manifest["files"], **files}
-        self._commit(manifest)
-        return len(ids)
+        return manifest
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Mark documents deleted (they never come back in results); returns how many."""
-        with self._writing():
-            return self._tombstone(doc_ids)
+        return self.update(delete=doc_ids)["deleted"]
 
-    def _tombstone(self, doc_ids: Sequence[str]) -> int:
+    def _tombstone_manifest(self, manifest: dict, doc_ids: Sequence[str]) -> dict:
         unknown = [d for d in doc_ids if d not in self.position]
         if unknown:
             raise MedColbertError(f"{len(unknown)} document ids are not in the index, e.g. '{unknown[0]}'")
         positions = np.flatnonzero(self.deleted).tolist() + [self.position[d] for d in doc_ids]
-        manifest = dict(self.manifest)
+        manifest = dict(manifest)
         gen = int(manifest.get("generation", 0)) + 1
         rel = f"deleted-{gen:06d}.npy"
         files = {k: v for k, v in manifest["files"].items() if k != manifest.get("deleted")}
         files[rel] = save_array(self.path / rel, np.array(sorted(set(positions)), dtype=np.int64))
         manifest["files"], manifest["deleted"] = files, rel
-        self._commit(manifest)
-        return len(doc_ids)
+        return manifest
 
     def compact(self) -> dict:
         """Rewrite the live documents as one segment, reclaiming deleted space; returns stats before/after."""
@@ -244,6 +283,7 @@ class Index:
         manifest["files"].update(files)
         manifest["deleted"] = None
         self._commit(manifest)
+        failpoint("compact-after-commit")
         for seg in old:  # only after the new manifest is in place
             shutil.rmtree(self.path / "segments" / seg, ignore_errors=True)
         for stale in self.path.glob("deleted-*.npy"):
@@ -268,12 +308,17 @@ class Index:
         return entry, files
 
     def _commit(self, manifest: dict) -> None:
+        failpoint("update-before-commit")   # new files written, manifest not yet replaced
         manifest["generation"] = int(manifest.get("generation", 0)) + 1
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest["num_documents"] = sum(s["num_documents"] for s in manifest["segments"])
         write_manifest(self.path, manifest)
         self.manifest = read_manifest(self.path)
         self._load()
+        # Delete files the new manifest no longer names (superseded tombstones), now that it is committed.
+        for stale in self.path.glob("deleted-*.npy"):
+            if stale.name not in self.manifest["files"]:
+                stale.unlink(missing_ok=True)
 
 
 def _next_segment_name(manifest: dict) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,10 @@ FORMAT_NAME = "medcolbert-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ESCAPE = 255  # a code delta of 255 means: the absolute code is the next entry of code_escapes
+# np.load parses .npy headers with ast.literal_eval, which is not thread-safe in CPython (a search
+# thread and a reload thread once collided in the service); one lock makes header reads one at a time.
+_NPY_LOCK = threading.Lock()
+_SEGMENT_NAME = re.compile(r"^[0-9]{5}$")
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -49,7 +55,8 @@ def load_array(root: Path, rel: str, files: dict, mmap: bool = False) -> np.ndar
         raise IndexFormatError(f"{root}: {rel} has {path.stat().st_size} bytes, the manifest says {expected} "
                                "(truncated or overwritten)")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _NPY_LOCK:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise IndexFormatError(f"{root}: {rel} is not a readable .npy array ({exc})") from None
 
@@ -159,23 +166,73 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
 
 
 def read_manifest(root: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION) -> dict:
-    """The manifest of an index folder, checked for format and version."""
+    """The manifest of an index folder, checked for format, version, keys and value ranges."""
+    if root.exists() and not root.is_dir():
+        raise IndexFormatError(f"{root}: is a file, not an index folder")
     if not root.is_dir():
         raise IndexFormatError(f"{root}: no index folder there")
     path = root / MANIFEST
     if not path.is_file():
         raise IndexFormatError(f"{root}: no {MANIFEST}; not a medcolbert index (or an unfinished build)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(f"{path}: not valid JSON ({exc.msg})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{path}: expected a JSON object")
     if manifest.get("format") != format_name:
         raise IndexFormatError(f"{path}: not a {format_name} folder (format {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if version != format_version:
         raise IndexFormatError(f"{path}: {format_name} format version {version}, this medcolbert reads version "
                                f"{format_version}; rebuild it with this version")
+    if format_name == FORMAT_NAME:
+        validate_manifest(manifest, path)
     return manifest
+
+
+def validate_manifest(m: dict, where: object) -> None:
+    """Refuse a manifest with missing keys, wrong types or out-of-range values (one line naming the key)."""
+    def bad(key: str, what: str) -> IndexFormatError:
+        return IndexFormatError(f"{where}: '{key}' {what}")
+
+    def whole(key: str, value: object, lo: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise bad(key, f"must be an integer >= {lo}, got {value!r}")
+        return value
+
+    for key in ("model", "dim", "nbits", "num_centroids", "segments", "files"):
+        if key not in m:
+            raise bad(key, "is missing")
+    if not isinstance(m["model"], dict):
+        raise bad("model", "must be an object")
+    whole("dim", m["dim"], 1)
+    whole("num_centroids", m["num_centroids"], 1)
+    whole("generation", m.get("generation", 0))
+    if m["nbits"] not in (1, 2, 4) or isinstance(m["nbits"], bool):
+        raise bad("nbits", f"must be 1, 2 or 4, got {m['nbits']!r}")
+    if not isinstance(m["files"], dict):
+        raise bad("files", "must be an object of file entries")
+    for rel, info in m["files"].items():
+        parts = Path(rel).parts
+        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in parts or not parts:
+            raise bad("files", f"names a path outside the index: {rel!r}")
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise bad(f"files.{rel}", "must have 'bytes' and 'sha256'")
+        whole(f"files.{rel}.bytes", info.get("bytes"))
+    if not isinstance(m["segments"], list):
+        raise bad("segments", "must be a list")
+    for i, seg in enumerate(m["segments"]):
+        if not isinstance(seg, dict) or not isinstance(seg.get("name"), str) or not _SEGMENT_NAME.match(seg["name"]):
+            raise bad(f"segments[{i}]", "must have a five-digit 'name'")
+        whole(f"segments[{i}].num_documents", seg.get("num_documents"))
+        whole(f"segments[{i}].num_embeddings", seg.get("num_embeddings"))
+    if "num_documents" in m and whole("num_documents", m["num_documents"]) != sum(
+            seg["num_documents"] for seg in m["segments"]):
+        raise bad("num_documents", "disagrees with the segments' document counts")
+    deleted = m.get("deleted")
+    if deleted is not None and (not isinstance(deleted, str) or deleted not in m["files"]):
+        raise bad("deleted", f"must be null or a file the manifest lists, got {deleted!r}")
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

@@ -109,9 +109,12 @@ def read_tensor(folder: Path, key: str) -> torch.Tensor | None:
         if not file.is_file():
             continue
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                if key in f.keys():
-                    return f.get_tensor(key)
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    if key in f.keys():
+                        return f.get_tensor(key)
+            except Exception as exc:  # safetensors raises its own error type for corrupt or truncated files
+                raise CheckpointError(f"{file}: not a readable safetensors file ({str(exc)[:200]})") from None
         else:
             try:
                 state = torch.load(str(file), map_location="cpu", weights_only=True)
@@ -122,16 +125,38 @@ def read_tensor(folder: Path, key: str) -> torch.Tensor | None:
     return None
 
 
+# Weights a ColBERT or mean-pooling encoder never uses: missing from a checkpoint, they change nothing.
+_UNUSED_WEIGHTS = ("pooler.", "embeddings.position_ids")
+
+
 def _load_backbone(folder: Path) -> torch.nn.Module:
+    """The HF backbone of a model folder; every weight it uses must come from the folder, with its shape."""
     try:
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(str(folder))
             try:
-                return AutoModel.from_pretrained(str(folder), config=config, dtype=torch.float32)
+                model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch.float32,
+                                                        output_loading_info=True)
             except TypeError:  # transformers < 4.56 names the argument torch_dtype
-                return AutoModel.from_pretrained(str(folder), config=config, torch_dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: cannot load the transformer backbone ({exc})") from None
+                model, info = AutoModel.from_pretrained(str(folder), config=config, torch_dtype=torch.float32,
+                                                        output_loading_info=True)
+    except Exception as exc:  # corrupt or truncated weights raise many types (safetensors, OSError, ValueError)
+        raise CheckpointError(f"{folder}: cannot load the transformer backbone ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else 'no details'})") from None
+    # transformers fills weights it did not find with random values and only warns (a warning we silence):
+    # a checkpoint without its backbone would then encode noise. Refuse it, naming what is missing.
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_UNUSED_WEIGHTS) and
+               not any(f".{u}" in k for u in _UNUSED_WEIGHTS)]
+    if missing:
+        shown = ", ".join(sorted(missing)[:5])
+        raise CheckpointError(f"{folder}: the weights lack {len(missing)} backbone tensor(s) (e.g. {shown}); "
+                              "the checkpoint is incomplete or not for this architecture")
+    mismatched = info.get("mismatched_keys", [])
+    if mismatched:
+        first = mismatched[0]
+        raise CheckpointError(f"{folder}: weight {first[0] if isinstance(first, tuple) else first} has the wrong shape "
+                              f"({len(mismatched)} mismatched)")
+    return model
 
 
 def load_colbert(name_or_path: str | Path | None = None, **overrides: object) -> ColBERT:

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import MedColbertError
 from ..evaluation.datasets import Run
+from ..validation import check_float, check_int
 from ..indexing.index import Index
 from .engine import PlaidEngine
 from .exact import exact_search
@@ -25,7 +27,8 @@ class SearchConfig:
     exact: bool = False
 
     def resolved(self, k: int) -> "SearchConfig":
-        """The config with every None replaced by the default for k."""
+        """The config with every None replaced by the default for k (every value checked for its range)."""
+        check_int("k", k, 1)
         if k <= 10:
             defaults = (1, 0.5, 256)
         elif k <= 100:
@@ -35,8 +38,9 @@ class SearchConfig:
         ncells = self.ncells if self.ncells is not None else defaults[0]
         threshold = self.centroid_score_threshold if self.centroid_score_threshold is not None else defaults[1]
         ndocs = self.ndocs if self.ndocs is not None else defaults[2]
-        if ncells < 1 or ndocs < 1:
-            raise ValueError(f"ncells and ndocs must be at least 1 (got {ncells}, {ndocs})")
+        check_int("ncells", ncells, 1)
+        check_int("ndocs", ndocs, 1)
+        check_float("centroid_score_threshold", threshold, -1.0, 1.0)
         return replace(self, ncells=ncells, centroid_score_threshold=threshold, ndocs=max(ndocs, k))
 
 
@@ -100,6 +104,8 @@ class Searcher:
         # Queries of a batch share one length; the zero rows past a query's own vectors would only add
         # candidates from arbitrary centroids, so PLAID sees the query's real vectors alone.
         q = q[q.abs().sum(dim=-1) > 0]
+        if not torch.isfinite(q).all():
+            raise MedColbertError("the model produced non-finite query vectors (NaN or inf); no ranking can be made")
         docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
         ids = self.index.doc_ids
         return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT
 from ..scoring import maxsim_one
+from ..validation import check_int
 from ..vector_cache import VectorCache
 
 
@@ -17,6 +18,8 @@ def rerank(model: ColBERT, query: str | torch.Tensor, candidates: Sequence[str] 
            k: int | None = None, ids: Sequence[Hashable] | None = None,
            batch_size: int = 32) -> list[tuple[Hashable, float]]:
     """Candidates ordered by MaxSim with the query, best first, as (id, score); ids default to positions."""
+    if k is not None:
+        check_int("k", k, 1)
     if ids is not None and len(ids) != len(candidates):
         raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
     if len(candidates) == 0:
@@ -31,6 +34,8 @@ def rerank(model: ColBERT, query: str | torch.Tensor, candidates: Sequence[str] 
     else:
         raise TypeError("candidates must be all strings or all precomputed [tokens, dim] tensors")
     scores = maxsim_one(q.float(), docs)
+    if not torch.isfinite(scores).all():
+        raise ValueError("MaxSim gave non-finite scores (NaN or inf vectors); no ranking can be made")
     labels = list(ids) if ids is not None else list(range(len(candidates)))
     order = torch.argsort(scores, descending=True, stable=True).tolist()
     return [(labels[i], float(scores[i])) for i in order[: k or len(order)]]
@@ -41,6 +46,9 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
                cache: VectorCache | None = None, batch_size: int = 32,
                show_progress: bool | None = None) -> Run:
     """Rerank the top `depth` documents of every query of a run by exact MaxSim; keep the top k (default depth)."""
+    check_int("depth", depth, 1)
+    if k is not None:
+        check_int("k", k, 1)
     missing_q = [q for q in run if q not in queries]
     if missing_q:
         raise KeyError(f"the run has {len(missing_q)} queries without text, e.g. '{missing_q[0]}'")
@@ -59,7 +67,10 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     out: Run = {}
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]
-        scores = maxsim_one(q_vectors[qi], [vectors[d] for d in cands]).tolist()
+        result = maxsim_one(q_vectors[qi], [vectors[d] for d in cands])
+        if not torch.isfinite(result).all():
+            raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
+        scores = result.tolist()
         ranked = sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
         out[qid] = dict(ranked)
     return out

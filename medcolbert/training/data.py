@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
 from ..evaluation.datasets import BeirDataset, iter_jsonl, require_str
+from ..validation import text_problem
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ def _text_list(obj: dict, key: str, path: Path, line: int, required: bool) -> tu
             raise DataError(f"field '{key}[{i}]' must be a string, got {type(item).__name__}", path, line)
         if not item.strip():
             raise DataError(f"field '{key}[{i}]' is empty", path, line)
+        if text_problem(item):
+            raise DataError(f"field '{key}[{i}]' {text_problem(item)}", path, line)
     if required and not value:
         raise DataError(f"field '{key}' is an empty list", path, line)
     return tuple(value)
@@ -49,6 +53,8 @@ def _scores(obj: dict, key: str, n: int, path: Path, line: int) -> tuple[float, 
     value = obj[key]
     if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise DataError(f"field '{key}' must be a list of numbers", path, line)
+    if not all(math.isfinite(v) for v in value):
+        raise DataError(f"field '{key}' holds a score that is not finite (NaN or infinity)", path, line)
     if len(value) != n:
         raise DataError(f"field '{key}' has {len(value)} scores for {n} passages", path, line)
     return tuple(float(v) for v in value)

@@ -1,0 +1,125 @@
+"""Checks for numbers, ids and texts where they enter: one-line errors that name the option and its range."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable
+
+# C0/C1 control characters (NUL included) and DEL: never part of an id, and they truncate or hide ids in
+# TREC files, logs and terminals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    """value as an int in [lo, hi], or a ValueError naming `name` and the accepted range."""
+    accepted = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer {accepted}, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer {accepted}, got {value}")
+    return int(value)
+
+
+def check_float(name: str, value: object, lo: float, hi: float) -> float:
+    """value as a finite float in [lo, hi], or a ValueError naming `name` and the accepted range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a finite number in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_finite(name: str, value: float) -> float:
+    """value, or a ValueError when it is NaN or infinite (a score that would silently reorder a ranking)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is {value}; scores must be finite")
+    return value
+
+
+def text_problem(text: str) -> str | None:
+    """Why a text cannot be used (a lone UTF-16 surrogate, which no UTF-8 file can hold), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds an invalid character (a lone surrogate \\u{ord(text[exc.start]):04x} at position {exc.start})"
+    return None
+
+
+def id_problem(value: str) -> str | None:
+    """Why a document or query id cannot be used (empty, control characters, whitespace, invalid Unicode), or None."""
+    if not value:
+        return "is empty"
+    bad = text_problem(value)
+    if bad:
+        return bad
+    m = _CONTROL.search(value)
+    if m:
+        return f"holds a control character (U+{ord(m.group()):04X} at position {m.start()})"
+    if any(c.isspace() for c in value):
+        # TREC run and qrels files are whitespace-separated: an id with a space cannot be written back.
+        return "holds whitespace (TREC files separate fields by whitespace)"
+    return None
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """value as a usable id, or a ValueError naming the problem."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    bad = id_problem(value)
+    if bad:
+        raise ValueError(f"{what} {value[:40]!r} {bad}")
+    return value
+
+
+def check_text(value: object, what: str = "text", allow_empty: bool = False) -> str:
+    """value as a usable text (valid Unicode, not blank unless allowed), or a ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{what} is empty")
+    bad = text_problem(value)
+    if bad:
+        raise ValueError(f"{what} {bad}")
+    return value
+
+
+def int_option(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (the error names the range)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {_range(lo, hi)}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {_range(lo, hi)}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_option(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in [{lo}, {hi}], got {text!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number in [{lo}, {hi}], got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _range(lo: int, hi: int | None) -> str:
+    return f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
