@@ -155,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "intact, 2 with the first problem found.")
     p.add_argument("--index", required=True)
 
+    p = sub.add_parser("interpolate", help="WiSE-FT: mix a fine-tuned ColBERT's weights with its starting weights",
+                       description="Write ALPHA x fine-tuned + (1 - ALPHA) x start, weight by weight, as a new "
+                                   "checkpoint (WiSE-FT). The start defaults to the packaged all-MiniLM-L6-v2 with "
+                                   "its fresh projection, where medcolbert's training begins.")
+    p.add_argument("--model", required=True, help="the fine-tuned checkpoint")
+    p.add_argument("--start", default=None, help="the starting checkpoint (default: packaged:all-MiniLM-L6-v2)")
+    p.add_argument("--alpha", type=float_option(0.0, 1.0), required=True, help="weight of the fine-tuned model, 0-1")
+    p.add_argument("--output", required=True, help="checkpoint folder to write")
+
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
                        description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
                                    "BEIR qrels TSV, or --data/--split) and print one row per run. Queries "
@@ -462,6 +471,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    """Write a WiSE-FT interpolation of two checkpoints."""
+    from .modeling.checkpoint import interpolate_colbert
+
+    print(f"wrote {interpolate_colbert(args.model, args.start, args.alpha, args.output)}")
+    return 0
+
+
 def cmd_mine(args: argparse.Namespace) -> int:
     """Mine hard negatives and write triplets."""
     from .evaluation.datasets import load_beir, load_corpus
@@ -591,7 +608,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
-            "update": cmd_update, "check": cmd_check, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
+            "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "serve": cmd_serve}
 
 

@@ -76,6 +76,9 @@ class ExperimentConfig:
                 raise DataError(f"systems[{i}] needs a name and a type", where)
             if s["type"] not in SYSTEM_TYPES:
                 raise DataError(f"systems[{i}] ({s['name']}): type must be one of {SYSTEM_TYPES}", where)
+            trained = s.get("trained_on")
+            if trained is not None and (not isinstance(trained, list) or not all(isinstance(x, str) for x in trained)):
+                raise DataError(f"systems[{i}] ({s['name']}): trained_on must be a list of data set names", where)
             refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
             if s["type"] in ("rerank", "rrf") and not all(refs):
                 raise DataError(f"systems[{i}] ({s['name']}): a {s['type']} names its input system(s)", where)
@@ -130,6 +133,8 @@ class _Context:
         self.corpus = {d: doc.full_text for d, doc in data.corpus.items()}
         self.runs: dict[str, Run] = {}
         self.latency_ms: dict[str, float | None] = {}
+        self.one: dict[str, Callable[[str], Any]] = {}   # per system: one query text -> its ranked hits
+        self.timed_at: dict[str, str] = {}
         self.extra: dict[str, dict] = {}   # per system: index size and the like
         self.timed_qids = sorted(data.queries)[: cfg.latency_queries]
         self._models: dict[tuple, Any] = {}
@@ -167,15 +172,20 @@ class _Context:
 
 
 def _run_system(ctx: _Context, spec: dict) -> Run:
-    """Run one system on one data set; records its latency in ctx."""
+    """Run one system on one data set; records in ctx its one-query search function and its latency.
+
+    Latency is measured end to end for every row, pipelines included: the timed function runs the first
+    stage(s) for the query and then the reranker or the fusion, as a deployed pipeline would.
+    """
     kind, k, queries = spec["type"], int(spec.get("k", 100)), ctx.data.queries
+    name = spec["name"]
     if kind == "bm25":
         from .baselines.bm25 import BM25
 
         bm25 = BM25().index(ctx.corpus)
-        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: bm25.search({"q": t}, k=k))
-        return bm25.search(queries, k=k)
-    if kind == "dense":
+        ctx.one[name] = lambda t: bm25.search({"q": t}, k=k)["q"]
+        run = bm25.search(queries, k=k)
+    elif kind == "dense":
         from .baselines.dense import DenseIndex
 
         model = ctx.model("dense", spec)
@@ -185,16 +195,16 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
         else:
             index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show)
             index.save(folder)
-        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: index.search({"q": t}, k=k))
-        return index.search(queries, k=k)
-    if kind == "colbert":
+        ctx.one[name] = lambda t: index.search({"q": t}, k=k)["q"]
+        run = index.search(queries, k=k)
+    elif kind == "colbert":
         searcher = _colbert_searcher(ctx, spec)
         stats = searcher.index.stats()
-        ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
+        ctx.extra[name] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
         knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact") if key in spec}
-        ctx.latency_ms[spec["name"]] = ctx.time_queries(lambda t: searcher.search(t, k=k, **knobs))
-        return searcher.search_all(queries, k=k, show_progress=ctx.show, **knobs)
-    if kind == "rerank":
+        ctx.one[name] = lambda t: dict(searcher.search(t, k=k, **knobs))
+        run = searcher.search_all(queries, k=k, show_progress=ctx.show, **knobs)
+    elif kind == "rerank":
         from .search.rerank import rerank, rerank_run
         from .vector_cache import VectorCache
 
@@ -202,27 +212,49 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
         cache = VectorCache(model, ctx.cfg.work / "vectors")
         first, depth = ctx.runs[spec["first_stage"]], int(spec.get("depth", 100))
         run = rerank_run(model, queries, first, ctx.corpus, depth=depth, k=k, cache=cache, show_progress=ctx.show)
-        # Latency: the first stage's, plus encoding the query and MaxSim over its candidates' stored vectors
-        # (a reranker in production keeps document vectors, as this cache does).
-        timed = list(dict.fromkeys(d for q in ctx.timed_qids for d in list(first.get(q, {}))[:depth]))
+        # A reranker in production keeps its documents' vectors (as this cache does), so the timed pipeline
+        # reads them instead of encoding: first stage, query encoding, MaxSim over the top `depth`.
+        timed = list(dict.fromkeys(d for q in ctx.timed_qids for d in _top(first.get(q, {}), depth)))
         vectors = cache.get_or_encode(timed, [ctx.corpus[d] for d in timed], show_progress=False)
-        qid_of = {ctx.data.queries[q]: q for q in ctx.timed_qids}
+        first_one = ctx.one[spec["first_stage"]]
 
-        def one(text: str) -> object:
-            cands = list(first.get(qid_of.get(text, ""), {}))[:depth]
-            return rerank(model, text, [vectors[d] for d in cands], ids=cands)
+        def pipeline(text: str) -> object:
+            cands = _top(first_one(text), depth)
+            missing = [d for d in cands if d not in vectors]
+            if missing:
+                vectors.update(cache.get_or_encode(missing, [ctx.corpus[d] for d in missing], show_progress=False))
+            return rerank(model, text, [vectors[d] for d in cands], ids=cands, k=k)
 
-        base = ctx.latency_ms.get(spec["first_stage"])
-        own = ctx.time_queries(one)
-        ctx.latency_ms[spec["name"]] = None if base is None or own is None else base + own
-        return run
-    # rrf
-    from .search.fusion import rrf
+        ctx.one[name] = pipeline
+    else:  # rrf
+        from .search.fusion import rrf
 
-    inputs = [ctx.runs[name] for name in spec["runs"]]
-    lat = [ctx.latency_ms.get(name) for name in spec["runs"]]
-    ctx.latency_ms[spec["name"]] = None if any(x is None for x in lat) else float(sum(lat))  # type: ignore[arg-type]
-    return rrf(inputs, k=int(spec.get("rrf_k", 60)), depth=k, weights=spec.get("weights"))
+        rrf_k, weights = int(spec.get("rrf_k", 60)), spec.get("weights")
+        inputs = [ctx.runs[n] for n in spec["runs"]]
+        stages = [ctx.one[n] for n in spec["runs"]]
+        ctx.one[name] = lambda t: rrf([{"q": stage(t)} for stage in stages], k=rrf_k, depth=k, weights=weights)["q"]
+        run = rrf(inputs, k=rrf_k, depth=k, weights=weights)
+    ctx.latency_ms[name] = ctx.time_queries(ctx.one[name])
+    ctx.timed_at[name] = f"k={k}" + (f", top {spec.get('depth', 100)} reranked" if kind == "rerank" else "")
+    return run
+
+
+def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None:
+    """Whether a system saw this data set's training split: its own `trained_on`, or its stages' (None: unstated)."""
+    names = {s["name"]: s for s in cfg.systems}
+    own = spec.get("trained_on")
+    parts = [names[spec["first_stage"]]] if spec["type"] == "rerank" else [names[n] for n in spec.get("runs", [])]
+    if own is None and spec["type"] not in ("rerank", "rrf"):
+        return None
+    seen = [dataset in (own or [])] + [_in_domain(cfg, p, dataset) for p in parts]
+    if any(x is True for x in seen):
+        return True
+    return None if any(x is None for x in seen[1:]) or (own is None and spec["type"] == "rerank") else False
+
+
+def _top(hits: dict, depth: int) -> list:
+    """The ids of the best `depth` hits of one query."""
+    return [d for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])[:depth]]
 
 
 def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
@@ -319,6 +351,8 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
             (out / "perquery" / f"{ds['name']}.{slug}.json").write_text(json.dumps(scores[spec["name"]], indent=1) + "\n")
             table[spec["name"]] = {m: float(np.mean(list(scores[spec["name"]][m].values()))) for m in cfg.metrics}
             table[spec["name"]].update({"p50_ms": ctx.latency_ms.get(spec["name"]),
+                                        "timed_at": ctx.timed_at.get(spec["name"]),
+                                        "in_domain": _in_domain(cfg, spec, ds["name"]),
                                         "seconds": round(time.perf_counter() - t0, 1), **ctx.extra.get(spec["name"], {})})
             log(f"{ds['name']} / {spec['name']}: " + ", ".join(f"{m} {table[spec['name']][m]:.4f}" for m in cfg.metrics))
         qids = sorted(data.qrels)
@@ -375,9 +409,10 @@ def results_markdown(results: dict) -> str:
              "Brackets: 95% bootstrap confidence interval of the mean.", ""]
     for ds, block in results["datasets"].items():
         sizes = any("bytes_per_vector" in row for row in block["systems"].values())
-        head = " | ".join(metrics) + " | p50 ms/query |" + (" bytes/vector | index MB |" if sizes else "")
+        head = (" | ".join(metrics) + " | in-domain | p50 ms/query | timed at |"
+                + (" bytes/vector | index MB |" if sizes else ""))
         lines += [f"## {ds} ({block['split']}: {block['queries']} queries, {block['documents']} documents)", "",
-                  "| system | " + head, "|---|" + "---|" * (len(metrics) + 1 + 2 * sizes)]
+                  "| system | " + head, "|---|" + "---|" * (len(metrics) + 3 + 2 * sizes)]
         for name, row in block["systems"].items():
             cells = []
             for m in metrics:
@@ -385,7 +420,9 @@ def results_markdown(results: dict) -> str:
                 mark = {"better": "▲", "worse": "▼"}.get(direction or "", "")
                 ci = row.get("ci95", {}).get(m)
                 cells.append(f"{row[m]:.4f}{mark}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+            cells.append({True: "yes", False: "no"}.get(row.get("in_domain"), "?"))
             cells.append("" if row.get("p50_ms") is None else f"{row['p50_ms']:.1f}")
+            cells.append(row.get("timed_at") or "" if row.get("p50_ms") is not None else "")
             if sizes:
                 cells += [f"{row['bytes_per_vector']:.2f}", f"{row['index_mb']:.1f}"] if "bytes_per_vector" in row else ["", ""]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -158,3 +158,19 @@ def test_fresh_projection_bits_do_not_depend_on_thread_count():
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
     assert torch.allclose(one @ one.T, torch.eye(128), atol=1e-5)
+
+
+def test_wise_ft_interpolation_mixes_every_weight(tmp_path):
+    from medcolbert import ColBERT
+    from medcolbert.modeling.checkpoint import interpolate_colbert
+    from tests.conftest import make_tiny_model
+
+    a = make_tiny_model(seed=1).save_pretrained(tmp_path / "a")
+    b = make_tiny_model(seed=2).save_pretrained(tmp_path / "b")
+    out = interpolate_colbert(a, b, 0.25, tmp_path / "mix")
+    ma, mb, mix = (ColBERT.from_pretrained(p, device="cpu") for p in (a, b, out))
+    for key, value in mix.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.25 * ma.state_dict()[key] + 0.75 * mb.state_dict()[key], atol=1e-6), key
+    assert torch.equal(ColBERT.from_pretrained(interpolate_colbert(a, b, 1.0, tmp_path / "one"), device="cpu").linear.weight,
+                       ma.linear.weight)

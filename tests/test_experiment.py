@@ -57,6 +57,15 @@ def test_experiment_writes_tables_runs_significance_and_plots(setup):
     perq = json.loads((out / "perquery" / "tiny.colbert.json").read_text())
     assert len(perq["ndcg@10"]) == 8
     assert "| hybrid |" in (out / "results.md").read_text()
+    for name, row in rows.items():   # every score has its interval; the mean lies inside it
+        lo, hi = row["ci95"]["ndcg@10"]
+        assert lo <= row["ndcg@10"] + 1e-9 and row["ndcg@10"] <= hi + 1e-9
+    sig = rows["colbert"]["vs_baseline"]["ndcg@10"]
+    assert sig["p_adjusted"] >= sig["p"] and sig["direction"] in ("better", "worse", "no difference")
+    # Pipelines are timed end to end: never faster than their first stage alone.
+    assert rows["bm25 > colbert"]["p50_ms"] >= rows["bm25"]["p50_ms"]
+    assert rows["bm25 > colbert"]["timed_at"] == "k=100, top 20 reranked"
+    assert rows["colbert"]["in_domain"] is None and "in-domain" in (out / "results.md").read_text()
     # A second run reuses the cached indexes and gives the same table.
     again = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)
     assert again["datasets"]["tiny"]["systems"]["colbert"]["ndcg@10"] == rows["colbert"]["ndcg@10"]
@@ -106,3 +115,30 @@ def test_paired_tests():
     for test in ("paired-t", "bootstrap"):
         assert paired_test(a + 0.1, a + rng.normal(0, 0.01, 200), test) < 0.001
         assert paired_test(a + rng.normal(0, 0.1, 200), a, test) > 0.01
+
+
+def test_holm_and_bonferroni_corrections():
+    from medcolbert.experiment import adjust_pvalues, bootstrap_ci
+
+    p = [0.01, 0.04, 0.03]
+    assert adjust_pvalues(p, "bonferroni") == pytest.approx([0.03, 0.12, 0.09])
+    # Holm: sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.06 (kept monotone)
+    assert adjust_pvalues(p, "holm") == pytest.approx([0.03, 0.06, 0.06])
+    assert adjust_pvalues(p, "none") == p
+    lo, hi = bootstrap_ci(np.array([0.0, 1.0] * 50))
+    assert 0.38 < lo < 0.5 < hi < 0.62
+
+
+def test_in_domain_follows_the_stages(tmp_path):
+    from medcolbert.experiment import _in_domain
+
+    cfg = ExperimentConfig(name="x", datasets=[{"name": "a", "path": "."}], systems=[
+        {"name": "bm25", "type": "bm25", "trained_on": []},
+        {"name": "tuned", "type": "dense", "trained_on": ["a"]},
+        {"name": "rr", "type": "rerank", "first_stage": "bm25", "trained_on": ["b"]},
+        {"name": "rr2", "type": "rerank", "first_stage": "tuned", "trained_on": []},
+        {"name": "fused", "type": "rrf", "runs": ["bm25", "tuned"]}])
+    s = {x["name"]: x for x in cfg.systems}
+    assert _in_domain(cfg, s["bm25"], "a") is False and _in_domain(cfg, s["tuned"], "a") is True
+    assert _in_domain(cfg, s["rr"], "a") is False and _in_domain(cfg, s["rr"], "b") is True
+    assert _in_domain(cfg, s["rr2"], "a") is True and _in_domain(cfg, s["fused"], "a") is True

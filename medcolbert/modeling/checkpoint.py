@@ -249,3 +249,24 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def interpolate_colbert(fine_tuned: str | Path, start: str | Path | None, alpha: float,
+                        output: str | Path) -> Path:
+    """WiSE-FT: save alpha * fine_tuned + (1 - alpha) * start, weight by weight (start None: the packaged base).
+
+    Both models must share the architecture; the config (lengths, augmentation) is the fine-tuned one's.
+    """
+    from ..validation import check_float
+
+    alpha = check_float("alpha", alpha, 0.0, 1.0)
+    tuned = load_colbert(fine_tuned)
+    base = load_colbert(start if start is not None else BASE_MODEL_ID, dim=tuned.config.dim)
+    a, b = tuned.state_dict(), base.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise CheckpointError(f"{fine_tuned} and {start or BASE_MODEL_ID} do not share an architecture")
+    mixed = {k: (alpha * a[k].float() + (1 - alpha) * b[k].float()).to(a[k].dtype) if a[k].is_floating_point()
+             else a[k] for k in a}
+    tuned.load_state_dict(mixed)
+    tuned.name = f"{tuned.name} (WiSE-FT alpha {alpha:g})"
+    return save_colbert(tuned, output)
