@@ -86,3 +86,26 @@ def test_rerank_run_rejects_unknown_ids(tiny_model):
         rerank_run(tiny_model, QUERIES, {"q1": {"nope": 1.0}}, TEXTS)
     with pytest.raises(KeyError, match="without text"):
         rerank_run(tiny_model, QUERIES, {"q9": {"d1": 1.0}}, TEXTS)
+
+
+def test_rerank_takes_a_dict_a_list_of_queries_and_refuses_an_empty_query(tiny_model):
+    from medcolbert.search.rerank import rerank
+
+    docs = {"a": "statin therapy and muscle pain", "b": "influenza vaccines in the elderly"}
+    by_dict = rerank(tiny_model, "statins and muscle pain", docs)
+    by_list = rerank(tiny_model, "statins and muscle pain", list(docs.values()), ids=list(docs))
+    assert by_dict == by_list and {d for d, _ in by_dict} == {"a", "b"}
+    batch = rerank(tiny_model, ["statins and muscle pain", "flu shots for old people"], docs, k=1)
+    assert len(batch) == 2 and batch[0] == by_dict[:1]
+    own = rerank(tiny_model, ["q one", "q two"], [["x text", "y text"], {"z": "z text"}])
+    assert [len(r) for r in own] == [2, 1] and own[1][0][0] == "z"
+    with pytest.raises(ValueError, match="the query is empty"):
+        rerank(tiny_model, "  ", docs)
+
+
+def test_index_build_takes_a_plain_list_of_texts(tmp_path, tiny_model):
+    from medcolbert.indexing.index import Index
+
+    texts = [f"document number {i} about aspirin and the heart" for i in range(20)]
+    index = Index.build(tmp_path / "idx", tiny_model, texts, num_centroids=4, show_progress=False)
+    assert index.doc_ids == [str(i) for i in range(20)]

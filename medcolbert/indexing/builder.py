@@ -47,7 +47,15 @@ class CorpusSource:
             self._items = list(corpus.items())
             self.ids = [d for d, _ in self._items]
         else:
-            self._items = [(str(d), t) for d, t in corpus]
+            items = list(corpus)
+            if all(isinstance(x, str) for x in items):   # plain texts: their positions are their ids
+                self._items = [(str(i), t) for i, t in enumerate(items)]
+            else:
+                try:
+                    self._items = [(str(d), t) for d, t in items]
+                except (TypeError, ValueError):
+                    raise MedColbertError("a corpus is a dict {id: text}, a list of (id, text) pairs, a list of "
+                                          "texts, or a corpus.jsonl path") from None
             self.ids = [d for d, _ in self._items]
         if not self.ids:
             raise MedColbertError("the corpus is empty: nothing to index")

@@ -29,9 +29,12 @@ BASE_MODEL_ID = "packaged:all-MiniLM-L6-v2"
 RELEASE_NAME = "medcolbert-minilm-v1"
 
 
-def release_model_path() -> Path | None:
-    """The released medical ColBERT checkpoint of a source checkout, or None where there is none."""
-    path = Path(__file__).resolve().parents[2] / "checkpoints" / RELEASE_NAME
+RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2")
+
+
+def release_model_path(name: str | None = None) -> Path | None:
+    """A released medical ColBERT checkpoint (default: the current release) of a source checkout, or None."""
+    path = Path(__file__).resolve().parents[2] / "checkpoints" / (name or RELEASE_NAME)
     return path if (path / METADATA_FILE).is_file() and (path / WEIGHTS_FILE).is_file() else None
 
 
@@ -58,6 +61,11 @@ def resolve_model_folder(name_or_path: str | Path | None, prefer_release: bool =
         return release_model_path(), RELEASE_NAME  # type: ignore[return-value]
     if name_or_path is None or str(name_or_path) == BASE_MODEL_ID:
         return default_model_path(), DEFAULT_MODEL_NAME
+    if str(name_or_path) in RELEASES and not Path(name_or_path).is_dir():
+        found = release_model_path(str(name_or_path))
+        if found is None:
+            raise CheckpointError(f"{name_or_path}: a medcolbert release, but this install has no copy of it")
+        return found, str(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -162,8 +170,8 @@ def _load_backbone(folder: Path) -> torch.nn.Module:
 def load_colbert(name_or_path: str | Path | None = None, **overrides: object) -> ColBERT:
     """A ColBERT model from a colbert-ai checkpoint folder, a plain HF encoder, or the packaged default."""
     folder, display = resolve_model_folder(name_or_path, prefer_release=True)
-    if name_or_path is None:  # record which default it was, so that an index names its model for good
-        name_or_path = str(folder) if display == RELEASE_NAME else BASE_MODEL_ID
+    if name_or_path is None:  # record which default it was, by name: an index then names its model portably
+        name_or_path = RELEASE_NAME if display == RELEASE_NAME else BASE_MODEL_ID
     metadata = folder / METADATA_FILE
     config = ModelConfig.read_metadata(metadata) if metadata.is_file() else ModelConfig()
     projection = read_tensor(folder, LINEAR_KEY)
@@ -227,8 +235,9 @@ def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = N
         model.tokenizer.tokenizer.save_pretrained(str(tmp))
         metadata = model.config.to_colbert_metadata(
             name=model.name, extra_meta={"medcolbert_version": _version()})
-        # colbert-ai loads its tokenizer from `checkpoint`; point it at where the folder is saved.
-        metadata["checkpoint"] = str(path.resolve())
+        # colbert-ai replaces `checkpoint` with the folder it loads from, so the folder's own name is enough;
+        # an absolute path would name a folder of the machine that wrote it.
+        metadata["checkpoint"] = path.name
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
 
         replace_folder(tmp, path)

@@ -14,12 +14,29 @@ from ..validation import check_int
 from ..vector_cache import VectorCache
 
 
-def rerank(model: ColBERT, query: str | torch.Tensor, candidates: Sequence[str] | Sequence[torch.Tensor],
+def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
+           candidates: Sequence[str] | Sequence[torch.Tensor] | Mapping[Hashable, str] | Sequence[Sequence[str]],
            k: int | None = None, ids: Sequence[Hashable] | None = None,
-           batch_size: int = 32) -> list[tuple[Hashable, float]]:
-    """Candidates ordered by MaxSim with the query, best first, as (id, score); ids default to positions."""
+           batch_size: int = 32) -> list[tuple[Hashable, float]] | list[list[tuple[Hashable, float]]]:
+    """Candidates ordered by MaxSim with the query, best first, as (id, score).
+
+    candidates: texts (ids default to their positions), a dict {id: text} (its keys are the ids), or
+    precomputed [tokens, dim] tensors. A list of queries reranks the same candidates for each, or, given a
+    list of candidate lists (one per query), each query's own; the result is then one list per query.
+    """
+    if isinstance(query, (list, tuple)):
+        per_query = len(candidates) == len(query) and len(query) > 0 and all(
+            isinstance(c, (list, tuple, Mapping)) for c in candidates)
+        return [rerank(model, q, candidates[i] if per_query else candidates, k=k, ids=ids,  # type: ignore[index]
+                       batch_size=batch_size) for i, q in enumerate(query)]
+    if isinstance(query, str) and not query.strip():
+        raise ValueError("the query is empty")
     if k is not None:
         check_int("k", k, 1)
+    if isinstance(candidates, Mapping):
+        if ids is not None:
+            raise ValueError("give ids either as the dict's keys or as ids=, not both")
+        ids, candidates = list(candidates.keys()), list(candidates.values())
     if ids is not None and len(ids) != len(candidates):
         raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
     if len(candidates) == 0:
@@ -32,7 +49,7 @@ def rerank(model: ColBERT, query: str | torch.Tensor, candidates: Sequence[str] 
     elif all(isinstance(c, torch.Tensor) for c in candidates):
         docs = list(candidates)  # type: ignore[arg-type]
     else:
-        raise TypeError("candidates must be all strings or all precomputed [tokens, dim] tensors")
+        raise TypeError("candidates must be all strings, a dict {id: text}, or all precomputed [tokens, dim] tensors")
     scores = maxsim_one(q.float(), docs)
     if not torch.isfinite(scores).all():
         raise ValueError("MaxSim gave non-finite scores (NaN or inf vectors); no ranking can be made")
