@@ -141,7 +141,8 @@ class _Context:
 
     def model(self, kind: str, spec: dict):  # type: ignore[no-untyped-def]
         """A model, loaded once per data set and shared by the systems that name it."""
-        key = (kind, _model_source(spec), spec.get("pooling"), spec.get("query_prefix"), spec.get("doc_maxlen"))
+        key = (kind, _model_source(spec), spec.get("pooling"), spec.get("query_prefix"), spec.get("doc_maxlen"),
+               spec.get("query_maxlen"), spec.get("query_augment_len", "unset"))
         if key not in self._models:
             if kind == "dense":
                 from .baselines.dense import BiEncoder
@@ -152,7 +153,9 @@ class _Context:
             else:
                 from .modeling.encoder import ColBERT
 
-                overrides = {"doc_maxlen": spec["doc_maxlen"]} if "doc_maxlen" in spec else {}
+                # Tokenization settings may be overridden per system (the weights stay): e.g. the query
+                # length and [MASK] augmentation rule, to measure them on one model.
+                overrides = {key: spec[key] for key in ("doc_maxlen", "query_maxlen", "query_augment_len") if key in spec}
                 self._models[key] = ColBERT.from_pretrained(_model_source(spec), **overrides)
         return self._models[key]
 
