@@ -99,7 +99,11 @@ def read_yaml_mapping(path: str | Path, known: set[str], section: str | None = N
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise DataError(f"invalid YAML ({exc})", path) from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DataError(f"invalid YAML ({problem})", path, mark.line + 1 if mark is not None else None) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 (byte at offset {exc.start})", path) from None
     if isinstance(raw, dict) and section is not None:
         raw = raw.get(section, raw)
     if not isinstance(raw, dict):
