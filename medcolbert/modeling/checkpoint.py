@@ -57,8 +57,16 @@ def resolve_model_folder(name_or_path: str | Path | None, prefer_release: bool =
     None is the packaged all-MiniLM-L6-v2, or with prefer_release the released medical checkpoint when the
     checkout has one.
     """
-    if name_or_path is None and prefer_release and release_model_path() is not None:
-        return release_model_path(), RELEASE_NAME  # type: ignore[return-value]
+    if name_or_path is None and prefer_release:
+        if release_model_path() is not None:
+            return release_model_path(), RELEASE_NAME  # type: ignore[return-value]
+        import warnings
+
+        # Without this, an install lacking checkpoints/ would score with an untrained projection unnoticed.
+        warnings.warn(f"the released model {RELEASE_NAME} is not part of this install (no checkpoints/ folder "
+                      f"beside the package); loading the UNTRAINED base all-MiniLM-L6-v2 with a random projection "
+                      f"instead. Pass a checkpoint path, or '{BASE_MODEL_ID}' to choose the base on purpose.",
+                      UserWarning, stacklevel=4)
     if name_or_path is None or str(name_or_path) == BASE_MODEL_ID:
         return default_model_path(), DEFAULT_MODEL_NAME
     if str(name_or_path) in RELEASES and not Path(name_or_path).is_dir():
