@@ -340,3 +340,14 @@ def test_bad_input_and_damaged_indexes(tmp_path, built, model, corpus):
     f.write_bytes(bytes(data))
     with pytest.raises(IndexFormatError, match="checksum"):
         Index.open(p, verify=True)
+
+
+def test_chunked_build_writes_the_same_segment_as_one_chunk(tmp_path, model, corpus):
+    """The final segment is streamed chunk by chunk (memory holds one chunk); its arrays must equal a one-chunk build's."""
+    many = Index.build(tmp_path / "many", model, corpus, chunk_size=7, num_centroids=16, show_progress=False)
+    one = Index.build(tmp_path / "one", model, corpus, chunk_size=10_000, num_centroids=16, show_progress=False)
+    assert many.doc_ids == one.doc_ids and np.array_equal(many.doclens, one.doclens)
+    assert np.array_equal(many.codes, one.codes)
+    assert np.array_equal(np.asarray(many._residual_parts[0]), np.asarray(one._residual_parts[0]))
+    assert len(many.manifest["segments"]) == 1
+    Index.open(tmp_path / "many", verify=True)

@@ -23,7 +23,8 @@ from ..validation import check_id, check_int, check_text
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
-from .storage import read_segment, save_array, write_manifest, write_segment
+from .storage import (decode_ids, encode_ids, load_array, save_array, sha256_file, write_manifest,
+                      write_segment)
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
@@ -314,18 +315,15 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
     out = work / "final"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    # One segment for the whole collection: concatenate the chunks' arrays.
-    ids: list[str] = []
-    doclens, codes, residuals = [], [], []
+    # One segment for the whole collection, written a chunk at a time: each chunk's vectors are already
+    # sorted by centroid inside each document and its code deltas restart at every document, so the
+    # segment is the chunks' arrays one after another. Memory holds one chunk, never the collection.
+    entries = []
     for c in range(n_chunks):
         root = work / "chunks" / f"{c:05d}"
         if not (root / "done").exists():
             raise MedColbertError(f"chunk {c} of the build is missing; rerun the build to finish it")
-        data = read_segment(root, "segments/s", json.loads((root / "entry.json").read_text())["files"])
-        ids += data.doc_ids
-        doclens.append(data.doclens)
-        codes.append(data.codes)
-        residuals.append(data.residuals)
+        entries.append((root, json.loads((root / "entry.json").read_text())))
     info_path = work / "codec" / "info.json"
     build_info = {"seconds_total": round(time.perf_counter() - t_start, 2),
                   **{k: round(v, 2) for k, v in timings.items()},
@@ -333,13 +331,57 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
     manifest = new_manifest(model, codec, build_info)
     files = {f"codec/{name}.npy": save_array(out / "codec" / f"{name}.npy", arr)
              for name, arr in codec.arrays().items()}
-    entry, seg_files = write_segment(out, "00000", ids, np.concatenate(doclens), np.concatenate(codes),
-                                     np.concatenate(residuals))
+    entry, seg_files = _concatenate_chunks(out, "00000", entries)
     manifest["segments"] = [entry]
     manifest["files"] = {**files, **seg_files}
-    manifest["num_documents"] = len(ids)
+    manifest["num_documents"] = entry["num_documents"]
     write_manifest(out, manifest)
     failpoint("build-before-rename")
     # The finished index replaces the old one (if any) by renames only: never a half index at `path`.
     replace_folder(out, path)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]]) -> tuple[dict, dict]:
+    """Write segment `name` under root as the concatenation of finished chunk segments, streaming."""
+    rel = f"segments/{name}"
+    folder = root / rel
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [(chunk, info["files"], info["entry"]) for chunk, info in entries]
+
+    def arrays(kind: str, mmap: bool = True) -> Iterator[np.ndarray]:
+        for chunk, files, _ in parts:
+            yield load_array(chunk, f"segments/s/{kind}.npy", files, mmap=mmap)
+
+    files: dict[str, dict] = {}
+    # Small per-document arrays: ids (re-encoded at the widest id) and lengths.
+    ids = [d for a in arrays("doc_ids", mmap=False) for d in decode_ids(a)]
+    files[f"{rel}/doc_ids.npy"] = save_array(folder / "doc_ids.npy", encode_ids(ids))
+    files[f"{rel}/doclens.npy"] = save_array(folder / "doclens.npy",
+                                             np.concatenate(list(arrays("doclens", mmap=False))).astype(np.int32))
+    escapes = list(arrays("code_escapes", mmap=False))
+    wide = any(e.dtype == np.int32 for e in escapes)
+    files[f"{rel}/code_escapes.npy"] = save_array(
+        folder / "code_escapes.npy",
+        np.concatenate([e.astype(np.int32 if wide else np.uint16) for e in escapes]) if escapes else np.zeros(0, np.uint16))
+    # Per-vector arrays, the large ones: copied chunk by chunk into a memory-mapped output file.
+    for kind in ("code_deltas", "residuals"):
+        shapes = [a.shape for a in arrays(kind)]
+        total = sum(s[0] for s in shapes)
+        first = next(arrays(kind))
+        target = np.lib.format.open_memmap(folder / f"{kind}.npy", mode="w+", dtype=first.dtype,
+                                           shape=(total, *first.shape[1:]))
+        at = 0
+        for a in arrays(kind):
+            target[at:at + len(a)] = a
+            at += len(a)
+        target.flush()
+        del target
+        with open(folder / f"{kind}.npy", "rb+") as f:
+            os.fsync(f.fileno())
+        path = folder / f"{kind}.npy"
+        files[f"{rel}/{kind}.npy"] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    entry = {"name": name, "num_documents": len(ids),
+             "num_embeddings": int(sum(e["num_embeddings"] for _, _, e in parts)),
+             "num_escapes": int(sum(len(e) for e in escapes))}
+    return entry, files
