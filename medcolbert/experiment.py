@@ -50,6 +50,7 @@ class ExperimentConfig:
     output_dir: str | None = None
     work_dir: str | None = None          # caches: vectors, indexes (default .cache/experiments/NAME)
     source: Path | None = None
+    dense_vectors: dict = field(default_factory=dict, repr=False)   # {model fingerprint: {text: vector}}, per run
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
@@ -193,11 +194,14 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
 
         model = ctx.model("dense", spec)
         folder = ctx.cfg.work / f"dense-{ctx.name}-{spec.get('index', 'flat')}-{model.fingerprint()}"
+        # Data sets that share documents (consumer-health's corpus holds MedQuAD dev's) share their vectors.
+        known = ctx.cfg.dense_vectors.setdefault(model.fingerprint(), {})
         if (folder / "manifest.json").is_file():
             index = DenseIndex.load(folder, model)
         else:
-            index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show)
+            index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show, known=known)
             index.save(folder)
+        known.update({ctx.corpus[d]: index.vectors[i] for i, d in enumerate(index.doc_ids)})
         ctx.one[name] = lambda t: index.search({"q": t}, k=k)["q"]
         run = index.search(queries, k=k)
     elif kind == "colbert":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
@@ -293,3 +294,23 @@ def test_online_teacher_distills_over_the_whole_batch(tmp_path, tiny_checkpoint)
     # One teacher score for every (query, document of the batch) pair: the same columns the student scores.
     assert t.shape == (len(queries), len(docs)) and torch.isfinite(t).all() and t.abs().max() <= 1.0 + 1e-5
     assert trainer.train_step()["loss"] > 0
+
+
+def test_dense_index_reuses_known_vectors_without_encoding(tmp_path):
+    from medcolbert.baselines.dense import BiEncoder, DenseIndex
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    torch.manual_seed(4)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    model = BiEncoder(bert, tok, pooling="mean")
+    corpus = {"a": "aspirin after infarction", "b": "statins and muscle pain", "c": "flu vaccine"}
+    full = DenseIndex(model).index(corpus)
+    known = {corpus["a"]: full.vectors[0], corpus["b"]: full.vectors[1]}
+    calls = []
+    encode = model.encode
+    model.encode = lambda texts, **kw: calls.append(list(texts)) or encode(texts, **kw)
+    reused = DenseIndex(model).index(corpus, known=known)
+    assert calls == [[corpus["c"]]]                      # only the unknown text was encoded
+    assert np.allclose(reused.vectors, full.vectors, atol=1e-6)
+    assert reused.search({"q": "aspirin"}, k=1) == full.search({"q": "aspirin"}, k=1)

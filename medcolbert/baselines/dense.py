@@ -193,12 +193,22 @@ class DenseIndex:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         return index
 
-    def index(self, corpus: Mapping[str, str], batch_size: int = 64, show_progress: bool | None = None) -> "DenseIndex":
-        """Encode {doc id: text} and index it."""
+    def index(self, corpus: Mapping[str, str], batch_size: int = 64, show_progress: bool | None = None,
+              known: Mapping[str, np.ndarray] | None = None) -> "DenseIndex":
+        """Encode {doc id: text} and index it; `known` maps texts to vectors this model already made (not re-encoded)."""
         if not corpus:
             raise ValueError("cannot index an empty corpus")
-        self.vectors = np.ascontiguousarray(self.model.encode(list(corpus.values()), is_query=False, batch_size=batch_size,
-                                                              show_progress=show_progress).numpy(), dtype=np.float32)
+        texts = list(corpus.values())
+        known = known or {}
+        todo = [i for i, t in enumerate(texts) if t not in known]
+        self.vectors = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        if todo:
+            fresh = self.model.encode([texts[i] for i in todo], is_query=False, batch_size=batch_size,
+                                      show_progress=show_progress).numpy()
+            self.vectors[todo] = fresh
+        for i, t in enumerate(texts):
+            if t in known:
+                self.vectors[i] = known[t]
         self.doc_ids = list(corpus)
         self._faiss = self._make_faiss()
         self._faiss.add(self.vectors)
