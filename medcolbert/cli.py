@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per model, so a second run encodes nothing.")
     _add_data_args(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--first-stage", choices=["bm25"], default="bm25", help="first-stage retriever (default: bm25)")
+    src.add_argument("--first-stage", default="bm25", metavar="NAME[:ARG]",
+                     help="a registered first stage: bm25 (default), dense (the packaged all-MiniLM-L6-v2) or "
+                          "dense:MODEL (any single-vector model folder or hub id)")
     src.add_argument("--run", metavar="RUN", help="rerank this TREC run file instead of retrieving")
     p.add_argument("--depth", type=K, default=100, help="candidates reranked per query (default: 100)")
     _add_model_args(p)
@@ -267,7 +269,6 @@ def cmd_bm25(args: argparse.Namespace) -> int:
 
 def cmd_rerank(args: argparse.Namespace) -> int:
     """Rerank a first stage with a ColBERT model and print both rows."""
-    from .baselines.bm25 import BM25
     from .evaluation.datasets import load_beir, read_run, write_run
     from .evaluation.metrics import evaluate, format_table, write_json
     from .modeling.encoder import ColBERT
@@ -287,10 +288,13 @@ def cmd_rerank(args: argparse.Namespace) -> int:
                                   f"{args.data}, e.g. '{unknown[0]}'")
         first_name = Path(args.run).name
     else:
+        from .retrievers import make_retriever
+
         t0 = time.perf_counter()
-        first = BM25().index(texts).search(data.queries, k=args.depth)
-        first_name = "BM25"
-        _log(f"BM25 retrieval: {time.perf_counter() - t0:.1f}s")
+        stage = make_retriever(args.first_stage, texts)
+        first = stage.retrieve(data.queries, k=args.depth)
+        first_name = "BM25" if args.first_stage == "bm25" else stage.name
+        _log(f"{first_name} retrieval: {time.perf_counter() - t0:.1f}s")
 
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
     model = ColBERT.from_pretrained(args.model, device=args.device, dtype=args.dtype, **overrides)
@@ -346,13 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _index_model(index, model: str | None, device: str | None = None):  # type: ignore[no-untyped-def]
     """The model named on the command line, else the one recorded in the index manifest."""
-    from .modeling.encoder import ColBERT
-
-    recorded = index.manifest["model"]
-    source = model if model is not None else recorded.get("source")
-    doc_maxlen = recorded.get("config", {}).get("doc_maxlen")
-    overrides = {"doc_maxlen": doc_maxlen} if doc_maxlen else {}
-    return ColBERT.from_pretrained(source, device=device, **overrides)
+    return index.load_model(model, device)
 
 
 def cmd_index(args: argparse.Namespace) -> int:

@@ -134,7 +134,7 @@ class _Context:
         self.corpus = {d: doc.full_text for d, doc in data.corpus.items()}
         self.runs: dict[str, Run] = {}
         self.latency_ms: dict[str, float | None] = {}
-        self.one: dict[str, Callable[[str], Any]] = {}   # per system: one query text -> its ranked hits
+        self.stages: dict[str, Any] = {}   # per system: its Retriever
         self.timed_at: dict[str, str] = {}
         self.extra: dict[str, dict] = {}   # per system: index size and the like
         self.timed_qids = sorted(data.queries)[: cfg.latency_queries]
@@ -176,74 +176,82 @@ class _Context:
 
 
 def _run_system(ctx: _Context, spec: dict) -> Run:
-    """Run one system on one data set; records in ctx its one-query search function and its latency.
+    """Run one system on one data set; records in ctx its stage (a Retriever) and its latency.
 
-    Latency is measured end to end for every row, pipelines included: the timed function runs the first
-    stage(s) for the query and then the reranker or the fusion, as a deployed pipeline would.
+    Every system type is built by one function of STAGES into a `medcolbert.retrievers.Retriever`; a rerank
+    system rescores its first stage's stored run, and its timed function is the whole pipeline
+    (first stage >> reranker) for one query, as deployed.
     """
-    kind, k, queries = spec["type"], int(spec.get("k", 100)), ctx.data.queries
-    name = spec["name"]
-    if kind == "bm25":
-        from .baselines.bm25 import BM25
+    from .retrievers import Pipeline
 
-        bm25 = BM25().index(ctx.corpus)
-        ctx.one[name] = lambda t: bm25.search({"q": t}, k=k)["q"]
-        run = bm25.search(queries, k=k)
-    elif kind == "dense":
-        from .baselines.dense import DenseIndex
-
-        model = ctx.model("dense", spec)
-        folder = ctx.cfg.work / f"dense-{ctx.name}-{spec.get('index', 'flat')}-{model.fingerprint()}"
-        # Data sets that share documents (consumer-health's corpus holds MedQuAD dev's) share their vectors.
-        known = ctx.cfg.dense_vectors.setdefault(model.fingerprint(), {})
-        if (folder / "manifest.json").is_file():
-            index = DenseIndex.load(folder, model)
-        else:
-            index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show, known=known)
-            index.save(folder)
-        known.update({ctx.corpus[d]: index.vectors[i] for i, d in enumerate(index.doc_ids)})
-        ctx.one[name] = lambda t: index.search({"q": t}, k=k)["q"]
-        run = index.search(queries, k=k)
-    elif kind == "colbert":
-        searcher = _colbert_searcher(ctx, spec)
-        stats = searcher.index.stats()
-        ctx.extra[name] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
-        knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact") if key in spec}
-        ctx.one[name] = lambda t: dict(searcher.search(t, k=k, **knobs))
-        run = searcher.search_all(queries, k=k, show_progress=ctx.show, **knobs)
-    elif kind == "rerank":
-        from .search.rerank import rerank, rerank_run
-        from .vector_cache import VectorCache
-
-        model = ctx.model("colbert", spec)
-        cache = VectorCache(model, ctx.cfg.work / "vectors")
-        first, depth = ctx.runs[spec["first_stage"]], int(spec.get("depth", 100))
-        run = rerank_run(model, queries, first, ctx.corpus, depth=depth, k=k, cache=cache, show_progress=ctx.show)
-        # A reranker in production keeps its documents' vectors (as this cache does), so the timed pipeline
-        # reads them instead of encoding: first stage, query encoding, MaxSim over the top `depth`.
-        timed = list(dict.fromkeys(d for q in ctx.timed_qids for d in _top(first.get(q, {}), depth)))
-        vectors = cache.get_or_encode(timed, [ctx.corpus[d] for d in timed], show_progress=False)
-        first_one = ctx.one[spec["first_stage"]]
-
-        def pipeline(text: str) -> object:
-            cands = _top(first_one(text), depth)
-            missing = [d for d in cands if d not in vectors]
-            if missing:
-                vectors.update(cache.get_or_encode(missing, [ctx.corpus[d] for d in missing], show_progress=False))
-            return rerank(model, text, [vectors[d] for d in cands], ids=cands, k=k)
-
-        ctx.one[name] = pipeline
-    else:  # rrf
+    k, queries, name = int(spec.get("k", 100)), ctx.data.queries, spec["name"]
+    if spec["type"] == "rerank":
+        reranker = _rerank_stage(ctx, spec)
+        run = reranker.rerank(queries, ctx.runs[spec["first_stage"]], k=k)
+        stage = Pipeline(ctx.stages[spec["first_stage"]], reranker)
+    elif spec["type"] == "rrf":
+        from .retrievers import RRF
         from .search.fusion import rrf
 
         rrf_k, weights = int(spec.get("rrf_k", 60)), spec.get("weights")
-        inputs = [ctx.runs[n] for n in spec["runs"]]
-        stages = [ctx.one[n] for n in spec["runs"]]
-        ctx.one[name] = lambda t: rrf([{"q": stage(t)} for stage in stages], k=rrf_k, depth=k, weights=weights)["q"]
-        run = rrf(inputs, k=rrf_k, depth=k, weights=weights)
-    ctx.latency_ms[name] = ctx.time_queries(ctx.one[name])
-    ctx.timed_at[name] = f"k={k}" + (f", top {spec.get('depth', 100)} reranked" if kind == "rerank" else "")
+        run = rrf([ctx.runs[n] for n in spec["runs"]], k=rrf_k, depth=k, weights=weights)
+        stage = RRF(*(ctx.stages[n] for n in spec["runs"]), k=rrf_k, depth=k, weights=weights)
+    else:
+        stage = STAGES[spec["type"]](ctx, spec)
+        run = stage.retrieve(queries, k=k)
+    ctx.stages[name] = stage
+    ctx.latency_ms[name] = ctx.time_queries(lambda text: stage.search(text, k=k))
+    ctx.timed_at[name] = f"k={k}" + (f", top {spec.get('depth', 100)} reranked" if spec["type"] == "rerank" else "")
     return run
+
+
+def _bm25_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    from .retrievers import BM25Retriever
+
+    return BM25Retriever(ctx.corpus)
+
+
+def _dense_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    from .baselines.dense import DenseIndex
+    from .retrievers import DenseRetriever
+
+    model = ctx.model("dense", spec)
+    folder = ctx.cfg.work / f"dense-{ctx.name}-{spec.get('index', 'flat')}-{model.fingerprint()}"
+    # Data sets that share documents (consumer-health's corpus holds MedQuAD dev's) share their vectors.
+    known = ctx.cfg.dense_vectors.setdefault(model.fingerprint(), {})
+    if (folder / "manifest.json").is_file():
+        index = DenseIndex.load(folder, model)
+    else:
+        index = DenseIndex(model, kind=spec.get("index", "flat")).index(ctx.corpus, show_progress=ctx.show, known=known)
+        index.save(folder)
+    known.update({ctx.corpus[d]: index.vectors[i] for i, d in enumerate(index.doc_ids)})
+    return DenseRetriever(index, name=spec["name"])
+
+
+def _plaid_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    from .retrievers import PlaidRetriever
+
+    searcher = _colbert_searcher(ctx, spec)
+    stats = searcher.index.stats()
+    ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
+    knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact") if key in spec}
+    return PlaidRetriever(searcher, name=spec["name"], **knobs)
+
+
+def _rerank_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    from .retrievers import MaxSimReranker
+    from .vector_cache import VectorCache
+
+    # A reranker in production keeps its documents' vectors (as this cache does): the timed pipeline reads
+    # them, and encodes the query.
+    model = ctx.model("colbert", spec)
+    return MaxSimReranker(model, ctx.corpus, depth=int(spec.get("depth", 100)),
+                          cache=VectorCache(model, ctx.cfg.work / "vectors"), name=spec["name"])
+
+
+# How each retrieval system type of an experiment file becomes a stage; rerank and rrf systems compose
+# the stages of the systems they name (a Pipeline, an RRF).
+STAGES: dict[str, Callable[[_Context, dict], Any]] = {"bm25": _bm25_stage, "dense": _dense_stage, "colbert": _plaid_stage}
 
 
 def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None:
@@ -257,11 +265,6 @@ def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None
     if any(x is True for x in seen):
         return True
     return None if any(x is None for x in seen[1:]) or (own is None and spec["type"] == "rerank") else False
-
-
-def _top(hits: dict, depth: int) -> list:
-    """The ids of the best `depth` hits of one query."""
-    return [d for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])[:depth]]
 
 
 def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ..validation import check_int
-
 from collections.abc import Mapping
 
 import bm25s
@@ -11,6 +9,7 @@ import numpy as np
 import Stemmer
 
 from ..evaluation.datasets import Run
+from ..validation import check_int
 
 
 class BM25:

@@ -158,6 +158,28 @@ class Index:
                 "bytes_per_embedding": total / n,
                 "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())}}
 
+    def load_model(self, model: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+        """The model this index was built with (by the name its manifest records), or `model` instead.
+
+        Fails naming the model and its weight fingerprint when it cannot be found here.
+        """
+        from ..errors import CheckpointError
+        from ..modeling.encoder import ColBERT
+
+        recorded = self.manifest["model"]
+        source = model if model is not None else recorded.get("source")
+        doc_maxlen = recorded.get("config", {}).get("doc_maxlen")
+        overrides = {"doc_maxlen": doc_maxlen} if doc_maxlen else {}
+        try:
+            loaded = ColBERT.from_pretrained(source, device=device, **overrides)
+        except CheckpointError as exc:
+            if model is not None:
+                raise
+            raise MedColbertError(f"{self.path} was built with model '{recorded.get('name')}' (source {source!r}, "
+                                  f"weights {recorded.get('fingerprint')}), which cannot be loaded here ({exc}); pass "
+                                  "that checkpoint with --model / load_model(model=...)") from None
+        return loaded
+
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
         """Refuse a model whose vectors cannot be compared with this index's."""
         built_with = self.manifest["model"]

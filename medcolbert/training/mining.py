@@ -16,6 +16,20 @@ Retriever = Callable[[Sequence[str], int], list[list[str]]]
 _WORD = re.compile(r"\w+")
 
 
+def as_mining_retriever(stage) -> Retriever:  # type: ignore[no-untyped-def]
+    """A medcolbert.retrievers.Retriever (or a plain callable) as the texts -> ranked ids function mining uses."""
+    from ..retrievers import Retriever as Stage
+
+    if not isinstance(stage, Stage):
+        return stage
+
+    def retrieve(queries: Sequence[str], depth: int) -> list[list[str]]:
+        run = stage.retrieve({str(i): q for i, q in enumerate(queries)}, k=depth)
+        return [[d for d, _ in sorted(run.get(str(i), {}).items(), key=lambda kv: -kv[1])] for i in range(len(queries))]
+
+    return retrieve
+
+
 def bm25_retriever(corpus: Mapping[str, str]) -> Retriever:
     """A BM25 retriever over {doc id: text}."""
     from ..baselines.bm25 import BM25
@@ -67,7 +81,7 @@ def mine_negatives(triplets: Sequence[Triplet], corpus: Mapping[str, str], retri
     lo, hi = window
     if not 0 <= lo < hi:
         raise ValueError(f"window must be 0 <= start < end, got {window}")
-    retriever = retriever or bm25_retriever(corpus)
+    retriever = as_mining_retriever(retriever) if retriever is not None else bm25_retriever(corpus)
     words: dict[str, frozenset[str]] = {}
     rng = random.Random(seed)
     out: list[Triplet] = []

@@ -1,0 +1,69 @@
+"""LangChain: a retriever over a medcolbert index and a document compressor that reranks by exact MaxSim.
+
+Needs `langchain-core` (pip install 'medcolbert[langchain]').
+
+    from medcolbert.langchain import MedColbertRetriever, MaxSimCompressor
+    retriever = MedColbertRetriever.from_index("indexes/medquad", documents=texts, k=5)
+    docs = retriever.invoke("can statins cause muscle pain?")      # Documents with id, score, text
+    compressor = MaxSimCompressor(model=model, top_n=3)              # rerank any retriever's Documents
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import BaseDocumentCompressor, Document
+    from langchain_core.retrievers import BaseRetriever
+    from pydantic import ConfigDict
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("medcolbert.langchain needs langchain-core: pip install 'medcolbert[langchain]'") from exc
+
+
+class MedColbertRetriever(BaseRetriever):
+    """PLAID search as a LangChain retriever; each Document carries the id and score in its metadata."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    searcher: Any
+    documents: Mapping[str, str] | None = None   # texts by id (page_content); without it, page_content is the id
+    metadata: Mapping[str, dict] | None = None   # extra metadata by id
+    k: int = 10
+
+    @classmethod
+    def from_index(cls, index: Any, model: Any = None, **kwargs: Any) -> "MedColbertRetriever":
+        """A retriever over an index folder (the model defaults to the one the index names)."""
+        from .retrievers import PlaidRetriever
+
+        return cls(searcher=PlaidRetriever.from_index(index, model).searcher, **kwargs)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        hits = self.searcher.search(query, k=self.k)
+        out = []
+        for rank, (doc_id, score) in enumerate(hits):
+            meta = {"id": doc_id, "score": float(score), "rank": rank, **dict((self.metadata or {}).get(doc_id, {}))}
+            text = self.documents[doc_id] if self.documents is not None and doc_id in self.documents else doc_id
+            out.append(Document(page_content=text, metadata=meta, id=str(doc_id)))
+        return out
+
+
+class MaxSimCompressor(BaseDocumentCompressor):
+    """Reranks Documents by exact MaxSim with the query and keeps the top_n; adds 'relevance_score' metadata."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model: Any
+    top_n: int = 5
+
+    def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> Sequence[Document]:
+        """The top_n documents by MaxSim, best first."""
+        from .search.rerank import rerank
+
+        if not documents:
+            return []
+        ranked = rerank(self.model, query, [d.page_content for d in documents], k=self.top_n)
+        return [Document(page_content=documents[i].page_content, id=documents[i].id,
+                         metadata={**documents[i].metadata, "relevance_score": score}) for i, score in ranked]
+
+
+__all__ = ["MedColbertRetriever", "MaxSimCompressor"]

@@ -1,0 +1,229 @@
+"""One interface for every retrieval stage: queries in, a ranked run out; stages compose into pipelines.
+
+A `Retriever` maps {query id: text} to {query id: {doc id: score}}. `first >> reranker` is a pipeline
+(itself a Retriever) in which the reranker rescores the first stage's top `depth`; `RRF(a, b)` fuses.
+The experiment harness, the CLI's `--first-stage`, hard-negative mining and the PyTerrier and LangChain
+adapters all take these objects, so any stage can stand wherever another one does.
+
+    bm25 = BM25Retriever(corpus)
+    pipeline = bm25 >> MaxSimReranker(model, corpus, depth=100)
+    run = pipeline.retrieve(queries, k=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .evaluation.datasets import Run
+from .validation import check_int
+
+
+class Retriever:
+    """A retrieval stage: `retrieve(queries, k)` -> run; `search(text, k)` -> [(doc id, score)]."""
+
+    name = "retriever"
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """The top k documents of every query, as {query id: {doc id: score}}."""
+        raise NotImplementedError
+
+    def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
+        """The top k documents of one query, best first."""
+        hits = self.retrieve({"q": query}, k=k).get("q", {})
+        return sorted(hits.items(), key=lambda kv: -kv[1])
+
+    def __rshift__(self, reranker: "Reranker") -> "Pipeline":
+        if not isinstance(reranker, Reranker):
+            raise TypeError(f"'>>' takes a Reranker on its right, got {type(reranker).__name__}")
+        return Pipeline(self, reranker)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class Reranker:
+    """A stage that rescores candidates: `rerank(queries, run, k)` -> run."""
+
+    name = "reranker"
+    depth = 100
+
+    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+        """The run's top `depth` documents of each query, rescored, best first."""
+        raise NotImplementedError
+
+
+class Pipeline(Retriever):
+    """A first stage followed by a reranker of its top `reranker.depth` documents."""
+
+    def __init__(self, first: Retriever, reranker: Reranker) -> None:
+        self.first, self.reranker = first, reranker
+        self.name = f"{first.name} >> {reranker.name}"
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Retrieve `depth` candidates with the first stage, rerank them, keep k."""
+        check_int("k", k, 1)
+        candidates = self.first.retrieve(queries, k=max(k, self.reranker.depth))
+        return self.reranker.rerank(queries, candidates, k=k)
+
+
+class BM25Retriever(Retriever):
+    """BM25 (bm25s) over {doc id: text}."""
+
+    name = "bm25"
+
+    def __init__(self, corpus: Mapping[str, str], **options: Any) -> None:
+        from .baselines.bm25 import BM25
+
+        self.bm25 = BM25(**options).index(corpus)
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """BM25's top k."""
+        return self.bm25.search(queries, k=k)
+
+
+class DenseRetriever(Retriever):
+    """A single-vector model over a faiss index (flat or HNSW): a DenseIndex, or a model and a corpus to index."""
+
+    def __init__(self, index: Any = None, model: Any = None, corpus: Mapping[str, str] | None = None,
+                 kind: str = "flat", name: str | None = None) -> None:
+        from .baselines.dense import BiEncoder, DenseIndex
+
+        if index is None:
+            if corpus is None:
+                raise ValueError("DenseRetriever needs an index, or a corpus to index")
+            model = model if isinstance(model, BiEncoder) else BiEncoder.from_pretrained(model)
+            index = DenseIndex(model, kind=kind).index(corpus)
+        self.index = index
+        self.name = name or f"dense ({index.model.name})"
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """The nearest k documents by inner product."""
+        check_int("k", k, 1)
+        return self.index.search(queries, k=k)
+
+
+class PlaidRetriever(Retriever):
+    """PLAID search over a medcolbert index (`Searcher`); knobs as in `Searcher.search`."""
+
+    def __init__(self, searcher: Any, name: str = "medcolbert (PLAID)", **knobs: Any) -> None:
+        self.searcher, self.name, self.knobs = searcher, name, knobs
+
+    @classmethod
+    def from_index(cls, index: Any, model: Any = None, **knobs: Any) -> "PlaidRetriever":
+        """A retriever over an index folder (or Index); the model defaults to the one the index names."""
+        from .indexing.index import Index
+        from .search.plaid import Searcher
+
+        index = index if isinstance(index, Index) else Index.open(index)
+        if model is None:
+            model = index.load_model()
+        return cls(Searcher(index, model), **knobs)
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """PLAID's top k for each query."""
+        return self.searcher.search_all(queries, k=k, show_progress=False, **self.knobs)
+
+
+class MaxSimReranker(Reranker):
+    """Exact MaxSim reranking with a ColBERT model; documents are texts ({id: text}, vectors cached) or an index."""
+
+    def __init__(self, model: Any, documents: Mapping[str, str] | Any, depth: int = 100, cache: Any = None,
+                 name: str | None = None) -> None:
+        self.model, self.documents = model, documents
+        self.depth = check_int("depth", depth, 1)
+        self.cache = cache
+        self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
+
+    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+        """Rescore the top `depth` documents of each query by exact MaxSim; keep k (default depth)."""
+        from .indexing.index import Index
+        from .search.rerank import rerank_run
+
+        if isinstance(self.documents, Index):
+            return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k)
+        return rerank_run(self.model, queries, run, self.documents, depth=self.depth, k=k, cache=self.cache,
+                          show_progress=False)
+
+
+def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,
+                       k: int | None) -> Run:
+    """Rerank with the vectors an index stores (decompressed), no document encoding."""
+    from .scoring import maxsim_one
+
+    out: Run = {}
+    qids = list(run)
+    Q = model.encode_queries([queries[q] for q in qids], show_progress=False)
+    for i, qid in enumerate(qids):
+        cands = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])[:depth] if d in index.position]
+        vectors = index.document_vectors([index.position[d] for d in cands])
+        scores = maxsim_one(Q[i], vectors).tolist()
+        out[qid] = dict(sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth])
+    return out
+
+
+class RRF(Retriever):
+    """Reciprocal rank fusion of several retrievers (each asked for `depth` documents)."""
+
+    def __init__(self, *retrievers: Retriever, k: int = 60, depth: int = 100,
+                 weights: Sequence[float] | None = None) -> None:
+        if not retrievers:
+            raise ValueError("RRF needs at least one retriever")
+        self.retrievers, self.k, self.depth, self.weights = retrievers, k, check_int("depth", depth, 1), weights
+        self.name = "RRF(" + "; ".join(r.name for r in retrievers) + ")"
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Fused top k."""
+        from .search.fusion import rrf
+
+        check_int("k", k, 1)
+        runs = [r.retrieve(queries, k=max(k, self.depth)) for r in self.retrievers]
+        return rrf(runs, k=self.k, depth=k, weights=self.weights)
+
+
+class FunctionRetriever(Retriever):
+    """Any callable (queries, k) -> run as a Retriever (for stages medcolbert does not ship)."""
+
+    def __init__(self, fn: Callable[[Mapping[str, str], int], Run], name: str = "custom") -> None:
+        self.fn, self.name = fn, name
+
+    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Whatever the function returns, checked to be finite."""
+        import math
+
+        run = self.fn(queries, k)
+        for qid, hits in run.items():
+            if any(not math.isfinite(v) for v in hits.values()):
+                raise ValueError(f"{self.name}: query '{qid}' got a non-finite score")
+        return run
+
+
+# First stages by name, for the CLI's --first-stage NAME[:ARG] and for configuration files; a factory takes
+# the corpus {id: text} and the optional argument after the colon.
+_REGISTRY: dict[str, Callable[[Mapping[str, str], str | None], Retriever]] = {}
+
+
+def register_retriever(name: str, factory: Callable[[Mapping[str, str], str | None], Retriever]) -> None:
+    """Make a first stage available by name (e.g. to `medcolbert rerank --first-stage NAME`)."""
+    _REGISTRY[name] = factory
+
+
+def registered_retrievers() -> list[str]:
+    """The names `make_retriever` knows."""
+    return sorted(_REGISTRY)
+
+
+def make_retriever(spec: str, corpus: Mapping[str, str]) -> Retriever:
+    """A first stage from 'NAME' or 'NAME:ARG' (e.g. 'bm25', 'dense', 'dense:checkpoints/dense-minilm-v1')."""
+    name, _, arg = spec.partition(":")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown first stage {name!r}; registered: {', '.join(registered_retrievers())}")
+    return _REGISTRY[name](corpus, arg or None)
+
+
+register_retriever("bm25", lambda corpus, arg: BM25Retriever(corpus))
+register_retriever("dense", lambda corpus, arg: DenseRetriever(model=arg or "packaged:all-MiniLM-L6-v2", corpus=corpus))
+
+
+__all__ = ["Retriever", "Reranker", "Pipeline", "BM25Retriever", "DenseRetriever", "PlaidRetriever",
+           "MaxSimReranker", "RRF", "FunctionRetriever", "register_retriever", "registered_retrievers", "make_retriever"]
