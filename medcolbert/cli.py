@@ -128,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vectors. Unset knobs follow k as colbert-ai's defaults do. --exact scores "
                                    "every document (the brute-force ground truth).")
     p.add_argument("--index", required=True)
-    _add_data_args(p)
+    p.add_argument("--data", default=None, help="BEIR folder whose queries to search (or give --query)")
+    p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    p.add_argument("--query", default=None, help="one ad-hoc query: print its ranked hits (id, score, text)")
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
     p.add_argument("--device", default=None)
-    p.add_argument("--k", type=K, default=100, help="documents per query, 1-100000 (default: 100)")
+    p.add_argument("--k", type=K, default=None, help="documents per query, 1-100000 (default: 100; 10 with --query)")
     p.add_argument("--ncells", type=int_option(1, 1 << 24), default=None, help="centroids probed per query token")
     p.add_argument("--threshold", type=float_option(-1.0, 1.0), default=None, help="centroid score threshold, -1 to 1")
     p.add_argument("--ndocs", type=POSITIVE, default=None, help="documents kept for centroid interaction")
@@ -391,7 +393,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     metrics = _metrics(args.metrics)
     _check_output(args.output)
     _check_output(args.json, "--json")
+    if (args.query is None) == (args.data is None):
+        raise MedColbertError("give --data (a BEIR folder's queries) or --query (one query), not both")
     index = Index.open(args.index)
+    if args.query is not None:
+        return _search_one(args, index)
+    args.k = args.k or 100
     data = Path(args.data)
     queries_all = load_queries(data / "queries.jsonl")
     qrels_path = data / "qrels" / f"{args.split}.tsv"
@@ -425,9 +432,35 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-untyped-def]
+    """Print one query's hits: rank, id, score and a text snippet (or JSON lines with --json -)."""
+    import json
+
+    from .search.plaid import SearchConfig, Searcher
+
+    k = args.k or 10
+    searcher = Searcher(index, index.load_model(args.model, args.device),
+                        SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact))
+    hits = searcher.search(args.query, k=k)
+    rows = searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s in hits]
+    if args.json:
+        from .evaluation.metrics import write_json
+
+        write_json({"query": args.query, "k": k, "hits": rows}, args.json)
+    for rank, row in enumerate(rows, start=1):
+        snippet = " ".join(row.get("text", "").split())
+        snippet = snippet[:117] + "..." if len(snippet) > 120 else snippet
+        print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet}".rstrip())
+        if row.get("metadata"):
+            print("     " + json.dumps(row["metadata"], ensure_ascii=False)[:200])
+    if not index.has_documents:
+        _log(f"{args.index} stores no document texts (built with store_documents=False or by an older version)")
+    return 0
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     """Apply additions, deletions and compaction to an index."""
-    from .evaluation.datasets import check_row_id, iter_lines, load_corpus
+    from .evaluation.datasets import check_row_id, iter_lines
     from .indexing.index import Index
 
     if not (args.add or args.delete or args.compact):
@@ -441,10 +474,18 @@ def cmd_update(args: argparse.Namespace) -> int:
                 ids.append(check_row_id(line.strip(), "document id", args.delete, line_no))
         if not ids:
             raise MedColbertError(f"{args.delete}: no document ids in the file")
-    documents = {d: doc.full_text for d, doc in load_corpus(args.add).items()} if args.add else {}
+    documents: dict[str, str] = {}
+    metadata: dict[str, dict] = {}
+    if args.add:
+        from .indexing.builder import CorpusSource
+
+        for doc_id, text, meta in CorpusSource(args.add).iter_records():
+            documents[doc_id] = text
+            if meta:
+                metadata[doc_id] = meta
     if ids or documents:
         model = _index_model(index, args.model) if documents else None
-        done = index.update(model, add=documents, delete=ids)
+        done = index.update(model, add=documents, delete=ids, metadata=metadata)
         if ids:
             print(f"deleted {done['deleted']} documents")
         if documents:

@@ -64,6 +64,7 @@ class SearchRequest(_Strict):
     ncells: int | None = Field(default=None, ge=1, le=64)
     centroid_score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     ndocs: int | None = Field(default=None, ge=1, le=100_000)
+    return_documents: bool = False   # add each hit's stored text and metadata
 
 
 class RerankRequest(_Strict):
@@ -79,6 +80,7 @@ class AddRequest(_Strict):
     """Documents to add, {id: text}."""
 
     documents: dict[str, str]
+    metadata: dict[str, dict[str, Any]] | None = None   # optional, by document id
 
 
 class DeleteRequest(_Strict):
@@ -387,7 +389,12 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         snap = service.current()
         Q = service.encode(texts)
         hits = [snap.searcher.search_vectors(Q[i], k=req.k, **knobs) for i in range(len(texts))]
-        results = [[{"id": d, "score": s} for d, s in h] for h in hits]
+        if req.return_documents:
+            if not snap.index.has_documents:
+                raise HTTPException(409, "this index stores no document texts; rebuild it to return documents")
+            results = [snap.searcher.documents(h) for h in hits]
+        else:
+            results = [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
         return body
@@ -440,10 +447,14 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
         service.current()  # 503 while loading
         docs = dict(req.documents)
+        unknown = sorted(set(req.metadata or {}) - set(docs))
+        if unknown:
+            raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
         # so a delete never waits behind a large add.
         vectors = service.model.encode_documents(list(docs.values()), show_progress=False)  # type: ignore[union-attr]
-        return _write(service, lambda index: index.update(add=docs, vectors=vectors)["added"], "added")
+        return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata)["added"],
+                      "added")
 
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:

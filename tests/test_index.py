@@ -351,3 +351,43 @@ def test_chunked_build_writes_the_same_segment_as_one_chunk(tmp_path, model, cor
     assert np.array_equal(np.asarray(many._residual_parts[0]), np.asarray(one._residual_parts[0]))
     assert len(many.manifest["segments"]) == 1
     Index.open(tmp_path / "many", verify=True)
+
+
+def test_index_stores_texts_and_metadata_and_search_returns_them(tmp_path, model):
+    records = [{"id": f"r{i}", "text": f"aspirin {WORDS[i]} heart attack note {i}", "metadata": {"year": 2000 + i}}
+               for i in range(12)]
+    index = Index.build(tmp_path / "docs", model, records, chunk_size=5, num_centroids=4, show_progress=False)
+    assert index.has_documents and index.document("r3") == {"id": "r3", "text": records[3]["text"],
+                                                             "metadata": {"year": 2003}}
+    hits = Searcher(index, model).search(records[7]["text"], k=3, return_documents=True)
+    assert hits[0]["id"] == "r7" and hits[0]["text"] == records[7]["text"] and hits[0]["metadata"] == {"year": 2007}
+    index.update(model, add={"new": "kidney dialysis"}, metadata={"new": {"source": "api"}}, delete=["r0"])
+    index.compact()
+    reopened = Index.open(tmp_path / "docs", verify=True)
+    assert reopened.document("new")["metadata"] == {"source": "api"} and reopened.document("r11")["text"] == records[11]["text"]
+    assert "r0" not in reopened.position
+    stats = reopened.stats()
+    assert stats["document_store_bytes"] > 0   # reported apart from the search structures' bytes per vector
+    plain = Index.build(tmp_path / "plain", model, {r["id"]: r["text"] for r in records}, num_centroids=4,
+                        store_documents=False, show_progress=False)
+    assert not plain.has_documents and plain.stats()["document_store_bytes"] == 0
+    with pytest.raises(MedColbertError, match="does not store document texts"):
+        plain.document("r1")
+
+
+def test_cli_ad_hoc_query_prints_ranked_hits_with_snippets(tmp_path, model, capsys):
+    from medcolbert.cli import main
+
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": f"T{i}", "text": f"{WORDS[i]} and {WORDS[i + 1]} study"})
+                              + "\n" for i in range(20)))
+    assert main(["index", "--data", str(corpus), "--index", str(tmp_path / "i"), "--model", str(ckpt),
+                 "--num-centroids", "4"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "i"), "--query", f"T5 {WORDS[5]} and {WORDS[6]} study", "--k", "3",
+                 "--json", str(tmp_path / "hits.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["1", "d5"] and "T5" in out[0] and '"title": "T5"' in out[1]
+    saved = json.loads((tmp_path / "hits.json").read_text())
+    assert len(saved["hits"]) == 3 and saved["hits"][0]["metadata"] == {"title": "T5"}

@@ -165,3 +165,17 @@ def test_batched_encoding_gives_the_same_answers(served):
             together = list(pool.map(lambda q: client.post("/search", json={"query": q, "k": 3}).json()["results"], queries))
     assert [[h["id"] for h in r] for r in together] == [[h["id"] for h in r] for r in alone]
     assert all(abs(a[0]["score"] - b[0]["score"]) < 1e-3 for a, b in zip(alone, together))
+
+
+def test_search_returns_stored_documents_and_adds_keep_metadata(served):
+    client, corpus, _ = served
+    r = client.post("/search", json={"query": corpus["doc4"], "k": 2, "return_documents": True}).json()
+    assert r["results"][0]["id"] == "doc4" and r["results"][0]["text"] == corpus["doc4"]
+    added = client.post("/documents", json={"documents": {"meta1": "liver hepatitis antibody"},
+                                            "metadata": {"meta1": {"source": "test"}}})
+    assert added.status_code == 200
+    hits = client.post("/search", json={"query": "liver hepatitis antibody", "k": 10, "return_documents": True}).json()
+    mine = [h for h in hits["results"] if h["id"] == "meta1"]
+    assert mine and mine[0]["metadata"] == {"source": "test"} and mine[0]["text"] == "liver hepatitis antibody"
+    bad = client.post("/documents", json={"documents": {"m2": "x y"}, "metadata": {"other": {}}})
+    assert bad.status_code == 422

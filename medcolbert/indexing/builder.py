@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,41 +24,41 @@ from ..validation import check_id, check_int, check_text
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
-from .storage import (decode_ids, encode_ids, load_array, save_array, sha256_file, write_manifest,
+from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, write_manifest,
                       write_segment)
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
 
 class CorpusSource:
-    """A collection to index: (id, text) pairs from a dict, a list, or a BEIR corpus.jsonl read in a stream."""
+    """A collection to index, read in order: a dict {id: text}, a list of texts (ids are positions), a list of
+    (id, text) pairs or of records {"id", "text", "metadata"}, a dict {id: {"text", "metadata"}}, or a BEIR
+    corpus.jsonl streamed from disk (its title and any extra fields become metadata)."""
 
-    def __init__(self, corpus: Mapping[str, str] | Sequence[tuple[str, str]] | str | Path) -> None:
+    def __init__(self, corpus: Mapping[str, Any] | Sequence[Any] | str | Path) -> None:
         self.path: Path | None = None
-        self._items: list[tuple[str, str]] | None = None
+        self._items: list[tuple[str, str, dict | None]] | None = None
+        content = hashlib.sha256()
         if isinstance(corpus, (str, Path)):
             path = Path(corpus)
             self.path = path / "corpus.jsonl" if path.is_dir() else path
             self.ids = []
-            content = hashlib.sha256()
-            for doc_id, text in self._stream():
+            for doc_id, text, meta in self._stream():
                 self.ids.append(doc_id)
-                content.update(_hash_item(doc_id, text))
-            self._content = content.hexdigest()
-        elif isinstance(corpus, Mapping):
-            self._items = list(corpus.items())
-            self.ids = [d for d, _ in self._items]
+                content.update(_hash_item(doc_id, text, meta))
         else:
-            items = list(corpus)
-            if all(isinstance(x, str) for x in items):   # plain texts: their positions are their ids
-                self._items = [(str(i), t) for i, t in enumerate(items)]
-            else:
+            self._items = _records(corpus)
+            self.ids = [d for d, _, _ in self._items]
+            for i, (d, t, meta) in enumerate(self._items):
                 try:
-                    self._items = [(str(d), t) for d, t in items]
-                except (TypeError, ValueError):
-                    raise MedColbertError("a corpus is a dict {id: text}, a list of (id, text) pairs, a list of "
-                                          "texts, or a corpus.jsonl path") from None
-            self.ids = [d for d, _ in self._items]
+                    check_id(d, f"document id (entry {i + 1})")
+                    check_text(t, f"text of document '{d}'")
+                    if meta is not None and not isinstance(meta, dict):
+                        raise ValueError(f"metadata of document '{d}' must be a dict, got {type(meta).__name__}")
+                except ValueError as exc:
+                    raise MedColbertError(str(exc)) from None
+                content.update(_hash_item(d, t, meta))
+        self._content = content.hexdigest()
         if not self.ids:
             raise MedColbertError("the corpus is empty: nothing to index")
         seen: set[str] = set()
@@ -65,18 +66,8 @@ class CorpusSource:
             if d in seen:
                 raise DataError(f"duplicate document id '{d}' (entry {i + 1})", self.path)
             seen.add(d)
-        if self._items is not None:
-            content = hashlib.sha256()
-            for i, (d, t) in enumerate(self._items):
-                try:
-                    check_id(d, f"document id (entry {i + 1})")
-                    check_text(t, f"text of document '{d}'")
-                except ValueError as exc:
-                    raise MedColbertError(str(exc)) from None
-                content.update(_hash_item(d, t))
-            self._content = content.hexdigest()
 
-    def _stream(self) -> Iterator[tuple[str, str]]:
+    def _stream(self) -> Iterator[tuple[str, str, dict | None]]:
         assert self.path is not None
         for line, obj in iter_jsonl(self.path):
             doc_id = require_str(obj, "_id", self.path, line)
@@ -85,28 +76,62 @@ class CorpusSource:
             full = f"{title} {text}".strip() if isinstance(title, str) and title else text
             if not full.strip():
                 raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", self.path, line)
-            yield doc_id, full
+            meta = {k: v for k, v in obj.items() if k not in ("_id", "text")}
+            yield doc_id, full, (meta or None)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def iter_records(self) -> Iterator[tuple[str, str, dict | None]]:
+        """Every (id, text, metadata) in order."""
+        return iter(self._items) if self._items is not None else self._stream()
+
     def iter_texts(self) -> Iterator[tuple[str, str]]:
         """Every (id, text) in order."""
-        return iter(self._items) if self._items is not None else self._stream()
+        return ((d, t) for d, t, _ in self.iter_records())
 
     def texts_at(self, positions: set[int]) -> dict[int, str]:
         """The texts at some positions, in one pass."""
         return {i: t for i, (_, t) in enumerate(self.iter_texts()) if i in positions}
 
     def fingerprint(self) -> str:
-        """A hash of every id and text, in order: a resumed build reuses chunks only of the same collection."""
+        """A hash of every id, text and metadata, in order: a resumed build reuses chunks only of the same collection."""
         return self._content[:24]
 
 
-def _hash_item(doc_id: str, text: str) -> bytes:
-    """One document's bytes for the content hash; lengths first, so no two (id, text) pairs run together."""
+def _records(corpus: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, str, dict | None]]:
+    """(id, text, metadata) of an in-memory corpus, in any of the accepted shapes."""
+    bad = MedColbertError("a corpus is a dict {id: text} or {id: {'text', 'metadata'}}, a list of texts, of (id, text) "
+                          "pairs or of {'id', 'text', 'metadata'} records, or a corpus.jsonl path")
+    if isinstance(corpus, Mapping):
+        out = []
+        for d, v in corpus.items():
+            if isinstance(v, Mapping):
+                if "text" not in v:
+                    raise MedColbertError(f"document '{d}': a record needs a 'text'")
+                out.append((str(d), v["text"], v.get("metadata")))
+            else:
+                out.append((str(d), v, None))
+        return out
+    items = list(corpus)
+    if all(isinstance(x, str) for x in items):   # plain texts: their positions are their ids
+        return [(str(i), t, None) for i, t in enumerate(items)]
+    if all(isinstance(x, Mapping) for x in items):
+        try:
+            return [(str(x["id"]), x["text"], x.get("metadata")) for x in items]
+        except KeyError:
+            raise MedColbertError("records need 'id' and 'text' (and may have 'metadata')") from None
+    try:
+        return [(str(d), t, None) for d, t in items]
+    except (TypeError, ValueError):
+        raise bad from None
+
+
+def _hash_item(doc_id: str, text: str, meta: dict | None = None) -> bytes:
+    """One document's bytes for the content hash; lengths first, so no two documents run together."""
     a, b = doc_id.encode("utf-8"), text.encode("utf-8")
-    return f"{len(a)}:{len(b)}:".encode() + a + b
+    c = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8") if meta else b""
+    return f"{len(a)}:{len(b)}:{len(c)}:".encode() + a + b + c
 
 
 def _dist() -> tuple[int, int]:
@@ -133,8 +158,11 @@ def init_distributed() -> tuple[int, int]:
 def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: int | None = None,  # type: ignore[no-untyped-def]
                 kmeans_niters: int = 10, chunk_size: int = 2048, batch_size: int = 32,
                 overwrite: bool = False, seed: int = 0, show_progress: bool | None = None,
-                use_gpu: bool | None = None) -> Path:
-    """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings."""
+                use_gpu: bool | None = None, store_documents: bool = True) -> Path:
+    """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
+
+    store_documents keeps every document's text and metadata in the index, so searches can return them.
+    """
     path = Path(path)
     rank, world = _dist()
     if nbits not in (1, 2, 4):
@@ -159,7 +187,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     work = path.with_name(f".{path.name}.building")
     settings = {"model": model.fingerprint(), "corpus": source.fingerprint(), "nbits": nbits,
                 "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
-                "seed": seed}
+                "seed": seed, "store_documents": store_documents}
     t_start = time.perf_counter()
     if rank == 0:
         _prepare_workdir(work, settings)
@@ -184,18 +212,20 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     pending = set(todo)
     chunk_ids: list[str] = []
     chunk_texts: list[str] = []
+    chunk_metas: list[dict | None] = []
     chunk_positions: list[int] = []
-    for pos, (doc_id, text) in enumerate(source.iter_texts()):
+    for pos, (doc_id, text, meta) in enumerate(source.iter_records()):
         c = pos // chunk_size
         if c not in pending:
             continue
         chunk_ids.append(doc_id)
         chunk_texts.append(text)
+        chunk_metas.append(meta)
         chunk_positions.append(pos)
         if len(chunk_ids) == min(chunk_size, len(source) - c * chunk_size):
             _compress_chunk(work, c, model, codec, chunk_ids, chunk_texts, chunk_positions, sample, batch_size,
-                            bar.update)
-            chunk_ids, chunk_texts, chunk_positions = [], [], []
+                            bar.update, chunk_metas if store_documents else None)
+            chunk_ids, chunk_texts, chunk_metas, chunk_positions = [], [], [], []
     bar.close()
     timings["encode_compress_s"] = time.perf_counter() - t0
     _barrier()
@@ -286,7 +316,8 @@ def _read_codec(work: Path, nbits: int) -> ResidualCodec:
 
 def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[str], texts: list[str],  # type: ignore[no-untyped-def]
                     positions: list[int], sample: _SampleVectors, batch_size: int,
-                    progress: Callable[[int], object] = lambda n: None) -> None:
+                    progress: Callable[[int], object] = lambda n: None,
+                    metas: list[dict | None] | None = None) -> None:
     vectors: list[torch.Tensor | None] = [sample.get(p) for p in positions]
     missing = [i for i, v in enumerate(vectors) if v is None]
     progress(len(ids) - len(missing))
@@ -301,7 +332,8 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
     codes, residuals = codec.compress(torch.cat(vectors))  # type: ignore[arg-type]
     tmp = work / "chunks" / f".{c:05d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals)
+    store = encode_store(texts, metas) if metas is not None else None
+    entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals, store)
     (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files}))
     (tmp / "done").touch()
     failpoint("build-chunk-written")
@@ -381,6 +413,27 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
             os.fsync(f.fileno())
         path = folder / f"{kind}.npy"
         files[f"{rel}/{kind}.npy"] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if all("segments/s/texts.npy" in files_ for _, files_, _ in parts):
+        for kind, offsets_kind in (("texts", "text_offsets"), ("meta", "meta_offsets")):
+            sizes = [len(a) for a in arrays(kind, mmap=False)]
+            offsets = [np.zeros(1, dtype=np.int64)]
+            path = folder / f"{kind}.npy"
+            if sum(sizes) == 0:   # no document has metadata: an empty array (a memory map cannot be empty)
+                files[f"{rel}/{kind}.npy"] = save_array(path, np.zeros(0, dtype=np.uint8))
+                offsets += [np.zeros(n, dtype=np.int64) for n in (len(o) - 1 for o in arrays(offsets_kind, mmap=False))]
+            else:
+                target = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(sum(sizes),))
+                at = 0
+                for a, o in zip(arrays(kind, mmap=False), arrays(offsets_kind, mmap=False)):
+                    target[at:at + len(a)] = a
+                    offsets.append(o[1:].astype(np.int64) + at)
+                    at += len(a)
+                target.flush()
+                del target
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+                files[f"{rel}/{kind}.npy"] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            files[f"{rel}/{offsets_kind}.npy"] = save_array(folder / f"{offsets_kind}.npy", np.concatenate(offsets))
     entry = {"name": name, "num_documents": len(ids),
              "num_embeddings": int(sum(e["num_embeddings"] for _, _, e in parts)),
              "num_escapes": int(sum(len(e) for e in escapes))}

@@ -69,6 +69,7 @@ class Index:
             raise IndexFormatError(f"{self.path}: centroids have dim {self.codec.dim}, manifest says {m['dim']}")
         ids: list[str] = []
         doclens, codes, residuals = [], [], []
+        self._stores: list = []
         for seg in m["segments"]:
             data = read_segment(self.path, f"segments/{seg['name']}", files)
             n = int(data.doclens.sum())
@@ -79,7 +80,9 @@ class Index:
             doclens.append(data.doclens)
             codes.append(data.codes)
             residuals.append(data.residuals)
+            self._stores.append(data.store)
         self.doc_ids: list[str] = ids
+        self._doc_segment_starts = np.concatenate([[0], np.cumsum([len(d) for d in doclens])]).astype(np.int64)
         self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
         self.codes = np.concatenate(codes) if codes else np.zeros(0, np.int32)
         if self.codes.size and int(self.codes.max()) >= self.codec.num_centroids:
@@ -144,9 +147,32 @@ class Index:
         flat = self.codec.decompress(self.codes[rows], self.residual_rows(rows))
         return list(torch.split(flat, lens.tolist()))
 
+    @property
+    def has_documents(self) -> bool:
+        """Whether every segment stores its documents' texts (search can return them)."""
+        return bool(self._stores) and all(st is not None for st in self._stores)
+
+    def document(self, doc: str | int) -> dict:
+        """{"id", "text", "metadata"} of a document, by id or position (the index must store documents)."""
+        position = self.position.get(doc) if isinstance(doc, str) else int(doc)
+        if position is None:
+            raise KeyError(f"document '{doc}' is not in the index")
+        seg = int(np.searchsorted(self._doc_segment_starts, position, side="right") - 1)
+        store = self._stores[seg]
+        if store is None:
+            raise MedColbertError(f"{self.path} does not store document texts (built with store_documents=False "
+                                  "or by medcolbert < 0.2); rebuild it to return documents")
+        i = position - int(self._doc_segment_starts[seg])
+        return {"id": self.doc_ids[position], "text": store.text(i), "metadata": store.metadata(i)}
+
     def stats(self) -> dict:
-        """Sizes on disk: total, per vector, per file kind."""
-        files = self.manifest["files"]
+        """Sizes on disk: the search structures (total and per vector, per file kind) and the document store."""
+        from .storage import STORE_FILES
+
+        all_files = self.manifest["files"]
+        store_kinds = set(STORE_FILES)
+        files = {rel: f for rel, f in all_files.items() if Path(rel).stem not in store_kinds}
+        store_bytes = sum(f["bytes"] for rel, f in all_files.items() if Path(rel).stem in store_kinds)
         total = sum(f["bytes"] for f in files.values())
         by_kind: dict[str, int] = {}
         for rel, info in files.items():
@@ -156,7 +182,8 @@ class Index:
         return {"documents": len(self), "embeddings": self.num_embeddings, "centroids": self.codec.num_centroids,
                 "nbits": self.nbits, "dim": self.codec.dim, "bytes_total": total,
                 "bytes_per_embedding": total / n,
-                "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())}}
+                "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())},
+                "document_store_bytes": store_bytes}
 
     def load_model(self, model: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
         """The model this index was built with (by the name its manifest records), or `model` instead.
@@ -213,7 +240,8 @@ class Index:
         return self.update(model, add=documents, batch_size=batch_size)["added"]
 
     def update(self, model=None, add: Mapping[str, str] | None = None, delete: Sequence[str] = (),  # type: ignore[no-untyped-def]
-               batch_size: int = 32, vectors: Sequence[torch.Tensor] | None = None) -> dict:
+               batch_size: int = 32, vectors: Sequence[torch.Tensor] | None = None,
+               metadata: Mapping[str, dict] | None = None) -> dict:
         """Delete and add documents in one commit: either both happen or neither does.
 
         vectors: the added documents' vectors when the caller encoded them already (in the order of `add`).
@@ -255,15 +283,21 @@ class Index:
                 if clash:
                     raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
                                           "(delete them first to replace them)")
-                manifest = self._append_manifest(manifest, list(add), list(vectors or []))
+                manifest = self._append_manifest(manifest, list(add), list(vectors or []),
+                                                 [add[d] for d in add], [(metadata or {}).get(d) for d in add])
             if delete or add:
                 self._commit(manifest)
         return {"added": len(add), "deleted": len(delete)}
 
-    def _append_manifest(self, manifest: dict, ids: list[str], vectors: list[torch.Tensor]) -> dict:
+    def _append_manifest(self, manifest: dict, ids: list[str], vectors: list[torch.Tensor],
+                         texts: list[str], metas: list[dict | None]) -> dict:
+        from .storage import encode_store
+
         doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         codes, residuals = self.codec.compress(torch.cat(vectors))
-        entry, files = self._write_new_segment(ids, doclens, codes, residuals)
+        # New documents keep their texts whenever the index keeps its others' (an empty index: always).
+        store = encode_store(texts, metas) if self.has_documents or not self._stores else None
+        entry, files = self._write_new_segment(ids, doclens, codes, residuals, store)
         manifest = dict(manifest)
         manifest["segments"] = [*manifest["segments"], entry]
         manifest["files"] = {**manifest["files"], **files}
@@ -293,10 +327,16 @@ class Index:
 
     def _compact(self) -> dict:
         before = self.stats()
+        from .storage import encode_store
+
         live = np.flatnonzero(~self.deleted)
         rows, lens = self.embedding_rows(live)
+        store = None
+        if self.has_documents:
+            docs = [self.document(int(i)) for i in live]
+            store = encode_store([d["text"] for d in docs], [d["metadata"] or None for d in docs])
         entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
-                                               self.residual_rows(rows))
+                                               self.residual_rows(rows), store)
         old = [s["name"] for s in self.manifest["segments"]]
         manifest = dict(self.manifest)
         manifest["segments"] = [entry]
@@ -313,7 +353,7 @@ class Index:
         return {"before": before, "after": self.stats()}
 
     def _write_new_segment(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray,
-                           residuals: np.ndarray) -> tuple[dict, dict]:
+                           residuals: np.ndarray, store: dict | None = None) -> tuple[dict, dict]:
         """Write a segment beside the index, then move it in; it counts once a manifest names it."""
         name = _next_segment_name(self.manifest)
         # Leftovers of a writer killed before its commit: a temp folder, or a segment no manifest names.
@@ -323,7 +363,7 @@ class Index:
         if target.exists():
             shutil.rmtree(target)
         tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
-        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals)
+        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals, store)
         (self.path / "segments").mkdir(exist_ok=True)
         os.replace(tmp_root / "segments" / name, target)
         shutil.rmtree(tmp_root, ignore_errors=True)

@@ -125,12 +125,58 @@ def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SegmentData:
-    """The arrays of one segment as read back: ids, lengths, decoded codes, memory-mapped residuals."""
+    """The arrays of one segment as read back: ids, lengths, decoded codes, memory-mapped residuals, and the
+    document store (texts and metadata) when the segment has one."""
 
     doc_ids: list[str]
     doclens: np.ndarray
     codes: np.ndarray
     residuals: np.ndarray
+    store: "DocumentStore | None" = None
+
+
+class DocumentStore:
+    """Texts and metadata of a segment's documents: UTF-8 bytes in one memory-mapped uint8 array, offsets beside.
+
+    Plain arrays like the rest of the index (no database): reading a document is two offsets and a slice.
+    """
+
+    def __init__(self, texts: np.ndarray, text_offsets: np.ndarray, meta: np.ndarray, meta_offsets: np.ndarray) -> None:
+        n = len(text_offsets) - 1
+        if n < 0 or len(meta_offsets) != n + 1 or int(text_offsets[-1]) != len(texts) or int(meta_offsets[-1]) != len(meta):
+            raise IndexFormatError("document store arrays disagree in size (damaged index)")
+        self.texts, self.text_offsets, self.meta, self.meta_offsets = texts, text_offsets, meta, meta_offsets
+
+    def __len__(self) -> int:
+        return len(self.text_offsets) - 1
+
+    def text(self, i: int) -> str:
+        """The text of the segment's i-th document."""
+        return bytes(self.texts[int(self.text_offsets[i]):int(self.text_offsets[i + 1])]).decode("utf-8")
+
+    def metadata(self, i: int) -> dict:
+        """The metadata of the segment's i-th document ({} when it has none)."""
+        raw = bytes(self.meta[int(self.meta_offsets[i]):int(self.meta_offsets[i + 1])])
+        return json.loads(raw) if raw else {}
+
+
+def pack_strings(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings as one uint8 array and int64 offsets [n + 1]."""
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in items]) if items else []
+    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), offsets
+
+
+def encode_store(texts: list[str], metas: list[dict | None] | None = None) -> dict[str, np.ndarray]:
+    """The four document store arrays of some documents."""
+    text_bytes, text_offsets = pack_strings([t.encode("utf-8") for t in texts])
+    metas = metas or [None] * len(texts)
+    meta_bytes, meta_offsets = pack_strings([json.dumps(m, ensure_ascii=False, sort_keys=True).encode("utf-8")
+                                             if m else b"" for m in metas])
+    return {"texts": text_bytes, "text_offsets": text_offsets, "meta": meta_bytes, "meta_offsets": meta_offsets}
+
+
+STORE_FILES = ("texts", "text_offsets", "meta", "meta_offsets")
 
 
 def read_segment(root: Path, rel: str, files: dict) -> SegmentData:
@@ -142,12 +188,22 @@ def read_segment(root: Path, rel: str, files: dict) -> SegmentData:
     ids = decode_ids(load_array(root, f"{rel}/doc_ids.npy", files))
     if deltas.shape[0] != int(lens.sum()) or len(ids) != len(lens):
         raise IndexFormatError(f"{root}: {rel} arrays disagree in size (damaged index)")
-    return SegmentData(ids, lens, decode_code_deltas(np.asarray(deltas), escapes, lens), residuals)
+    store = None
+    if f"{rel}/texts.npy" in files:
+        arrays = [load_array(root, f"{rel}/{name}.npy", files, mmap=name in ("texts", "meta")) for name in STORE_FILES]
+        try:
+            store = DocumentStore(*arrays)
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"{root}: {rel}: {exc}") from None
+        if len(store) != len(ids):
+            raise IndexFormatError(f"{root}: {rel} stores {len(store)} texts for {len(ids)} documents")
+    return SegmentData(ids, lens, decode_code_deltas(np.asarray(deltas), escapes, lens), residuals, store)
 
 
 def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray, codes: np.ndarray,
-                  residuals: np.ndarray) -> tuple[dict, dict]:
-    """Write a segment's arrays under root/segments/name; returns (segment entry, file entries)."""
+                  residuals: np.ndarray, store: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
+    """Write a segment's arrays (and its document store, if given) under root/segments/name; returns
+    (segment entry, file entries)."""
     doclens = np.asarray(doclens, dtype=np.int64)
     order = sort_within_documents(codes, doclens)
     codes, residuals = codes[order], residuals[order]
@@ -160,6 +216,8 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
         f"{rel}/code_escapes.npy": save_array(root / rel / "code_escapes.npy", escapes),
         f"{rel}/residuals.npy": save_array(root / rel / "residuals.npy", residuals),
     }
+    for key, array in (store or {}).items():
+        files[f"{rel}/{key}.npy"] = save_array(root / rel / f"{key}.npy", array)
     entry = {"name": name, "num_documents": len(doc_ids), "num_embeddings": int(doclens.sum()),
              "num_escapes": int(len(escapes))}
     return entry, files

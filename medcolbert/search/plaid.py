@@ -64,10 +64,19 @@ class Searcher:
         self._generation = self.index.manifest.get("generation")
 
     # ------------------------------------------------------------------ public
-    def search(self, query: str, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
-        """The top-k documents for one query, best first."""
+    def search(self, query: str, k: int = 10, return_documents: bool = False,
+               **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """The top-k documents for one query, best first: (id, score) pairs, or with return_documents
+        {"id", "score", "text", "metadata"} dicts read from the index's document store."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")
         q = self.model.encode_queries([query], show_progress=False)[0]
-        return self.search_vectors(q, k, **knobs)
+        hits = self.search_vectors(q, k, **knobs)
+        return self.documents(hits) if return_documents else hits
+
+    def documents(self, hits: Sequence[tuple[str, float]]) -> list[dict]:
+        """Hits with their stored text and metadata."""
+        return [{**self.index.document(doc_id), "score": score} for doc_id, score in hits]
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, batch_size: int = 128,
                    show_progress: bool | None = None, **knobs: object) -> Run:
