@@ -174,7 +174,8 @@ def test_search_returns_stored_documents_and_adds_keep_metadata(served):
     added = client.post("/documents", json={"documents": {"meta1": "liver hepatitis antibody"},
                                             "metadata": {"meta1": {"source": "test"}}})
     assert added.status_code == 200
-    hits = client.post("/search", json={"query": "liver hepatitis antibody", "k": 10, "return_documents": True}).json()
+    hits = client.post("/search", json={"query": "liver hepatitis antibody", "k": 50, "ncells": 16, "ndocs": 1000,
+                                        "return_documents": True}).json()
     mine = [h for h in hits["results"] if h["id"] == "meta1"]
     assert mine and mine[0]["metadata"] == {"source": "test"} and mine[0]["text"] == "liver hepatitis antibody"
     bad = client.post("/documents", json={"documents": {"m2": "x y"}, "metadata": {"other": {}}})
