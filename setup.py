@@ -1,8 +1,29 @@
-"""Build of the optional compiled PLAID stages; everything else is in pyproject.toml."""
+"""Build of the optional compiled PLAID stages, and of the released checkpoints as package data."""
+
+import shutil
+from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+# The released models a wheel carries, so that `pip install medcolbert` gives the default model with no
+# download (checkpoints/ stays the one place they live in the repository).
+PACKAGED_CHECKPOINTS = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "dense-minilm-v1", "dense-minilm-v2")
+
+
+class BuildWithCheckpoints(build_py):
+    """build_py that also copies the released checkpoints into medcolbert/checkpoints/ of the build."""
+
+    def run(self) -> None:
+        super().run()
+        for name in PACKAGED_CHECKPOINTS:
+            src = Path("checkpoints") / name
+            if (src / "model.safetensors").is_file():
+                shutil.copytree(src, Path(self.build_lib) / "medcolbert" / "checkpoints" / name, dirs_exist_ok=True)
+
 
 setup(
+    cmdclass={"build_py": BuildWithCheckpoints},
     ext_modules=[
         Extension(
             "medcolbert.search._plaid_cpu",

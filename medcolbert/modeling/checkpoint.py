@@ -29,13 +29,18 @@ BASE_MODEL_ID = "packaged:all-MiniLM-L6-v2"
 RELEASE_NAME = "medcolbert-minilm-v1"
 
 
-RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2")
+RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "dense-minilm-v1", "dense-minilm-v2")
 
 
 def release_model_path(name: str | None = None) -> Path | None:
-    """A released medical ColBERT checkpoint (default: the current release) of a source checkout, or None."""
-    path = Path(__file__).resolve().parents[2] / "checkpoints" / (name or RELEASE_NAME)
-    return path if (path / METADATA_FILE).is_file() and (path / WEIGHTS_FILE).is_file() else None
+    """A released checkpoint (default: the current ColBERT release): from the installed package (a wheel
+    carries them in medcolbert/checkpoints/), else from a source checkout's checkpoints/; None if neither."""
+    here = Path(__file__).resolve()
+    for root in (here.parents[1] / "checkpoints", here.parents[2] / "checkpoints"):
+        path = root / (name or RELEASE_NAME)
+        if (path / WEIGHTS_FILE).is_file() and ((path / METADATA_FILE).is_file() or (path / "config.json").is_file()):
+            return path
+    return None
 
 
 def default_model_path() -> Path:
