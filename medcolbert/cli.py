@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "corpus in chunks, writes to a temporary folder that is renamed at the end, "
                                    "and an interrupted build resumes from its finished chunks. Under torchrun "
                                    "each process encodes a share of the chunks.")
-    p.add_argument("--data", required=True, help="BEIR folder or corpus.jsonl")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="BEIR folder or corpus.jsonl")
+    src.add_argument("--from-vectors", nargs="+", metavar="SHARDS",
+                     help="build from token vectors encoded elsewhere: shard files or folders (NAME.vectors.npy + "
+                          "NAME.doclens.npy + NAME.ids.txt, or NAME.safetensors; see docs/reference.md)")
     p.add_argument("--index", required=True, help="index folder to write")
     _add_model_args(p)
     p.add_argument("--nbits", type=int, choices=[1, 2, 4], default=2, help="bits per residual dimension (default: 2)")
@@ -120,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kmeans-niters", type=int_option(1, 10_000), default=10)
     p.add_argument("--chunk-size", type=POSITIVE, default=2048, help="documents per resumable chunk (default: 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")
+    p.add_argument("--no-documents", action="store_true", help="do not store the documents' texts and metadata")
 
     p = sub.add_parser("search", help="search an index with PLAID and write/evaluate a run",
                        description="Search a PLAID index for every query of a BEIR split: candidates from the "
@@ -361,6 +366,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .indexing.index import Index
     from .modeling.encoder import ColBERT
 
+    if args.from_vectors:
+        from .indexing.vectors import build_from_vectors
+
+        # The encoder is named, not loaded: --model is the checkpoint that made the vectors (recorded, and
+        # checked by fingerprint when it can be loaded here).
+        fingerprint = None
+        if args.model is not None:
+            fingerprint = ColBERT.from_pretrained(args.model, device="cpu").fingerprint(weights_only=True)
+        t0 = time.perf_counter()
+        build_from_vectors(args.index, args.from_vectors, model_name=Path(args.model).name if args.model else "unnamed",
+                           model_fingerprint=fingerprint, model_source=args.model, num_centroids=args.num_centroids,
+                           nbits=args.nbits, kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size,
+                           overwrite=args.overwrite)
+        stats = Index.open(args.index).stats()
+        print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors from shards in "
+              f"{time.perf_counter() - t0:.1f}s; {stats['bytes_per_embedding']:.2f} bytes per vector")
+        return 0
     rank, world = init_distributed()
     device = args.device
     if device is None and world > 1:
@@ -374,7 +396,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     build_index(args.index, model, corpus, nbits=args.nbits, num_centroids=args.num_centroids,
                 kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, store_documents=not args.no_documents)
     if rank == 0:
         stats = Index.open(args.index).stats()
         print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors, {stats['centroids']} "

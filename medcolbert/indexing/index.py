@@ -46,6 +46,13 @@ class Index:
 
         return cls(build_index(path, model, corpus, nbits=nbits, **options))
 
+    @classmethod
+    def build_from_vectors(cls, path: str | Path, shards, model_name: str, **options) -> "Index":  # type: ignore[no-untyped-def]
+        """Build an index from token vectors encoded elsewhere (see indexing.vectors.build_from_vectors)."""
+        from .vectors import build_from_vectors
+
+        return cls(build_from_vectors(path, shards, model_name, **options))
+
     def verify(self) -> None:
         """Check every file against the sha256 in the manifest."""
         for rel, info in self.manifest["files"].items():
