@@ -111,11 +111,16 @@ class ColBERT(nn.Module):
         self._query_graphs.clear()
         return self
 
+    # The settings that change a document's vectors; query-side ones (query_maxlen, augmentation) do not.
+    DOCUMENT_FIELDS = ("dim", "doc_maxlen", "doc_token_id", "mask_punctuation", "similarity", "interaction")
+
     def fingerprint(self, weights_only: bool = False) -> str:
-        """A hash of weights, vocabulary and (unless weights_only) config and precision, to key cached vectors."""
+        """A hash of weights, vocabulary and (unless weights_only) the document-side config and precision,
+        to key cached document vectors and indexes: two models that encode documents alike share them."""
         h = hashlib.sha256()
         if not weights_only:
-            h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            config = self.config.to_dict()
+            h.update(json.dumps({k: config[k] for k in self.DOCUMENT_FIELDS}, sort_keys=True).encode())
             h.update(str(self.autocast_dtype).encode())
         h.update(json.dumps(sorted(self.tokenizer.tokenizer.get_vocab().items())).encode())
         for key, tensor in sorted(self.state_dict().items()):
