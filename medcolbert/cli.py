@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=POSITIVE, default=2048, help="documents per resumable chunk (default: 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")
     p.add_argument("--no-documents", action="store_true", help="do not store the documents' texts and metadata")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process (or torchrun's); ray: encode and compress on Ray workers")
+    p.add_argument("--workers", type=int_option(1, 100_000), default=None, help="Ray workers (default: the cluster's CPUs)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
 
     p = sub.add_parser("search", help="search an index with PLAID and write/evaluate a run",
                        description="Search a PLAID index for every query of a BEIR split: candidates from the "
@@ -396,7 +400,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     build_index(args.index, model, corpus, nbits=args.nbits, num_centroids=args.num_centroids,
                 kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                overwrite=args.overwrite, store_documents=not args.no_documents)
+                overwrite=args.overwrite, store_documents=not args.no_documents, backend=args.backend,
+                workers=args.workers, ray_address=args.ray_address)
     if rank == 0:
         stats = Index.open(args.index).stats()
         print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors, {stats['centroids']} "

@@ -158,11 +158,17 @@ def init_distributed() -> tuple[int, int]:
 def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: int | None = None,  # type: ignore[no-untyped-def]
                 kmeans_niters: int = 10, chunk_size: int = 2048, batch_size: int = 32,
                 overwrite: bool = False, seed: int = 0, show_progress: bool | None = None,
-                use_gpu: bool | None = None, store_documents: bool = True) -> Path:
+                use_gpu: bool | None = None, store_documents: bool = True, backend: str = "local",
+                workers: int | None = None, ray_address: str | None = None) -> Path:
     """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
 
     store_documents keeps every document's text and metadata in the index, so searches can return them.
+    backend "ray" encodes and compresses the chunks on `workers` Ray actors (GPU actors where the cluster has
+    GPUs) against the codec trained here, then commits one index here; ray_address (or $RAY_ADDRESS) names
+    an existing cluster, whose nodes must see the index's parent folder (a shared filesystem).
     """
+    if backend not in ("local", "ray"):
+        raise MedColbertError(f"backend must be 'local' or 'ray', got {backend!r}")
     path = Path(path)
     rank, world = _dist()
     if nbits not in (1, 2, 4):
@@ -204,6 +210,15 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     # Each rank compresses its share of chunks; finished chunks are folders that a rerun skips.
     t0 = time.perf_counter()
     n_chunks = math.ceil(len(source) / chunk_size)
+    if backend == "ray":
+        from .distributed import compress_chunks_on_ray
+
+        todo = [c for c in range(n_chunks) if not (work / "chunks" / f"{c:05d}" / "done").exists()]
+        compress_chunks_on_ray(work, model, source, todo, chunk_size, nbits, batch_size, store_documents,
+                               workers, ray_address, show)
+        timings["encode_compress_s"] = time.perf_counter() - t0
+        _finalize(work, path, model, codec, n_chunks, overwrite, {**timings, "backend": "ray"}, t_start, source)
+        return path
     sample = _SampleVectors(work)
     mine = [c for c in range(n_chunks) if c % world == rank]
     todo = [c for c in mine if not (work / "chunks" / f"{c:05d}" / "done").exists()]
@@ -358,7 +373,7 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
         entries.append((root, json.loads((root / "entry.json").read_text())))
     info_path = work / "codec" / "info.json"
     build_info = {"seconds_total": round(time.perf_counter() - t_start, 2),
-                  **{k: round(v, 2) for k, v in timings.items()},
+                  **{k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
                   **json.loads(info_path.read_text()), "chunks": n_chunks, "world_size": _dist()[1]}
     manifest = new_manifest(model, codec, build_info)
     files = {f"codec/{name}.npy": save_array(out / "codec" / f"{name}.npy", arr)
