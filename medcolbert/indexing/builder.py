@@ -10,6 +10,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,23 +225,9 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     todo = [c for c in mine if not (work / "chunks" / f"{c:05d}" / "done").exists()]
     bar = tqdm(total=len(source), desc="Indexing", unit="doc", disable=not show,
                initial=sum(min(chunk_size, len(source) - c * chunk_size) for c in mine if c not in todo))
-    pending = set(todo)
-    chunk_ids: list[str] = []
-    chunk_texts: list[str] = []
-    chunk_metas: list[dict | None] = []
-    chunk_positions: list[int] = []
-    for pos, (doc_id, text, meta) in enumerate(source.iter_records()):
-        c = pos // chunk_size
-        if c not in pending:
-            continue
-        chunk_ids.append(doc_id)
-        chunk_texts.append(text)
-        chunk_metas.append(meta)
-        chunk_positions.append(pos)
-        if len(chunk_ids) == min(chunk_size, len(source) - c * chunk_size):
-            _compress_chunk(work, c, model, codec, chunk_ids, chunk_texts, chunk_positions, sample, batch_size,
-                            bar.update, chunk_metas if store_documents else None)
-            chunk_ids, chunk_texts, chunk_metas, chunk_positions = [], [], [], []
+    for chunk in iter_chunks(source, chunk_size, set(todo)):
+        _compress_chunk(work, chunk.index, model, codec, chunk.ids, chunk.texts, chunk.positions, sample,
+                        batch_size, bar.update, chunk.metas if store_documents else None)
     bar.close()
     timings["encode_compress_s"] = time.perf_counter() - t0
     _barrier()
@@ -249,6 +236,35 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
         _finalize(work, path, model, codec, n_chunks, overwrite, timings, t_start, source)
     _barrier()
     return path
+
+
+@dataclass
+class Chunk:
+    """The documents of one build chunk: ids, texts, metadata and their positions in the collection."""
+
+    index: int
+    ids: list[str]
+    texts: list[str]
+    metas: list[dict | None]
+    positions: list[int]
+
+
+def iter_chunks(source: CorpusSource, chunk_size: int, wanted: set[int]) -> Iterator[Chunk]:
+    """The wanted chunks of a collection, in one pass over it (memory holds one chunk)."""
+    current: Chunk | None = None
+    for pos, (doc_id, text, meta) in enumerate(source.iter_records()):
+        c = pos // chunk_size
+        if c not in wanted:
+            continue
+        if current is None:
+            current = Chunk(c, [], [], [], [])
+        current.ids.append(doc_id)
+        current.texts.append(text)
+        current.metas.append(meta)
+        current.positions.append(pos)
+        if len(current.ids) == min(chunk_size, len(source) - c * chunk_size):
+            yield current
+            current = None
 
 
 def _prepare_workdir(work: Path, settings: dict) -> None:

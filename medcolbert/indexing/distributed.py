@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import MedColbertError
+from .builder import iter_chunks
 
 
 def _worker_class():  # type: ignore[no-untyped-def]
@@ -74,14 +75,9 @@ def compress_chunks_on_ray(work: Path, model: Any, source: Any, todo: list[int],
         actors = [Worker.options(**options).remote(str(model.source), overrides, str(work), nbits,
                                                    "cuda" if gpus else "cpu") for _ in range(n)]
         pending: dict = {}
+        next_actor = 0
         bar = tqdm(total=sum(min(chunk_size, len(source) - c * chunk_size) for c in todo), desc="Indexing (Ray)",
                    unit="doc", disable=not show)
-        wanted = set(todo)
-        ids: list = []
-        texts: list = []
-        metas: list = []
-        positions: list = []
-        next_actor = 0
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
@@ -90,21 +86,12 @@ def compress_chunks_on_ray(work: Path, model: Any, source: Any, todo: list[int],
                     pending.pop(ref)
                     bar.update(ray.get(ref))
 
-        for pos, (doc_id, text, meta) in enumerate(source.iter_records()):
-            c = pos // chunk_size
-            if c not in wanted:
-                continue
-            ids.append(doc_id)
-            texts.append(text)
-            metas.append(meta)
-            positions.append(pos)
-            if len(ids) == min(chunk_size, len(source) - c * chunk_size):
-                drain(2 * n - 1)   # at most two chunks in flight per actor: the driver's memory stays bounded
-                ref = actors[next_actor % n].compress.remote(c, ids, texts, positions,
-                                                             metas if store_documents else None, batch_size)
-                pending[ref] = c
-                next_actor += 1
-                ids, texts, metas, positions = [], [], [], []
+        for chunk in iter_chunks(source, chunk_size, set(todo)):
+            drain(2 * n - 1)   # at most two chunks in flight per actor: the driver's memory stays bounded
+            ref = actors[next_actor % n].compress.remote(chunk.index, chunk.ids, chunk.texts, chunk.positions,
+                                                         chunk.metas if store_documents else None, batch_size)
+            pending[ref] = chunk.index
+            next_actor += 1
         drain(0)
         bar.close()
     finally:
