@@ -74,7 +74,7 @@ def main() -> None:
     from medcolbert import ColBERT, load_beir
     from medcolbert.indexing.index import Index
 
-    work, out = Path(args.work), Path(args.out)
+    work, out = Path(args.work).resolve(), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     before = work / f"src-{args.before}"
