@@ -184,10 +184,12 @@ class _Snapshot:
         from .indexing.index import Index
         from .search.plaid import Searcher
 
+        # The manifest's stat is taken before the index is read: a commit that lands in between then shows as
+        # a change at the next request (one extra reload), instead of hiding behind a newer stat forever.
+        self.manifest_stat = _stat(path)
         self.index = Index.open(path)
         self.searcher = Searcher(self.index, model)
         self.generation = self.index.manifest.get("generation")
-        self.manifest_stat = _stat(path)
 
 
 def _stat(path: Path) -> tuple[int, int]:
