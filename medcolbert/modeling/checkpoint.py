@@ -63,8 +63,9 @@ def resolve_model_folder(name_or_path: str | Path | None, prefer_release: bool =
     checkout has one.
     """
     if name_or_path is None and prefer_release:
-        if release_model_path() is not None:
-            return release_model_path(), RELEASE_NAME  # type: ignore[return-value]
+        found = release_model_path()
+        if found is not None:
+            return found, RELEASE_NAME
         import warnings
 
         # Without this, an install lacking checkpoints/ would score with an untrained projection unnoticed.
