@@ -8,15 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medcolbert.cli import main
 from medcolbert.errors import CheckpointError, DataError, IndexFormatError, MedColbertError
-from medcolbert.evaluation.datasets import load_beir, load_corpus, load_qrels, load_queries, read_run
+from medcolbert.evaluation.datasets import load_corpus, load_qrels, load_queries, read_run
 from medcolbert.indexing.builder import CorpusSource
 from medcolbert.indexing.index import Index
 from medcolbert.search.plaid import SearchConfig, Searcher
