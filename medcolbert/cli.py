@@ -617,7 +617,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from .service import create_app, read_api_key, timed_http_protocol
     except ImportError as exc:
-        raise MedColbertError(f"serving needs FastAPI and uvicorn: pip install 'medcolbert[serve]' ({exc})") from None
+        raise MedColbertError(f"serving needs FastAPI, uvicorn and prometheus-client: pip install 'medcolbert[serve]' ({exc})") from None
     from .indexing.storage import read_manifest
 
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts

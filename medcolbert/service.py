@@ -26,6 +26,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CheckpointError, IndexFormatError, MedColbertError
@@ -91,52 +92,37 @@ class DeleteRequest(_Strict):
 
 # ----------------------------------------------------------------------------------------- metrics
 class Metrics:
-    """Request counts, errors and latency histograms, written in Prometheus' text format."""
+    """Request counts, errors, latency histograms and index gauges, through prometheus-client (one registry
+    per app, so that several apps in one process keep their own numbers)."""
 
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.hist: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
+        self.registry = CollectorRegistry()
+        self.requests = Counter("medcolbert_requests", "Requests by endpoint and HTTP status.",
+                                ["endpoint", "status"], registry=self.registry)
+        self.errors = Counter("medcolbert_errors", "Requests answered with a 4xx or 5xx status.", ["endpoint"],
+                              registry=self.registry)
+        self.seconds = Histogram("medcolbert_request_seconds", "Request latency.", ["endpoint"],
+                                 buckets=self.BUCKETS, registry=self.registry)
+        self.gauges = {name: Gauge(f"medcolbert_{name}", help_text, registry=self.registry) for name, help_text in
+                       (("ready", "1 once the index and model are loaded."),
+                        ("index_documents", "Live documents in the served index."),
+                        ("index_generation", "The served index's generation."))}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one finished request."""
-        with self._lock:
-            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
-            counts = self.hist.setdefault(endpoint, [0] * (len(self.BUCKETS) + 1))
-            for i, bound in enumerate(self.BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
-            self.sums[endpoint] = self.sums.get(endpoint, 0.0) + seconds
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint).inc()
+        self.seconds.labels(endpoint).observe(seconds)
 
     def render(self, extra: dict[str, float]) -> str:
-        """The Prometheus exposition text."""
-        lines = ["# HELP medcolbert_requests_total Requests by endpoint and HTTP status.",
-                 "# TYPE medcolbert_requests_total counter"]
-        with self._lock:
-            for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'medcolbert_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            lines += ["# HELP medcolbert_errors_total Requests answered with a 4xx or 5xx status.",
-                      "# TYPE medcolbert_errors_total counter"]
-            errors: dict[str, int] = {}
-            for (endpoint, status), n in self.requests.items():
-                if status >= 400:
-                    errors[endpoint] = errors.get(endpoint, 0) + n
-            for endpoint, n in sorted(errors.items()):
-                lines.append(f'medcolbert_errors_total{{endpoint="{endpoint}"}} {n}')
-            lines += ["# HELP medcolbert_request_seconds Request latency.", "# TYPE medcolbert_request_seconds histogram"]
-            for endpoint, counts in sorted(self.hist.items()):
-                for bound, n in zip(self.BUCKETS, counts):
-                    lines.append(f'medcolbert_request_seconds_bucket{{endpoint="{endpoint}",le="{bound}"}} {n}')
-                lines.append(f'medcolbert_request_seconds_bucket{{endpoint="{endpoint}",le="+Inf"}} {counts[-1]}')
-                lines.append(f'medcolbert_request_seconds_sum{{endpoint="{endpoint}"}} {self.sums[endpoint]:.6f}')
-                lines.append(f'medcolbert_request_seconds_count{{endpoint="{endpoint}"}} {counts[-1]}')
+        """The Prometheus exposition text, with the gauges set from `extra` first."""
         for name, value in extra.items():
-            lines += [f"# TYPE medcolbert_{name} gauge", f"medcolbert_{name} {value}"]
-        return "\n".join(lines) + "\n"
+            if name in self.gauges:
+                self.gauges[name].set(value)
+        return generate_latest(self.registry).decode("utf-8")
 
 
 # ----------------------------------------------------------------------------------------- query batching
