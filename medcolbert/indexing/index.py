@@ -255,7 +255,7 @@ class Index:
         """
         add = dict(add or {})
         delete = list(delete)
-        for i, (d, text) in enumerate(add.items()):
+        for d, text in add.items():
             try:
                 check_id(d, "document id")
                 check_text(text, f"text of document '{d}'")

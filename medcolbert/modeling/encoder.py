@@ -191,7 +191,9 @@ class ColBERT(nn.Module):
         MaxSim ignores.
         """
         queries = _as_text_list(queries, "queries")
-        lengths = self.tokenizer.query_lengths(queries) if queries else []
+        # One tokenizer call for all queries: the lengths size the output and order the batches.
+        seqs = self.tokenizer.query_token_ids(queries) if queries else []
+        lengths = [self.tokenizer.query_length(seq) for seq in seqs]
         out = torch.zeros((len(queries), max(lengths, default=self.config.augment_len), self.config.dim),
                           dtype=torch.float32)
         # Batches of similar length: a long question does not make a whole batch of short ones pay for it.
@@ -200,7 +202,7 @@ class ColBERT(nn.Module):
         with self._inference():
             for start in _progress(starts, show_progress, "Encoding queries", batch_size, len(queries)):
                 idx = order[start:start + batch_size]
-                batch = self.tokenizer.tokenize_queries([queries[i] for i in idx]).to(self.device)
+                batch = self.tokenizer.query_batch([seqs[i] for i in idx]).to(self.device)
                 graph = None
                 if self.trace_queries and self.device.type == "cpu" and self.autocast_dtype is None and not self.training:
                     # One graph per shape: long queries are padded up to a multiple of 16 tokens ([PAD] gives

@@ -64,16 +64,11 @@ class ColBERTTokenizer:
         """Token count of each document after truncation (used to sort batches by length)."""
         return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen)]
 
-    def tokenize_queries(self, texts: Sequence[str]) -> TokenBatch:
-        """Queries with the [Q] marker, padded with [MASK] to the augmentation length; longer ones unpadded.
-
-        Rows of a batch share the longest row's length; positions past a row's own length hold [PAD],
-        whose vectors the encoder zeroes (a zero query vector adds nothing to MaxSim).
-        """
-        limit, augment = self.config.query_maxlen, self.config.augment_len
-        prefixed = [". " + t for t in texts]
+    def query_token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each query's token ids ([CLS], marker slot, tokens, [SEP]), cut at query_maxlen (reported once)."""
+        limit = self.config.query_maxlen
         # Tokenized in full first, so that a cut is seen and reported rather than made silently.
-        seqs = self.tokenizer(prefixed, add_special_tokens=True, truncation=False, verbose=False,
+        seqs = self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         cut = sum(len(s) > limit for s in seqs)
         if cut and not self._warned_truncation:
@@ -82,24 +77,32 @@ class ColBERTTokenizer:
             warnings.warn(f"{cut} of {len(seqs)} queries are longer than query_maxlen={limit} tokens (longest "
                           f"{longest}) and were truncated; raise query_maxlen (up to the backbone's positions) "
                           "to keep them. This warning is shown once.", UserWarning, stacklevel=3)
-        seqs = [s if len(s) <= limit else s[: limit - 1] + s[-1:] for s in seqs]
-        targets = [max(augment, len(s)) for s in seqs]
-        length = max(targets, default=augment)
-        ids = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), length), dtype=torch.long)
+        return [s if len(s) <= limit else s[: limit - 1] + s[-1:] for s in seqs]
+
+    def query_length(self, seq: Sequence[int]) -> int:
+        """A query's vector count: its tokens, at least the augmentation length."""
+        return max(self.config.augment_len, len(seq))
+
+    def tokenize_queries(self, texts: Sequence[str]) -> TokenBatch:
+        """Queries with the [Q] marker, padded with [MASK] to the augmentation length; longer ones unpadded."""
+        return self.query_batch(self.query_token_ids(texts))
+
+    def query_batch(self, seqs: Sequence[Sequence[int]]) -> TokenBatch:
+        """The batch of some queries' token ids (from query_token_ids).
+
+        Rows of a batch share the longest row's length; positions past a row's own length hold [PAD],
+        whose vectors the encoder zeroes (a zero query vector adds nothing to MaxSim).
+        """
+        targets = [self.query_length(seq) for seq in seqs]
+        length = max(targets, default=self.config.augment_len)
+        ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
         for row, (seq, target) in enumerate(zip(seqs, targets)):
-            seq[1] = self.query_marker_id
             ids[row, :target] = self.mask_token_id
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            ids[row, 1] = self.query_marker_id
             mask[row, : target if self.config.attend_to_mask_tokens else len(seq)] = 1
         return TokenBatch(ids, mask)
-
-    def query_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Each query's vector count: its tokens (up to query_maxlen), at least the augmentation length."""
-        seqs = self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=True,
-                              max_length=self.config.query_maxlen, return_attention_mask=False,
-                              return_token_type_ids=False)["input_ids"]
-        return [max(self.config.augment_len, len(s)) for s in seqs]
 
     def query_keep_mask(self, batch: TokenBatch) -> torch.Tensor:
         """Boolean mask of the query positions that get a vector: every position but [PAD]."""
