@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=POSITIVE, default=2048, help="documents per resumable chunk (default: 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")
     p.add_argument("--no-documents", action="store_true", help="do not store the documents' texts and metadata")
+    p.add_argument("--split-documents", action="store_true",
+                   help="index long documents as overlapping passages (results stay per document, scored by "
+                        "their best passage); without it, text past --doc-maxlen is dropped, with a warning")
+    p.add_argument("--passage-tokens", type=int_option(8, 100_000), default=None,
+                   help="word pieces per passage (default: what fits the model's doc_maxlen)")
+    p.add_argument("--passage-overlap", type=int_option(0, 50_000), default=None,
+                   help="word pieces neighbouring passages share (default: 32, at most a quarter of a passage)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process (or torchrun's); ray: encode and compress on Ray workers")
     p.add_argument("--workers", type=int_option(1, 100_000), default=None, help="Ray workers (default: the cluster's CPUs)")
@@ -373,6 +380,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.from_vectors:
         from .indexing.vectors import build_from_vectors
 
+        if args.split_documents:
+            raise MedColbertError("--split-documents needs texts (--data); shards of vectors are indexed as they are")
+
         # The encoder is named, not loaded: --model is the checkpoint that made the vectors (recorded, and
         # checked by fingerprint when it can be loaded here).
         fingerprint = None
@@ -401,10 +411,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     build_index(args.index, model, corpus, nbits=args.nbits, num_centroids=args.num_centroids,
                 kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
                 overwrite=args.overwrite, store_documents=not args.no_documents, backend=args.backend,
-                workers=args.workers, ray_address=args.ray_address)
+                workers=args.workers, ray_address=args.ray_address, split_documents=args.split_documents,
+                passage_tokens=args.passage_tokens, passage_overlap=args.passage_overlap)
     if rank == 0:
         stats = Index.open(args.index).stats()
-        print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors, {stats['centroids']} "
+        passages = f" ({stats['passages']} passages)" if "passages" in stats else ""
+        print(f"indexed {stats['documents']} documents{passages}, {stats['embeddings']} vectors, {stats['centroids']} "
               f"centroids, nbits {stats['nbits']} in {time.perf_counter() - t0:.1f}s")
         print(f"{stats['bytes_total'] / 1e6:.1f} MB on disk, {stats['bytes_per_embedding']:.2f} bytes per vector")
     return 0
@@ -520,7 +532,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     if args.compact:
         result = index.compact()
         print(f"compacted: {result['before']['bytes_total'] / 1e6:.1f} MB -> {result['after']['bytes_total'] / 1e6:.1f} MB")
-    print(f"{len(index)} documents in {args.index}")
+    print(f"{index.num_documents} documents in {args.index}")
     return 0
 
 

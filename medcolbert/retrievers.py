@@ -129,8 +129,10 @@ class MaxSimReranker(Reranker):
     """Exact MaxSim reranking with a ColBERT model; documents are texts ({id: text}, vectors cached) or an index."""
 
     def __init__(self, model: Any, documents: Mapping[str, str] | Any, depth: int = 100, cache: Any = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, split_documents: bool = False) -> None:
+        """split_documents: score texts longer than the model's doc_maxlen by their best passage (not truncated)."""
         self.model, self.documents = model, documents
+        self.split_documents = split_documents
         self.depth = check_int("depth", depth, 1)
         self.cache = cache
         self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
@@ -142,8 +144,13 @@ class MaxSimReranker(Reranker):
 
         if isinstance(self.documents, Index):
             return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k)
+        splitter = None
+        if self.split_documents:
+            from .passages import PassageSplitter
+
+            splitter = PassageSplitter.for_model(self.model)
         return rerank_run(self.model, queries, run, self.documents, depth=self.depth, k=k, cache=self.cache,
-                          show_progress=False)
+                          show_progress=False, splitter=splitter)
 
 
 def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,
@@ -155,9 +162,14 @@ def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: 
     qids = list(run)
     Q = model.encode_queries([queries[q] for q in qids], show_progress=False)
     for i, qid in enumerate(qids):
-        cands = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])[:depth] if d in index.position]
-        vectors = index.document_vectors([index.position[d] for d in cands])
-        scores = maxsim_one(Q[i], vectors).tolist()
+        # passages_of: a document's own position, or every passage of a split document (scored by the best).
+        cands = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])[:depth] if index.passages_of(d)]
+        units = [index.passages_of(d) for d in cands]
+        flat = maxsim_one(Q[i], index.document_vectors([p for u in units for p in u])).tolist()
+        scores, at = [], 0
+        for u in units:
+            scores.append(max(flat[at:at + len(u)]))
+            at += len(u)
         out[qid] = dict(sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth])
     return out
 

@@ -376,13 +376,11 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
                                    ("ndocs", req.ndocs)) if v is not None}
         snap = service.current()
         Q = service.encode(texts)
-        hits = [snap.searcher.search_vectors(Q[i], k=req.k, **knobs) for i in range(len(texts))]
-        if req.return_documents:
-            if not snap.index.has_documents:
-                raise HTTPException(409, "this index stores no document texts; rebuild it to return documents")
-            results = [snap.searcher.documents(h) for h in hits]
-        else:
-            results = [[{"id": d, "score": s} for d, s in h] for h in hits]
+        if req.return_documents and not snap.index.has_documents:
+            raise HTTPException(409, "this index stores no document texts; rebuild it to return documents")
+        hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents, **knobs)
+                for i in range(len(texts))]
+        results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
         return body

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..errors import DataError, MedColbertError
 from ..evaluation.datasets import iter_jsonl, require_str
 from ..fsutil import failpoint, recover_replaced, replace_folder
 from ..validation import check_id, check_int, check_text
+from ..passages import PassageSource, PassageSplitter
 from .codec import ResidualCodec
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
@@ -160,13 +162,17 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
                 kmeans_niters: int = 10, chunk_size: int = 2048, batch_size: int = 32,
                 overwrite: bool = False, seed: int = 0, show_progress: bool | None = None,
                 use_gpu: bool | None = None, store_documents: bool = True, backend: str = "local",
-                workers: int | None = None, ray_address: str | None = None) -> Path:
+                workers: int | None = None, ray_address: str | None = None, split_documents: bool = False,
+                passage_tokens: int | None = None, passage_overlap: int | None = None) -> Path:
     """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
 
     store_documents keeps every document's text and metadata in the index, so searches can return them.
     backend "ray" encodes and compresses the chunks on `workers` Ray actors (GPU actors where the cluster has
     GPUs) against the codec trained here, then commits one index here; ray_address (or $RAY_ADDRESS) names
     an existing cluster, whose nodes must see the index's parent folder (a shared filesystem).
+    split_documents indexes each document as passages of passage_tokens word pieces (default: what fits
+    doc_maxlen) sharing passage_overlap tokens; searches then rank documents by their best passage. Without
+    it, documents longer than doc_maxlen are truncated, and the build warns with their count.
     """
     if backend not in ("local", "ray"):
         raise MedColbertError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -189,12 +195,15 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
         raise MedColbertError(f"{path} already holds an index; pass overwrite=True (--overwrite) to replace it")
     if path.exists() and not (path / "manifest.json").exists() and any(path.iterdir()):
         raise MedColbertError(f"{path} exists and is not an index; refusing to overwrite it")
-    source = corpus if isinstance(corpus, CorpusSource) else CorpusSource(corpus)
+    source = corpus if isinstance(corpus, (CorpusSource, PassageSource)) else CorpusSource(corpus)
+    if split_documents and not isinstance(source, PassageSource):
+        source = PassageSource(source, PassageSplitter.for_model(model, passage_tokens, passage_overlap))
     show = (rank == 0) if show_progress is None else (show_progress and rank == 0)
     work = path.with_name(f".{path.name}.building")
     settings = {"model": model.fingerprint(), "corpus": source.fingerprint(), "nbits": nbits,
                 "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
-                "seed": seed, "store_documents": store_documents}
+                "seed": seed, "store_documents": store_documents,
+                "passages": source.splitter.settings() if isinstance(source, PassageSource) else None}
     t_start = time.perf_counter()
     if rank == 0:
         _prepare_workdir(work, settings)
@@ -361,11 +370,17 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
         progress(len(part))
     doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)  # type: ignore[union-attr]
     codes, residuals = codec.compress(torch.cat(vectors))  # type: ignore[arg-type]
+    # Counted here, from the texts, so that the build can say how many documents lost their ends.
+    # (Vectors encoded elsewhere come with no tokenizer: nothing to count.)
+    count = getattr(getattr(model, "tokenizer", None), "untruncated_document_lengths", None)
+    full = count(texts) if count is not None else []
+    cut = [n for n in full if n > model.config.doc_maxlen]
     tmp = work / "chunks" / f".{c:05d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     store = encode_store(texts, metas) if metas is not None else None
     entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals, store)
-    (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files}))
+    (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files, "truncated": len(cut),
+                                                "longest": max(full, default=0)}))
     (tmp / "done").touch()
     failpoint("build-chunk-written")
     final = work / "chunks" / f"{c:05d}"
@@ -391,7 +406,20 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
     build_info = {"seconds_total": round(time.perf_counter() - t_start, 2),
                   **{k: round(v, 2) if isinstance(v, float) else v for k, v in timings.items()},
                   **json.loads(info_path.read_text()), "chunks": n_chunks, "world_size": _dist()[1]}
+    truncated = sum(int(e.get("truncated", 0)) for _, e in entries)
+    if isinstance(source, PassageSource):
+        build_info["passages"] = len(source)
+        build_info["documents"] = source.num_documents
+    else:
+        build_info["truncated_documents"] = truncated
+        if truncated:
+            longest = max(int(e.get("longest", 0)) for _, e in entries)
+            warnings.warn(f"{truncated} of {len(source)} documents are longer than doc_maxlen="
+                          f"{model.config.doc_maxlen} tokens (longest {longest}) and were truncated; index with "
+                          "split_documents=True (--split-documents) to keep their ends as passages", stacklevel=3)
     manifest = new_manifest(model, codec, build_info)
+    if isinstance(source, PassageSource):
+        manifest["passages"] = source.splitter.settings()
     files = {f"codec/{name}.npy": save_array(out / "codec" / f"{name}.npy", arr)
              for name, arr in codec.arrays().items()}
     entry, seg_files = _concatenate_chunks(out, "00000", entries)

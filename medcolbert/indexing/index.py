@@ -17,6 +17,7 @@ import torch
 from ..errors import IndexFormatError, MedColbertError
 from ..fsutil import failpoint, recover_replaced
 from ..validation import check_id, check_text
+from ..passages import SEPARATOR, SPAN_KEY, PassageSplitter, join_passages, parent_of, split_records
 from .codec import ResidualCodec
 from .storage import (FORMAT_NAME, FORMAT_VERSION, load_array, ranges, read_manifest, read_segment, save_array,
                       sha256_file, write_manifest, write_segment)
@@ -105,6 +106,7 @@ class Index:
             deleted[positions] = True
         self.deleted = deleted
         self.position = {d: i for i, d in enumerate(ids) if not deleted[i]}
+        self._passages_of: dict[str, list[int]] | None = None
         self._build_inverted_lists()
 
     def _build_inverted_lists(self) -> None:
@@ -126,6 +128,30 @@ class Index:
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
         return len(self.position)
+
+    @property
+    def passages(self) -> dict | None:
+        """The passage settings when documents were split ({"max_tokens", "overlap"}), else None."""
+        return self.manifest.get("passages")
+
+    def passages_of(self, doc_id: str) -> list[int]:
+        """Positions of a document's live passages, in order (its own position when documents are not split)."""
+        if not self.passages:
+            return [self.position[doc_id]] if doc_id in self.position else []
+        if self._passages_of is None:
+            groups: dict[str, list[int]] = {}
+            for unit, pos in self.position.items():
+                groups.setdefault(parent_of(unit), []).append(pos)
+            self._passages_of = {d: sorted(p) for d, p in groups.items()}
+        return self._passages_of.get(doc_id, [])
+
+    @property
+    def num_documents(self) -> int:
+        """Live documents (with split documents: distinct documents, not passages)."""
+        if not self.passages:
+            return len(self.position)
+        self.passages_of("")
+        return len(self._passages_of or {})
 
     @property
     def num_embeddings(self) -> int:
@@ -160,17 +186,35 @@ class Index:
         return bool(self._stores) and all(st is not None for st in self._stores)
 
     def document(self, doc: str | int) -> dict:
-        """{"id", "text", "metadata"} of a document, by id or position (the index must store documents)."""
+        """{"id", "text", "metadata"} of a document, by id or position (the index must store documents).
+
+        With split documents, a document id gives the whole text; a passage id or position gives that passage,
+        under its document's id, with "passage" (its number)."""
+        if self.passages and isinstance(doc, str) and SEPARATOR not in doc:
+            positions = self.passages_of(doc)
+            if not positions:
+                raise KeyError(f"document '{doc}' is not in the index")
+            parts = [self._stored(p) for p in positions]
+            text, meta = join_passages([(t, m) for _, t, m in parts])
+            return {"id": doc, "text": text, "metadata": meta}
         position = self.position.get(doc) if isinstance(doc, str) else int(doc)
         if position is None:
             raise KeyError(f"document '{doc}' is not in the index")
+        unit, text, meta = self._stored(position)
+        if SPAN_KEY in meta:
+            n = meta.pop(SPAN_KEY)[0]
+            return {"id": parent_of(unit), "text": text, "metadata": meta, "passage": n}
+        return {"id": unit, "text": text, "metadata": meta}
+
+    def _stored(self, position: int) -> tuple[str, str, dict]:
+        """(stored id, text, raw metadata) at a position."""
         seg = int(np.searchsorted(self._doc_segment_starts, position, side="right") - 1)
         store = self._stores[seg]
         if store is None:
             raise MedColbertError(f"{self.path} does not store document texts (built with store_documents=False "
                                   "or by medcolbert < 0.2); rebuild it to return documents")
         i = position - int(self._doc_segment_starts[seg])
-        return {"id": self.doc_ids[position], "text": store.text(i), "metadata": store.metadata(i)}
+        return self.doc_ids[position], store.text(i), store.metadata(i)
 
     def stats(self) -> dict:
         """Sizes on disk: the search structures (total and per vector, per file kind) and the document store."""
@@ -186,7 +230,8 @@ class Index:
             kind = Path(rel).stem
             by_kind[kind] = by_kind.get(kind, 0) + info["bytes"]
         n = max(1, self.num_embeddings)
-        return {"documents": len(self), "embeddings": self.num_embeddings, "centroids": self.codec.num_centroids,
+        extra = {"passages": len(self)} if self.passages else {}
+        return {"documents": self.num_documents, **extra, "embeddings": self.num_embeddings, "centroids": self.codec.num_centroids,
                 "nbits": self.nbits, "dim": self.codec.dim, "bytes_total": total,
                 "bytes_per_embedding": total / n,
                 "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())},
@@ -266,6 +311,24 @@ class Index:
                 check_id(d, "document id to delete")
             except ValueError as exc:
                 raise MedColbertError(str(exc)) from None
+        metadata = dict(metadata or {})
+        if self.passages:
+            if vectors is not None:
+                raise MedColbertError("this index splits documents into passages; add texts, not precomputed vectors")
+            # Documents come and go whole: a delete removes every passage, an add is split like the build.
+            delete = [p for d in delete for p in self._passage_ids(d)]
+            if add:
+                if model is None:
+                    raise MedColbertError("adding documents needs the model the index was built with")
+                splitter = PassageSplitter(model.tokenizer.tokenizer, self.passages["max_tokens"],
+                                           self.passages["overlap"])
+                clash = [d for d in add if self.passages_of(d) and not set(self._passage_ids(d)) <= set(delete)]
+                if clash:
+                    raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
+                                          "(delete them first to replace them)")
+                units = list(split_records(splitter, ((d, t, metadata.get(d)) for d, t in add.items())))
+                add = {u: t for u, t, _ in units}
+                metadata = {u: m for u, _, m in units}
         if vectors is not None:
             if len(vectors) != len(add):
                 raise MedColbertError(f"{len(vectors)} vector sets for {len(add)} documents")
@@ -294,7 +357,17 @@ class Index:
                                                  [add[d] for d in add], [(metadata or {}).get(d) for d in add])
             if delete or add:
                 self._commit(manifest)
+        if self.passages:
+            return {"added": len({parent_of(u) for u in add}), "deleted": len({parent_of(u) for u in delete}),
+                    "passages_added": len(add), "passages_deleted": len(delete)}
         return {"added": len(add), "deleted": len(delete)}
+
+    def _passage_ids(self, doc_id: str) -> list[str]:
+        """The ids of a document's live passages; refuses an unknown document."""
+        positions = self.passages_of(doc_id)
+        if not positions:
+            raise MedColbertError(f"document '{doc_id}' is not in the index")
+        return [self.doc_ids[p] for p in positions]
 
     def _append_manifest(self, manifest: dict, ids: list[str], vectors: list[torch.Tensor],
                          texts: list[str], metas: list[dict | None]) -> dict:

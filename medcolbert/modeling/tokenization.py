@@ -64,6 +64,12 @@ class ColBERTTokenizer:
         """Token count of each document after truncation (used to sort batches by length)."""
         return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen)]
 
+    def untruncated_document_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each document before truncation at doc_maxlen (special tokens included)."""
+        seqs = self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return [len(s) for s in seqs]
+
     def query_token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each query's token ids ([CLS], marker slot, tokens, [SEP]), cut at query_maxlen (reported once)."""
         limit = self.config.query_maxlen

@@ -13,8 +13,13 @@ from ..errors import MedColbertError
 from ..evaluation.datasets import Run
 from ..validation import check_float, check_int
 from ..indexing.index import Index
+from ..passages import aggregate
 from .engine import PlaidEngine
 from .exact import exact_search
+
+
+# With split documents, passages fetched per requested document (the best one per document is kept).
+PASSAGE_FETCH = 4
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,16 @@ class Searcher:
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
         q = self.model.encode_queries([query], show_progress=False)[0]
-        hits = self.search_vectors(q, k, **knobs)
-        return self.documents(hits) if return_documents else hits
+        return self.search_encoded(q, k, return_documents, **knobs)
+
+    def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
+                       **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """`search` for a query encoded already ([Lq, dim])."""
+        hits = self._search_units(q, k, self._resolve(self._units(k), knobs))
+        if return_documents:
+            # The unit that matched: with split documents, the best passage is the snippet.
+            return [{**self.index.document(unit), "score": score} for _, score, unit in hits]
+        return [(doc, score) for doc, score, _ in hits]
 
     def documents(self, hits: Sequence[tuple[str, float]]) -> list[dict]:
         """Hits with their stored text and metadata."""
@@ -84,21 +97,42 @@ class Searcher:
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
         Q = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress)
-        cfg = self._resolve(k, knobs)
-        if cfg.exact:
-            return dict(zip(qids, (dict(hits) for hits in exact_search(self.index, Q, k))))
+        cfg = self._resolve(self._units(k), knobs)
+        if cfg.exact and not self.index.passages:
+            return {qid: {d: x for d, x, _ in self._documents_of(hits, k)} for qid, hits in zip(qids, exact_search(self.index, Q, k))}
         run: Run = {}
         show = len(qids) > 1 if show_progress is None else show_progress
         for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show)):
-            run[qid] = dict(self._plaid(Q[i], k, cfg))
+            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg)}
         return run
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""
-        cfg = self._resolve(k, knobs)
-        if cfg.exact:
-            return exact_search(self.index, q.unsqueeze(0), k)[0]
-        return self._plaid(q, k, cfg)
+        hits = self._search_units(q, k, self._resolve(self._units(k), knobs))
+        return [(doc, score) for doc, score, _ in hits]
+
+    def _units(self, k: int) -> int:
+        """How many index entries to fetch for k documents: with split documents, several passages of one
+        document may rank high, so more are fetched and the best per document kept."""
+        check_int("k", k, 1)
+        return k * PASSAGE_FETCH if self.index.passages else k
+
+    def _search_units(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float, str]]:
+        """(document id, score, matching index entry) of the top-k documents for one encoded query."""
+        fetch = self._units(k)
+        while True:
+            units = exact_search(self.index, q.unsqueeze(0), fetch)[0] if cfg.exact else self._plaid(q, fetch, cfg)
+            hits = self._documents_of(units, k)
+            # A few long documents can fill the fetched passages: fetch more until k documents are found.
+            if len(hits) >= k or len(units) < fetch or fetch >= len(self.index):
+                return hits
+            fetch *= PASSAGE_FETCH
+            cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, fetch))
+
+    def _documents_of(self, units: list[tuple[str, float]], k: int) -> list[tuple[str, float, str]]:
+        if self.index.passages:
+            return aggregate(units, k)
+        return [(u, x, u) for u, x in units[:k]]
 
     def _resolve(self, k: int, knobs: dict) -> SearchConfig:
         """The searcher's config with per-call knobs applied, resolved for k."""

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT
+from ..passages import PassageSplitter, parent_of, split_records
 from ..scoring import maxsim_one
 from ..validation import check_int
 from ..vector_cache import VectorCache
@@ -61,8 +62,11 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
 def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
                documents: Mapping[str, str], depth: int = 100, k: int | None = None,
                cache: VectorCache | None = None, batch_size: int = 32,
-               show_progress: bool | None = None) -> Run:
-    """Rerank the top `depth` documents of every query of a run by exact MaxSim; keep the top k (default depth)."""
+               show_progress: bool | None = None, splitter: PassageSplitter | None = None) -> Run:
+    """Rerank the top `depth` documents of every query of a run by exact MaxSim; keep the top k (default depth).
+
+    splitter: split each document into passages and score it by its best passage (instead of truncating it).
+    """
     check_int("depth", depth, 1)
     if k is not None:
         check_int("k", k, 1)
@@ -74,20 +78,31 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     missing_d = [d for d in unique if d not in documents]
     if missing_d:
         raise KeyError(f"the run names {len(missing_d)} documents not in the corpus, e.g. '{missing_d[0]}'")
-    texts = [documents[d] for d in unique]
-    if cache is not None:
-        vectors = cache.get_or_encode(unique, texts, batch_size=batch_size, show_progress=show_progress)
+    units: dict[str, list[str]] = {d: [d] for d in unique}
+    if splitter is not None:
+        records = list(split_records(splitter, ((d, documents[d], None) for d in unique)))
+        unit_ids, texts = [u for u, _, _ in records], [t for _, t, _ in records]
+        units = {}
+        for u in unit_ids:
+            units.setdefault(parent_of(u), []).append(u)
     else:
-        vectors = dict(zip(unique, model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)))
+        unit_ids, texts = unique, [documents[d] for d in unique]
+    if cache is not None:
+        vectors = cache.get_or_encode(unit_ids, texts, batch_size=batch_size, show_progress=show_progress)
+    else:
+        vectors = dict(zip(unit_ids, model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)))
     qids = list(top)
     q_vectors = model.encode_queries([queries[q] for q in qids], show_progress=show_progress)
     out: Run = {}
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]
-        result = maxsim_one(q_vectors[qi], [vectors[d] for d in cands])
-        if not torch.isfinite(result).all():
+        flat = maxsim_one(q_vectors[qi], [vectors[u] for d in cands for u in units[d]])
+        if not torch.isfinite(flat).all():
             raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
-        scores = result.tolist()
+        per_unit, scores, at = flat.tolist(), [], 0
+        for d in cands:   # a document scores as its best passage (itself, when not split)
+            scores.append(max(per_unit[at:at + len(units[d])]))
+            at += len(units[d])
         ranked = sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
         out[qid] = dict(ranked)
     return out
