@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=POSITIVE, default=None, help="override max_steps")
     p.add_argument("--output-dir", default=None, help="override output_dir")
 
-    sub.add_parser("info", help="what this install can use: versions, devices, compiled search stages, default model")
+    p = sub.add_parser("info", help="what this install can use: versions, devices, compiled search stages, default model")
+    p.add_argument("--precision", action="store_true",
+                   help="measure the query encoder's precision choice on this CPU now (fp32 vs bf16; a few seconds)")
+    p.add_argument("--model", default=None, help="the model to measure (default: the default model)")
     return parser
 
 
@@ -657,6 +660,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .modeling.checkpoint import BASE_MODEL_ID, release_model_path
+    from .modeling.precision import choose_query_precision, cpu_model
     from .search import cpu_kernel
 
     kernel = cpu_kernel.load()
@@ -678,7 +682,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("compiled PLAID stages", kernel.path if kernel is not None else
          "not in use (not built at install, or MEDCOLBERT_PLAID_KERNEL=torch): search runs the torch engine"),
         ("default model", str(default) if default is not None else f"{BASE_MODEL_ID} (no released checkpoint here)"),
+        ("cpu", cpu_model()),
     ]
+    if args.precision:
+        from .modeling.encoder import ColBERT
+
+        model = ColBERT.from_pretrained(args.model, device="cpu")
+        model.trace_queries = True
+        got = choose_query_precision(model, remeasure=True)
+        times = ", ".join(f"{k} {v} ms" for k, v in got.get("p50_ms", {}).items())
+        cos = ", ".join(f"{k} {v}" for k, v in got.get("min_cosine", {}).items())
+        lines.append(("query precision", f"{got['chosen']} for {model.name} on this CPU ({got['reason']}; one "
+                                         f"query p50: {times}; min cosine to fp32: {cos})"))
+    else:
+        lines.append(("query precision", "chosen when a search starts; --precision measures it now"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")

@@ -26,6 +26,14 @@ from .evaluation.metrics import parse_metric, per_query
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf")
 TESTS = ("paired-t", "bootstrap")
 CORRECTIONS = ("holm", "bonferroni", "none")
+# The keys each system type reads: any other key is a typo that would silently change nothing, so it is refused.
+_COMMON_KEYS = {"name", "type", "k", "trained_on"}
+_COLBERT_KEYS = {"model", "doc_maxlen", "query_maxlen", "query_augment_len"}
+SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
+               "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
+               "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact"},
+               "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents"},
+               "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"}}
 
 
 class ExperimentDrift(MedColbertError):
@@ -77,6 +85,10 @@ class ExperimentConfig:
                 raise DataError(f"systems[{i}] needs a name and a type", where)
             if s["type"] not in SYSTEM_TYPES:
                 raise DataError(f"systems[{i}] ({s['name']}): type must be one of {SYSTEM_TYPES}", where)
+            unknown = sorted(set(s) - SYSTEM_KEYS[s["type"]])
+            if unknown:
+                raise DataError(f"systems[{i}] ({s['name']}): unknown key(s) {unknown} for a {s['type']} system; "
+                                f"accepted: {sorted(SYSTEM_KEYS[s['type']])}", where)
             trained = s.get("trained_on")
             if trained is not None and (not isinstance(trained, list) or not all(isinstance(x, str) for x in trained)):
                 raise DataError(f"systems[{i}] ({s['name']}): trained_on must be a list of data set names", where)
@@ -246,7 +258,8 @@ def _rerank_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     # them, and encodes the query.
     model = ctx.model("colbert", spec)
     return MaxSimReranker(model, ctx.corpus, depth=int(spec.get("depth", 100)),
-                          cache=VectorCache(model, ctx.cfg.work / "vectors"), name=spec["name"])
+                          cache=VectorCache(model, ctx.cfg.work / "vectors"), name=spec["name"],
+                          split_documents=bool(spec.get("split_documents", False)))
 
 
 # How each retrieval system type of an experiment file becomes a stage; rerank and rrf systems compose

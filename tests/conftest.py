@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from medcolbert import ColBERT, ModelConfig
 from medcolbert.modeling.checkpoint import default_model_path
+
+# Searches measure the query precision once per model and CPU; tests pin it (tests/test_precision.py measures).
+os.environ.setdefault("MEDCOLBERT_QUERY_PRECISION", "float32")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

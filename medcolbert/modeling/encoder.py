@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import warnings
@@ -62,7 +63,10 @@ class ColBERT(nn.Module):
         # Latency-bound callers (search) may turn this on: queries then run through a traced, frozen
         # TorchScript graph per batch shape, about 1.7x faster than eager for one query on 2 CPU cores.
         self.trace_queries = False
-        self._query_graphs: dict[tuple[int, int], torch.jit.ScriptModule] = {}
+        self._query_graphs: dict[tuple, torch.jit.ScriptModule] = {}
+        # The traced query graph's weight precision on the CPU (None: float32); chosen per machine by
+        # modeling.precision.choose_query_precision, which searches call. Eager encoding ignores it.
+        self.query_dtype: torch.dtype | None = None
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
@@ -139,8 +143,18 @@ class ColBERT(nn.Module):
         vectors = nn.functional.normalize(self._project(batch).float(), p=2, dim=-1)
         return vectors * self.tokenizer.query_keep_mask(batch).unsqueeze(-1)
 
+    def _low_precision_copy(self, dtype: torch.dtype) -> "ColBERT":
+        """This model with its weights in `dtype` (traced graphs left out of the copy)."""
+        graphs, self._query_graphs = self._query_graphs, {}
+        try:
+            low = copy.deepcopy(self)
+        finally:
+            self._query_graphs = graphs
+        low.query_dtype = None
+        return low.to(dtype)
+
     def _query_graph(self, batch: TokenBatch) -> torch.jit.ScriptModule | None:
-        key = tuple(batch.input_ids.shape)
+        key = (*batch.input_ids.shape, self.query_dtype)
         if key not in self._query_graphs:
             from transformers.utils import logging as hf_logging
 
@@ -149,10 +163,13 @@ class ColBERT(nn.Module):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(_QueryGraph(self), (batch.input_ids, batch.attention_mask),
+                    source = self if self.query_dtype is None else self._low_precision_copy(self.query_dtype)
+                    traced = torch.jit.trace(_QueryGraph(source), (batch.input_ids, batch.attention_mask),
                                              check_trace=False, strict=False)
                     # freeze + oneDNN fusions: about 15% faster again than a frozen graph for one query here.
-                    self._query_graphs[key] = torch.jit.optimize_for_inference(traced.eval())
+                    # (bf16 weights: only frozen; the oneDNN rewrite made them 20x slower on a Xeon without AMX.)
+                    self._query_graphs[key] = (torch.jit.optimize_for_inference(traced.eval())
+                                               if self.query_dtype is None else torch.jit.freeze(traced.eval()))
             except Exception:  # a backbone that cannot be traced simply stays eager
                 self.trace_queries = False
                 return None

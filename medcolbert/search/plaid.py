@@ -13,6 +13,7 @@ from ..errors import MedColbertError
 from ..evaluation.datasets import Run
 from ..validation import check_float, check_int
 from ..indexing.index import Index
+from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
 from .engine import PlaidEngine
 from .exact import exact_search
@@ -60,6 +61,9 @@ class Searcher:
         self.index.check_model(model)
         self.model = model
         model.trace_queries = trace_queries
+        # Query encoding is most of a search's time on a CPU: its precision is picked by measuring this machine
+        # (cached per CPU model and weights; $MEDCOLBERT_QUERY_PRECISION forces one).
+        self.query_precision = choose_query_precision(model) if trace_queries else {"chosen": "float32 (eager)"}
         self.config = config or SearchConfig()
         # The stages run where the model runs unless told otherwise: on CUDA the whole index is moved to
         # GPU memory once, here.

@@ -81,10 +81,13 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     units: dict[str, list[str]] = {d: [d] for d in unique}
     if splitter is not None:
         records = list(split_records(splitter, ((d, documents[d], None) for d in unique)))
-        unit_ids, texts = [u for u, _, _ in records], [t for _, t, _ in records]
         units = {}
-        for u in unit_ids:
+        for u, _, _ in records:
             units.setdefault(parent_of(u), []).append(u)
+        # A document that fits in one passage is its own unit: its text and cached vectors are the unsplit ones.
+        unit_ids = [parent_of(u) if len(units[parent_of(u)]) == 1 else u for u, _, _ in records]
+        texts = [t for _, t, _ in records]
+        units = {d: [d] if len(us) == 1 else us for d, us in units.items()}
     else:
         unit_ids, texts = unique, [documents[d] for d in unique]
     if cache is not None:

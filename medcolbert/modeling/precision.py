@@ -1,0 +1,133 @@
+"""The query encoder's precision on this CPU, chosen by measurement: the fastest that keeps fp32's vectors."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# A lower precision is used only when every probe vector stays this close to fp32's (cosine) ...
+MIN_COSINE = 0.999
+# ... and it is this much faster than fp32 (p50 of one query): a tie keeps the exact path.
+MIN_SPEEDUP = 1.05
+CHOICES = ("float32", "bfloat16")
+# Both fit 32 tokens, the shortest query_maxlen of any checkpoint, so measuring never truncates (or warns).
+PROBES = ("what are the side effects of metformin",
+          "can the antibiotic my mother takes for a cough change how her warfarin works and what should we watch for")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name"), for records and for the cache key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _dtype(name: str) -> torch.dtype | None:
+    return None if name == "float32" else getattr(torch, name)
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("MEDCOLBERT_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "medcolbert"
+    return base / "query-precision.json"
+
+
+def _key(model: Any) -> str:
+    return f"{cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model.fingerprint(weights_only=True)}"
+
+
+def measure(model: Any, repeats: int = 15) -> dict:
+    """Time one-query encoding (traced graph) per precision and compare its vectors with fp32's."""
+    result: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "p50_ms": {}, "min_cosine": {}}
+    previous, traced = model.query_dtype, model.trace_queries
+    model.trace_queries = True
+    try:
+        model.query_dtype = None
+        model.trace_queries = False   # the reference: eager fp32
+        reference = model.encode_queries(list(PROBES), batch_size=1, show_progress=False)
+        model.trace_queries = True
+        keep = reference.abs().sum(-1) > 0
+        usable = []
+        for name in CHOICES:
+            model.query_dtype = _dtype(name)
+            try:
+                got = model.encode_queries(list(PROBES), batch_size=1, show_progress=False)   # traces, warms
+            except RuntimeError as exc:   # a CPU or build without the kernels: not a candidate
+                result["min_cosine"][name] = None
+                result.setdefault("errors", {})[name] = str(exc).splitlines()[0][:200]
+                continue
+            cos = torch.nn.functional.cosine_similarity(got[keep], reference[keep], dim=-1)
+            result["min_cosine"][name] = round(float(cos.min()), 6)
+            usable.append(name)
+        # Timed in turns, so that a busy machine slows every candidate alike (the ratio is what decides).
+        times: dict[str, list[float]] = {name: [] for name in usable}
+        for i in range(repeats):
+            for name in usable:
+                model.query_dtype = _dtype(name)
+                t0 = time.perf_counter()
+                model.encode_queries([PROBES[i % 2]], show_progress=False)
+                times[name].append((time.perf_counter() - t0) * 1000)
+        result["p50_ms"] = {name: round(statistics.median(t), 3) for name, t in times.items()}
+    finally:
+        model.query_dtype, model.trace_queries = previous, traced
+    return result
+
+
+def decide(measured: dict) -> str:
+    """The fastest precision whose vectors stay within MIN_COSINE of fp32's, if it beats fp32 by MIN_SPEEDUP."""
+    base = measured["p50_ms"].get("float32")
+    best = "float32"
+    for name in CHOICES[1:]:
+        cos, ms = measured["min_cosine"].get(name), measured["p50_ms"].get(name)
+        if cos is None or ms is None or base is None or cos < MIN_COSINE:
+            continue
+        if ms * MIN_SPEEDUP <= base and ms < measured["p50_ms"][best]:
+            best = name
+    return best
+
+
+def choose_query_precision(model: Any, force: str | None = None, remeasure: bool = False) -> dict:
+    """Set the model's query precision for this CPU and return the decision with its measurements.
+
+    force (or $MEDCOLBERT_QUERY_PRECISION): "float32", "bfloat16" or "auto" (measure once per CPU model,
+    torch version, thread count and weights; the result is kept in the medcolbert cache folder).
+    """
+    choice = force or os.environ.get("MEDCOLBERT_QUERY_PRECISION", "auto")
+    if choice not in ("auto", *CHOICES):
+        raise ValueError(f"query precision must be auto, float32 or bfloat16, got {choice!r}")
+    if model.device.type != "cpu" or model.autocast_dtype is not None:
+        model.query_dtype = None
+        return {"chosen": "autocast" if model.autocast_dtype is not None else "float32", "reason": "not a CPU model"}
+    if choice != "auto":
+        model.query_dtype = _dtype(choice)
+        return {"chosen": choice, "reason": "forced"}
+    path, key = _cache_file(), _key(model)
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}   # an unreadable cache is measured again
+    entry = None if remeasure else known.get(key)
+    if not isinstance(entry, dict) or entry.get("chosen") not in CHOICES:
+        entry = measure(model)
+        entry["chosen"] = decide(entry)
+        known[key] = entry
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass   # a read-only home still gets the measured choice, just not remembered
+    model.query_dtype = _dtype(entry["chosen"])
+    return {**entry, "reason": "measured"}
