@@ -461,3 +461,34 @@ def test_plaid_with_real_pruning_stays_close_to_exact(tmp_path):
     q = model.encode_queries(["statin muscle pain insulin"])[0]
     docs, _ = engine.search(q, 10, 2, 0.3, 40)
     assert len(docs) == 10 and len(index) > 40 * 10
+
+
+def test_hnsw_centroid_assignment_agrees_with_exact(tiny_model, tmp_path):
+    """HNSW assignment (for huge centroid tables) picks the exact nearest centroid almost always, and the
+    index built with it ranks like the exact one; the choice is recorded and "auto" stays exact when small."""
+    from medcolbert.indexing.codec import HNSW_MIN_CENTROIDS, resolve_assignment
+    from medcolbert.search.plaid import Searcher
+
+    docs = {f"d{i}": f"patient {i} reports {w} after {v}" for i, (w, v) in enumerate(
+        (w, v) for w in ("nausea", "headache", "rash", "fatigue", "cough") for v in ("statins", "metformin", "aspirin",
+                                                                                   "warfarin", "insulin", "vaccination"))}
+    exact = Index.build(tmp_path / "exact", tiny_model, docs, num_centroids=64, assignment="exact", show_progress=False)
+    hnsw = Index.build(tmp_path / "hnsw", tiny_model, docs, num_centroids=64, assignment="hnsw", show_progress=False)
+    assert exact.manifest["build"]["assignment"] == "exact" and hnsw.manifest["build"]["assignment"] == "hnsw"
+    # The centroid HNSW picks scores as high as the best one (identical centroids tie; which of them is
+    # picked does not matter) for nearly every vector.
+    vectors = torch.cat(tiny_model.encode_documents(list(docs.values()), show_progress=False))
+    scores = vectors @ hnsw.codec.centroids_f32.T
+    picked = hnsw.codec.use_assignment("hnsw").assign(vectors)
+    assert hnsw.codec.assignment == "hnsw"
+    assert (scores.gather(1, picked[:, None])[:, 0] >= scores.max(dim=1).values - 1e-5).float().mean() > 0.95
+    assert len(hnsw.codes) == len(exact.codes)
+    q = "rash after aspirin"
+    a = [d for d, _ in Searcher(exact, tiny_model).search(q, k=5, exact=True)]
+    b = [d for d, _ in Searcher(hnsw, tiny_model).search(q, k=5, exact=True)]
+    assert len(set(a) & set(b)) >= 4
+    auto = Index.build(tmp_path / "auto", tiny_model, docs, num_centroids=64, show_progress=False)
+    assert auto.manifest["build"]["assignment"] == "exact"
+    assert resolve_assignment("auto", HNSW_MIN_CENTROIDS) == "hnsw" and resolve_assignment("auto", 1024) == "exact"
+    with pytest.raises(MedColbertError, match="assignment"):
+        Index.build(tmp_path / "bad", tiny_model, docs, assignment="fast", show_progress=False)

@@ -24,7 +24,7 @@ from ..evaluation.datasets import iter_jsonl, require_str
 from ..fsutil import failpoint, recover_replaced, replace_folder
 from ..validation import check_id, check_int, check_text
 from ..passages import PassageSource, PassageSplitter
-from .codec import ResidualCodec
+from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
 from .index import new_manifest
 from .kmeans import default_num_centroids, train_centroids
 from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, write_manifest,
@@ -163,7 +163,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
                 overwrite: bool = False, seed: int = 0, show_progress: bool | None = None,
                 use_gpu: bool | None = None, store_documents: bool = True, backend: str = "local",
                 workers: int | None = None, ray_address: str | None = None, split_documents: bool = False,
-                passage_tokens: int | None = None, passage_overlap: int | None = None) -> Path:
+                passage_tokens: int | None = None, passage_overlap: int | None = None,
+                assignment: str = "auto") -> Path:
     """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
 
     store_documents keeps every document's text and metadata in the index, so searches can return them.
@@ -173,6 +174,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     split_documents indexes each document as passages of passage_tokens word pieces (default: what fits
     doc_maxlen) sharing passage_overlap tokens; searches then rank documents by their best passage. Without
     it, documents longer than doc_maxlen are truncated, and the build warns with their count.
+    assignment: how each vector finds its centroid, "exact", "hnsw" (approximate, for tens of thousands of
+    centroids) or "auto" (by the number of centroids; see indexing.codec.resolve_assignment).
     """
     if backend not in ("local", "ray"):
         raise MedColbertError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -180,6 +183,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     rank, world = _dist()
     if nbits not in (1, 2, 4):
         raise MedColbertError(f"nbits must be 1, 2 or 4, got {nbits}")
+    if assignment not in ("auto", *ASSIGNMENTS):
+        raise MedColbertError(f"assignment must be auto, exact or hnsw, got {assignment!r}")
     try:  # checked before anything is written, so a bad setting leaves no work folder behind
         check_int("chunk_size", chunk_size, 1)
         check_int("batch_size", batch_size, 1, 65536)
@@ -202,7 +207,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     work = path.with_name(f".{path.name}.building")
     settings = {"model": model.fingerprint(), "corpus": source.fingerprint(), "nbits": nbits,
                 "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
-                "seed": seed, "store_documents": store_documents,
+                "seed": seed, "store_documents": store_documents, "assignment": assignment,
                 "passages": source.splitter.settings() if isinstance(source, PassageSource) else None}
     t_start = time.perf_counter()
     if rank == 0:
@@ -212,7 +217,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     timings: dict[str, float] = {}
     if rank == 0 and not (work / "codec" / "done").exists():
         t0 = time.perf_counter()
-        _train_codec(work, model, source, nbits, num_centroids, kmeans_niters, seed, batch_size, show, use_gpu)
+        _train_codec(work, model, source, nbits, num_centroids, kmeans_niters, seed, batch_size, show, use_gpu,
+                     assignment)
         timings["train_codec_s"] = time.perf_counter() - t0
     _barrier()
     codec = _read_codec(work, nbits)
@@ -313,7 +319,8 @@ class _SampleVectors:
 
 
 def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centroids: int | None,  # type: ignore[no-untyped-def]
-                 niters: int, seed: int, batch_size: int, show: bool, use_gpu: bool | None) -> None:
+                 niters: int, seed: int, batch_size: int, show: bool, use_gpu: bool | None,
+                 assignment: str = "auto") -> None:
     rng = random.Random(seed)
     n = len(source)
     # Estimate the collection's token count from a small tokenized sample, to size the centroids.
@@ -345,13 +352,17 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     for name, array in codec.arrays().items():
         save_array(folder / f"{name}.npy", array)
     (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
-                                                  "sample_embeddings": int(flat.shape[0])}))
+                                                  "sample_embeddings": int(flat.shape[0]),
+                                                  "assignment": resolve_assignment(assignment, codec.num_centroids)}))
     (folder / "done").touch()
 
 
 def _read_codec(work: Path, nbits: int) -> ResidualCodec:
     folder = work / "codec"
-    return ResidualCodec.from_arrays(lambda name: np.load(folder / f"{name}.npy", allow_pickle=False), nbits)
+    codec = ResidualCodec.from_arrays(lambda name: np.load(folder / f"{name}.npy", allow_pickle=False), nbits)
+    # Every process that compresses (this one, torchrun ranks, Ray workers) reads the same choice.
+    info = json.loads((folder / "info.json").read_text()) if (folder / "info.json").exists() else {}
+    return codec.use_assignment(info.get("assignment", "exact"))
 
 
 def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[str], texts: list[str],  # type: ignore[no-untyped-def]
