@@ -120,17 +120,23 @@ class ResidualCodec:
             out[s:s + batch] = (vectors[s:s + batch].float() @ self._centroids32.T).argmax(dim=1)
         return out
 
-    def compress(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def compress(self, vectors: torch.Tensor, block: int = 32768) -> tuple[np.ndarray, np.ndarray]:
         """Centroid ids (int64 [n]) and packed residuals (uint8 [n, dim * nbits / 8])."""
-        vectors = vectors.float()
-        codes = self.assign(vectors)
-        residuals = vectors - self._centroids32[codes]
-        buckets = (residuals.unsqueeze(-1) > self._cutoffs).sum(dim=-1).to(torch.uint8).numpy()  # [n, dim]
+        n = vectors.shape[0]
+        codes = np.empty(n, dtype=np.int64)
+        packed = np.empty((n, self.bytes_per_residual), dtype=np.uint8)
         per_byte = 8 // self.nbits
-        grouped = buckets.reshape(buckets.shape[0], -1, per_byte).astype(np.uint16)
         shifts = (np.arange(per_byte - 1, -1, -1) * self.nbits).astype(np.uint16)
-        packed = (grouped << shifts).sum(axis=2).astype(np.uint8)
-        return codes.numpy(), packed
+        # Block by block: the temporaries (residuals, bucket comparisons) stay a few MB whatever the chunk's size.
+        for s in range(0, n, block):
+            part = vectors[s:s + block].float()
+            ids = self.assign(part)
+            residuals = part - self._centroids32[ids]
+            buckets = (residuals.unsqueeze(-1) > self._cutoffs).sum(dim=-1, dtype=torch.uint8).numpy()  # [b, dim]
+            grouped = buckets.reshape(buckets.shape[0], -1, per_byte).astype(np.uint16)
+            packed[s:s + block] = (grouped << shifts).sum(axis=2).astype(np.uint8)
+            codes[s:s + block] = ids.numpy()
+        return codes, packed
 
     def _unnormalized(self, codes: torch.Tensor, packed: np.ndarray) -> torch.Tensor:
         """Centroid plus dequantized residual, float32 [n, dim], before normalization."""

@@ -137,10 +137,14 @@ class PlaidEngine:
         return out
 
     # ------------------------------------------------------------------ search
-    def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first."""
+    def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int,
+               stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first.
+
+        stats, if given, receives the candidate count after each stage (the compiled path reports the last two).
+        """
         if self.kernel is not None:
-            return self._search_compiled(q, k, ncells, threshold, ndocs)
+            return self._search_compiled(q, k, ncells, threshold, ndocs, stats)
         q = q.to(self.device, torch.float32)
         C = self.num_centroids
         # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
@@ -157,6 +161,8 @@ class PlaidEngine:
         cand = torch.unique(self.ivf_docs[ranges(self.ivf_offsets[cells], self.ivf_offsets[cells + 1])])
         if self.any_deleted:
             cand = cand[~self.deleted[cand]]
+        if stats is not None:
+            stats["cells"], stats["candidates"] = int(cells.numel()), int(cand.numel())
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         if cand.numel() == 0:
             return empty, torch.zeros(0, device=self.device)
@@ -164,6 +170,8 @@ class PlaidEngine:
         if cand.numel() > ndocs:
             kept = torch.nonzero(scores.amax(dim=1) >= threshold).flatten()   # amax: ~9x faster than max() here
             cand = self._pruned_stage(table, cand, kept, ndocs)
+        if stats is not None:
+            stats["after_pruning"] = int(cand.numel())
         # 3. full centroid interaction on the survivors; a quarter go on
         n_exact = max(k, ndocs // 4)
         if cand.numel() > n_exact:
@@ -174,13 +182,15 @@ class PlaidEngine:
         cand = torch.sort(cand).values
         lens = self.doclens[cand]
         rows = ranges(self.doc_offsets[cand], self.doc_offsets[cand] + lens)
+        if stats is not None:
+            stats["exact_scored"], stats["vectors_decompressed"] = int(cand.numel()), int(rows.numel())
         sim = torch.cat([self.similarities(rows, q), torch.full((1, q.shape[0]), -1e4, device=self.device)])
         exact = segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
         order = torch.sort(exact, descending=True, stable=True).indices[:k]
         return cand[order], exact[order]
 
     def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
-                         ndocs: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         ndocs: int, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
@@ -200,6 +210,8 @@ class PlaidEngine:
         lens, starts = a["doclens"][cand], a["doc_offsets"][cand]
         rows = np_ranges(starts, starts + lens)
         n, dim = len(rows), a["centroids8"].shape[1]
+        if stats is not None:
+            stats["exact_scored"], stats["vectors_decompressed"] = len(cand), int(n)
         vectors, norms = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
         if self._packed is not None:
             codes, packed, which = a["codes"], self._packed, rows
