@@ -4,6 +4,22 @@
 # Rerunning resumes every run from its last checkpoint. Logs: .cache/train/rs-NAME.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--long" ]; then
+  # The chosen recipe (s1) continued to 800 steps from each seed's 300-step checkpoint, the single-vector
+  # model trained with the same data recipe, then their evaluations. Needs the 300-step runs (below) first.
+  for s in "" "-seed2"; do
+    d=.cache/train/rs-s1-long800$s
+    if [ ! -d "$d/checkpoints" ]; then
+      mkdir -p "$d/checkpoints"
+      cp -r ".cache/train/rs-s1-consumer-long$s/checkpoints/step-0000300" "$d/checkpoints/"
+    fi
+  done
+  printf '%s\n' s1-long800 dense-s1-long800 s1-long800-seed2 | xargs -P 2 -I NAME sh -c \
+    'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
+  .venv/bin/medcolbert experiment experiments/recipe-studies-800.yaml
+  .venv/bin/medcolbert experiment experiments/recipe-studies-800-indomain.yaml
+  exit 0
+fi
 test -f .cache/train/medical-mix.jsonl || .venv/bin/medcolbert make-mix --output .cache/train/medical-mix.jsonl
 test -f .cache/train/medical-mix-v2.jsonl || \
   .venv/bin/medcolbert make-mix --consumer-health --output .cache/train/medical-mix-v2.jsonl
