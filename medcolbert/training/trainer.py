@@ -301,8 +301,11 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.encoders, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        # transformers' linear warm-up and decay (a LambdaLR, so its state resumes like any scheduler's).
+        from transformers import get_linear_schedule_with_warmup
+
         warmup = int(config.warmup_ratio * config.max_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(warmup, config.max_steps))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, config.max_steps)
         self.step = 0
         self.show_progress = self.rank == 0 if show_progress is None else show_progress and self.rank == 0
         self._eval = None
@@ -572,15 +575,6 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return final
-
-
-def _linear_schedule(warmup: int, total: int):  # noqa: ANN202 - a LambdaLR factor
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
