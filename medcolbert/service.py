@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -411,12 +412,16 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         else:
             for i, d in enumerate(req.ids or []):
                 service.check_id(d, f"ids[{i}]")
-            unknown = [d for d in req.ids or [] if d not in snap.index.position]
+            # passages_of: a document's position, or all passages of a split document (scored by the best).
+            groups = [snap.index.passages_of(d) for d in req.ids or []]
+            unknown = [d for d, g in zip(req.ids or [], groups) if not g]
             if unknown:
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
-            docs = snap.index.document_vectors([snap.index.position[d] for d in req.ids or []])
+            flat = maxsim_one(q, snap.index.document_vectors([p for g in groups for p in g]))
+            bounds = np.cumsum([0] + [len(g) for g in groups])
             labels = list(req.ids or [])
-        scores = maxsim_one(q, docs)
+        scores = maxsim_one(q, docs) if req.candidates is not None else \
+            torch.stack([flat[a:b].max() for a, b in zip(bounds[:-1], bounds[1:])])
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
@@ -450,7 +455,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         for i, d in enumerate(req.ids):
             service.check_id(d, f"ids[{i}]")
         snap = service.current()
-        unknown = [d for d in req.ids if d not in snap.index.position]
+        unknown = [d for d in req.ids if not snap.index.passages_of(d)]
         if unknown:
             raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
         return _write(service, lambda index: index.delete(list(dict.fromkeys(req.ids))), "deleted")

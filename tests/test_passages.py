@@ -147,3 +147,36 @@ def test_rerank_scores_long_documents_by_their_best_passage(tiny_model, tmp_path
     assert set(from_index["q"]) == set(docs)
     for d, score in from_index["q"].items():
         assert score == pytest.approx(out["q"][d], rel=0.05)
+
+
+def test_service_serves_a_split_index(tmp_path):
+    """Over HTTP: hits are documents with their best passage as the snippet, rerank by id scores the best
+    passage, and a delete removes the whole document."""
+    from fastapi.testclient import TestClient
+
+    from medcolbert.service import create_app
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(seed=5)
+    checkpoint = model.save_pretrained(tmp_path / "ckpt")
+    docs = corpus()
+    Index.build(tmp_path / "index", model, docs, split_documents=True, num_centroids=16, show_progress=False)
+    app = create_app(tmp_path / "index", str(checkpoint), api_key=None, load_in_background=False)
+    with TestClient(app) as client:
+        r = client.post("/search", json={"query": "aspirin kidney", "k": 8, "return_documents": True})
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"]
+        assert sorted(h["id"] for h in hits) == sorted(docs)
+        for h in hits:
+            assert h["text"] in docs[h["id"]]["text"] and "passage" in h
+        r = client.post("/rerank", json={"query": "aspirin kidney", "ids": ["long2", "short1"]})
+        assert r.status_code == 200, r.text
+        index = Index.open(tmp_path / "index")
+        q = model.encode_queries(["aspirin kidney"], show_progress=False)[0]
+        best = float(maxsim_one(q, index.document_vectors(index.passages_of("long2"))).max())
+        assert {x["id"]: x["score"] for x in r.json()["results"]}["long2"] == pytest.approx(best, abs=1e-4)
+        assert client.post("/rerank", json={"query": "aspirin", "ids": ["nope"]}).status_code == 404
+        r = client.post("/documents/delete", json={"ids": ["long2"]})
+        assert r.status_code == 200, r.text
+        r = client.post("/search", json={"query": "aspirin kidney", "k": 8})
+        assert "long2" not in [h["id"] for h in r.json()["results"]]
