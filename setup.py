@@ -8,7 +8,8 @@ from setuptools.command.build_py import build_py
 
 # The released models a wheel carries, so that `pip install medcolbert` gives the default model with no
 # download (checkpoints/ stays the one place they live in the repository).
-PACKAGED_CHECKPOINTS = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "dense-minilm-v1", "dense-minilm-v2")
+# The default pair only (90 MB): earlier releases stay in the repository's checkpoints/, loadable by path.
+PACKAGED_CHECKPOINTS = ("medcolbert-minilm-v2", "dense-minilm-v2")
 
 
 class BuildWithCheckpoints(build_py):

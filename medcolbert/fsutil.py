@@ -24,6 +24,18 @@ def _backup_name(dst: Path) -> Path:
     return dst.with_name(f".{dst.name}.replaced")
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give a staged folder the modes a plain mkdir/open would (mkdtemp makes it private: 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
 def replace_folder(src: Path, dst: Path) -> None:
     """Move a finished folder to dst by renames only, replacing whatever folder was there.
 
@@ -31,6 +43,7 @@ def replace_folder(src: Path, dst: Path) -> None:
     it, and `recover_replaced(dst)` (run when a folder is opened) puts it back after a crash there.
     """
     recover_replaced(dst)
+    _usual_modes(src)
     if dst.exists():
         backup = _backup_name(dst)
         os.replace(dst, backup)
