@@ -492,3 +492,17 @@ def test_hnsw_centroid_assignment_agrees_with_exact(tiny_model, tmp_path):
     assert resolve_assignment("auto", HNSW_MIN_CENTROIDS) == "hnsw" and resolve_assignment("auto", 1024) == "exact"
     with pytest.raises(MedColbertError, match="assignment"):
         Index.build(tmp_path / "bad", tiny_model, docs, assignment="fast", show_progress=False)
+
+
+def test_plaid_returns_k_hits_when_the_index_holds_k_documents(tiny_model, tmp_path):
+    """A tiny index whose best centroid lists one document still gives k hits: the probe widens."""
+    from medcolbert.search.plaid import Searcher
+
+    docs = ["Statins can cause muscle pain.", "Flu vaccines protect the elderly.", "Metformin treats type 2 diabetes."]
+    index = Index.build(tmp_path / "tiny", tiny_model, docs, show_progress=False)
+    searcher = Searcher(index, tiny_model)
+    for q in ("do statins hurt muscles", "flu shot for old people", "diabetes drug"):
+        hits = searcher.search(q, k=3)
+        assert sorted(d for d, _ in hits) == ["0", "1", "2"]
+        assert [d for d, _ in hits] == [d for d, _ in searcher.search(q, k=3, exact=True)]
+        assert len(searcher.search(q, k=2)) == 2

@@ -126,6 +126,13 @@ class Searcher:
         fetch = self._units(k)
         while True:
             units = exact_search(self.index, q.unsqueeze(0), fetch)[0] if cfg.exact else self._plaid(q, fetch, cfg)
+            # Fewer entries than asked for while the index holds more (a small index, or a query whose best
+            # centroids list few documents): probe more centroids, up to all of them, rather than return
+            # fewer than k hits.
+            centroids = self.index.codec.num_centroids
+            while not cfg.exact and len(units) < min(fetch, len(self.index)) and (cfg.ncells or 1) < centroids:
+                cfg = replace(cfg, ncells=min((cfg.ncells or 1) * 4, centroids))
+                units = self._plaid(q, fetch, cfg)
             hits = self._documents_of(units, k)
             # A few long documents can fill the fetched passages: fetch more until k documents are found.
             if len(hits) >= k or len(units) < fetch or fetch >= len(self.index):
