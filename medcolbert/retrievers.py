@@ -156,6 +156,7 @@ class MaxSimReranker(Reranker):
 def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,
                        k: int | None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
+    from .passages import best_per_document
     from .scoring import maxsim_one
 
     out: Run = {}
@@ -166,10 +167,7 @@ def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: 
         cands = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])[:depth] if index.passages_of(d)]
         units = [index.passages_of(d) for d in cands]
         flat = maxsim_one(Q[i], index.document_vectors([p for u in units for p in u])).tolist()
-        scores, at = [], 0
-        for u in units:
-            scores.append(max(flat[at:at + len(u)]))
-            at += len(u)
+        scores = best_per_document(flat, [len(u) for u in units])
         out[qid] = dict(sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth])
     return out
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -389,6 +388,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
     @app.post("/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
+        from .passages import best_per_document
         from .scoring import maxsim_one
 
         service.check_text(req.query, "query", L.max_query_chars)
@@ -417,11 +417,10 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             unknown = [d for d, g in zip(req.ids or [], groups) if not g]
             if unknown:
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
-            flat = maxsim_one(q, snap.index.document_vectors([p for g in groups for p in g]))
-            bounds = np.cumsum([0] + [len(g) for g in groups])
+            flat = maxsim_one(q, snap.index.document_vectors([p for g in groups for p in g])).tolist()
             labels = list(req.ids or [])
         scores = maxsim_one(q, docs) if req.candidates is not None else \
-            torch.stack([flat[a:b].max() for a, b in zip(bounds[:-1], bounds[1:])])
+            torch.tensor(best_per_document(flat, [len(g) for g in groups]))
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}

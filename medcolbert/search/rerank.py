@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT
-from ..passages import PassageSplitter, parent_of, split_records
+from ..passages import PassageSplitter, best_per_document, parent_of, split_records
 from ..scoring import maxsim_one
 from ..validation import check_int
 from ..vector_cache import VectorCache
@@ -78,17 +78,16 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     missing_d = [d for d in unique if d not in documents]
     if missing_d:
         raise KeyError(f"the run names {len(missing_d)} documents not in the corpus, e.g. '{missing_d[0]}'")
-    units: dict[str, list[str]] = {d: [d] for d in unique}
     if splitter is not None:
-        records = list(split_records(splitter, ((d, documents[d], None) for d in unique)))
-        units = {}
-        for u, _, _ in records:
-            units.setdefault(parent_of(u), []).append(u)
+        per_doc: dict[str, list[tuple[str, str]]] = {}
+        for u, t, _ in split_records(splitter, ((d, documents[d], None) for d in unique)):
+            per_doc.setdefault(parent_of(u), []).append((u, t))
         # A document that fits in one passage is its own unit: its text and cached vectors are the unsplit ones.
-        unit_ids = [parent_of(u) if len(units[parent_of(u)]) == 1 else u for u, _, _ in records]
-        texts = [t for _, t, _ in records]
-        units = {d: [d] if len(us) == 1 else us for d, us in units.items()}
+        units = {d: [d] if len(parts) == 1 else [u for u, _ in parts] for d, parts in per_doc.items()}
+        unit_ids = [u for d in unique for u in units[d]]
+        texts = [t for d in unique for _, t in per_doc[d]]
     else:
+        units = {d: [d] for d in unique}
         unit_ids, texts = unique, [documents[d] for d in unique]
     if cache is not None:
         vectors = cache.get_or_encode(unit_ids, texts, batch_size=batch_size, show_progress=show_progress)
@@ -102,10 +101,8 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
         flat = maxsim_one(q_vectors[qi], [vectors[u] for d in cands for u in units[d]])
         if not torch.isfinite(flat).all():
             raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
-        per_unit, scores, at = flat.tolist(), [], 0
-        for d in cands:   # a document scores as its best passage (itself, when not split)
-            scores.append(max(per_unit[at:at + len(units[d])]))
-            at += len(units[d])
+        # A document scores as its best passage (itself, when not split).
+        scores = best_per_document(flat.tolist(), [len(units[d]) for d in cands])
         ranked = sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
         out[qid] = dict(ranked)
     return out
