@@ -138,20 +138,23 @@ class Index:
         """Positions of a document's live passages, in order (its own position when documents are not split)."""
         if not self.passages:
             return [self.position[doc_id]] if doc_id in self.position else []
+        return self._passage_groups().get(doc_id, [])
+
+    def _passage_groups(self) -> dict[str, list[int]]:
+        """Document id -> positions of its live passages, built once per load of a split index."""
         if self._passages_of is None:
             groups: dict[str, list[int]] = {}
             for unit, pos in self.position.items():
                 groups.setdefault(parent_of(unit), []).append(pos)
             self._passages_of = {d: sorted(p) for d, p in groups.items()}
-        return self._passages_of.get(doc_id, [])
+        return self._passages_of
 
     @property
     def num_documents(self) -> int:
         """Live documents (with split documents: distinct documents, not passages)."""
         if not self.passages:
             return len(self.position)
-        self.passages_of("")
-        return len(self._passages_of or {})
+        return len(self._passage_groups())
 
     @property
     def num_embeddings(self) -> int:
@@ -322,10 +325,6 @@ class Index:
                     raise MedColbertError("adding documents needs the model the index was built with")
                 splitter = PassageSplitter(model.tokenizer.tokenizer, self.passages["max_tokens"],
                                            self.passages["overlap"])
-                clash = [d for d in add if self.passages_of(d) and not set(self._passage_ids(d)) <= set(delete)]
-                if clash:
-                    raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
-                                          "(delete them first to replace them)")
                 units = list(split_records(splitter, ((d, t, metadata.get(d)) for d, t in add.items())))
                 add = {u: t for u, t, _ in units}
                 metadata = {u: m for u, _, m in units}
@@ -349,7 +348,8 @@ class Index:
                 manifest = self._tombstone_manifest(manifest, delete)
             if add:
                 survivors = {d for d in self.position if d not in set(delete)}
-                clash = [d for d in add if d in survivors]
+                # Named by document: a split document's passage 0 clashes whenever the document does.
+                clash = list(dict.fromkeys(parent_of(d) for d in add if d in survivors))
                 if clash:
                     raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
                                           "(delete them first to replace them)")
