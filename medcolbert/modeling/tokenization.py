@@ -64,18 +64,20 @@ class ColBERTTokenizer:
         """Token count of each document after truncation (used to sort batches by length)."""
         return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen)]
 
+    def _untruncated(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids as _encode makes them, but with nothing cut (to see and report what a limit drops)."""
+        return self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
     def untruncated_document_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each document before truncation at doc_maxlen (special tokens included)."""
-        seqs = self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
-                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        return [len(s) for s in seqs]
+        return [len(s) for s in self._untruncated(texts)]
 
     def query_token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each query's token ids ([CLS], marker slot, tokens, [SEP]), cut at query_maxlen (reported once)."""
         limit = self.config.query_maxlen
         # Tokenized in full first, so that a cut is seen and reported rather than made silently.
-        seqs = self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
-                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        seqs = self._untruncated(texts)
         cut = sum(len(s) > limit for s in seqs)
         if cut and not self._warned_truncation:
             self._warned_truncation = True
