@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key (never logged)")
     p.add_argument("--batching", choices=["auto", "on", "off"], default="auto",
                    help="encode concurrent queries in one batch: auto = on CUDA only (on CPU it was slower)")
+    p.add_argument("--first-stage", action="append", default=[], metavar="NAME[:ARG]",
+                   help="a registered first stage (bm25, dense, dense:MODEL) that /search may start from with "
+                        "\"first_stage\": its top \"depth\" documents reranked by exact MaxSim; repeatable; "
+                        "needs an index that stores its documents")
 
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
                        description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
@@ -639,7 +643,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .indexing.storage import read_manifest
 
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
-    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file), batching={"auto": None, "on": True, "off": False}[args.batching])
+    from .retrievers import registered_retrievers
+
+    for spec in args.first_stage:
+        if spec.partition(":")[0] not in registered_retrievers():
+            raise MedColbertError(f"--first-stage {spec!r}: unknown; registered: {', '.join(registered_retrievers())}")
+    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file),
+                     batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage)
     limits = app.state.service.limits
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 http=timed_http_protocol(limits.header_timeout_s))

@@ -156,20 +156,28 @@ class MaxSimReranker(Reranker):
 def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,
                        k: int | None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
-    from .passages import best_per_document
-    from .scoring import maxsim_one
-
-    out: Run = {}
     qids = list(run)
     Q = model.encode_queries([queries[q] for q in qids], show_progress=False)
-    for i, qid in enumerate(qids):
-        # passages_of: a document's own position, or every passage of a split document (scored by the best).
-        cands = [d for d, _ in sorted(run[qid].items(), key=lambda kv: -kv[1])[:depth] if index.passages_of(d)]
-        units = [index.passages_of(d) for d in cands]
-        flat = maxsim_one(Q[i], index.document_vectors([p for u in units for p in u])).tolist()
-        scores = best_per_document(flat, [len(u) for u in units])
-        out[qid] = dict(sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth])
-    return out
+    return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k)) for i, qid in enumerate(qids)}
+
+
+def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int,
+                              k: int | None = None) -> list[tuple[str, float]]:
+    """An encoded query's top `depth` hits rescored by MaxSim with the index's stored vectors, best first.
+
+    Hits may name documents or passages of a split index (a passage stands for its document, which is then
+    scored by its best passage); ids the index does not hold are dropped."""
+    from .passages import best_per_document, parent_of
+    from .scoring import maxsim_one
+
+    ranked = sorted(hits.items(), key=lambda kv: -kv[1])
+    # passages_of: a document's own position, or every passage of a split document (scored by the best).
+    cands = [d for d in dict.fromkeys(parent_of(u) for u, _ in ranked)][:depth]
+    cands = [d for d in cands if index.passages_of(d)]
+    units = [index.passages_of(d) for d in cands]
+    flat = maxsim_one(q, index.document_vectors([p for u in units for p in u])).tolist() if cands else []
+    scores = best_per_document(flat, [len(u) for u in units])
+    return sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
 
 
 class RRF(Retriever):
@@ -236,4 +244,5 @@ register_retriever("dense", lambda corpus, arg: DenseRetriever(model=arg or "pac
 
 
 __all__ = ["Retriever", "Reranker", "Pipeline", "BM25Retriever", "DenseRetriever", "PlaidRetriever",
-           "MaxSimReranker", "RRF", "FunctionRetriever", "register_retriever", "registered_retrievers", "make_retriever"]
+           "MaxSimReranker", "RRF", "FunctionRetriever", "register_retriever", "registered_retrievers", "make_retriever",
+           "rerank_encoded_from_index"]

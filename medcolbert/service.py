@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,10 @@ class SearchRequest(_Strict):
     centroid_score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     ndocs: int | None = Field(default=None, ge=1, le=100_000)
     return_documents: bool = False   # add each hit's stored text and metadata
+    # None: PLAID search. A first stage the server was started with (`serve --first-stage bm25`): its top
+    # `depth` documents reranked by exact MaxSim with the index's stored vectors.
+    first_stage: str | None = None
+    depth: int = Field(default=100, ge=1, le=1_000)
 
 
 class RerankRequest(_Strict):
@@ -176,6 +181,17 @@ class _Snapshot:
         self.index = Index.open(path)
         self.searcher = Searcher(self.index, model)
         self.generation = self.index.manifest.get("generation")
+        self._stages: dict[str, Any] = {}
+        self._stages_lock = threading.Lock()
+
+    def first_stage(self, spec: str):  # type: ignore[no-untyped-def]
+        """The registered first stage `spec` over this snapshot's stored texts, built on first use."""
+        from .retrievers import make_retriever
+
+        with self._stages_lock:  # one build per snapshot, however many requests arrive meanwhile
+            if spec not in self._stages:
+                self._stages[spec] = make_retriever(spec, self.index.texts())
+            return self._stages[spec]
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -191,7 +207,13 @@ class Service:
     """The state behind the app: model, current snapshot, writer lock, batcher, metrics."""
 
     def __init__(self, index_path: str | Path, model_path: str | None = None, limits: Limits | None = None,
-                 batching: bool | None = None) -> None:
+                 batching: bool | None = None, first_stages: Sequence[str] = ()) -> None:
+        from .retrievers import registered_retrievers
+
+        for spec in first_stages:
+            if spec.partition(":")[0] not in registered_retrievers():
+                raise ValueError(f"unknown first stage {spec!r}; registered: {', '.join(registered_retrievers())}")
+        self.first_stages = list(dict.fromkeys(first_stages))
         self.path = Path(index_path)
         self.model_path, self.limits, self.batching = model_path, limits or Limits(), batching
         self.metrics = Metrics()
@@ -213,6 +235,14 @@ class Service:
             source = self.model_path or manifest.get("model", {}).get("source")
             self.model = ColBERT.from_pretrained(source)
             self.snapshot = _Snapshot(self.path, self.model)
+            # First stages are built over the stored texts before the server says it is ready; after a change to
+            # the index, the new snapshot builds them again on first use (BM25 takes about a second per 15k
+            # documents; a dense first stage encodes every document again, so it suits indexes that rarely change).
+            for spec in self.first_stages:
+                if not self.snapshot.index.has_documents:
+                    raise MedColbertError("the index stores no document texts, so no first stage can search it; "
+                                          "rebuild it with its documents or serve without --first-stage")
+                self.snapshot.first_stage(spec)
             # Batching pays on a GPU; on a 2-core CPU the load test measured it at half the throughput of
             # encoding each request on its own thread (experiments/service/load), so auto = CUDA only.
             batching = self.model.device.type == "cuda" if self.batching is None else self.batching
@@ -292,9 +322,10 @@ class Service:
 
 
 def create_app(index_path: str | Path, model_path: str | None = None, api_key: str | None = None,
-               limits: Limits | None = None, batching: bool | None = None, load_in_background: bool = True) -> FastAPI:
-    """The FastAPI application serving one index."""
-    service = Service(index_path, model_path, limits, batching)
+               limits: Limits | None = None, batching: bool | None = None, load_in_background: bool = True,
+               first_stages: Sequence[str] = ()) -> FastAPI:
+    """The FastAPI application serving one index (first_stages: registered retrievers /search may start from)."""
+    service = Service(index_path, model_path, limits, batching, first_stages)
     app = FastAPI(title="medcolbert", version=_version(),
                   description="Late-interaction search and reranking over a medcolbert index.")
     app.state.service = service
@@ -374,12 +405,28 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         service.check_k(req.k)
         knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
                                    ("ndocs", req.ndocs)) if v is not None}
+        if req.first_stage is not None:
+            if req.first_stage not in service.first_stages:
+                raise HTTPException(422, f"first_stage {req.first_stage!r} is not served here; accepted: "
+                                         + ", ".join(service.first_stages or ["none (start the server with --first-stage)"]))
+            if knobs:
+                raise HTTPException(422, f"{', '.join(sorted(knobs))} tune PLAID search and cannot be given with first_stage")
         snap = service.current()
+        if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
+            raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
+                                     "or to search from a first stage")
         Q = service.encode(texts)
-        if req.return_documents and not snap.index.has_documents:
-            raise HTTPException(409, "this index stores no document texts; rebuild it to return documents")
-        hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents, **knobs)
-                for i in range(len(texts))]
+        if req.first_stage is not None:
+            from .retrievers import rerank_encoded_from_index
+
+            stage = snap.first_stage(req.first_stage)
+            run = stage.retrieve({str(i): t for i, t in enumerate(texts)}, k=req.depth)
+            ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k)
+                      for i in range(len(texts))]
+            hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
+        else:
+            hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents, **knobs)
+                    for i in range(len(texts))]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})

@@ -180,3 +180,37 @@ def test_search_returns_stored_documents_and_adds_keep_metadata(served):
     assert mine and mine[0]["metadata"] == {"source": "test"} and mine[0]["text"] == "liver hepatitis antibody"
     bad = client.post("/documents", json={"documents": {"m2": "x y"}, "metadata": {"other": {}}})
     assert bad.status_code == 422
+
+
+def test_search_from_a_registered_first_stage_reranks_its_candidates(tmp_path):
+    from medcolbert.retrievers import BM25Retriever, MaxSimReranker
+
+    model = make_tiny_model(seed=31)
+    checkpoint = model.save_pretrained(tmp_path / "ckpt")
+    corpus = make_corpus(40, seed=5)
+    Index.build(tmp_path / "index", model, corpus, show_progress=False)
+    app = create_app(tmp_path / "index", str(checkpoint), first_stages=["bm25"], load_in_background=False)
+    query = corpus["doc11"]
+    with TestClient(app) as client:
+        got = client.post("/search", json={"query": query, "k": 5, "first_stage": "bm25", "depth": 20}).json()["results"]
+        # The same pipeline through the Python API: BM25's top 20 reranked by MaxSim with the stored vectors.
+        index = Index.open(tmp_path / "index")
+        want = (BM25Retriever(corpus) >> MaxSimReranker(model, index, depth=20)).search(query, k=5)
+        assert [h["id"] for h in got] == [d for d, _ in want] and got[0]["id"] == "doc11"
+        assert all(abs(h["score"] - s) < 1e-4 for h, (_, s) in zip(got, want))
+        bm25_top = {d for d, _ in BM25Retriever(corpus).search(query, k=20)}
+        assert {h["id"] for h in got} <= bm25_top
+        docs = client.post("/search", json={"query": query, "k": 1, "first_stage": "bm25",
+                                            "return_documents": True}).json()["results"]
+        assert docs[0]["text"] == query
+        # A document added later is found by the first stage, which is rebuilt over the new snapshot's texts.
+        assert client.post("/documents", json={"documents": {"late": "zebra quinine xylophone"}}).status_code == 200
+        late = client.post("/search", json={"query": "zebra quinine xylophone", "k": 1, "first_stage": "bm25"}).json()
+        assert late["results"][0]["id"] == "late"
+        for body, message in [({"query": "x", "first_stage": "dense"}, "not served here; accepted: bm25"),
+                              ({"query": "x", "first_stage": "bm25", "ndocs": 10}, "cannot be given with first_stage"),
+                              ({"query": "x", "first_stage": "bm25", "depth": 0}, "depth")]:
+            r = client.post("/search", json=body)
+            assert r.status_code == 422 and message in r.text, r.text
+    with pytest.raises(ValueError, match="unknown first stage 'bm99'"):
+        create_app(tmp_path / "index", str(checkpoint), first_stages=["bm99"], load_in_background=False)

@@ -209,6 +209,10 @@ class Index:
             return {"id": parent_of(unit), "text": text, "metadata": meta, "passage": n}
         return {"id": unit, "text": text, "metadata": meta}
 
+    def texts(self) -> dict[str, str]:
+        """{stored id: text} of every live document (passage ids for a split index), for first stages over it."""
+        return {unit: self._stored(position)[1] for unit, position in self.position.items()}
+
     def _stored(self, position: int) -> tuple[str, str, dict]:
         """(stored id, text, raw metadata) at a position."""
         seg = int(np.searchsorted(self._doc_segment_starts, position, side="right") - 1)
