@@ -30,6 +30,7 @@ _EXPORTS = {
     "Index": "medcolbert.indexing.index",
     "Searcher": "medcolbert.search.plaid",
     "SearchConfig": "medcolbert.search.plaid",
+    "ShardedSearcher": "medcolbert.search.sharded",
     "DataError": "medcolbert.errors",
     "MedColbertError": "medcolbert.errors",
 }
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .baselines.dense import BiEncoder, DenseIndex
     from .indexing.index import Index
     from .search.plaid import SearchConfig, Searcher
+    from .search.sharded import ShardedSearcher
     from .training.mining import mine_negatives
     from .training.trainer import TrainConfig, train
     from .config import ModelConfig

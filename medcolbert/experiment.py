@@ -31,7 +31,8 @@ _COMMON_KEYS = {"name", "type", "k", "trained_on"}
 _COLBERT_KEYS = {"model", "doc_maxlen", "query_maxlen", "query_augment_len"}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
-               "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact"},
+               "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact",
+                                                          "num_centroids", "assignment"},
                "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents"},
                "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"}}
 
@@ -287,12 +288,15 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
 
     model = ctx.model("colbert", spec)
     nbits = int(spec.get("nbits", 2))
-    folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}-{model.fingerprint()}"
+    # Build options other than the defaults name their own index folder (the default one is shared by systems).
+    build = {k: spec[k] for k in ("num_centroids", "assignment") if spec.get(k) not in (None, "auto")}
+    suffix = "".join(f"-{k}{v}" for k, v in sorted(build.items()))
+    folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}{suffix}-{model.fingerprint()}"
     if (folder / "manifest.json").is_file():
         index = Index.open(folder)
     else:
         cached = CachedEncoder(model, VectorCache(model, ctx.cfg.work / "vectors"), ctx.corpus)
-        index = Index.build(folder, cached, ctx.corpus, nbits=nbits, show_progress=ctx.show)
+        index = Index.build(folder, cached, ctx.corpus, nbits=nbits, show_progress=ctx.show, **build)
     return Searcher(index, model)
 
 

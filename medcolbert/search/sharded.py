@@ -1,0 +1,68 @@
+"""Search over several indexes at once (shards of one collection, or collections kept apart): the query is encoded
+once, every shard is searched in its own thread, and the per-shard top k are merged by score.
+
+MaxSim scores of one model are comparable across indexes, so the merged top k is the top k of the union
+whenever each shard returns its own top k exactly (exact search); with PLAID each shard prunes on its own
+centroids. On one machine the shards share its cores; across machines each shard runs where its index
+lives and only the top k travel, so a collection split into S shards is searched in about the time of its
+largest shard plus the merge.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import MedColbertError
+from ..indexing.index import Index
+from .plaid import SearchConfig, Searcher
+
+
+class ShardedSearcher:
+    """`search(query, k)` over several indexes searched with one model, as if they were one."""
+
+    def __init__(self, indexes: Sequence[Index | str | Path], model: Any, config: SearchConfig | None = None,
+                 threads: int | None = None) -> None:
+        """indexes: folders or opened indexes, each built with `model`; their document ids must not overlap."""
+        if not indexes:
+            raise ValueError("ShardedSearcher needs at least one index")
+        self.searchers = [Searcher(ix, model, config) for ix in indexes]
+        self.model = model
+        owner: dict[str, int] = {}
+        for s, searcher in enumerate(self.searchers):
+            index = searcher.index
+            ids = index._passage_groups().keys() if index.passages else index.position.keys()
+            for doc_id in ids:
+                if doc_id in owner:
+                    raise MedColbertError(f"document id {doc_id!r} is in shard {owner[doc_id]} ({self.searchers[owner[doc_id]].index.path}) "
+                                          f"and shard {s} ({index.path}); shards must hold disjoint documents")
+                owner[doc_id] = s
+        self._pool = ThreadPoolExecutor(max_workers=threads or len(self.searchers), thread_name_prefix="shard")
+
+    def __len__(self) -> int:
+        return sum(len(s.index) for s in self.searchers)
+
+    def search(self, query: str, k: int = 10, return_documents: bool = False,
+               **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """The top-k documents of all shards for one query, best first (as `Searcher.search`)."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("the query is empty")
+        q = self.model.encode_queries([query], show_progress=False)[0]
+        return self.search_encoded(q, k, return_documents, **knobs)
+
+    def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False,
+                       **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """`search` for a query encoded already ([Lq, dim])."""
+        parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, **knobs), self.searchers))
+        # Ties keep shard order, then each shard's own order: the merge is deterministic.
+        entries = [(hit, s, r) for s, hits in enumerate(parts) for r, hit in enumerate(hits)]
+        score = (lambda e: e[0]["score"]) if return_documents else (lambda e: e[0][1])
+        best = heapq.nsmallest(k, entries, key=lambda e: (-score(e), e[1], e[2]))
+        return [hit for hit, _, _ in best]
+
+    def close(self) -> None:
+        """Stop the shard threads."""
+        self._pool.shutdown(wait=False)
