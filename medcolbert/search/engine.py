@@ -138,13 +138,15 @@ class PlaidEngine:
 
     # ------------------------------------------------------------------ search
     def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int,
-               stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               stats: dict | None = None, exact_docs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first.
 
         stats, if given, receives the candidate count after each stage (the compiled path reports the last two).
+        exact_docs: how many of the ndocs survivors are scored exactly (default ndocs // 4, colbert-ai's rule).
         """
+        n_exact = max(k, ndocs // 4 if exact_docs is None else exact_docs)
         if self.kernel is not None:
-            return self._search_compiled(q, k, ncells, threshold, ndocs, stats)
+            return self._search_compiled(q, k, ncells, threshold, ndocs, stats, n_exact)
         q = q.to(self.device, torch.float32)
         C = self.num_centroids
         # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
@@ -172,8 +174,7 @@ class PlaidEngine:
             cand = self._pruned_stage(table, cand, kept, ndocs)
         if stats is not None:
             stats["after_pruning"] = int(cand.numel())
-        # 3. full centroid interaction on the survivors; a quarter go on
-        n_exact = max(k, ndocs // 4)
+        # 3. full centroid interaction on the survivors; n_exact of them go on
         if cand.numel() > n_exact:
             starts, ends = self.pair_offsets[cand], self.pair_offsets[cand + 1]
             approx = segment_maxsim(table, self.pair_codes[ranges(starts, ends)], ends - starts, floor=0.0)
@@ -190,7 +191,7 @@ class PlaidEngine:
         return cand[order], exact[order]
 
     def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
-                         ndocs: int, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         ndocs: int, stats: dict | None = None, n_exact: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
@@ -203,7 +204,8 @@ class PlaidEngine:
         if slots is None:
             slots = self._local.slots = np.full(len(a["doclens"]), -1, dtype=np.int32)
         cand = kernel.candidates(table, a["ivf_offsets"], a["ivf_docs"], a["pair_offsets"], a["pair_codes"],
-                                 self._deleted, ncells, threshold, ndocs, max(k, ndocs // 4), slots)
+                                 self._deleted, ncells, threshold, ndocs,
+                                 max(k, ndocs // 4) if n_exact is None else n_exact, slots)
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
