@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--index", required=True, help="a medcolbert index of the same corpus")
     ap.add_argument("--dense-index", required=True,
                     help="a saved single-vector index of the same corpus (e.g. the flagship's), model from its manifest")
+    ap.add_argument("--dense-maxlen", type=int, default=300, help="the single-vector model's document length")
     ap.add_argument("--depth", type=int, default=100)
     ap.add_argument("--out", required=True, help="output path without suffix")
     args = ap.parse_args()
@@ -59,7 +60,9 @@ def main() -> None:
     t0 = time.perf_counter()
     bm25 = from_retriever(BM25Retriever(corpus), k=args.depth)
     dense_manifest = json.loads((Path(args.dense_index) / "manifest.json").read_text())
-    dense_index = DenseIndex.load(args.dense_index, BiEncoder.from_pretrained(dense_manifest["model"]["source"]))
+    # The flagship reads documents up to 300 tokens with the single-vector models (part of their fingerprint).
+    encoder = BiEncoder.from_pretrained(dense_manifest["model"]["source"], max_length=args.dense_maxlen)
+    dense_index = DenseIndex.load(args.dense_index, encoder)
     dense = from_retriever(DenseRetriever(index=dense_index), k=args.depth)
     rerank = ColBERTRerank(model, index)  # exact MaxSim with the index's stored vectors: no document encoding
     systems = [dense, bm25, ColBERTRetrieve(index, model, k=args.depth), bm25 >> rerank, dense >> rerank]
