@@ -32,7 +32,7 @@ _COLBERT_KEYS = {"model", "doc_maxlen", "query_maxlen", "query_augment_len"}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact",
-                                                          "num_centroids", "assignment"},
+                                                          "preset", "num_centroids", "assignment"},
                "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents"},
                "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"}}
 
@@ -247,7 +247,7 @@ def _plaid_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     searcher = _colbert_searcher(ctx, spec)
     stats = searcher.index.stats()
     ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
-    knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact") if key in spec}
+    knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact", "preset") if key in spec}
     return PlaidRetriever(searcher, name=spec["name"], **knobs)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
@@ -66,6 +66,7 @@ class SearchRequest(_Strict):
     ncells: int | None = Field(default=None, ge=1, le=64)
     centroid_score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     ndocs: int | None = Field(default=None, ge=1, le=100_000)
+    preset: Literal["quality", "colbert-ai"] | None = None   # defaults for unset knobs (SearchConfig.preset)
     return_documents: bool = False   # add each hit's stored text and metadata
     # None: PLAID search. A first stage the server was started with (`serve --first-stage bm25`): its top
     # `depth` documents reranked by exact MaxSim with the index's stored vectors.
@@ -404,7 +405,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             service.check_text(t, "query" if req.query is not None else f"queries[{i}]", L.max_query_chars)
         service.check_k(req.k)
         knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
-                                   ("ndocs", req.ndocs)) if v is not None}
+                                   ("ndocs", req.ndocs), ("preset", req.preset)) if v is not None}
         if req.first_stage is not None:
             if req.first_stage not in service.first_stages:
                 raise HTTPException(422, f"first_stage {req.first_stage!r} is not served here; accepted: "

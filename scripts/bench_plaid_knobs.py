@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", required=True, help="ncells,threshold,ndocs[,exact_docs][@k] (k: this "
                     "setting's own k instead of --k)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--exact-cache", default=None, help="JSON file keeping the exact top 100 between runs (same index and queries)")
     args = ap.parse_args()
 
     from medcolbert.evaluation.datasets import load_beir
@@ -54,9 +55,18 @@ def main() -> None:
     Q = model.encode_queries([data.queries[q] for q in qids], show_progress=False)
     queries = [Q[i][Q[i].abs().sum(-1) > 0] for i in range(len(qids))]
     ids = index.doc_ids
-    t0 = time.perf_counter()
-    exact = {qid: dict(hits) for qid, hits in zip(qids, exact_search(index, Q, 100))}
-    exact_ms = (time.perf_counter() - t0) * 1000 / len(qids)
+    cache = Path(args.exact_cache) if args.exact_cache else None
+    key = f"{Path(args.index).name}:{len(index)}:{','.join(qids)}"
+    saved = json.loads(cache.read_text()) if cache and cache.exists() else None
+    if saved and saved["key"] == key:
+        exact, exact_ms = saved["run"], saved["ms"]
+    else:
+        t0 = time.perf_counter()
+        exact = {qid: dict(hits) for qid, hits in zip(qids, exact_search(index, Q, 100))}
+        exact_ms = (time.perf_counter() - t0) * 1000 / len(qids)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "run": exact, "ms": exact_ms}))
     exact_top = {q: [d for d, _ in sorted(h.items(), key=lambda kv: -kv[1])[:10]] for q, h in exact.items()}
     rows = [{"setting": "exact MaxSim", "ndcg@10": evaluate(exact, qrels, ["ndcg@10"])["ndcg@10"],
              "recall@100": evaluate(exact, qrels, ["recall@100"])["recall@100"],

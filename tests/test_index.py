@@ -506,3 +506,19 @@ def test_plaid_returns_k_hits_when_the_index_holds_k_documents(tiny_model, tmp_p
         assert sorted(d for d, _ in hits) == ["0", "1", "2"]
         assert [d for d, _ in hits] == [d for d, _ in searcher.search(q, k=3, exact=True)]
         assert len(searcher.search(q, k=2)) == 2
+
+
+def test_search_presets_resolve_by_k_and_refuse_unknown_names():
+    from medcolbert.search.plaid import PRESETS
+
+    quality, fast = SearchConfig(), SearchConfig(preset="colbert-ai")
+    for k in (1, 10, 100):
+        r = quality.resolved(k)
+        assert (r.ncells, r.centroid_score_threshold, r.ndocs) == (4, 0.4, 4096)
+    assert (fast.resolved(10).ncells, fast.resolved(10).ndocs) == (1, 256)
+    assert (fast.resolved(11).ncells, fast.resolved(100).ndocs) == (2, 1024)
+    for cfg in (quality, fast):
+        assert cfg.resolved(500).ndocs == 4096 and cfg.resolved(2000).ndocs == 8000
+    assert SearchConfig(ndocs=64).resolved(10).ndocs == 64 and set(PRESETS) == {"quality", "colbert-ai"}
+    with pytest.raises(ValueError, match="preset must be one of quality, colbert-ai, got 'fastest'"):
+        SearchConfig(preset="fastest")

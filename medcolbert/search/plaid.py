@@ -23,24 +23,38 @@ from .exact import exact_search
 PASSAGE_FETCH = 4
 
 
+# Unset knobs by preset and k: (largest k, (ncells, centroid_score_threshold, ndocs)); past the last row,
+# (4, 0.4, max(4k, 4096)). The exact stage scores the best ndocs / 4 of the centroid-interaction survivors.
+PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
+    # Within 0.005 nDCG@10 of exact MaxSim at k=10 and k=100 on SciFact test, MedQuAD dev and consumer-health
+    # dev with the v2 model (experiments/plaid-knobs-v2/): 1024 documents scored exactly. 512 (ndocs 2048) was
+    # within 0.005 on one 500-query MedQuAD sample and 0.010 short on another.
+    "quality": ((100, (4, 0.4, 4096)),),
+    # colbert-ai's rule: 3-8x faster search stages, but at k=10 it lost 0.059 (MedQuAD) and 0.044
+    # (consumer-health) nDCG@10 against exact MaxSim, whose near-identical answers its 64 exactly scored
+    # documents cannot separate.
+    "colbert-ai": ((10, (1, 0.5, 256)), (100, (2, 0.45, 1024))),
+}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """PLAID knobs; None means the default for the requested k (colbert-ai's rule)."""
+    """PLAID knobs; None means the preset's default for the requested k."""
 
     ncells: int | None = None
     centroid_score_threshold: float | None = None
     ndocs: int | None = None
     exact: bool = False
+    preset: str = "quality"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
     def resolved(self, k: int) -> "SearchConfig":
         """The config with every None replaced by the default for k (every value checked for its range)."""
         check_int("k", k, 1)
-        if k <= 10:
-            defaults = (1, 0.5, 256)
-        elif k <= 100:
-            defaults = (2, 0.45, 1024)
-        else:
-            defaults = (4, 0.4, max(k * 4, 4096))
+        defaults = next((knobs for top, knobs in PRESETS[self.preset] if k <= top), (4, 0.4, max(k * 4, 4096)))
         ncells = self.ncells if self.ncells is not None else defaults[0]
         threshold = self.centroid_score_threshold if self.centroid_score_threshold is not None else defaults[1]
         ndocs = self.ndocs if self.ndocs is not None else defaults[2]
