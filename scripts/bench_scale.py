@@ -125,10 +125,11 @@ t = time.perf_counter()
 index = Index.open(path)
 open_s = time.perf_counter() - t
 out = {"open_s": open_s}
-for engine_name, compiled in (("compiled", None), ("torch", False)):
+for engine_name, compiled, preset, ks in (("compiled", None, "quality", (10, 100)), ("compiled", None, "colbert-ai", (10, 100)),
+                                          ("torch", False, "quality", (10,)), ("torch", False, "colbert-ai", (10,))):
     engine = PlaidEngine(index, "cpu", compiled)
-    for k in (10, 100):
-        cfg = SearchConfig().resolved(k)
+    for k in ks:
+        cfg = SearchConfig(preset=preset).resolved(k)
         times, stats = [], []
         for i in range(Q.shape[0]):
             q = Q[i][Q[i].abs().sum(-1) > 0]
@@ -139,10 +140,11 @@ for engine_name, compiled in (("compiled", None), ("torch", False)):
             stats.append(st)
         times = times[3:]   # first calls allocate scratch buffers
         row = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-               "engine": "compiled CPU stages" if engine.kernel is not None else "torch"}
+               "engine": "compiled CPU stages" if engine.kernel is not None else "torch", "preset": preset,
+               "knobs": [cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs]}
         for key in stats[0]:
             row["median_" + key] = float(np.median([s[key] for s in stats]))
-        out[f"{engine_name}_k{k}"] = row
+        out[f"{engine_name}_{preset}_k{k}"] = row
 hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))
 out["vmhwm_bytes"] = hwm
 print(json.dumps(out))
@@ -160,6 +162,7 @@ def main() -> None:
     ap.add_argument("--work", default=".cache/scale")
     ap.add_argument("--out", default="experiments/scale")
     ap.add_argument("--keep-shards", action="store_true", help="keep each size's shards after its build")
+    ap.add_argument("--search-again", action="store_true", help="search the recorded sizes' indexes again (keeps their build)")
     args = ap.parse_args()
 
     from medcolbert.evaluation.datasets import load_queries
@@ -182,6 +185,12 @@ def main() -> None:
     for size in args.sizes:
         key = str(size)
         if key in results["runs"] and "search" in results["runs"][key]:
+            if args.search_again and (work / f"index-{size}" / "manifest.json").exists():
+                print(f"{size} vectors: search again", flush=True)
+                searched, _, srss = child(SEARCH, str(work / f"index-{size}"), str(qfile))
+                results["runs"][key].update({"search": searched, "search_peak_rss_bytes": srss})
+                results_path.write_text(json.dumps(results, indent=1) + "\n")
+                continue
             print(f"{size}: recorded already")
             continue
         print(f"{size} vectors: shards", flush=True)
@@ -212,17 +221,20 @@ def write_report(results: dict, out: Path) -> None:
              f"documents, model {results['model']}); {results['queries']} real queries, search only (queries encoded "
              "beforehand).", "",
              "| vectors | documents | centroids | build s | build peak RSS MiB | B/vector | index MiB | search peak RSS MiB "
-             "| k=10 p50 / p95 ms | k=100 p50 / p95 ms | k=10 candidates / after pruning / exact (torch engine) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| preset | k=10 p50 / p95 ms | k=100 p50 / p95 ms | k=10 candidates / after pruning / exact (torch engine) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in runs:
         s = r["search"]
-        c10, c100, t10 = s["compiled_k10"], s["compiled_k100"], s["torch_k10"]
-        lines.append(f"| {int(key):,} | {r['build']['documents']:,} | {r['build']['centroids']} | {r['build_wall_s']:.0f} | "
-                     f"{r['build_peak_rss_bytes'] / 2**20:.0f} | {r['build']['bytes_per_vector']:.2f} | "
-                     f"{r['index_bytes'] / 2**20:.0f} | {r['search_peak_rss_bytes'] / 2**20:.0f} | "
-                     f"{c10['p50_ms']:.1f} / {c10['p95_ms']:.1f} | {c100['p50_ms']:.1f} / {c100['p95_ms']:.1f} | "
-                     f"{t10.get('median_candidates', 0):.0f} / {t10.get('median_after_pruning', t10.get('median_candidates', 0)):.0f}"
-                     f" / {t10.get('median_exact_scored', 0):.0f} |")
+        for preset in ("quality", "colbert-ai"):
+            if f"compiled_{preset}_k10" not in s:
+                continue
+            c10, c100, t10 = s[f"compiled_{preset}_k10"], s[f"compiled_{preset}_k100"], s[f"torch_{preset}_k10"]
+            lines.append(f"| {int(key):,} | {r['build']['documents']:,} | {r['build']['centroids']} | {r['build_wall_s']:.0f} | "
+                         f"{r['build_peak_rss_bytes'] / 2**20:.0f} | {r['build']['bytes_per_vector']:.2f} | "
+                         f"{r['index_bytes'] / 2**20:.0f} | {r['search_peak_rss_bytes'] / 2**20:.0f} | {preset} | "
+                         f"{c10['p50_ms']:.1f} / {c10['p95_ms']:.1f} | {c100['p50_ms']:.1f} / {c100['p95_ms']:.1f} | "
+                         f"{t10.get('median_candidates', 0):.0f} / {t10.get('median_after_pruning', t10.get('median_candidates', 0)):.0f}"
+                         f" / {t10.get('median_exact_scored', 0):.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -234,9 +246,11 @@ def write_report(results: dict, out: Path) -> None:
         return
     sizes = [int(k) for k, _ in runs]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for k in (10, 100):
-        ax[0].plot(sizes, [r["search"][f"compiled_k{k}"]["p50_ms"] for _, r in runs], "o-", label=f"p50, k={k}")
-        ax[0].plot(sizes, [r["search"][f"compiled_k{k}"]["p95_ms"] for _, r in runs], "s--", label=f"p95, k={k}")
+    for preset in ("quality", "colbert-ai"):
+        for k in (10, 100):
+            key = f"compiled_{preset}_k{k}"
+            ax[0].plot(sizes, [r["search"][key]["p50_ms"] for _, r in runs], "o-", label=f"p50, k={k}, {preset}")
+            ax[0].plot(sizes, [r["search"][key]["p95_ms"] for _, r in runs], "s--", label=f"p95, k={k}, {preset}")
     ax[1].plot(sizes, [r["build_peak_rss_bytes"] / 2**20 for _, r in runs], "o-", label="build peak RSS")
     ax[1].plot(sizes, [r["search_peak_rss_bytes"] / 2**20 for _, r in runs], "s-", label="search peak RSS")
     ax[1].plot(sizes, [r["index_bytes"] / 2**20 for _, r in runs], "^--", label="index size")
@@ -246,7 +260,7 @@ def write_report(results: dict, out: Path) -> None:
         a.set_xlabel("token vectors")
         a.set_ylabel(unit)
         a.set_title(title)
-        a.legend()
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "scale.png", dpi=120)
 
