@@ -480,7 +480,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(format_table(rows, metrics))
         if args.json:
             write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
-                        "config": config.resolved(args.k).__dict__, "results": rows,
+                        "config": config.resolved(args.k, len(searcher.index)).__dict__, "results": rows,
                         "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
     return 0
 

@@ -520,5 +520,8 @@ def test_search_presets_resolve_by_k_and_refuse_unknown_names():
     for cfg in (quality, fast):
         assert cfg.resolved(500).ndocs == 4096 and cfg.resolved(2000).ndocs == 8000
     assert SearchConfig(ndocs=64).resolved(10).ndocs == 64 and set(PRESETS) == {"quality", "colbert-ai"}
+    # A smaller collection: a third of its documents, at least 256 (colbert-ai's preset ignores the size).
+    assert quality.resolved(10, 1000).ndocs == 333 and quality.resolved(10, 300).ndocs == 256
+    assert quality.resolved(100, 15368).ndocs == 4096 and fast.resolved(10, 1000).ndocs == 256
     with pytest.raises(ValueError, match="preset must be one of quality, colbert-ai, got 'fastest'"):
         SearchConfig(preset="fastest")

@@ -28,7 +28,9 @@ PASSAGE_FETCH = 4
 PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
     # Within 0.005 nDCG@10 of exact MaxSim at k=10 and k=100 on SciFact test, MedQuAD dev and consumer-health
     # dev with the v2 model (experiments/plaid-knobs-v2/): 1024 documents scored exactly. 512 (ndocs 2048) was
-    # within 0.005 on one 500-query MedQuAD sample and 0.010 short on another.
+    # within 0.005 on one 500-query MedQuAD sample and 0.010 short on another. ndocs shrinks to a third of a
+    # smaller collection (at least 256): on 1,000 MedQuAD documents colbert-ai's 256 already matched exact
+    # MaxSim, and scoring all of them exactly made search 4x slower.
     "quality": ((100, (4, 0.4, 4096)),),
     # colbert-ai's rule: 3-8x faster search stages, but at k=10 it lost 0.059 (MedQuAD) and 0.044
     # (consumer-health) nDCG@10 against exact MaxSim, whose near-identical answers its 64 exactly scored
@@ -51,10 +53,13 @@ class SearchConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
-    def resolved(self, k: int) -> "SearchConfig":
-        """The config with every None replaced by the default for k (every value checked for its range)."""
+    def resolved(self, k: int, num_documents: int | None = None) -> "SearchConfig":
+        """The config with every None replaced by the default for k and the collection's size (every value
+        checked for its range)."""
         check_int("k", k, 1)
         defaults = next((knobs for top, knobs in PRESETS[self.preset] if k <= top), (4, 0.4, max(k * 4, 4096)))
+        if self.preset == "quality" and k <= 100 and num_documents is not None:
+            defaults = (*defaults[:2], min(defaults[2], max(256, num_documents // 3)))
         ncells = self.ncells if self.ncells is not None else defaults[0]
         threshold = self.centroid_score_threshold if self.centroid_score_threshold is not None else defaults[1]
         ndocs = self.ndocs if self.ndocs is not None else defaults[2]
@@ -161,7 +166,7 @@ class Searcher:
 
     def _resolve(self, k: int, knobs: dict) -> SearchConfig:
         """The searcher's config with per-call knobs applied, resolved for k."""
-        return replace(self.config, **knobs).resolved(k)  # type: ignore[arg-type]
+        return replace(self.config, **knobs).resolved(k, len(self.index))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ PLAID
     def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
