@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_search import colbert_ai_job, latency, pct, subset
+from bench_search import colbert_ai_job, latency, pct, subset, write_log
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
@@ -91,7 +91,7 @@ def main() -> None:
         proc = subprocess.run([python, "scripts/colbert_ai_side.py", json.dumps({**side, "mode": mode,
                                                                                  "out": str(result_file)})],
                               env=env, capture_output=True, text=True)
-        (out / f"colbert_ai_{mode}.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
+        write_log(out / f"colbert_ai_{mode}.log", proc)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"colbert-ai {mode} failed; see {out}/colbert_ai_{mode}.log")

@@ -72,6 +72,14 @@ def latency(fn, queries: list[str], warmup: int = 5) -> list[float]:
     return out
 
 
+def write_log(path: Path, proc: subprocess.CompletedProcess) -> None:
+    """A child's output tails as a log, with this checkout's absolute path made relative (plain and
+    JSON-escaped), so a committed log names no folder of the machine that ran it."""
+    root = str(Path.cwd().resolve()) + "/"
+    text = proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:]
+    path.write_text(text.replace(root, "").replace(root.replace("/", "\\/"), ""))
+
+
 def pct(values: list[float], p: float) -> float:
     """Percentile in milliseconds."""
     return float(np.percentile(np.array(values) * 1000, p))
@@ -156,7 +164,7 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run([python, "scripts/colbert_ai_side.py", json.dumps(side)], env=env,
                               capture_output=True, text=True)
-        (out / "colbert_ai.log").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:])
+        write_log(out / "colbert_ai.log", proc)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit("colbert-ai failed; see colbert_ai.log")
