@@ -647,13 +647,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .indexing.storage import read_manifest
 
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
-    from .retrievers import registered_retrievers
-
-    for spec in args.first_stage:
-        if spec.partition(":")[0] not in registered_retrievers():
-            raise MedColbertError(f"--first-stage {spec!r}: unknown; registered: {', '.join(registered_retrievers())}")
-    app = create_app(args.index, args.model, api_key=read_api_key(args.api_key_file),
-                     batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage)
+    api_key = read_api_key(args.api_key_file)
+    try:
+        app = create_app(args.index, args.model, api_key=api_key,
+                         batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage)
+    except ValueError as exc:  # an unknown --first-stage, refused before the server starts
+        raise MedColbertError(f"--first-stage: {exc}") from None
     limits = app.state.service.limits
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 http=timed_http_protocol(limits.header_timeout_s))

@@ -172,9 +172,8 @@ def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], dep
 
     ranked = sorted(hits.items(), key=lambda kv: -kv[1])
     # passages_of: a document's own position, or every passage of a split document (scored by the best).
-    cands = [d for d in dict.fromkeys(parent_of(u) for u, _ in ranked)][:depth]
-    cands = [d for d in cands if index.passages_of(d)]
-    units = [index.passages_of(d) for d in cands]
+    found = [(d, index.passages_of(d)) for d in list(dict.fromkeys(parent_of(u) for u, _ in ranked))[:depth]]
+    cands, units = [d for d, u in found if u], [u for _, u in found if u]
     flat = maxsim_one(q, index.document_vectors([p for u in units for p in u])).tolist() if cands else []
     scores = best_per_document(flat, [len(u) for u in units])
     return sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
@@ -231,11 +230,17 @@ def registered_retrievers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_retriever(spec: str, corpus: Mapping[str, str]) -> Retriever:
-    """A first stage from 'NAME' or 'NAME:ARG' (e.g. 'bm25', 'dense', 'dense:checkpoints/dense-minilm-v1')."""
-    name, _, arg = spec.partition(":")
+def check_retriever_spec(spec: str) -> None:
+    """Refuse 'NAME[:ARG]' whose NAME is not registered, naming the registered ones."""
+    name = spec.partition(":")[0]
     if name not in _REGISTRY:
         raise ValueError(f"unknown first stage {name!r}; registered: {', '.join(registered_retrievers())}")
+
+
+def make_retriever(spec: str, corpus: Mapping[str, str]) -> Retriever:
+    """A first stage from 'NAME' or 'NAME:ARG' (e.g. 'bm25', 'dense', 'dense:checkpoints/dense-minilm-v1')."""
+    check_retriever_spec(spec)
+    name, _, arg = spec.partition(":")
     return _REGISTRY[name](corpus, arg or None)
 
 
@@ -245,4 +250,4 @@ register_retriever("dense", lambda corpus, arg: DenseRetriever(model=arg or "pac
 
 __all__ = ["Retriever", "Reranker", "Pipeline", "BM25Retriever", "DenseRetriever", "PlaidRetriever",
            "MaxSimReranker", "RRF", "FunctionRetriever", "register_retriever", "registered_retrievers", "make_retriever",
-           "rerank_encoded_from_index"]
+           "check_retriever_spec", "rerank_encoded_from_index"]

@@ -209,11 +209,10 @@ class Service:
 
     def __init__(self, index_path: str | Path, model_path: str | None = None, limits: Limits | None = None,
                  batching: bool | None = None, first_stages: Sequence[str] = ()) -> None:
-        from .retrievers import registered_retrievers
+        from .retrievers import check_retriever_spec
 
         for spec in first_stages:
-            if spec.partition(":")[0] not in registered_retrievers():
-                raise ValueError(f"unknown first stage {spec!r}; registered: {', '.join(registered_retrievers())}")
+            check_retriever_spec(spec)
         self.first_stages = list(dict.fromkeys(first_stages))
         self.path = Path(index_path)
         self.model_path, self.limits, self.batching = model_path, limits or Limits(), batching

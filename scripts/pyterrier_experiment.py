@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
 import pyterrier as pt
+from bench_scale import cpu_name
 
 from medcolbert.baselines.dense import BiEncoder, DenseIndex
 from medcolbert.evaluation.datasets import load_beir
@@ -27,12 +27,6 @@ from medcolbert.indexing.index import Index
 from medcolbert.modeling.encoder import ColBERT
 from medcolbert.pyterrier import ColBERTRerank, ColBERTRetrieve, from_retriever
 from medcolbert.retrievers import BM25Retriever, DenseRetriever
-
-
-def cpu_name() -> str:
-    """lscpu's model name."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def main() -> None:

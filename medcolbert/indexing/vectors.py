@@ -152,9 +152,7 @@ def _release(vectors: np.ndarray) -> None:
     over 10M vectors showed the shards it had read (2.5 GB) in its peak RSS although it held one chunk."""
     import mmap
 
-    base = getattr(vectors, "_mmap", None)
-    if base is None:
-        base = getattr(getattr(vectors, "base", None), "_mmap", None) if isinstance(getattr(vectors, "base", None), np.memmap) else None
+    base = getattr(vectors, "_mmap", None)   # set on np.load(..., mmap_mode="r") arrays; absent in memory
     if base is not None and hasattr(base, "madvise"):
         base.madvise(mmap.MADV_DONTNEED)
 

@@ -191,7 +191,7 @@ class PlaidEngine:
         return cand[order], exact[order]
 
     def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
-                         ndocs: int, stats: dict | None = None, n_exact: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         ndocs: int, stats: dict | None, n_exact: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
@@ -204,8 +204,7 @@ class PlaidEngine:
         if slots is None:
             slots = self._local.slots = np.full(len(a["doclens"]), -1, dtype=np.int32)
         cand = kernel.candidates(table, a["ivf_offsets"], a["ivf_docs"], a["pair_offsets"], a["pair_codes"],
-                                 self._deleted, ncells, threshold, ndocs,
-                                 max(k, ndocs // 4) if n_exact is None else n_exact, slots)
+                                 self._deleted, ncells, threshold, ndocs, n_exact, slots)
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
