@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assignment", choices=["auto", "exact", "hnsw"], default="auto",
                    help="nearest-centroid search while compressing: exact, hnsw (approximate; for tens of thousands "
                         "of centroids), auto (hnsw from 16384 centroids; default)")
+    p.add_argument("--kmeans", choices=["auto", "flat", "two-level"], default="auto",
+                   help="centroid training: flat k-means, two-level (sqrt(centroids) groups first; for tens of "
+                        "thousands of centroids), auto (two-level from 16384 centroids; default)")
     p.add_argument("--split-documents", action="store_true",
                    help="index long documents as overlapping passages (results stay per document, scored by "
                         "their best passage); without it, text past --doc-maxlen is dropped, with a warning")
@@ -406,7 +409,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         build_from_vectors(args.index, args.from_vectors, model_name=Path(args.model).name if args.model else "unnamed",
                            model_fingerprint=fingerprint, model_source=args.model, num_centroids=args.num_centroids,
                            nbits=args.nbits, kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size,
-                           overwrite=args.overwrite, assignment=args.assignment)
+                           overwrite=args.overwrite, assignment=args.assignment, kmeans=args.kmeans)
         stats = Index.open(args.index).stats()
         print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors from shards in "
               f"{time.perf_counter() - t0:.1f}s; {stats['bytes_per_embedding']:.2f} bytes per vector")
@@ -426,7 +429,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                 kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
                 overwrite=args.overwrite, store_documents=not args.no_documents, backend=args.backend,
                 workers=args.workers, ray_address=args.ray_address, split_documents=args.split_documents,
-                passage_tokens=args.passage_tokens, passage_overlap=args.passage_overlap, assignment=args.assignment)
+                passage_tokens=args.passage_tokens, passage_overlap=args.passage_overlap, assignment=args.assignment,
+                kmeans=args.kmeans)
     if rank == 0:
         stats = Index.open(args.index).stats()
         passages = f" ({stats['passages']} passages)" if "passages" in stats else ""

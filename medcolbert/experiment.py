@@ -32,7 +32,7 @@ _COLBERT_KEYS = {"model", "doc_maxlen", "query_maxlen", "query_augment_len"}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact",
-                                                          "preset", "num_centroids", "assignment"},
+                                                          "preset", "num_centroids", "assignment", "kmeans"},
                "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents"},
                "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"}}
 
@@ -289,7 +289,7 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
     model = ctx.model("colbert", spec)
     nbits = int(spec.get("nbits", 2))
     # Build options other than the defaults name their own index folder (the default one is shared by systems).
-    build = {k: spec[k] for k in ("num_centroids", "assignment") if spec.get(k) not in (None, "auto")}
+    build = {k: spec[k] for k in ("num_centroids", "assignment", "kmeans") if spec.get(k) not in (None, "auto")}
     suffix = "".join(f"-{k}{v}" for k, v in sorted(build.items()))
     folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}{suffix}-{model.fingerprint()}"
     if (folder / "manifest.json").is_file():

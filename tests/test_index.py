@@ -525,3 +525,29 @@ def test_search_presets_resolve_by_k_and_refuse_unknown_names():
     assert quality.resolved(100, 15368).ndocs == 4096 and fast.resolved(10, 1000).ndocs == 256
     with pytest.raises(ValueError, match="preset must be one of quality, colbert-ai, got 'fastest'"):
         SearchConfig(preset="fastest")
+
+
+def test_two_level_kmeans_matches_flat_quality_and_is_recorded(tiny_model, tmp_path):
+    """Two-level k-means (for tens of thousands of centroids) gives every requested centroid, unit length, with
+    a within-cluster fit close to flat k-means on clustered data; the index records which one trained it."""
+    from medcolbert.indexing.kmeans import TWO_LEVEL_MIN_CENTROIDS, resolve_kmeans, share_out, train_centroids
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(64, 32)).astype(np.float32)
+    points = centers[rng.integers(0, 64, 20_000)] + 0.15 * rng.normal(size=(20_000, 32)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    fit = {}
+    for method in ("flat", "two-level"):
+        c = train_centroids(points, 256, method=method)
+        assert c.shape == (256, 32) and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+        fit[method] = float((points @ c.T).max(axis=1).mean())   # mean cosine to the nearest centroid
+    assert fit["two-level"] >= fit["flat"] - 0.01
+    # Shares: proportional, capped by a group's points, one for each non-empty group while there are enough.
+    assert share_out(10, np.array([0, 1, 1, 100, 3])).tolist() == [0, 1, 1, 7, 1]
+    assert share_out(7, np.array([2, 2, 2])).tolist() == [2, 2, 2]
+    assert resolve_kmeans("auto", TWO_LEVEL_MIN_CENTROIDS) == "two-level" and resolve_kmeans("auto", 4096) == "flat"
+    docs = {f"d{i}": f"patient {i} reports {w}" for i, w in enumerate(["nausea", "rash", "cough", "fever"] * 10)}
+    two = Index.build(tmp_path / "two", tiny_model, docs, num_centroids=16, kmeans="two-level", show_progress=False)
+    assert two.manifest["build"]["kmeans"] == "two-level" and two.codec.num_centroids == 16
+    with pytest.raises(MedColbertError, match="kmeans"):
+        Index.build(tmp_path / "bad", tiny_model, docs, kmeans="fast", show_progress=False)

@@ -26,7 +26,7 @@ from ..validation import check_id, check_int, check_text
 from ..passages import PassageSource, PassageSplitter
 from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
 from .index import new_manifest
-from .kmeans import default_num_centroids, train_centroids
+from .kmeans import KMEANS_METHODS, default_num_centroids, resolve_kmeans, train_centroids
 from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, write_manifest,
                       write_segment)
 
@@ -164,7 +164,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
                 use_gpu: bool | None = None, store_documents: bool = True, backend: str = "local",
                 workers: int | None = None, ray_address: str | None = None, split_documents: bool = False,
                 passage_tokens: int | None = None, passage_overlap: int | None = None,
-                assignment: str = "auto") -> Path:
+                assignment: str = "auto", kmeans: str = "auto") -> Path:
     """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
 
     store_documents keeps every document's text and metadata in the index, so searches can return them.
@@ -176,6 +176,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     it, documents longer than doc_maxlen are truncated, and the build warns with their count.
     assignment: how each vector finds its centroid, "exact", "hnsw" (approximate, for tens of thousands of
     centroids) or "auto" (by the number of centroids; see indexing.codec.resolve_assignment).
+    kmeans: how the centroids are trained, "flat", "two-level" (sqrt(centroids) groups first; for tens of
+    thousands of centroids) or "auto" (by the number of centroids; see indexing.kmeans.resolve_kmeans).
     """
     if backend not in ("local", "ray"):
         raise MedColbertError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -185,6 +187,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
         raise MedColbertError(f"nbits must be 1, 2 or 4, got {nbits}")
     if assignment not in ("auto", *ASSIGNMENTS):
         raise MedColbertError(f"assignment must be auto, exact or hnsw, got {assignment!r}")
+    if kmeans not in ("auto", *KMEANS_METHODS):
+        raise MedColbertError(f"kmeans must be auto, flat or two-level, got {kmeans!r}")
     try:  # checked before anything is written, so a bad setting leaves no work folder behind
         check_int("chunk_size", chunk_size, 1)
         check_int("batch_size", batch_size, 1, 65536)
@@ -208,6 +212,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     settings = {"model": model.fingerprint(), "corpus": source.fingerprint(), "nbits": nbits,
                 "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
                 "seed": seed, "store_documents": store_documents, "assignment": assignment,
+                "kmeans": kmeans,
                 "passages": source.splitter.settings() if isinstance(source, PassageSource) else None}
     t_start = time.perf_counter()
     if rank == 0:
@@ -218,7 +223,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     if rank == 0 and not (work / "codec" / "done").exists():
         t0 = time.perf_counter()
         _train_codec(work, model, source, nbits, num_centroids, kmeans_niters, seed, batch_size, show, use_gpu,
-                     assignment)
+                     assignment, kmeans)
         timings["train_codec_s"] = time.perf_counter() - t0
     _barrier()
     codec = _read_codec(work, nbits)
@@ -320,7 +325,7 @@ class _SampleVectors:
 
 def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centroids: int | None,  # type: ignore[no-untyped-def]
                  niters: int, seed: int, batch_size: int, show: bool, use_gpu: bool | None,
-                 assignment: str = "auto") -> None:
+                 assignment: str = "auto", kmeans: str = "auto") -> None:
     rng = random.Random(seed)
     n = len(source)
     # Estimate the collection's token count from a small tokenized sample, to size the centroids.
@@ -345,14 +350,15 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     n_held = max(1, min(flat.shape[0] // 20, 50_000))
     held, train = flat[perm[:n_held]], flat[perm[n_held:]] if flat.shape[0] > n_held else flat
     k = min(k, train.shape[0])
-    centroids = train_centroids(train, k, niter=niters, seed=seed, use_gpu=use_gpu)
+    method = resolve_kmeans(kmeans, k)
+    centroids = train_centroids(train, k, niter=niters, seed=seed, use_gpu=use_gpu, method=method)
     codec = ResidualCodec.fit(centroids, held, nbits)
     folder = work / "codec"
     folder.mkdir(exist_ok=True)
     for name, array in codec.arrays().items():
         save_array(folder / f"{name}.npy", array)
     (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
-                                                  "sample_embeddings": int(flat.shape[0]),
+                                                  "sample_embeddings": int(flat.shape[0]), "kmeans": method,
                                                   "assignment": resolve_assignment(assignment, codec.num_centroids)}))
     (folder / "done").touch()
 
