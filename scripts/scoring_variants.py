@@ -7,7 +7,10 @@ full-precision document vectors (the flagship's vector cache) and scores each va
   mean 1 per query), by sqrt(IDF), or 0 for tokens in more than 10% / 30% of documents ("stop" words);
   [CLS], [Q], [SEP] and [MASK] positions keep weight 1; "no [MASK]" drops the augmentation positions;
 - global + local: MaxSim per query token plus lambda x the cosine of the mean-pooled query and document token
-  vectors (one more vector per document); lambda = 1000 is the pooled cosine alone.
+  vectors (one more vector per document); lambda = 1000 is the pooled cosine alone;
+- question by question: the message split into sentences (at . ? ! and line breaks; parts of 3+ words),
+  each encoded as its own query; a document scores the best or the mean of the sentences' MaxSim per query
+  token, alone or added to the whole message's.
 Records experiments/scoring-variants/.
 
   .venv/bin/python scripts/scoring_variants.py --depth 100
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -105,6 +109,27 @@ def main() -> None:
     for lam in (0.25, 0.5, 1.0, 2.0, 4.0, 1000.0):
         variants[f"MaxSim / query length + {lam} x pooled cosine"] = evaluate(
             lambda i, q, d: float(terms[q, d].sum()) / lengths[q] + lam * pooled[q, d])
+    # Question by question: consumer messages often ask several things (3.3 sentences on average here).
+    parts = {q: [t.strip() for t in re.split(r"(?<=[.?!])\s+|\n+", ds.queries[q]) if len(t.split()) >= 3]
+             or [ds.queries[q]] for q in qids}
+    flat = [t for q in qids for t in parts[q]]
+    encoded = model.encode_queries(flat, show_progress=False)
+    per_sentence: dict[tuple[str, str], list[float]] = {}
+    row = 0
+    for q in qids:
+        for j in range(len(parts[q])):
+            sv = encoded[row + j]
+            sv = sv[sv.abs().sum(-1) > 0]
+            for d in cands[q]:
+                per_sentence.setdefault((q, d), []).append(
+                    float((sv @ vecs[d].float().T).max(dim=1).values.sum()) / sv.shape[0])
+        row += len(parts[q])
+    whole = lambda q, d: float(terms[q, d].sum()) / lengths[q]   # noqa: E731
+    variants["best sentence"] = evaluate(lambda i, q, d: max(per_sentence[q, d]))
+    variants["mean of sentences"] = evaluate(lambda i, q, d: float(np.mean(per_sentence[q, d])))
+    variants["whole message + best sentence"] = evaluate(lambda i, q, d: whole(q, d) + max(per_sentence[q, d]))
+    variants["whole message + mean of sentences"] = evaluate(
+        lambda i, q, d: whole(q, d) + float(np.mean(per_sentence[q, d])))
     base = variants["MaxSim"]
     rows = []
     for name, values in variants.items():
