@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medcolbert.indexing.codec import HNSWAssigner
-from medcolbert.indexing.index import Index
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import cpu_name  # noqa: E402
+
+from medcolbert.indexing.codec import HNSWAssigner  # noqa: E402
+from medcolbert.indexing.index import Index  # noqa: E402
 
 
 class IVFAssigner:
@@ -46,15 +48,6 @@ class IVFAssigner:
         x = np.ascontiguousarray(vectors.float().numpy(), dtype=np.float32)
         _, ids = self.index.search(x, 1)
         return torch.from_numpy(ids[:, 0].astype(np.int64))
-
-
-def cpu_name() -> str:
-    """lscpu's model name."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor()
 
 
 def exact(vectors: torch.Tensor, centroids: torch.Tensor, batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:

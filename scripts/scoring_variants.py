@@ -102,13 +102,14 @@ def main() -> None:
         values = per_query(run, ds.qrels, ["ndcg@10"])["ndcg@10"]
         return np.array([values[q] for q in qids])
 
+    whole = lambda q, d: float(terms[q, d].sum()) / lengths[q]   # noqa: E731  (MaxSim per query token)
     variants: dict[str, np.ndarray] = {"MaxSim": evaluate(lambda i, q, d: float(terms[q, d].sum()))}
     for mode in ("idf", "sqrt-idf", "stop-0.3", "stop-0.1", "no-mask"):
         w = {q: weights(seqs[i], lengths[q], mode) for i, q in enumerate(qids)}
         variants[f"query-token weights: {mode}"] = evaluate(lambda i, q, d: float((terms[q, d] * w[q]).sum()))
     for lam in (0.25, 0.5, 1.0, 2.0, 4.0, 1000.0):
         variants[f"MaxSim / query length + {lam} x pooled cosine"] = evaluate(
-            lambda i, q, d: float(terms[q, d].sum()) / lengths[q] + lam * pooled[q, d])
+            lambda i, q, d: whole(q, d) + lam * pooled[q, d])
     # Question by question: consumer messages often ask several things (3.3 sentences on average here).
     parts = {q: [t.strip() for t in re.split(r"(?<=[.?!])\s+|\n+", ds.queries[q]) if len(t.split()) >= 3]
              or [ds.queries[q]] for q in qids}
@@ -124,7 +125,6 @@ def main() -> None:
                 per_sentence.setdefault((q, d), []).append(
                     float((sv @ vecs[d].float().T).max(dim=1).values.sum()) / sv.shape[0])
         row += len(parts[q])
-    whole = lambda q, d: float(terms[q, d].sum()) / lengths[q]   # noqa: E731
     variants["best sentence"] = evaluate(lambda i, q, d: max(per_sentence[q, d]))
     variants["mean of sentences"] = evaluate(lambda i, q, d: float(np.mean(per_sentence[q, d])))
     variants["whole message + best sentence"] = evaluate(lambda i, q, d: whole(q, d) + max(per_sentence[q, d]))

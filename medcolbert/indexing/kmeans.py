@@ -93,9 +93,10 @@ def _two_level(sample: np.ndarray, k: int, niter: int, seed: int, use_gpu: bool)
     index.add(coarse)
     _, labels = index.search(sample, 1)
     labels = labels[:, 0]
-    shares = share_out(k, np.bincount(labels, minlength=n_coarse))
+    counts = np.bincount(labels, minlength=n_coarse)
+    shares = share_out(k, counts)
     order = np.argsort(labels, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=n_coarse))])
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     parts = [_flat(sample[order[bounds[c]:bounds[c + 1]]], int(shares[c]), niter, seed + 1 + c, use_gpu)
              for c in range(n_coarse) if shares[c] > 0]
     return np.concatenate(parts).astype(np.float32)
