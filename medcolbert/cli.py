@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-vector teacher (name or path, e.g. packaged:all-MiniLM-L6-v2) whose cosine scores "
                         "are stored as pos_scores / neg_scores for distillation")
     p.add_argument("--teacher-max-length", type=int_option(3, 8192), default=128, help="teacher's token limit (default: 128)")
+    p.add_argument("--miner", default="bm25", metavar="NAME[:ARG]",
+                   help="first stage that ranks the negatives' candidates: bm25 (default) or a registered stage such "
+                        "as dense or dense:PATH (one encoding of all the corpora)")
 
     p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
                        description="Run every system of the YAML file on every data set; write the results "
@@ -618,7 +621,7 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
 
     _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed,
                                   consumer_health=args.consumer_health, teacher=args.teacher,
-                                  teacher_max_length=args.teacher_max_length)
+                                  teacher_max_length=args.teacher_max_length, miner=args.miner)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -49,6 +49,29 @@ def test_codes_delta_encoding_round_trips_with_escapes():
     deltas, escapes = encode_code_deltas(codes, doclens)
     assert deltas.dtype == np.uint8 and len(escapes) > 0
     assert np.array_equal(decode_code_deltas(deltas, escapes, doclens), codes)
+    # Decoding a few documents at a time (how a large index opens) gives the same codes, into a given array.
+    out = np.empty(len(codes), dtype=np.int32)
+    assert np.array_equal(decode_code_deltas(deltas, escapes, doclens, out=out, block=50), codes)
+    with pytest.raises(IndexFormatError, match="escapes"):
+        decode_code_deltas(deltas, escapes[:-1], doclens, block=50)
+
+
+def test_inverted_lists_built_in_blocks_equal_one_pass(built):
+    """Opening builds the (document, centroid) pairs and inverted lists block by block: any block size gives
+    the lists that one argsort over all pairs gives, int32, documents ascending in every list."""
+    index = Index.open(built.path)
+    doc_of = np.repeat(np.arange(len(index.doclens)), index.doclens)
+    start = np.ones(len(index.codes), dtype=bool)
+    start[1:] = (index.codes[1:] != index.codes[:-1]) | (doc_of[1:] != doc_of[:-1])
+    pair_codes, pair_docs = index.codes[start], doc_of[start]
+    expected_docs = pair_docs[np.argsort(pair_codes, kind="stable")]
+    for block in (7, 300, 1 << 22):
+        index._build_inverted_lists(block=block)
+        assert index.pair_codes.dtype == index.ivf_docs.dtype == np.int32
+        assert np.array_equal(index.pair_codes, pair_codes)
+        assert np.array_equal(index.pair_offsets, np.searchsorted(pair_docs, np.arange(len(index.doclens) + 1)))
+        assert np.array_equal(index.ivf_docs, expected_docs)
+        assert np.array_equal(np.diff(index.ivf_offsets), np.bincount(pair_codes, minlength=index.codec.num_centroids))
 
 
 @pytest.mark.parametrize("nbits", [1, 2, 4])

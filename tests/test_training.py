@@ -314,3 +314,51 @@ def test_dense_index_reuses_known_vectors_without_encoding(tmp_path):
     assert calls == [[corpus["c"]]]                      # only the unknown text was encoded
     assert np.allclose(reused.vectors, full.vectors, atol=1e-6)
     assert reused.search({"q": "aspirin"}, k=1) == full.search({"q": "aspirin"}, k=1)
+
+
+def test_query_length_normalisation_divides_each_querys_scores_by_its_tokens(tmp_path, tiny_checkpoint):
+    """score_normalization=query_length: the loss sees MaxSim / (query tokens, [MASK] padding included), so a
+    long query's softmax is as sharp as a short one's at the same temperature."""
+    long_query = "statins " + " ".join(["muscle pain and weakness after starting the drug"] * 3)
+    triplets = [Triplet(long_query if i == 0 else t.query, t.pos, t.neg) for i, t in enumerate(TRIPLETS)]
+    path = write_train_file(tmp_path / "long.jsonl", triplets)
+    plain = Trainer(config(tmp_path / "plain", tiny_checkpoint, train_files=[path], query_maxlen=32,
+                           query_augment_len=8), show_progress=False)
+    normed = Trainer(config(tmp_path / "normed", tiny_checkpoint, train_files=[path], query_maxlen=32,
+                            query_augment_len=8, score_normalization="query_length"), show_progress=False)
+    queries, docs, _ = plain._micro_batch(0)
+    with torch.no_grad():
+        q, d, keep, _ = plain.ddp(queries, docs)
+        raw, scaled = plain._scores(q, d, keep), normed._scores(q, d, keep)
+    tokens = (q.abs().sum(-1) > 0).sum(-1)
+    assert tokens.max() > 8 and tokens.min() >= 8      # a long query, and short ones padded to 8 with [MASK]
+    assert torch.allclose(scaled * tokens[:, None].float(), raw, atol=1e-5)
+    with pytest.raises(ValueError, match="score_normalization"):
+        config(tmp_path, tiny_checkpoint, score_normalization="length")
+
+
+def test_model_miner_ranks_each_source_within_its_own_corpus(monkeypatch):
+    """make-mix --miner: one retriever over the union of the corpora; each source keeps only its own documents,
+    with their ids as that source's corpus names them."""
+    from medcolbert import retrievers
+    from medcolbert.retrievers import FunctionRetriever
+    from medcolbert.training.mix import _miner
+
+    union_seen = {}
+
+    def by_word_overlap(corpus, arg):
+        union_seen.update(corpus)
+
+        def rank(queries, k):
+            words = {q: set(t.split()) for q, t in queries.items()}
+            return {q: dict(sorted(((d, float(len(w & set(text.split())))) for d, text in corpus.items()),
+                                   key=lambda kv: -kv[1])[:k]) for q, w in words.items()}
+        return FunctionRetriever(rank)
+
+    monkeypatch.setitem(retrievers._REGISTRY, "overlap-test", by_word_overlap)
+    answers = {"a0": "statins cause muscle pain", "a1": "aspirin after infarction"}
+    claims = {"0": "statins muscle pain trial", "1": "vitamin d fractures"}
+    rank = _miner("overlap-test", {**{f"s{d}": t for d, t in claims.items()}, **answers})
+    assert set(union_seen) == {"s0", "s1", "a0", "a1"}
+    assert rank(answers, "")(["statins muscle pain"], 2) == [["a0", "a1"]]
+    assert rank(claims, "s")(["statins muscle pain"], 2) == [["0", "1"]]

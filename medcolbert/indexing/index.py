@@ -19,8 +19,8 @@ from ..fsutil import failpoint, recover_replaced
 from ..validation import check_id, check_text
 from ..passages import SEPARATOR, SPAN_KEY, PassageSplitter, join_passages, parent_of, split_records
 from .codec import ResidualCodec
-from .storage import (FORMAT_NAME, FORMAT_VERSION, load_array, ranges, read_manifest, read_segment, save_array,
-                      sha256_file, write_manifest, write_segment)
+from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_manifest, read_segment,
+                      save_array, sha256_file, write_manifest, write_segment)
 
 
 class Index:
@@ -76,23 +76,26 @@ class Index:
         if self.codec.dim != m["dim"]:
             raise IndexFormatError(f"{self.path}: centroids have dim {self.codec.dim}, manifest says {m['dim']}")
         ids: list[str] = []
-        doclens, codes, residuals = [], [], []
+        doclens, residuals = [], []
         self._stores: list = []
+        # One int32 array for every segment's codes, filled in place: no per-segment copies to concatenate.
+        total = sum(int(seg["num_embeddings"]) for seg in m["segments"])
+        self.codes = np.empty(total, dtype=np.int32)
+        row = 0
         for seg in m["segments"]:
-            data = read_segment(self.path, f"segments/{seg['name']}", files)
-            n = int(data.doclens.sum())
-            if len(data.doc_ids) != seg["num_documents"] or n != seg["num_embeddings"] \
+            n = int(seg["num_embeddings"])
+            data = read_segment(self.path, f"segments/{seg['name']}", files, codes_out=self.codes[row:row + n])
+            row += n
+            if len(data.doc_ids) != seg["num_documents"] or int(data.doclens.sum()) != n \
                     or data.residuals.shape != (n, self.codec.bytes_per_residual):
                 raise IndexFormatError(f"{self.path}: segment {seg['name']} arrays disagree in size (damaged index)")
             ids += data.doc_ids
             doclens.append(data.doclens)
-            codes.append(data.codes)
             residuals.append(data.residuals)
             self._stores.append(data.store)
         self.doc_ids: list[str] = ids
         self._doc_segment_starts = np.concatenate([[0], np.cumsum([len(d) for d in doclens])]).astype(np.int64)
         self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
-        self.codes = np.concatenate(codes) if codes else np.zeros(0, np.int32)
         if self.codes.size and int(self.codes.max()) >= self.codec.num_centroids:
             raise IndexFormatError(f"{self.path}: a code points past the {self.codec.num_centroids} centroids")
         self._residual_parts = residuals
@@ -109,21 +112,49 @@ class Index:
         self._passages_of: dict[str, list[int]] | None = None
         self._build_inverted_lists()
 
-    def _build_inverted_lists(self) -> None:
+    def _build_inverted_lists(self, block: int = 1 << 22) -> None:
         # Unique (document, centroid) pairs: vectors are sorted by centroid inside each document, so a
         # pair starts wherever the code or the document changes. The inverted lists are their transpose.
-        n = len(self.codes)
-        doc_of = np.repeat(np.arange(len(self.doclens), dtype=np.int32), self.doclens)
-        start = np.ones(n, dtype=bool)
-        if n:
-            start[1:] = (self.codes[1:] != self.codes[:-1]) | (doc_of[1:] != doc_of[:-1])
-        self.pair_codes = self.codes[start].astype(np.int32)
-        pair_docs = doc_of[start]
-        self.pair_offsets = np.searchsorted(pair_docs, np.arange(len(self.doclens) + 1)).astype(np.int64)
-        order = np.argsort(self.pair_codes, kind="stable")
-        self.ivf_docs = pair_docs[order]
-        counts = np.bincount(self.pair_codes, minlength=self.codec.num_centroids)
+        # Built block by block of documents (two passes: count, then fill) so that the temporaries stay
+        # bounded by the block; the results are int32 except the offsets (a 100M-vector index would otherwise
+        # hold several int64 copies of its codes while opening).
+        codes, lens, ndocs = self.codes, self.doclens, len(self.doclens)
+        blocks = document_blocks(lens, block)
+
+        def pair_starts(d0: int, d1: int, r0: int, r1: int) -> np.ndarray:
+            c = codes[r0:r1]
+            start = np.ones(len(c), dtype=bool)
+            start[1:] = c[1:] != c[:-1]
+            local = self.doc_offsets[d0:d1] - r0
+            start[local[lens[d0:d1] > 0]] = True
+            return start
+
+        pair_counts = np.zeros(ndocs, dtype=np.int64)
+        for d0, d1, r0, r1 in blocks:
+            before = np.concatenate([[0], np.cumsum(pair_starts(d0, d1, r0, r1), dtype=np.int64)])
+            pair_counts[d0:d1] = before[self.doc_offsets[d0 + 1:d1 + 1] - r0] - before[self.doc_offsets[d0:d1] - r0]
+        self.pair_offsets = np.concatenate([[0], np.cumsum(pair_counts)]).astype(np.int64)
+        self.pair_codes = np.empty(int(self.pair_offsets[-1]), dtype=np.int32)
+        for d0, d1, r0, r1 in blocks:
+            self.pair_codes[self.pair_offsets[d0]:self.pair_offsets[d1]] = codes[r0:r1][pair_starts(d0, d1, r0, r1)]
+        counts = np.zeros(self.codec.num_centroids, dtype=np.int64)
+        pair_blocks = [(d0, d1, int(self.pair_offsets[d0]), int(self.pair_offsets[d1])) for d0, d1, _, _ in blocks]
+        for _, _, p0, p1 in pair_blocks:
+            counts += np.bincount(self.pair_codes[p0:p1], minlength=self.codec.num_centroids)
         self.ivf_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # Stable counting sort of the pairs by centroid, a block at a time: each block's pairs go to the next
+        # free places of their centroids' lists, so every list keeps documents in ascending order.
+        self.ivf_docs = np.empty(len(self.pair_codes), dtype=np.int32)
+        fill = self.ivf_offsets[:-1].copy()
+        for d0, d1, p0, p1 in pair_blocks:
+            c = self.pair_codes[p0:p1]
+            order = np.argsort(c, kind="stable")
+            sorted_codes = c[order]
+            docs = np.repeat(np.arange(d0, d1, dtype=np.int32), pair_counts[d0:d1])[order]
+            uniq, first, n = np.unique(sorted_codes, return_index=True, return_counts=True)
+            rank = np.arange(len(sorted_codes)) - np.repeat(first, n)
+            self.ivf_docs[fill[sorted_codes] + rank] = docs
+            fill[uniq] += n
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:

@@ -96,22 +96,52 @@ def encode_code_deltas(codes: np.ndarray, doclens: np.ndarray) -> tuple[np.ndarr
     return deltas, escapes
 
 
-def decode_code_deltas(deltas: np.ndarray, escapes: np.ndarray, doclens: np.ndarray) -> np.ndarray:
-    """Centroid id of every vector, int32, from the delta encoding."""
-    values = deltas.astype(np.int64)
-    escape = deltas == ESCAPE
-    if int(escape.sum()) != len(escapes):
-        raise IndexFormatError(f"code escapes: {int(escape.sum())} markers but {len(escapes)} values")
-    values[escape] = escapes.astype(np.int64)
-    reset = escape.copy()
-    offsets = np.concatenate([[0], np.cumsum(doclens)])[:-1]
-    reset[offsets[doclens > 0]] = True
-    # Running sum that restarts at every document start and at every escape (absolute value).
-    csum = np.cumsum(values)
-    group = np.cumsum(reset) - 1
-    starts = np.flatnonzero(reset)
-    base = csum[starts] - values[starts]
-    return (csum - base[group]).astype(np.int32) if len(values) else np.zeros(0, np.int32)
+def document_blocks(doclens: np.ndarray, block: int = 1 << 22) -> list[tuple[int, int, int, int]]:
+    """(first doc, end doc, first row, end row) of consecutive document runs of about `block` vectors each.
+
+    Index opening works block by block so that its int64 temporaries are bounded by the block, not the corpus.
+    """
+    offsets = np.concatenate([[0], np.cumsum(doclens, dtype=np.int64)])
+    n, ndocs = int(offsets[-1]), len(doclens)
+    cuts = np.unique(np.searchsorted(offsets, np.arange(0, n, block, dtype=np.int64), side="right") - 1)
+    docs = [int(d) for d in cuts if d < ndocs] + [ndocs]
+    if docs[0] != 0:
+        docs.insert(0, 0)
+    return [(a, b, int(offsets[a]), int(offsets[b])) for a, b in zip(docs[:-1], docs[1:])]
+
+
+def decode_code_deltas(deltas: np.ndarray, escapes: np.ndarray, doclens: np.ndarray,
+                       out: np.ndarray | None = None, block: int = 1 << 22) -> np.ndarray:
+    """Centroid id of every vector, int32, from the delta encoding (written into `out` when given)."""
+    n = len(deltas)
+    out = np.empty(n, dtype=np.int32) if out is None else out
+    if n == 0:
+        if len(escapes):
+            raise IndexFormatError(f"code escapes: 0 markers but {len(escapes)} values")
+        return out
+    doclens = np.asarray(doclens, dtype=np.int64)
+    used = 0
+    for d0, d1, r0, r1 in document_blocks(doclens, block):
+        d = np.asarray(deltas[r0:r1])
+        escape = d == ESCAPE
+        k = int(escape.sum())
+        if used + k > len(escapes):
+            raise IndexFormatError(f"code escapes: more markers than the {len(escapes)} values")
+        values = d.astype(np.int64)
+        values[escape] = escapes[used:used + k].astype(np.int64)
+        used += k
+        reset = escape
+        lens = doclens[d0:d1]
+        starts_local = np.concatenate([[0], np.cumsum(lens)])[:-1]
+        reset[starts_local[lens > 0]] = True
+        # Running sum that restarts at every document start and at every escape (absolute value).
+        csum = np.cumsum(values)
+        group = np.cumsum(reset) - 1
+        starts = np.flatnonzero(reset)
+        out[r0:r1] = csum - (csum[starts] - values[starts])[group]
+    if used != len(escapes):
+        raise IndexFormatError(f"code escapes: {used} markers but {len(escapes)} values")
+    return out
 
 
 def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -179,8 +209,9 @@ def encode_store(texts: list[str], metas: list[dict | None] | None = None) -> di
 STORE_FILES = ("texts", "text_offsets", "meta", "meta_offsets")
 
 
-def read_segment(root: Path, rel: str, files: dict) -> SegmentData:
-    """Read the segment written by write_segment under root/rel, decoding its centroid ids."""
+def read_segment(root: Path, rel: str, files: dict, codes_out: np.ndarray | None = None) -> SegmentData:
+    """Read the segment written by write_segment under root/rel, decoding its centroid ids (into codes_out
+    when given, so that the caller's array of all segments' codes is filled without a concatenated copy)."""
     lens = load_array(root, f"{rel}/doclens.npy", files).astype(np.int64)
     deltas = load_array(root, f"{rel}/code_deltas.npy", files, mmap=True)
     escapes = load_array(root, f"{rel}/code_escapes.npy", files)
@@ -197,7 +228,9 @@ def read_segment(root: Path, rel: str, files: dict) -> SegmentData:
             raise IndexFormatError(f"{root}: {rel}: {exc}") from None
         if len(store) != len(ids):
             raise IndexFormatError(f"{root}: {rel} stores {len(store)} texts for {len(ids)} documents")
-    return SegmentData(ids, lens, decode_code_deltas(np.asarray(deltas), escapes, lens), residuals, store)
+    if codes_out is not None and len(codes_out) != deltas.shape[0]:
+        raise IndexFormatError(f"{root}: {rel} holds {deltas.shape[0]} vectors, the manifest says {len(codes_out)}")
+    return SegmentData(ids, lens, decode_code_deltas(deltas, escapes, lens, out=codes_out), residuals, store)
 
 
 def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray, codes: np.ndarray,

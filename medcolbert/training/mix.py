@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import DataError
@@ -66,14 +67,18 @@ def check_no_leakage(triplets: list[Triplet], data_root: str | Path) -> dict[str
 
 def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n_negatives: int = 4,
                       window: tuple[int, int] = (0, 30), seed: int = 0, consumer_health: bool = False,
-                      teacher: str | None = None, teacher_max_length: int = 128,
+                      teacher: str | None = None, teacher_max_length: int = 128, miner: str = "bm25",
                       show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
     """The medical mix with BM25-mined negatives (written as JSONL when output is given), and a report.
 
     consumer_health adds the real consumer questions' train pairs (source 'consumer-health-train');
     teacher names a single-vector model whose cosine scores of each positive and negative are stored as
-    pos_scores / neg_scores for distillation.
+    pos_scores / neg_scores for distillation. miner is the first stage that ranks the negatives' candidates
+    ('bm25', or any registered 'NAME[:ARG]' such as 'dense' or 'dense:PATH').
     """
+    from ..retrievers import check_retriever_spec
+
+    check_retriever_spec(miner)
     root = Path(data_root)
     held = held_out(root)
     mix: list[Triplet] = []
@@ -86,12 +91,19 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
                and not any(p in held["medquad_dev_answers"] for p in t.pos)]
     dropped = Counter({"medquad-train (dev topic or answer)": len(all_pairs) - len(medquad)})
     answers = {f"a{i}": text for i, text in enumerate(dict.fromkeys(p for t in medquad for p in t.pos))}
-    mix += mine_negatives(medquad, answers, bm25_retriever(answers), n_negatives=n_negatives, window=window,
-                          seed=seed, show_progress=show_progress)
-    # SciFact train claims: negatives from the whole corpus (the usual BEIR fine-tuning setting).
     scifact = load_beir(root / SCIFACT, "train")
     corpus = {d: doc.full_text for d, doc in scifact.corpus.items()}
-    mix += mine_negatives(beir_to_triplets(scifact, source="scifact-train"), corpus, bm25_retriever(corpus),
+    consumer: list[Triplet] = []
+    if consumer_health:
+        consumer = [t for t in pairs_to_triplets(root / CONSUMER_PAIRS, source="consumer-health-train")
+                    if not any(p in held["medquad_dev_answers"] for p in t.pos)]
+    pool = dict(answers)
+    pool.update({f"c{i}": text for i, text in enumerate(dict.fromkeys(p for t in consumer for p in t.pos))})
+    rank = _miner(miner, {**{f"s{d}": text for d, text in corpus.items()}, **pool})
+    mix += mine_negatives(medquad, answers, rank(answers, ""), n_negatives=n_negatives, window=window,
+                          seed=seed, show_progress=show_progress)
+    # SciFact train claims: negatives from the whole corpus (the usual BEIR fine-tuning setting).
+    mix += mine_negatives(beir_to_triplets(scifact, source="scifact-train"), corpus, rank(corpus, "s"),
                           n_negatives=n_negatives, window=window, seed=seed, show_progress=show_progress)
     # Medical Question Pairs: a doctor-written paraphrase and a doctor-written hard negative each; kept as they are.
     mix += [Triplet(t.query, t.pos, t.neg, meta={"source": "medical-question-pairs", **t.meta})
@@ -100,18 +112,14 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
         # Real consumer questions: negatives from MedQuAD train answers plus the other questions' answers,
         # the documents such a question is confused with. Appended last, so the other sources' negatives
         # are the same as in the mix without them (one seeded generator, same order).
-        consumer = [t for t in pairs_to_triplets(root / CONSUMER_PAIRS, source="consumer-health-train")
-                    if not any(p in held["medquad_dev_answers"] for p in t.pos)]
         dropped["consumer-health-train (judged dev answer)"] = len(read_triplets(root / CONSUMER_PAIRS)) - len(consumer)
-        pool = dict(answers)
-        pool.update({f"c{i}": text for i, text in enumerate(dict.fromkeys(p for t in consumer for p in t.pos))})
-        mix += mine_negatives(consumer, pool, bm25_retriever(pool), n_negatives=n_negatives, window=window,
+        mix += mine_negatives(consumer, pool, rank(pool, ""), n_negatives=n_negatives, window=window,
                               seed=seed, show_progress=show_progress)
     # A few claims occur word for word in more than one split (SciFact has such duplicates).
     kept = [t for t in mix if normalize_query(t.query) not in held["queries"]]
     dropped.update(f"{t.meta.get('source')} (query is an evaluation query)" for t in mix
                    if normalize_query(t.query) in held["queries"])
-    report = {"dropped": dict(dropped), "sources": mix_summary(kept), **check_no_leakage(kept, root)}
+    report = {"dropped": dict(dropped), "sources": mix_summary(kept), **check_no_leakage(kept, root), "miner": miner}
     if teacher is not None:
         from .teacher import score_triplets
 
@@ -120,6 +128,33 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
     if output is not None:
         write_triplets(output, kept)
     return kept, report
+
+
+def _miner(spec: str, union: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    """(corpus, id prefix) -> mining retriever over that corpus.
+
+    BM25 is indexed per corpus as before (its statistics are the corpus's own). A model-based miner encodes the
+    union of all corpora once and keeps each source's own documents, so one encoding pass serves every source.
+    """
+    if spec == "bm25":
+        return lambda corpus, prefix: bm25_retriever(corpus)
+    from ..retrievers import make_retriever
+    from .mining import as_mining_retriever
+
+    ranked = as_mining_retriever(make_retriever(spec, union))
+
+    def for_corpus(corpus: Mapping[str, str], prefix: str):  # type: ignore[no-untyped-def]
+        def retrieve(queries, depth):  # type: ignore[no-untyped-def]
+            # Over-fetch: the other sources' documents are dropped from the union's ranking.
+            lists = ranked(queries, min(len(union), depth * max(2, len(union) // max(1, len(corpus)))))
+            out = []
+            for ids in lists:
+                own = [d[len(prefix):] for d in ids if d.startswith(prefix) and d[len(prefix):] in corpus]
+                out.append(own[:depth])
+            return out
+        return retrieve
+
+    return for_corpus
 
 
 def mix_summary(triplets: list[Triplet]) -> dict[str, dict[str, float]]:

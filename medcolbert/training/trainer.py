@@ -47,6 +47,8 @@ class TrainConfig:
     model: str | None = None                # base model; None = the packaged all-MiniLM-L6-v2
     loss: str = "contrastive"               # contrastive | distill | both
     temperature: float = 1.0                # softmax temperature of the contrastive loss
+    score_normalization: str = "none"       # none | query_length: ColBERT scores divided by the query's token
+                                            # count in the loss, so long queries do not get sharper softmaxes
     distill_temperature: float = 1.0        # temperature applied to teacher scores
     distill_weight: float = 1.0             # weight of the KL term when loss = both
     teacher: str | None = None              # single-vector teacher scored online over every document of the batch
@@ -85,6 +87,7 @@ class TrainConfig:
 
     KINDS = ("colbert", "dense")
     LOSSES = ("contrastive", "distill", "both")
+    SCORE_NORMALIZATIONS = ("none", "query_length")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -94,6 +97,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "eval_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.score_normalization not in self.SCORE_NORMALIZATIONS:
+            raise ValueError(f"score_normalization must be one of {self.SCORE_NORMALIZATIONS}, "
+                             f"got {self.score_normalization!r}")
         if self.n_negatives < 0 or self.temperature <= 0 or self.distill_temperature <= 0:
             raise ValueError("n_negatives must be >= 0 and temperatures > 0")
         if not self.train_files:
@@ -462,7 +468,12 @@ class Trainer:
     def _scores(self, q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         if self.cfg.kind == "dense":
             return q @ d.T
-        return maxsim(q, d, document_mask=keep)
+        scores = maxsim(q, d, document_mask=keep)
+        if self.cfg.score_normalization == "query_length":
+            # [PAD] positions are zero vectors; [MASK] augmentation positions count as tokens.
+            length = (q.detach().abs().sum(-1) > 0).sum(-1).clamp(min=1).to(scores.dtype)
+            scores = scores / length[:, None]
+        return scores
 
     def train_step(self) -> dict:
         """One optimizer step over batch_size queries; returns its metrics."""
