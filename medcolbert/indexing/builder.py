@@ -339,6 +339,8 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     vectors = model.encode_documents([texts[p] for p in positions], batch_size=batch_size, show_progress=show)
     lens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
     flat = torch.cat(vectors).numpy()
+    # The sample is the build's largest allocation (48 vectors per centroid): hold one copy at a time.
+    del vectors
     folder = work / "sample"
     folder.mkdir(exist_ok=True)
     np.save(folder / "vectors.npy", flat.astype(np.float16), allow_pickle=False)
@@ -349,6 +351,8 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     perm = np.random.default_rng(seed).permutation(flat.shape[0])
     n_held = max(1, min(flat.shape[0] // 20, 50_000))
     held, train = flat[perm[:n_held]], flat[perm[n_held:]] if flat.shape[0] > n_held else flat
+    sample_embeddings = int(flat.shape[0])
+    del flat, perm
     k = min(k, train.shape[0])
     method = resolve_kmeans(kmeans, k)
     centroids = train_centroids(train, k, niter=niters, seed=seed, use_gpu=use_gpu, method=method)
@@ -358,7 +362,7 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     for name, array in codec.arrays().items():
         save_array(folder / f"{name}.npy", array)
     (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
-                                                  "sample_embeddings": int(flat.shape[0]), "kmeans": method,
+                                                  "sample_embeddings": sample_embeddings, "kmeans": method,
                                                   "assignment": resolve_assignment(assignment, codec.num_centroids)}))
     (folder / "done").touch()
 
