@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-mix", help="build the medical training mix from ../shared/data",
                        description="MedQuAD train pairs, SciFact train qrels and Medical Question Pairs, with "
-                                   "BM25-mined negatives; MedQuAD dev topics and SciFact test queries are checked "
-                                   "out before anything is written.")
+                                   "mined negatives (BM25 unless --miner); MedQuAD dev topics and SciFact test "
+                                   "queries are checked out before anything is written.")
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--output", required=True)
     p.add_argument("--negatives", type=int_option(0, 1000), default=4)

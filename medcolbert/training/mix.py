@@ -69,7 +69,7 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
                       window: tuple[int, int] = (0, 30), seed: int = 0, consumer_health: bool = False,
                       teacher: str | None = None, teacher_max_length: int = 128, miner: str = "bm25",
                       show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
-    """The medical mix with BM25-mined negatives (written as JSONL when output is given), and a report.
+    """The medical mix with mined negatives (BM25 by default; written as JSONL when output is given), and a report.
 
     consumer_health adds the real consumer questions' train pairs (source 'consumer-health-train');
     teacher names a single-vector model whose cosine scores of each positive and negative are stored as
