@@ -98,7 +98,13 @@ def child(code: str, *args: str) -> tuple[dict, float, int]:
     return result, wall, int(rss)
 
 
-BUILD = r"""
+# Read by both children: a line of /proc/self/status (VmHWM = peak RSS, RssAnon / RssFile = held now), in bytes.
+STATUS = r"""
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))
+"""
+
+BUILD = STATUS + r"""
 import json, sys, time
 from medcolbert.indexing.vectors import build_from_vectors
 from medcolbert.indexing.index import Index
@@ -106,14 +112,15 @@ shards, path, model, fp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 t = time.perf_counter()
 build_from_vectors(path, [shards], model_name=model, model_fingerprint=fp, overwrite=True)
 # The build's own peak, read before the index is opened for its statistics (opening loads the codes).
-hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))
-s = Index.open(path).stats()
+hwm = status("VmHWM")
+index = Index.open(path)
+s = index.stats()
 print(json.dumps({"build_s": time.perf_counter() - t, "bytes_per_vector": s["bytes_per_embedding"],
                   "centroids": s["centroids"], "bytes_total": s["bytes_total"], "documents": s["documents"],
-                  "embeddings": s["embeddings"], "build_info": Index.open(path).manifest["build"], "vmhwm_bytes": hwm}))
+                  "embeddings": s["embeddings"], "build_info": index.manifest["build"], "vmhwm_bytes": hwm}))
 """
 
-SEARCH = r"""
+SEARCH = STATUS + r"""
 import json, sys, time
 import numpy as np, torch
 from medcolbert.indexing.index import Index
@@ -121,8 +128,6 @@ from medcolbert.search.engine import PlaidEngine
 from medcolbert.search.plaid import SearchConfig
 path, qfile = sys.argv[1], sys.argv[2]
 Q = torch.from_numpy(np.load(qfile))
-def status(key):
-    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(key + ':'))
 t = time.perf_counter()
 index = Index.open(path)
 open_s = time.perf_counter() - t
@@ -153,8 +158,7 @@ for engine_name, compiled, preset, ks in (("compiled", None, "quality", (10, 100
         for key in stats[0]:
             row["median_" + key] = float(np.median([s[key] for s in stats]))
         out[f"{engine_name}_{preset}_k{k}"] = row
-hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))
-out["vmhwm_bytes"] = hwm
+out["vmhwm_bytes"] = status("VmHWM")
 print(json.dumps(out))
 """
 

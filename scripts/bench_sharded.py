@@ -15,7 +15,6 @@ Records experiments/scale/sharded/.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ from bench_scale import cpu_name  # noqa: E402
 from medcolbert.indexing.index import Index  # noqa: E402
 from medcolbert.search.engine import PlaidEngine  # noqa: E402
 from medcolbert.search.plaid import SearchConfig  # noqa: E402
+from medcolbert.search.sharded import merge_top_k  # noqa: E402
 
 
 def build(path: Path, stems: list[Path], model: dict) -> tuple[Index, float]:
@@ -83,13 +83,13 @@ def main() -> None:
                     t0 = time.perf_counter()
                     d, s = engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)
                     times.append(time.perf_counter() - t0)
-                    parts.append([(float(score), ix.doc_ids[int(pos)]) for pos, score in zip(d, s)])
+                    parts.append([(ix.doc_ids[int(pos)], float(score)) for pos, score in zip(d, s)])
                 t0 = time.perf_counter()
-                merged = heapq.nlargest(k, (hit for part in parts for hit in part))
+                merged = merge_top_k(parts, k)   # ShardedSearcher's own merge
                 t_merge.append(time.perf_counter() - t0)
                 t_max.append(max(times))
                 t_sum.append(sum(times))
-                overlap.append(len(best & {doc for _, doc in merged}) / k)
+                overlap.append(len(best & {doc for doc, _ in merged}) / k)
             ms = lambda xs: round(float(np.percentile(np.array(xs[3:]) * 1000, 50)), 2)   # noqa: E731
             ms95 = lambda xs: round(float(np.percentile(np.array(xs[3:]) * 1000, 95)), 2)  # noqa: E731
             rows.append({"preset": preset, "k": k, "one_index_p50_ms": ms(t_one), "one_index_p95_ms": ms95(t_one),

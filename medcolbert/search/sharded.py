@@ -21,6 +21,15 @@ from ..indexing.index import Index
 from .plaid import SearchConfig, Searcher
 
 
+def merge_top_k(parts: Sequence[Sequence[Any]], k: int) -> list[Any]:
+    """The k best hits of several shards' ranked lists: (doc id, score) pairs or {"score": ...} dicts."""
+    # Ties keep shard order, then each shard's own order: the merge is deterministic.
+    entries = [(hit, s, r) for s, hits in enumerate(parts) for r, hit in enumerate(hits)]
+    score = (lambda hit: hit["score"]) if entries and isinstance(entries[0][0], dict) else (lambda hit: hit[1])
+    best = heapq.nsmallest(k, entries, key=lambda e: (-score(e[0]), e[1], e[2]))
+    return [hit for hit, _, _ in best]
+
+
 class ShardedSearcher:
     """`search(query, k)` over several indexes searched with one model, as if they were one."""
 
@@ -57,11 +66,7 @@ class ShardedSearcher:
                        **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """`search` for a query encoded already ([Lq, dim])."""
         parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, **knobs), self.searchers))
-        # Ties keep shard order, then each shard's own order: the merge is deterministic.
-        entries = [(hit, s, r) for s, hits in enumerate(parts) for r, hit in enumerate(hits)]
-        score = (lambda e: e[0]["score"]) if return_documents else (lambda e: e[0][1])
-        best = heapq.nsmallest(k, entries, key=lambda e: (-score(e), e[1], e[2]))
-        return [hit for hit, _, _ in best]
+        return merge_top_k(parts, k)
 
     def close(self) -> None:
         """Stop the shard threads."""
