@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,10 @@ class ModelConfig:
     # [MASK] augmentation length: shorter queries are padded with [MASK] up to it; longer ones keep their
     # tokens up to query_maxlen, unpadded. None pads every query to query_maxlen (colbert-ai's rule).
     query_augment_len: int | None = 32
+    # Weight of the pooled single-vector term in a score: MaxSim + dense_weight x (query vector count) x cosine
+    # of the mean-pooled backbone states (a per-token-scaled sum, so 1.0 weighs both parts alike). 0: plain
+    # ColBERT, which is what colbert-ai computes whatever this says (it ignores the key).
+    dense_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("dim", "query_maxlen", "doc_maxlen"):
@@ -97,6 +102,9 @@ class ModelConfig:
                 not isinstance(self.query_augment_len, int) or isinstance(self.query_augment_len, bool)
                 or self.query_augment_len < 3):
             raise ValueError(f"ModelConfig.query_augment_len must be an integer >= 3 or None, got {self.query_augment_len!r}")
+        if (isinstance(self.dense_weight, bool) or not isinstance(self.dense_weight, (int, float))
+                or not math.isfinite(self.dense_weight) or not 0 <= self.dense_weight <= 100):
+            raise ValueError(f"ModelConfig.dense_weight must be a number in [0, 100], got {self.dense_weight!r}")
         if self.similarity != "cosine":
             raise ValueError(f"similarity {self.similarity!r} is not supported; medcolbert scores with cosine (dot products of unit vectors)")
         if self.interaction != "colbert":

@@ -157,24 +157,34 @@ def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: 
                        k: int | None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
     qids = list(run)
-    Q = model.encode_queries([queries[q] for q in qids], show_progress=False)
+    texts = [queries[q] for q in qids]
+    if getattr(model, "has_dense_head", False):
+        Q, Q_pooled = model.encode_queries(texts, show_progress=False, pooled=True)
+        return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k, Q_pooled[i], model.config.dense_weight))
+                for i, qid in enumerate(qids)}
+    Q = model.encode_queries(texts, show_progress=False)
     return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k)) for i, qid in enumerate(qids)}
 
 
-def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int,
-                              k: int | None = None) -> list[tuple[str, float]]:
+def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int, k: int | None = None,
+                              q_pooled: Any = None, dense_weight: float = 0.0) -> list[tuple[str, float]]:
     """An encoded query's top `depth` hits rescored by MaxSim with the index's stored vectors, best first.
 
     Hits may name documents or passages of a split index (a passage stands for its document, which is then
-    scored by its best passage); ids the index does not hold are dropped."""
+    scored by its best passage); ids the index does not hold are dropped. With q_pooled (a pooled-head
+    model's query vector), each score gains dense_weight x (query vectors) x cosine with the stored pooled ones."""
     from .passages import best_per_document, parent_of
-    from .scoring import maxsim_one
+    from .scoring import add_dense_term, maxsim_one
 
     ranked = sorted(hits.items(), key=lambda kv: -kv[1])
     # passages_of: a document's own position, or every passage of a split document (scored by the best).
     found = [(d, index.passages_of(d)) for d in list(dict.fromkeys(parent_of(u) for u, _ in ranked))[:depth]]
     cands, units = [d for d, u in found if u], [u for _, u in found if u]
-    flat = maxsim_one(q, index.document_vectors([p for u in units for p in u])).tolist() if cands else []
+    positions = [p for u in units for p in u]
+    flat_scores = maxsim_one(q, index.document_vectors(positions)) if cands else None
+    if flat_scores is not None and q_pooled is not None:
+        flat_scores = add_dense_term(flat_scores, q, index.pooled_vectors(positions) @ q_pooled, dense_weight)
+    flat = flat_scores.tolist() if flat_scores is not None else []
     scores = best_per_document(flat, [len(u) for u in units])
     return sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
 

@@ -73,3 +73,11 @@ def maxsim_one(query: torch.Tensor, documents: Sequence[torch.Tensor]) -> torch.
         s = maxsim(query.unsqueeze(0), padded, document_mask=mask)[0]
         result[torch.tensor(idx)] = s.float().cpu()
     return result
+
+
+def add_dense_term(scores: torch.Tensor, query: torch.Tensor, cosines: torch.Tensor, weight: float) -> torch.Tensor:
+    """MaxSim scores [nd] of one query [Lq, dim] plus weight x (its vector count) x the pooled cosines [nd]."""
+    # Scaled by the query's vector count (its [PAD] rows are zero), so the pooled cosine weighs per query
+    # token what one MaxSim term weighs: weight 1 gives both parts the same scale whatever the query's length.
+    count = int((query.abs().sum(dim=-1) > 0).sum())
+    return scores + weight * count * cosines.to(scores.device, scores.dtype)

@@ -280,6 +280,13 @@ class Service:
             return self.batcher.encode(texts)
         return self.model.encode_queries(texts, show_progress=False)  # type: ignore[union-attr]
 
+    def encode_for_search(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query vectors and, for a model with a pooled head, the pooled vectors from the same pass (else None)."""
+        if getattr(self.model, "has_dense_head", False):
+            # Not batched: the batcher carries token vectors only, and the pooled vector must come from this pass.
+            return self.model.encode_queries(texts, show_progress=False, pooled=True)  # type: ignore[union-attr]
+        return self.encode(texts), None
+
     # --------------------------------------------------------------- checks
     def check_text(self, text: str, what: str, limit: int) -> None:
         """Reject empty, oversized or invalid (lone surrogate) strings with a message naming the field."""
@@ -415,17 +422,20 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
-        Q = service.encode(texts)
+        Q, Q_pooled = service.encode_for_search(texts)
+        weight = service.model.config.dense_weight  # type: ignore[union-attr]
         if req.first_stage is not None:
             from .retrievers import rerank_encoded_from_index
 
             stage = snap.first_stage(req.first_stage)
             run = stage.retrieve({str(i): t for i, t in enumerate(texts)}, k=req.depth)
-            ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k)
+            ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k,
+                                                None if Q_pooled is None else Q_pooled[i], weight)
                       for i in range(len(texts))]
             hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
         else:
-            hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents, **knobs)
+            hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,
+                                                 q_pooled=None if Q_pooled is None else Q_pooled[i], **knobs)
                     for i in range(len(texts))]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
@@ -436,7 +446,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
         from .passages import best_per_document
-        from .scoring import maxsim_one
+        from .scoring import add_dense_term, maxsim_one
 
         service.check_text(req.query, "query", L.max_query_chars)
         if (req.candidates is None) == (req.ids is None):
@@ -452,9 +462,19 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         for i, c in enumerate(req.candidates or []):
             service.check_text(c, f"candidates[{i}]", L.max_document_chars)
         snap = service.current()
-        q = service.encode([req.query])[0]
+        hybrid = bool(getattr(service.model, "has_dense_head", False))
+        cosines = None
+        if hybrid:   # the model's pooled head scores too: the query's pooled vector comes from the same pass
+            encoded_q, q_pooled = service.model.encode_queries([req.query], show_progress=False, pooled=True)  # type: ignore[union-attr]
+            q, q_pooled = encoded_q[0], q_pooled[0]
+        else:
+            q = service.encode([req.query])[0]
         if req.candidates is not None:
-            docs = service.model.encode_documents(req.candidates, show_progress=False)  # type: ignore[union-attr]
+            if hybrid:
+                docs, d_pooled = service.model.encode_documents(req.candidates, show_progress=False, pooled=True)  # type: ignore[union-attr]
+                cosines = d_pooled @ q_pooled
+            else:
+                docs = service.model.encode_documents(req.candidates, show_progress=False)  # type: ignore[union-attr]
             labels: list[Any] = list(range(len(req.candidates)))
         else:
             for i, d in enumerate(req.ids or []):
@@ -464,10 +484,19 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             unknown = [d for d, g in zip(req.ids or [], groups) if not g]
             if unknown:
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
-            flat = maxsim_one(q, snap.index.document_vectors([p for g in groups for p in g])).tolist()
+            positions = [p for g in groups for p in g]
+            flat_scores = maxsim_one(q, snap.index.document_vectors(positions))
+            if hybrid:
+                flat_scores = add_dense_term(flat_scores, q, snap.index.pooled_vectors(positions) @ q_pooled,
+                                             service.model.config.dense_weight)  # type: ignore[union-attr]
+            flat = flat_scores.tolist()
             labels = list(req.ids or [])
-        scores = maxsim_one(q, docs) if req.candidates is not None else \
-            torch.tensor(best_per_document(flat, [len(g) for g in groups]))
+        if req.candidates is not None:
+            scores = maxsim_one(q, docs)
+            if cosines is not None:
+                scores = add_dense_term(scores, q, cosines, service.model.config.dense_weight)  # type: ignore[union-attr]
+        else:
+            scores = torch.tensor(best_per_document(flat, [len(g) for g in groups]))
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
@@ -489,9 +518,13 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
         # so a delete never waits behind a large add.
-        vectors = service.model.encode_documents(list(docs.values()), show_progress=False)  # type: ignore[union-attr]
-        return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata)["added"],
-                      "added")
+        pooled = None
+        if getattr(service.model, "has_dense_head", False):
+            vectors, pooled = service.model.encode_documents(list(docs.values()), show_progress=False, pooled=True)  # type: ignore[union-attr]
+        else:
+            vectors = service.model.encode_documents(list(docs.values()), show_progress=False)  # type: ignore[union-attr]
+        return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata,
+                                                          pooled=pooled)["added"], "added")
 
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:

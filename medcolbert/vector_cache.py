@@ -27,12 +27,17 @@ def text_hash(text: str) -> str:
 
 
 class VectorCache:
-    """Document vectors of one model, stored as chunks of plain .npy arrays; resumable by construction."""
+    """Document vectors of one model, stored as chunks of plain .npy arrays; resumable by construction.
+
+    A model with a pooled single-vector head (dense_weight > 0) also stores each document's pooled vector.
+    """
 
     def __init__(self, model: ColBERT, root: str | Path | None = None) -> None:
         self.model = model
         self.dir = Path(root or default_cache_root()) / model.fingerprint()
+        self.pooled = bool(getattr(model, "has_dense_head", False))
         self._entries: dict[str, tuple[str, np.ndarray]] = {}
+        self._pooled: dict[str, np.ndarray] = {}
         self._next_chunk = 0
         self._load()
 
@@ -49,13 +54,19 @@ class VectorCache:
                 hashes = np.load(self._chunk_path(n, "hashes"), allow_pickle=False)
                 lengths = np.load(self._chunk_path(n, "lengths"), allow_pickle=False)
                 vectors = np.load(self._chunk_path(n, "vectors"), mmap_mode="r", allow_pickle=False)
+                # A chunk written without pooled vectors is of no use to a model that needs them: encoded again.
+                pooled = np.load(self._chunk_path(n, "pooled"), allow_pickle=False) if self.pooled else None
             except (OSError, ValueError):
                 continue  # a damaged chunk is simply encoded again
             if not (len(ids) == len(hashes) == len(lengths)) or int(lengths.sum()) != vectors.shape[0]:
                 continue
+            if pooled is not None and pooled.shape != (len(ids), self.model.hidden_size):
+                continue
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             for i, doc_id in enumerate(ids.tolist()):
                 self._entries[doc_id] = (str(hashes[i]), vectors[offsets[i]:offsets[i + 1]])
+                if pooled is not None:
+                    self._pooled[doc_id] = pooled[i]
             self._next_chunk = max(self._next_chunk, n + 1)
 
     def __len__(self) -> int:
@@ -79,21 +90,35 @@ class VectorCache:
             with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
                 for start in range(0, len(todo), chunk_size):
                     part = todo[start:start + chunk_size]
-                    vecs = self.model.encode_documents([texts[i] for i in part], batch_size=batch_size,
-                                                       show_progress=False)
-                    self._write_chunk([ids[i] for i in part], [texts[i] for i in part], vecs)
+                    encoded = self.model.encode_documents([texts[i] for i in part], batch_size=batch_size,
+                                                          show_progress=False, **({"pooled": True} if self.pooled else {}))
+                    vecs, pooled = encoded if self.pooled else (encoded, None)
+                    self._write_chunk([ids[i] for i in part], [texts[i] for i in part], vecs, pooled)
                     bar.update(len(part))
         # np.array copies out of the read-only memory map, which torch cannot wrap safely.
         return {d: torch.from_numpy(np.array(self._entries[d][1])) for d in ids}
 
-    def _write_chunk(self, ids: list[str], texts: list[str], vectors: list[torch.Tensor]) -> None:
+    def pooled_vectors(self, ids: Sequence[str]) -> torch.Tensor:
+        """The pooled single vectors [n, hidden] of documents cached already (by get_or_encode)."""
+        if not self.pooled:
+            raise ValueError("this cache's model has no pooled head (dense_weight is 0)")
+        return torch.from_numpy(np.stack([self._pooled[d] for d in ids]).astype(np.float32)) if ids else \
+            torch.empty(0, self.model.hidden_size)
+
+    def _write_chunk(self, ids: list[str], texts: list[str], vectors: list[torch.Tensor],
+                     pooled: torch.Tensor | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         n = self._next_chunk
         lengths = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         flat = (torch.cat(vectors) if vectors else torch.empty(0, self.model.config.dim)).to(torch.float16).numpy()
         arrays = {"vectors": flat, "lengths": lengths,
                   "hashes": np.array([text_hash(t) for t in texts]), "ids": np.array(ids)}
-        for part in CHUNK_FILES:  # each file lands whole; a chunk counts only once its ids file exists
+        parts = CHUNK_FILES
+        if pooled is not None:
+            # float32: the pooled cosine is added at full weight to the score, and the array is small.
+            arrays["pooled"] = pooled.float().numpy()
+            parts = ("pooled", *CHUNK_FILES)
+        for part in parts:  # each file lands whole; a chunk counts only once its ids file exists
             final = self._chunk_path(n, part)
             tmp = final.with_name(final.name + ".tmp")
             with open(tmp, "wb") as f:
@@ -102,6 +127,8 @@ class VectorCache:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         for i, doc_id in enumerate(ids):
             self._entries[doc_id] = (text_hash(texts[i]), flat[offsets[i]:offsets[i + 1]])
+            if pooled is not None:
+                self._pooled[doc_id] = arrays["pooled"][i]
         self._next_chunk = n + 1
 
 
@@ -116,9 +143,10 @@ class CachedEncoder:
     def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the model's
         return getattr(self.model, name)
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 32,
-                         show_progress: bool | None = None) -> list[torch.Tensor]:
-        """Vectors of documents of the corpus, encoded only if the cache lacks them."""
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None,
+                         pooled: bool = False) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
+        """Vectors of documents of the corpus, encoded only if the cache lacks them (and pooled ones if asked)."""
         ids = [self.ids_by_text[t] for t in texts]
         got = self.cache.get_or_encode(ids, list(texts), batch_size=batch_size, show_progress=show_progress)
-        return [got[i].float() for i in ids]
+        vectors = [got[i].float() for i in ids]
+        return (vectors, self.cache.pooled_vectors(ids)) if pooled else vectors

@@ -574,3 +574,44 @@ def test_two_level_kmeans_matches_flat_quality_and_is_recorded(tiny_model, tmp_p
     assert two.manifest["build"]["kmeans"] == "two-level" and two.codec.num_centroids == 16
     with pytest.raises(MedColbertError, match="kmeans"):
         Index.build(tmp_path / "bad", tiny_model, docs, kmeans="fast", show_progress=False)
+
+
+def test_an_index_of_a_pooled_head_model_keeps_its_pooled_vectors_through_add_delete_and_compact(tmp_path, corpus):
+    """A model with dense_weight > 0: the index stores each document's pooled vector, and search scores every
+    hit as MaxSim (stored vectors) + weight x (query vectors) x cosine of the pooled vectors."""
+    model = make_tiny_model(seed=11).reconfigure(dense_weight=0.5)
+    docs = dict(list(corpus.items())[:40])
+    idx = Index.build(tmp_path / "hx", model, docs, chunk_size=16, show_progress=False)
+    _, pooled = model.encode_documents(list(docs.values()), pooled=True)
+    assert idx.pooled is not None and idx.pooled.dtype == np.float16
+    assert np.allclose(np.asarray(idx.pooled, dtype=np.float32), pooled.numpy(), atol=2e-3)
+    query = "leukemia chemotherapy cancer"
+    q, qp = model.encode_queries([query], pooled=True)
+    q, qp = q[0], qp[0]
+
+    def expected(index):  # every live document, scored here from the stored vectors and the encoder's pooled ones
+        live = [index.position[d] for d in index.position]
+        texts = [docs.get(index.doc_ids[p]) or added[index.doc_ids[p]] for p in live]
+        _, own_pooled = model.encode_documents(texts, pooled=True)
+        count = int((q.abs().sum(-1) > 0).sum())
+        scores = maxsim_one(q, index.document_vectors(live)) + 0.5 * count * (own_pooled @ qp)
+        return {index.doc_ids[p]: float(x) for p, x in zip(live, scores)}
+
+    added = {"new1": "leukemia chemotherapy cancer leukemia", "new2": "kidney dialysis"}
+    idx.add(model, added)
+    idx.delete(["doc0"])
+    for index in (idx, Index.open(idx.path)):
+        want = expected(index)
+        for exact in (False, True):
+            got = dict(Searcher(index, model).search(query, k=len(want), exact=exact))
+            assert got.keys() == want.keys()
+            assert all(got[d] == pytest.approx(want[d], abs=0.02) for d in got)
+    idx.compact()
+    compacted = Index.open(idx.path, verify=True)
+    assert len(compacted.pooled) == len(compacted) == 41
+    want = expected(compacted)
+    got = dict(Searcher(compacted, model).search(query, k=5))
+    assert list(got) == sorted(want, key=lambda d: -want[d])[:5]
+    with pytest.raises(MedColbertError, match="pooled single-vector head"):
+        Searcher(Index.build(tmp_path / "plain", model.reconfigure(dense_weight=0.0), docs, show_progress=False),
+                 make_tiny_model(seed=11).reconfigure(dense_weight=0.5))

@@ -109,3 +109,35 @@ def test_index_build_takes_a_plain_list_of_texts(tmp_path, tiny_model):
     texts = [f"document number {i} about aspirin and the heart" for i in range(20)]
     index = Index.build(tmp_path / "idx", tiny_model, texts, num_centroids=4, show_progress=False)
     assert index.doc_ids == [str(i) for i in range(20)]
+
+
+def test_a_pooled_head_adds_its_weighted_cosine_to_maxsim(tmp_path):
+    """dense_weight > 0: score = MaxSim + weight x (query vectors) x cosine of the mean-pooled states, in rerank
+    and rerank_run alike, with the pooled vectors kept in (and reloaded from) the vector cache."""
+    model = make_tiny_model(seed=3, dropout=0.0).reconfigure(dense_weight=0.5)
+    texts = [body for _, body in DOCS.values()]
+    query = QUERIES["q1"]
+    q = model.encode_queries([query])[0]
+    docs = model.encode_documents(texts)
+
+    def pooled(batch):  # the mean of the backbone's states over the text's own tokens, computed here
+        hidden = model.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        real = (batch.attention_mask.bool() & (batch.input_ids != model.tokenizer.mask_token_id)).float()
+        return torch.nn.functional.normalize((hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True), dim=-1)
+
+    with torch.no_grad():
+        qp = pooled(model.tokenizer.tokenize_queries([query]))[0]
+        dp = torch.cat([pooled(model.tokenizer.tokenize_documents([t])) for t in texts])
+    count = int((q.abs().sum(-1) > 0).sum())
+    expected = torch.stack([maxsim(q, d)[0, 0] for d in docs]) + 0.5 * count * (dp @ qp)
+    got = dict(rerank(model, query, texts))
+    assert torch.allclose(torch.tensor([got[i] for i in range(len(texts))]), expected, atol=1e-4)
+    corpus = {d: body for d, (_, body) in DOCS.items()}
+    run = {"q1": {d: 1.0 for d in corpus}}
+    first = rerank_run(model, {"q1": query}, run, corpus, cache=VectorCache(model, tmp_path))
+    again = rerank_run(model, {"q1": query}, run, corpus, cache=VectorCache(model, tmp_path))  # read from disk
+    for d, i in zip(corpus, range(len(texts))):
+        assert first["q1"][d] == pytest.approx(float(expected[i]), abs=1e-3)   # cached document vectors are float16
+        assert again["q1"][d] == pytest.approx(first["q1"][d], abs=1e-6)
+    with pytest.raises(ValueError, match="pooled single-vector head"):
+        rerank(model, q, docs)

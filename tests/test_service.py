@@ -214,3 +214,35 @@ def test_search_from_a_registered_first_stage_reranks_its_candidates(tmp_path):
             assert r.status_code == 422 and message in r.text, r.text
     with pytest.raises(ValueError, match="unknown first stage 'bm99'"):
         create_app(tmp_path / "index", str(checkpoint), first_stages=["bm99"], load_in_background=False)
+
+
+def test_a_pooled_head_model_is_served_with_the_same_scores_as_the_library(tmp_path):
+    """A model with dense_weight > 0: /search, /rerank (texts and ids) and /documents give what Searcher and
+    rerank give in process (MaxSim + weighted pooled cosine), and added documents keep their pooled vectors."""
+    from medcolbert import rerank
+    from medcolbert.search.plaid import Searcher
+
+    model = make_tiny_model(seed=31).reconfigure(dense_weight=0.5)
+    checkpoint = model.save_pretrained(tmp_path / "ckpt")
+    corpus = make_corpus(30, seed=4)
+    Index.build(tmp_path / "index", model, corpus, show_progress=False)
+    app = create_app(tmp_path / "index", str(checkpoint), api_key=None, load_in_background=False)
+    with TestClient(app) as client:
+        query = corpus["doc4"]
+        served = client.post("/search", json={"query": query, "k": 5}).json()["results"]
+        local = Searcher(Index.open(tmp_path / "index"), model).search(query, k=5)
+        assert [(h["id"], pytest.approx(h["score"], abs=1e-3)) for h in served] == local
+        texts = [corpus["doc1"], corpus["doc4"]]
+        by_text = client.post("/rerank", json={"query": query, "candidates": texts}).json()["results"]
+        assert [(h["index"], pytest.approx(h["score"], abs=1e-3)) for h in by_text] == rerank(model, query, texts)
+        by_id = client.post("/rerank", json={"query": query, "ids": ["doc1", "doc4"]}).json()["results"]
+        assert [h["id"] for h in by_id] == ["doc4", "doc1"]
+        assert by_id[0]["score"] == pytest.approx(dict(local)["doc4"], abs=1e-3)
+        added = client.post("/documents", json={"documents": {"new": "leukemia chemotherapy kidney"}})
+        assert added.status_code == 200
+        hits = client.post("/search", json={"query": "leukemia chemotherapy kidney", "k": 31}).json()["results"]
+        assert "new" in [h["id"] for h in hits]
+    reopened = Index.open(tmp_path / "index")
+    assert len(reopened.pooled) == 31
+    local = Searcher(reopened, model).search("leukemia chemotherapy kidney", k=31)
+    assert [(h["id"], pytest.approx(h["score"], abs=1e-3)) for h in hits] == local

@@ -328,7 +328,7 @@ def test_query_length_normalisation_divides_each_querys_scores_by_its_tokens(tmp
                             query_augment_len=8, score_normalization="query_length"), show_progress=False)
     queries, docs, _ = plain._micro_batch(0)
     with torch.no_grad():
-        q, d, keep, _ = plain.ddp(queries, docs)
+        q, d, keep, _, _, _ = plain.ddp(queries, docs)
         raw, scaled = plain._scores(q, d, keep), normed._scores(q, d, keep)
     tokens = (q.abs().sum(-1) > 0).sum(-1)
     assert tokens.max() > 8 and tokens.min() >= 8      # a long query, and short ones padded to 8 with [MASK]
@@ -362,3 +362,37 @@ def test_model_miner_ranks_each_source_within_its_own_corpus(monkeypatch):
     assert set(union_seen) == {"s0", "s1", "a0", "a1"}
     assert rank(answers, "")(["statins muscle pain"], 2) == [["a0", "a1"]]
     assert rank(claims, "s")(["statins muscle pain"], 2) == [["0", "1"]]
+
+
+def test_pooled_head_adds_its_own_contrastive_loss_and_is_saved_with_its_weight(tmp_path, tiny_checkpoint):
+    """dense_loss_weight > 0: the loss gains InfoNCE over the cosines of the mean-pooled backbone states, and the
+    saved model scores with that head at dense_weight."""
+    plain = Trainer(config(tmp_path / "plain", tiny_checkpoint), show_progress=False)
+    joint = Trainer(config(tmp_path / "joint", tiny_checkpoint, dense_loss_weight=0.5, dense_temperature=0.05,
+                           dense_weight=0.7), show_progress=False)
+    queries, docs, _ = joint._micro_batch(0)
+    plain.model.eval()
+    joint.model.eval()   # no dropout, so both passes see the same states
+    with torch.no_grad():
+        loss_plain, _ = plain._loss(queries, docs, None)
+        loss_joint, _ = joint._loss(queries, docs, None)
+        # The pooled vectors, computed here from the backbone's own output rather than by the model's method.
+        m = joint.model
+        pooled = []
+        for texts, batch in ((queries, m.tokenizer.tokenize_queries(queries)), (docs, m.tokenizer.tokenize_documents(docs))):
+            hidden = m.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            real = (batch.attention_mask.bool() & (batch.input_ids != m.tokenizer.mask_token_id)).float()
+            mean = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+            pooled.append(torch.nn.functional.normalize(mean, dim=-1))
+        first = torch.arange(len(queries)) * 2
+        expected = 0.5 * contrastive_loss(pooled[0] @ pooled[1].T, first, 0.05)
+    assert float(loss_joint - loss_plain) == pytest.approx(float(expected), rel=1e-4)
+    final = joint.fit()
+    meta = json.loads((final / "artifact.metadata").read_text())
+    assert meta["dense_weight"] == 0.7
+    from medcolbert import ColBERT
+
+    assert ColBERT.from_pretrained(final).has_dense_head
+    assert json.loads((plain.fit() / "artifact.metadata").read_text())["dense_weight"] == 0.0
+    with pytest.raises(ValueError, match="kind must be 'colbert'"):
+        config(tmp_path, tiny_checkpoint, kind="dense", dense_loss_weight=1.0)

@@ -307,14 +307,25 @@ class _SampleVectors:
     def __init__(self, work: Path) -> None:
         folder = work / "sample"
         self.by_position: dict[int, tuple[int, int]] = {}
+        self.row: dict[int, int] = {}
+        self.pooled: np.ndarray | None = None
         if not (folder / "done").exists():
             self.vectors = np.zeros((0, 1), np.float16)
             return
         positions = np.load(folder / "positions.npy", allow_pickle=False)
         lens = np.load(folder / "doclens.npy", allow_pickle=False)
         self.vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        pooled = folder / "pooled.npy"
+        self.pooled = np.load(pooled, allow_pickle=False) if pooled.exists() else None
         offsets = np.concatenate([[0], np.cumsum(lens)])
         self.by_position = {int(p): (int(offsets[i]), int(offsets[i + 1])) for i, p in enumerate(positions)}
+        self.row = {int(p): i for i, p in enumerate(positions)}
+
+    def get_pooled(self, position: int) -> torch.Tensor | None:
+        """The pooled single vector of a sampled document (None: not sampled, or no pooled head)."""
+        if self.pooled is None or position not in self.row:
+            return None
+        return torch.from_numpy(self.pooled[self.row[position]].astype(np.float32))
 
     def get(self, position: int) -> torch.Tensor | None:
         span = self.by_position.get(position)
@@ -336,7 +347,10 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     n_sample = min(n, max(16, math.ceil(k * SAMPLE_POINTS_PER_CENTROID / max(avg_len, 1.0))))
     positions = sorted(rng.sample(range(n), n_sample))
     texts = source.texts_at(set(positions))
-    vectors = model.encode_documents([texts[p] for p in positions], batch_size=batch_size, show_progress=show)
+    hybrid = bool(getattr(model, "has_dense_head", False))
+    encoded = model.encode_documents([texts[p] for p in positions], batch_size=batch_size, show_progress=show,
+                                     **({"pooled": True} if hybrid else {}))
+    vectors, pooled = encoded if hybrid else (encoded, None)
     lens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
     flat = torch.cat(vectors).numpy()
     # The sample is the build's largest allocation (48 vectors per centroid): hold one copy at a time.
@@ -346,6 +360,8 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     np.save(folder / "vectors.npy", flat.astype(np.float16), allow_pickle=False)
     np.save(folder / "doclens.npy", lens, allow_pickle=False)
     np.save(folder / "positions.npy", np.array(positions, dtype=np.int64), allow_pickle=False)
+    if pooled is not None:
+        np.save(folder / "pooled.npy", pooled.numpy().astype(np.float16), allow_pickle=False)
     (folder / "done").touch()
     # 5% of the sampled vectors are held out of k-means to fit the residual buckets on unseen data.
     perm = np.random.default_rng(seed).permutation(flat.shape[0])
@@ -379,15 +395,21 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
                     positions: list[int], sample: _SampleVectors, batch_size: int,
                     progress: Callable[[int], object] = lambda n: None,
                     metas: list[dict | None] | None = None) -> None:
+    hybrid = bool(getattr(model, "has_dense_head", False))
     vectors: list[torch.Tensor | None] = [sample.get(p) for p in positions]
-    missing = [i for i, v in enumerate(vectors) if v is None]
+    pooled: list[torch.Tensor | None] = [sample.get_pooled(p) for p in positions] if hybrid else []
+    missing = [i for i, v in enumerate(vectors) if v is None or (hybrid and pooled[i] is None)]
     progress(len(ids) - len(missing))
     step = batch_size * 8  # progress moves every few batches, not once per chunk
     for start in range(0, len(missing), step):
         part = missing[start:start + step]
-        fresh = model.encode_documents([texts[i] for i in part], batch_size=batch_size, show_progress=False)
-        for i, v in zip(part, fresh):
+        encoded = model.encode_documents([texts[i] for i in part], batch_size=batch_size, show_progress=False,
+                                         **({"pooled": True} if hybrid else {}))
+        fresh, fresh_pooled = encoded if hybrid else (encoded, None)
+        for j, (i, v) in enumerate(zip(part, fresh)):
             vectors[i] = v
+            if fresh_pooled is not None:
+                pooled[i] = fresh_pooled[j]
         progress(len(part))
     doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)  # type: ignore[union-attr]
     codes, residuals = codec.compress(torch.cat(vectors))  # type: ignore[arg-type]
@@ -399,7 +421,8 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
     tmp = work / "chunks" / f".{c:05d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     store = encode_store(texts, metas) if metas is not None else None
-    entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals, store)
+    entry, files = write_segment(tmp, "s", ids, doclens, codes, residuals, store,
+                                 pooled=torch.stack(pooled).numpy() if hybrid else None)  # type: ignore[arg-type]
     (tmp / "entry.json").write_text(json.dumps({"entry": entry, "files": files, "truncated": len(cut),
                                                 "longest": max(full, default=0)}))
     (tmp / "done").touch()
@@ -471,6 +494,8 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
     files[f"{rel}/doc_ids.npy"] = save_array(folder / "doc_ids.npy", encode_ids(ids))
     files[f"{rel}/doclens.npy"] = save_array(folder / "doclens.npy",
                                              np.concatenate(list(arrays("doclens", mmap=False))).astype(np.int32))
+    if all("segments/s/pooled.npy" in files_ for _, files_, _ in parts):
+        files[f"{rel}/pooled.npy"] = save_array(folder / "pooled.npy", np.concatenate(list(arrays("pooled", mmap=False))))
     escapes = list(arrays("code_escapes", mmap=False))
     wide = any(e.dtype == np.int32 for e in escapes)
     files[f"{rel}/code_escapes.npy"] = save_array(

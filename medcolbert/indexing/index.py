@@ -78,6 +78,7 @@ class Index:
         ids: list[str] = []
         doclens, residuals = [], []
         self._stores: list = []
+        pooled_parts: list = []
         # One int32 array for every segment's codes, filled in place: no per-segment copies to concatenate.
         total = sum(int(seg["num_embeddings"]) for seg in m["segments"])
         self.codes = np.empty(total, dtype=np.int32)
@@ -93,7 +94,14 @@ class Index:
             doclens.append(data.doclens)
             residuals.append(data.residuals)
             self._stores.append(data.store)
+            pooled_parts.append(data.pooled)
         self.doc_ids: list[str] = ids
+        # The pooled single vectors of a model with that head, one row per document: only when every segment
+        # has them (an index built without them stays a plain ColBERT index).
+        have = [p for p in pooled_parts if p is not None]
+        if have and len(have) != len(pooled_parts):
+            raise IndexFormatError(f"{self.path}: some segments hold pooled vectors and some do not (damaged index)")
+        self.pooled: np.ndarray | None = (np.concatenate(have) if len(have) > 1 else have[0]) if have else None
         self._doc_segment_starts = np.concatenate([[0], np.cumsum([len(d) for d in doclens])]).astype(np.int64)
         self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
         if self.codes.size and int(self.codes.max()) >= self.codec.num_centroids:
@@ -297,9 +305,30 @@ class Index:
                                   "that checkpoint with --model / load_model(model=...)") from None
         return loaded
 
+    def pooled_vectors(self, docs: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """The pooled single vectors [n, hidden] (float32) of documents given by position."""
+        if self.pooled is None:
+            raise MedColbertError(f"{self.path} holds no pooled vectors (built with a model without a pooled head)")
+        return torch.from_numpy(np.asarray(self.pooled[np.asarray(docs, dtype=np.int64)], dtype=np.float32))
+
+    def pooled_cosines(self, query_pooled: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
+        """Cosine [documents] of one pooled query vector with every document's, in float32 blocks of rows."""
+        if self.pooled is None:
+            raise MedColbertError(f"{self.path} holds no pooled vectors (built with a model without a pooled head)")
+        q = query_pooled.detach().float().cpu().numpy()
+        out = np.empty(len(self.pooled), dtype=np.float32)
+        # Blocks: the stored float16 rows are widened a block at a time, never the whole array at once.
+        for start in range(0, len(self.pooled), block):
+            out[start:start + block] = np.asarray(self.pooled[start:start + block], dtype=np.float32) @ q
+        return torch.from_numpy(out)
+
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
         """Refuse a model whose vectors cannot be compared with this index's."""
         built_with = self.manifest["model"]
+        if getattr(model, "has_dense_head", False) and self.pooled is None and len(self.doc_ids):
+            raise MedColbertError(f"the model scores with a pooled single-vector head (dense_weight "
+                                  f"{model.config.dense_weight}) but {self.path} holds no pooled vectors; rebuild the "
+                                  "index with this model, or use model.reconfigure(dense_weight=0) for MaxSim alone")
         if model.config.dim != self.codec.dim:
             raise MedColbertError(f"the model makes {model.config.dim}-dim vectors but the index {self.path} "
                                   f"holds {self.codec.dim}-dim vectors; use the model the index was built with "
@@ -331,10 +360,11 @@ class Index:
 
     def update(self, model=None, add: Mapping[str, str] | None = None, delete: Sequence[str] = (),  # type: ignore[no-untyped-def]
                batch_size: int = 32, vectors: Sequence[torch.Tensor] | None = None,
-               metadata: Mapping[str, dict] | None = None) -> dict:
+               metadata: Mapping[str, dict] | None = None, pooled: torch.Tensor | None = None) -> dict:
         """Delete and add documents in one commit: either both happen or neither does.
 
-        vectors: the added documents' vectors when the caller encoded them already (in the order of `add`).
+        vectors: the added documents' vectors when the caller encoded them already (in the order of `add`);
+        pooled: with them, their pooled single vectors [n, hidden], which an index of a pooled-head model needs.
         """
         add = dict(add or {})
         delete = list(delete)
@@ -364,6 +394,14 @@ class Index:
                 add = {u: t for u, t, _ in units}
                 metadata = {u: m for u, _, m in units}
         if vectors is not None:
+            if self.pooled is not None and add and pooled is None:
+                raise MedColbertError("this index keeps pooled single vectors beside the token vectors; pass the added "
+                                      "documents' pooled vectors too (encode_documents(..., pooled=True)), or texts")
+            if pooled is not None and (pooled.ndim != 2 or len(pooled) != len(add) or not torch.isfinite(pooled).all()
+                                       or (self.pooled is not None and pooled.shape[1] != self.pooled.shape[1])):
+                raise MedColbertError(f"pooled vectors must be finite, [{len(add)}, hidden] (got {tuple(pooled.shape)})")
+            if pooled is not None and self.pooled is None and len(self.doc_ids):
+                raise MedColbertError("this index holds no pooled vectors (built with a model without a pooled head)")
             if len(vectors) != len(add):
                 raise MedColbertError(f"{len(vectors)} vector sets for {len(add)} documents")
             if any(v.ndim != 2 or v.shape[-1] != self.codec.dim for v in vectors):
@@ -376,7 +414,12 @@ class Index:
             # Encoding happens before the lock is taken: it is the slow part and touches no index file,
             # so a delete from another writer never waits behind it.
             ids = list(add)
-            vectors = model.encode_documents([add[d] for d in ids], batch_size=batch_size)
+            # An empty index takes whatever the model makes; otherwise new documents match the index's kind.
+            want_pooled = self.pooled is not None or (not self.doc_ids and getattr(model, "has_dense_head", False))
+            if want_pooled:
+                vectors, pooled = model.encode_documents([add[d] for d in ids], batch_size=batch_size, pooled=True)
+            else:
+                vectors = model.encode_documents([add[d] for d in ids], batch_size=batch_size)
         with self._writing():
             manifest = dict(self.manifest)
             if delete:
@@ -389,7 +432,7 @@ class Index:
                     raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
                                           "(delete them first to replace them)")
                 manifest = self._append_manifest(manifest, list(add), list(vectors or []),
-                                                 [add[d] for d in add], [(metadata or {}).get(d) for d in add])
+                                                 [add[d] for d in add], [(metadata or {}).get(d) for d in add], pooled)
             if delete or add:
                 self._commit(manifest)
         if self.passages:
@@ -405,14 +448,15 @@ class Index:
         return [self.doc_ids[p] for p in positions]
 
     def _append_manifest(self, manifest: dict, ids: list[str], vectors: list[torch.Tensor],
-                         texts: list[str], metas: list[dict | None]) -> dict:
+                         texts: list[str], metas: list[dict | None], pooled: torch.Tensor | None = None) -> dict:
         from .storage import encode_store
 
         doclens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
         codes, residuals = self.codec.compress(torch.cat(vectors))
         # New documents keep their texts whenever the index keeps its others' (an empty index: always).
         store = encode_store(texts, metas) if self.has_documents or not self._stores else None
-        entry, files = self._write_new_segment(ids, doclens, codes, residuals, store)
+        entry, files = self._write_new_segment(ids, doclens, codes, residuals, store,
+                                               pooled.numpy() if pooled is not None else None)
         manifest = dict(manifest)
         manifest["segments"] = [*manifest["segments"], entry]
         manifest["files"] = {**manifest["files"], **files}
@@ -451,7 +495,8 @@ class Index:
             docs = [self.document(int(i)) for i in live]
             store = encode_store([d["text"] for d in docs], [d["metadata"] or None for d in docs])
         entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
-                                               self.residual_rows(rows), store)
+                                               self.residual_rows(rows), store,
+                                               np.asarray(self.pooled[live]) if self.pooled is not None else None)
         old = [s["name"] for s in self.manifest["segments"]]
         manifest = dict(self.manifest)
         manifest["segments"] = [entry]
@@ -468,7 +513,8 @@ class Index:
         return {"before": before, "after": self.stats()}
 
     def _write_new_segment(self, ids: list[str], doclens: np.ndarray, codes: np.ndarray,
-                           residuals: np.ndarray, store: dict | None = None) -> tuple[dict, dict]:
+                           residuals: np.ndarray, store: dict | None = None,
+                           pooled: np.ndarray | None = None) -> tuple[dict, dict]:
         """Write a segment beside the index, then move it in; it counts once a manifest names it."""
         name = _next_segment_name(self.manifest)
         # Leftovers of a writer killed before its commit: a temp folder, or a segment no manifest names.
@@ -478,7 +524,7 @@ class Index:
         if target.exists():
             shutil.rmtree(target)
         tmp_root = self.path / f".tmp-{name}-{os.getpid()}"
-        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals, store)
+        entry, files = write_segment(tmp_root, name, ids, doclens, codes, residuals, store, pooled)
         (self.path / "segments").mkdir(exist_ok=True)
         os.replace(tmp_root / "segments" / name, target)
         shutil.rmtree(tmp_root, ignore_errors=True)

@@ -163,6 +163,7 @@ class SegmentData:
     codes: np.ndarray
     residuals: np.ndarray
     store: "DocumentStore | None" = None
+    pooled: np.ndarray | None = None   # [documents, hidden] float16: the model's pooled single vectors, if it has that head
 
 
 class DocumentStore:
@@ -230,13 +231,20 @@ def read_segment(root: Path, rel: str, files: dict, codes_out: np.ndarray | None
             raise IndexFormatError(f"{root}: {rel} stores {len(store)} texts for {len(ids)} documents")
     if codes_out is not None and len(codes_out) != deltas.shape[0]:
         raise IndexFormatError(f"{root}: {rel} holds {deltas.shape[0]} vectors, the manifest says {len(codes_out)}")
-    return SegmentData(ids, lens, decode_code_deltas(deltas, escapes, lens, out=codes_out), residuals, store)
+    pooled = None
+    if f"{rel}/pooled.npy" in files:
+        pooled = load_array(root, f"{rel}/pooled.npy", files, mmap=True)
+        if pooled.ndim != 2 or pooled.shape[0] != len(ids) or pooled.dtype != np.float16:
+            raise IndexFormatError(f"{root}: {rel}/pooled.npy has shape {pooled.shape} ({pooled.dtype}) for "
+                                   f"{len(ids)} documents; expected float16 [{len(ids)}, hidden]")
+    return SegmentData(ids, lens, decode_code_deltas(deltas, escapes, lens, out=codes_out), residuals, store, pooled)
 
 
 def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray, codes: np.ndarray,
-                  residuals: np.ndarray, store: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
-    """Write a segment's arrays (and its document store, if given) under root/segments/name; returns
-    (segment entry, file entries)."""
+                  residuals: np.ndarray, store: dict[str, np.ndarray] | None = None,
+                  pooled: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Write a segment's arrays (its document store and pooled single vectors, if given) under
+    root/segments/name; returns (segment entry, file entries)."""
     doclens = np.asarray(doclens, dtype=np.int64)
     order = sort_within_documents(codes, doclens)
     codes, residuals = codes[order], residuals[order]
@@ -251,6 +259,10 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
     }
     for key, array in (store or {}).items():
         files[f"{rel}/{key}.npy"] = save_array(root / rel / f"{key}.npy", array)
+    if pooled is not None:
+        if pooled.shape[0] != len(doc_ids):
+            raise ValueError(f"{pooled.shape[0]} pooled vectors for {len(doc_ids)} documents")
+        files[f"{rel}/pooled.npy"] = save_array(root / rel / "pooled.npy", np.asarray(pooled, dtype=np.float16))
     entry = {"name": name, "num_documents": len(doc_ids), "num_embeddings": int(doclens.sum()),
              "num_escapes": int(len(escapes))}
     return entry, files

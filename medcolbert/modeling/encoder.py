@@ -102,6 +102,11 @@ class ColBERT(nn.Module):
         return super().train(mode)
 
     @property
+    def hidden_size(self) -> int:
+        """The backbone's width (the pooled single vectors' dimension)."""
+        return int(self.linear.weight.shape[1])
+
+    @property
     def device(self) -> torch.device:
         """The device the weights are on."""
         return self.linear.weight.device
@@ -133,10 +138,39 @@ class ColBERT(nn.Module):
         return h.hexdigest()[:24]
 
     # ----------------------------------------------------------------- forward passes
-    def _project(self, batch: TokenBatch) -> torch.Tensor:
+    def _hidden(self, batch: TokenBatch) -> torch.Tensor:
         out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        return self.linear(hidden)
+        return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    def _project(self, batch: TokenBatch) -> torch.Tensor:
+        return self.linear(self._hidden(batch))
+
+    @property
+    def has_dense_head(self) -> bool:
+        """Whether scores add the pooled single-vector term (config.dense_weight > 0)."""
+        return self.config.dense_weight > 0
+
+    def _pool(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """Unit mean of the backbone's states over the text's tokens ([MASK] augmentation and [PAD] excluded)."""
+        # The mean pooling all-MiniLM-L6-v2 was trained with, so the head starts as that single-vector model.
+        real = batch.attention_mask.bool() & (batch.input_ids != self.tokenizer.mask_token_id)
+        mask = real.to(hidden.dtype).unsqueeze(-1)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return nn.functional.normalize(mean.float(), p=2, dim=-1)
+
+    def forward_queries_pooled(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query token vectors [B, L, dim] and pooled single vectors [B, hidden], from one backbone pass."""
+        hidden = self._hidden(batch)
+        vectors = nn.functional.normalize(self.linear(hidden).float(), p=2, dim=-1)
+        vectors = vectors * self.tokenizer.query_keep_mask(batch).unsqueeze(-1)
+        return vectors, self._pool(hidden, batch)
+
+    def forward_documents_pooled(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Document token vectors, their keep mask and pooled single vectors [B, hidden], from one pass."""
+        hidden = self._hidden(batch)
+        vectors = nn.functional.normalize(self.linear(hidden).float(), p=2, dim=-1)
+        keep = self.tokenizer.document_keep_mask(batch)
+        return vectors * keep.unsqueeze(-1), keep, self._pool(hidden, batch)
 
     def forward_queries(self, batch: TokenBatch) -> torch.Tensor:
         """Query token vectors [B, L, dim], unit length ([MASK] augmentation included; [PAD] positions zero)."""
@@ -200,12 +234,12 @@ class ColBERT(nn.Module):
                 self.train(True)
 
     # ----------------------------------------------------------------- public encoding
-    def encode_queries(self, queries: Sequence[str], batch_size: int = 128,
-                       show_progress: bool | None = None) -> torch.Tensor:
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 128, show_progress: bool | None = None,
+                       pooled: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Query vectors, [n, L, dim] float32 on the CPU; L is the longest query's vector count.
 
         Each query has max(augmentation length, its tokens) vectors; the rows past them are zero, which
-        MaxSim ignores.
+        MaxSim ignores. pooled=True also returns the pooled single vectors [n, hidden] (the dense head's).
         """
         queries = _as_text_list(queries, "queries")
         # One tokenizer call for all queries: the lengths size the output and order the batches.
@@ -213,6 +247,7 @@ class ColBERT(nn.Module):
         lengths = [self.tokenizer.query_length(seq) for seq in seqs]
         out = torch.zeros((len(queries), max(lengths, default=self.config.augment_len), self.config.dim),
                           dtype=torch.float32)
+        pooled_out = torch.zeros((len(queries), self.hidden_size), dtype=torch.float32) if pooled else None
         # Batches of similar length: a long question does not make a whole batch of short ones pay for it.
         order = sorted(range(len(queries)), key=lambda i: lengths[i])
         starts = range(0, len(queries), batch_size)
@@ -221,6 +256,11 @@ class ColBERT(nn.Module):
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.query_batch([seqs[i] for i in idx]).to(self.device)
                 graph = None
+                if pooled_out is not None:
+                    vectors, pooled_vectors = self.forward_queries_pooled(batch)
+                    pooled_out[idx] = pooled_vectors.float().cpu()
+                    out[idx, :vectors.shape[1]] = vectors.float().cpu()
+                    continue
                 if self.trace_queries and self.device.type == "cpu" and self.autocast_dtype is None and not self.training:
                     # One graph per shape: long queries are padded up to a multiple of 16 tokens ([PAD] gives
                     # zero vectors), so at most query_maxlen / 16 graphs are ever traced.
@@ -230,27 +270,35 @@ class ColBERT(nn.Module):
                 vectors = graph(batch.input_ids, batch.attention_mask) if graph is not None else self.forward_queries(batch)
                 width = min(vectors.shape[1], out.shape[1])
                 out[idx, :width] = vectors[:, :width].float().cpu()
-        return out
+        return (out, pooled_out) if pooled_out is not None else out
 
-    def encode_documents(self, documents: Sequence[str], batch_size: int = 32,
-                         show_progress: bool | None = None) -> list[torch.Tensor]:
-        """Per-document vectors of the kept tokens, each [n_tokens, dim] float32 on the CPU."""
+    def encode_documents(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool | None = None,
+                         pooled: bool = False) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-document vectors of the kept tokens, each [n_tokens, dim] float32 on the CPU.
+
+        pooled=True also returns the pooled single vectors [n, hidden] from the same pass (the dense head's).
+        """
         documents = _as_text_list(documents, "documents")
         # Sorting by length keeps padding, and so wasted compute, to a minimum.
         lengths = self.tokenizer.document_lengths(documents)
         order = sorted(range(len(documents)), key=lambda i: lengths[i], reverse=True)
         out: list[torch.Tensor | None] = [None] * len(documents)
+        pooled_out = torch.zeros((len(documents), self.hidden_size), dtype=torch.float32) if pooled else None
         starts = range(0, len(order), batch_size)
         with self._inference():
             bar = _progress(starts, show_progress, "Encoding documents", batch_size, len(documents))
             for start in bar:
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.tokenize_documents([documents[i] for i in idx]).to(self.device)
-                vectors, keep = self.forward_documents(batch)
+                if pooled_out is not None:
+                    vectors, keep, pooled_vectors = self.forward_documents_pooled(batch)
+                    pooled_out[idx] = pooled_vectors.float().cpu()
+                else:
+                    vectors, keep = self.forward_documents(batch)
                 vectors, keep = vectors.cpu(), keep.cpu()
                 for row, i in enumerate(idx):
                     out[i] = vectors[row][keep[row]].clone()
-        return out  # type: ignore[return-value]
+        return (out, pooled_out) if pooled_out is not None else out  # type: ignore[return-value]
 
     def encode(self, texts: str | Sequence[str], is_query: bool, batch_size: int | None = None,
                show_progress: bool | None = None) -> torch.Tensor | list[torch.Tensor]:

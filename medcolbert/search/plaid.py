@@ -15,12 +15,17 @@ from ..validation import check_float, check_int
 from ..indexing.index import Index
 from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
+from ..scoring import add_dense_term, maxsim_one
 from .engine import PlaidEngine
 from .exact import exact_search
 
 
 # With split documents, passages fetched per requested document (the best one per document is kept).
 PASSAGE_FETCH = 4
+
+# A model with a pooled head: how many index entries each side nominates (MaxSim's PLAID top and the pooled
+# vectors' nearest), all then scored by MaxSim + weighted cosine. 100 covers the k <= 100 the presets are for.
+HYBRID_DEPTH = 100
 
 
 # Unset knobs by preset and k: (largest k, (ncells, centroid_score_threshold, ndocs)); past the last row,
@@ -98,13 +103,24 @@ class Searcher:
         {"id", "score", "text", "metadata"} dicts read from the index's document store."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
+        if self.hybrid:
+            q, q_pooled = self.model.encode_queries([query], show_progress=False, pooled=True)
+            return self.search_encoded(q[0], k, return_documents, q_pooled=q_pooled[0], **knobs)
         q = self.model.encode_queries([query], show_progress=False)[0]
         return self.search_encoded(q, k, return_documents, **knobs)
 
+    @property
+    def hybrid(self) -> bool:
+        """Whether scores add the model's pooled single-vector term (its dense_weight > 0)."""
+        return bool(getattr(self.model, "has_dense_head", False))
+
     def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
-                       **knobs: object) -> list[tuple[str, float]] | list[dict]:
-        """`search` for a query encoded already ([Lq, dim])."""
-        hits = self._search_units(q, k, self._resolve(self._units(k), knobs))
+                       q_pooled: torch.Tensor | None = None, **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector)."""
+        if self.hybrid and q_pooled is None:
+            raise MedColbertError("this model also scores with its pooled single-vector head: pass the query's "
+                                  "pooled vector (encode_queries(..., pooled=True)), or search with its text")
+        hits = self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled)
         if return_documents:
             # The unit that matched: with split documents, the best passage is the snippet.
             return [{**self.index.document(unit), "score": score} for _, score, unit in hits]
@@ -119,20 +135,23 @@ class Searcher:
         """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
-        Q = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress)
+        Q_pooled = None
+        if self.hybrid:
+            Q, Q_pooled = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress, pooled=True)
+        else:
+            Q = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress)
         cfg = self._resolve(self._units(k), knobs)
-        if cfg.exact and not self.index.passages:
+        if cfg.exact and not self.index.passages and Q_pooled is None:
             return {qid: {d: x for d, x, _ in self._documents_of(hits, k)} for qid, hits in zip(qids, exact_search(self.index, Q, k))}
         run: Run = {}
         show = len(qids) > 1 if show_progress is None else show_progress
         for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show)):
-            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg)}
+            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i])}
         return run
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""
-        hits = self._search_units(q, k, self._resolve(self._units(k), knobs))
-        return [(doc, score) for doc, score, _ in hits]
+        return self.search_encoded(q, k, **knobs)  # type: ignore[return-value]
 
     def _units(self, k: int) -> int:
         """How many index entries to fetch for k documents: with split documents, several passages of one
@@ -140,24 +159,55 @@ class Searcher:
         check_int("k", k, 1)
         return k * PASSAGE_FETCH if self.index.passages else k
 
-    def _search_units(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float, str]]:
+    def _search_units(self, q: torch.Tensor, k: int, cfg: SearchConfig,
+                      q_pooled: torch.Tensor | None = None) -> list[tuple[str, float, str]]:
         """(document id, score, matching index entry) of the top-k documents for one encoded query."""
         fetch = self._units(k)
         while True:
-            units = exact_search(self.index, q.unsqueeze(0), fetch)[0] if cfg.exact else self._plaid(q, fetch, cfg)
+            # With a pooled head, MaxSim nominates at least HYBRID_DEPTH entries for the combined score.
+            want = fetch if q_pooled is None else max(fetch, HYBRID_DEPTH)
+            if q_pooled is not None and not cfg.exact:
+                cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, want))
+            units = exact_search(self.index, q.unsqueeze(0), want)[0] if cfg.exact else self._plaid(q, want, cfg)
             # Fewer entries than asked for while the index holds more (a small index, or a query whose best
             # centroids list few documents): probe more centroids, up to all of them, rather than return
             # fewer than k hits.
             centroids = self.index.codec.num_centroids
-            while not cfg.exact and len(units) < min(fetch, len(self.index)) and (cfg.ncells or 1) < centroids:
+            while not cfg.exact and len(units) < min(want, len(self.index)) and (cfg.ncells or 1) < centroids:
                 cfg = replace(cfg, ncells=min((cfg.ncells or 1) * 4, centroids))
-                units = self._plaid(q, fetch, cfg)
+                units = self._plaid(q, want, cfg)
+            if q_pooled is not None:
+                units = self._hybrid(q, q_pooled, units, want)
             hits = self._documents_of(units, k)
             # A few long documents can fill the fetched passages: fetch more until k documents are found.
             if len(hits) >= k or len(units) < fetch or fetch >= len(self.index):
                 return hits
             fetch *= PASSAGE_FETCH
             cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, fetch))
+
+    def _hybrid(self, q: torch.Tensor, q_pooled: torch.Tensor, units: list[tuple[str, float]],
+                depth: int) -> list[tuple[str, float]]:
+        """MaxSim's candidates joined by the pooled vectors' nearest entries, all scored MaxSim + weighted cosine."""
+        index = self.index
+        if index.pooled is None:
+            raise MedColbertError(f"{index.path} holds no pooled vectors for this model's pooled head; rebuild it")
+        q = q[q.abs().sum(dim=-1) > 0]
+        cosine = index.pooled_cosines(q_pooled)
+        cosine[torch.from_numpy(index.deleted)] = float("-inf")
+        nearest = torch.topk(cosine, min(depth, len(index.doc_ids))).indices.tolist()
+        maxsim = {index.position[u]: x for u, x in units}
+        extra = [p for p in nearest if p not in maxsim and not index.deleted[p]]
+        if extra:
+            # Entries only the pooled side nominated: their MaxSim from the stored (decompressed) vectors.
+            for p, x in zip(extra, maxsim_one(q.float(), index.document_vectors(extra)).tolist()):
+                maxsim[p] = x
+        positions = list(maxsim)
+        scores = add_dense_term(torch.tensor([maxsim[p] for p in positions]), q, cosine[positions],
+                                self.model.config.dense_weight)
+        if not torch.isfinite(scores).all():
+            raise MedColbertError("the combined scores are not finite (NaN or inf vectors); no ranking can be made")
+        order = torch.argsort(scores, descending=True, stable=True)[:depth].tolist()
+        return [(index.doc_ids[positions[i]], float(scores[i])) for i in order]
 
     def _documents_of(self, units: list[tuple[str, float]], k: int) -> list[tuple[str, float, str]]:
         if self.index.passages:

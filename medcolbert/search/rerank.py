@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT
 from ..passages import PassageSplitter, best_per_document, parent_of, split_records
-from ..scoring import maxsim_one
+from ..scoring import add_dense_term, maxsim_one
 from ..validation import check_int
 from ..vector_cache import VectorCache
 
@@ -42,16 +42,30 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
     if len(candidates) == 0:
         return []
-    q = model.encode_queries([query], show_progress=False)[0] if isinstance(query, str) else query
+    hybrid = bool(getattr(model, "has_dense_head", False))
+    if hybrid and not (isinstance(query, str) and all(isinstance(c, str) for c in candidates)):
+        raise ValueError("this model also scores with its pooled single-vector head (dense_weight > 0), which needs "
+                         "the query's and the candidates' texts; give texts, or model.reconfigure(dense_weight=0)")
+    if isinstance(query, str):
+        encoded = model.encode_queries([query], show_progress=False, **({"pooled": True} if hybrid else {}))
+        q, q_pooled = (encoded[0][0], encoded[1][0]) if hybrid else (encoded[0], None)
+    else:
+        q, q_pooled = query, None
     if q.ndim != 2:
         raise ValueError(f"a precomputed query must be [tokens, dim], got shape {tuple(q.shape)}")
+    d_pooled = None
     if all(isinstance(c, str) for c in candidates):
-        docs = model.encode_documents(list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
+        if hybrid:
+            docs, d_pooled = model.encode_documents(list(candidates), batch_size=batch_size, pooled=True)  # type: ignore[arg-type]
+        else:
+            docs = model.encode_documents(list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
     elif all(isinstance(c, torch.Tensor) for c in candidates):
         docs = list(candidates)  # type: ignore[arg-type]
     else:
         raise TypeError("candidates must be all strings, a dict {id: text}, or all precomputed [tokens, dim] tensors")
     scores = maxsim_one(q.float(), docs)
+    if q_pooled is not None and d_pooled is not None:
+        scores = add_dense_term(scores, q, d_pooled @ q_pooled, model.config.dense_weight)
     if not torch.isfinite(scores).all():
         raise ValueError("MaxSim gave non-finite scores (NaN or inf vectors); no ranking can be made")
     labels = list(ids) if ids is not None else list(range(len(candidates)))
@@ -89,16 +103,29 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     else:
         units = {d: [d] for d in unique}
         unit_ids, texts = unique, [documents[d] for d in unique]
+    hybrid = bool(getattr(model, "has_dense_head", False))
+    pooled: dict[str, torch.Tensor] = {}
     if cache is not None:
         vectors = cache.get_or_encode(unit_ids, texts, batch_size=batch_size, show_progress=show_progress)
+        if hybrid:
+            pooled = dict(zip(unit_ids, cache.pooled_vectors(unit_ids)))
+    elif hybrid:
+        encoded, pooled_all = model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress, pooled=True)
+        vectors, pooled = dict(zip(unit_ids, encoded)), dict(zip(unit_ids, pooled_all))
     else:
         vectors = dict(zip(unit_ids, model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)))
     qids = list(top)
-    q_vectors = model.encode_queries([queries[q] for q in qids], show_progress=show_progress)
+    encoded_q = model.encode_queries([queries[q] for q in qids], show_progress=show_progress,
+                                     **({"pooled": True} if hybrid else {}))
+    q_vectors, q_pooled = encoded_q if hybrid else (encoded_q, None)
     out: Run = {}
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]
-        flat = maxsim_one(q_vectors[qi], [vectors[u] for d in cands for u in units[d]])
+        cand_units = [u for d in cands for u in units[d]]
+        flat = maxsim_one(q_vectors[qi], [vectors[u] for u in cand_units])
+        if q_pooled is not None and cand_units:
+            flat = add_dense_term(flat, q_vectors[qi], torch.stack([pooled[u] for u in cand_units]) @ q_pooled[qi],
+                                  model.config.dense_weight)
         if not torch.isfinite(flat).all():
             raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
         # A document scores as its best passage (itself, when not split).

@@ -59,13 +59,17 @@ class ShardedSearcher:
         """The top-k documents of all shards for one query, best first (as `Searcher.search`)."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
+        if getattr(self.model, "has_dense_head", False):
+            q, q_pooled = self.model.encode_queries([query], show_progress=False, pooled=True)
+            return self.search_encoded(q[0], k, return_documents, q_pooled=q_pooled[0], **knobs)
         q = self.model.encode_queries([query], show_progress=False)[0]
         return self.search_encoded(q, k, return_documents, **knobs)
 
-    def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False,
+    def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False, q_pooled: Any = None,
                        **knobs: object) -> list[tuple[str, float]] | list[dict]:
-        """`search` for a query encoded already ([Lq, dim])."""
-        parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, **knobs), self.searchers))
+        """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector)."""
+        parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, q_pooled=q_pooled, **knobs),
+                                    self.searchers))
         return merge_top_k(parts, k)
 
     def close(self) -> None:

@@ -53,6 +53,10 @@ class TrainConfig:
     distill_weight: float = 1.0             # weight of the KL term when loss = both
     teacher: str | None = None              # single-vector teacher scored online over every document of the batch
                                             # (None: distill from the pos_scores / neg_scores of the triplets)
+    dense_loss_weight: float = 0.0          # colbert only: > 0 also trains the pooled single-vector head (mean of the
+                                            # backbone's states) with its own contrastive loss, of this weight
+    dense_temperature: float = 0.02         # that loss's temperature (MedEmbed's InfoNCE, as dense-minilm-v2)
+    dense_weight: float = 1.0               # the head's weight in the saved model's scores (ModelConfig.dense_weight)
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -100,8 +104,12 @@ class TrainConfig:
         if self.score_normalization not in self.SCORE_NORMALIZATIONS:
             raise ValueError(f"score_normalization must be one of {self.SCORE_NORMALIZATIONS}, "
                              f"got {self.score_normalization!r}")
-        if self.n_negatives < 0 or self.temperature <= 0 or self.distill_temperature <= 0:
+        if self.n_negatives < 0 or self.temperature <= 0 or self.distill_temperature <= 0 or self.dense_temperature <= 0:
             raise ValueError("n_negatives must be >= 0 and temperatures > 0")
+        if self.dense_loss_weight < 0 or self.dense_weight < 0:
+            raise ValueError("dense_loss_weight and dense_weight must be >= 0")
+        if self.dense_loss_weight > 0 and self.kind != "colbert":
+            raise ValueError("dense_loss_weight trains a ColBERT's pooled head; kind must be 'colbert'")
         if not self.train_files:
             raise ValueError("train_files is empty")
         if self.eval_distractors not in ("bm25", "random"):
@@ -233,26 +241,32 @@ def weight_sources(triplets: Sequence[Triplet], weights: dict, seed: int) -> lis
 class _Encoders(nn.Module):
     """The trainable part of either model kind, as one module DDP can wrap: (queries, docs) -> representations."""
 
-    def __init__(self, model: nn.Module, kind: str, doc_len: int) -> None:
+    def __init__(self, model: nn.Module, kind: str, doc_len: int, pooled: bool = False) -> None:
         super().__init__()
-        self.model, self.kind, self.doc_len = model, kind, doc_len
+        self.model, self.kind, self.doc_len, self.pooled = model, kind, doc_len, pooled
 
-    def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int,
+                                                                    torch.Tensor | None, torch.Tensor | None]:
         m = self.model
         if self.kind == "dense":
             qb, db = m.tokenize(queries, True), m.tokenize(docs, False)
             tokens = int(qb["attention_mask"].sum() + db["attention_mask"].sum())
-            return m.forward_batch(qb), m.forward_batch(db), None, tokens
+            return m.forward_batch(qb), m.forward_batch(db), None, tokens, None, None
         qb = m.tokenizer.tokenize_queries(queries).to(m.device)
         db = m.tokenizer.tokenize_documents(docs).to(m.device)
-        q = m.forward_queries(qb)
-        d, keep = m.forward_documents(db)
+        qp = dp = None
+        if self.pooled:  # one backbone pass gives both the token vectors and the pooled head
+            q, qp = m.forward_queries_pooled(qb)
+            d, keep, dp = m.forward_documents_pooled(db)
+        else:
+            q = m.forward_queries(qb)
+            d, keep = m.forward_documents(db)
         # Pad every rank's documents to the same length so that they can be gathered.
         pad = self.doc_len - d.shape[1]
         if pad > 0:
             d = nn.functional.pad(d, (0, 0, 0, pad))
             keep = nn.functional.pad(keep, (0, pad))
-        return q, d, keep, int(qb.attention_mask.sum() + db.attention_mask.sum())
+        return q, d, keep, int(qb.attention_mask.sum() + db.attention_mask.sum()), qp, dp
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
@@ -300,7 +314,7 @@ class Trainer:
         self.stream = TripletStream(data, config.seed, config.n_negatives,
                                     need_scores=config.loss != "contrastive" and config.teacher is None)
         self.teacher = self._load_teacher() if config.teacher and config.loss != "contrastive" else None
-        self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2)
+        self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2, pooled=config.dense_loss_weight > 0)
         self.ddp: nn.Module = self.encoders
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -441,13 +455,14 @@ class Trainer:
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and c.bf16
                else torch.autocast(self.device.type, enabled=False))
         with amp:
-            q, d, keep, tokens = self.ddp(queries, docs)
+            q, d, keep, tokens, qp, dp = self.ddp(queries, docs)
         per_query = 1 + c.n_negatives
         first = torch.arange(len(queries), device=q.device) * per_query   # each query's positive (local index)
         if c.in_batch_negatives:
             # Every document of every rank is a negative for every other query; gradients flow back to the
             # rank that encoded it, so N ranks x B queries train like one process with N*B queries.
             d, keep = _gather(d), _gather_nograd(keep) if keep is not None else None
+            dp = _gather(dp) if dp is not None else None
             first = first + self.rank * len(docs)
         scores = self._scores(q, d, keep)                                   # [queries, documents]
         own = scores.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
@@ -457,6 +472,14 @@ class Trainer:
                 loss = loss + contrastive_loss(scores, first, c.temperature)
             else:
                 loss = loss + contrastive_loss(own, torch.zeros_like(first), c.temperature)
+        if qp is not None and dp is not None:
+            # The pooled head learns as a single-vector model of its own (MedEmbed's InfoNCE) on the same batch.
+            dense = qp @ dp.T
+            if c.in_batch_negatives:
+                loss = loss + c.dense_loss_weight * contrastive_loss(dense, first, c.dense_temperature)
+            else:
+                own_dense = dense.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
+                loss = loss + c.dense_loss_weight * contrastive_loss(own_dense, torch.zeros_like(first), c.dense_temperature)
         if c.loss in ("distill", "both"):
             if self.teacher is not None:  # online teacher: KL over every document the student scored
                 student, t = scores, self._teacher_scores(queries, docs)
@@ -574,13 +597,14 @@ class Trainer:
         if self.rank == 0:
             # The saved model encodes documents at the inference length, not the (shorter) training one.
             if c.kind == "colbert":
-                self.model.reconfigure(doc_maxlen=c.inference_doc_maxlen)
+                self.model.reconfigure(doc_maxlen=c.inference_doc_maxlen,
+                                       dense_weight=c.dense_weight if c.dense_loss_weight > 0 else 0.0)
             else:
                 self.model.max_length = c.inference_doc_maxlen
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(c.save_dtype or "", None)
             self.model.save_pretrained(final, dtype=dtype)
             if c.kind == "colbert":
-                self.model.reconfigure(doc_maxlen=c.doc_maxlen)
+                self.model.reconfigure(doc_maxlen=c.doc_maxlen, dense_weight=0.0)
             else:
                 self.model.max_length = c.doc_maxlen
         if self.distributed:
