@@ -228,6 +228,15 @@ def test_traced_query_encoder_matches_eager(model):
     finally:
         model.trace_queries = False
     assert torch.allclose(eager, traced, atol=1e-5)
+    # The pooled variant has its own graph; a 40-token query is padded to the graph's 48 with [PAD], which
+    # must not move the pooled mean.
+    long_model = make_tiny_model(seed=11, query_maxlen=64)
+    long_texts = [*texts, "pain " * 37]
+    eager_pooled = long_model.encode_queries(long_texts, pooled=True)
+    long_model.trace_queries = True
+    traced_pooled = long_model.encode_queries(long_texts, pooled=True)
+    assert eager_pooled[0].shape[1] == 40 and [k[1] for k in long_model._query_graphs] == [48]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager_pooled, traced_pooled))
 
 
 def test_add_delete_compact(tmp_path, model, corpus):

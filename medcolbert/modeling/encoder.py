@@ -187,8 +187,8 @@ class ColBERT(nn.Module):
         low.query_dtype = None
         return low.to(dtype)
 
-    def _query_graph(self, batch: TokenBatch) -> torch.jit.ScriptModule | None:
-        key = (*batch.input_ids.shape, self.query_dtype)
+    def _query_graph(self, batch: TokenBatch, pooled: bool = False) -> torch.jit.ScriptModule | None:
+        key = (*batch.input_ids.shape, self.query_dtype, pooled)
         if key not in self._query_graphs:
             from transformers.utils import logging as hf_logging
 
@@ -198,7 +198,7 @@ class ColBERT(nn.Module):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     source = self if self.query_dtype is None else self._low_precision_copy(self.query_dtype)
-                    traced = torch.jit.trace(_QueryGraph(source), (batch.input_ids, batch.attention_mask),
+                    traced = torch.jit.trace(_QueryGraph(source, pooled), (batch.input_ids, batch.attention_mask),
                                              check_trace=False, strict=False)
                     # freeze + oneDNN fusions: about 15% faster again than a frozen graph for one query here.
                     # (bf16 weights: only frozen; the oneDNN rewrite made them 20x slower on a Xeon without AMX.)
@@ -256,18 +256,19 @@ class ColBERT(nn.Module):
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.query_batch([seqs[i] for i in idx]).to(self.device)
                 graph = None
-                if pooled_out is not None:
-                    vectors, pooled_vectors = self.forward_queries_pooled(batch)
-                    pooled_out[idx] = pooled_vectors.float().cpu()
-                    out[idx, :vectors.shape[1]] = vectors.float().cpu()
-                    continue
                 if self.trace_queries and self.device.type == "cpu" and self.autocast_dtype is None and not self.training:
                     # One graph per shape: long queries are padded up to a multiple of 16 tokens ([PAD] gives
-                    # zero vectors), so at most query_maxlen / 16 graphs are ever traced.
+                    # zero vectors and is left out of the pooled mean), so at most query_maxlen / 16 graphs
+                    # are ever traced (per output kind).
                     batch = _pad_to(batch, _bucket(batch.input_ids.shape[1], self.config.augment_len),
                                     self.tokenizer.pad_token_id)
-                    graph = self._query_graph(batch)
-                vectors = graph(batch.input_ids, batch.attention_mask) if graph is not None else self.forward_queries(batch)
+                    graph = self._query_graph(batch, pooled_out is not None)
+                if pooled_out is not None:
+                    vectors, pooled_vectors = (graph(batch.input_ids, batch.attention_mask) if graph is not None
+                                               else self.forward_queries_pooled(batch))
+                    pooled_out[idx] = pooled_vectors.float().cpu()
+                else:
+                    vectors = graph(batch.input_ids, batch.attention_mask) if graph is not None else self.forward_queries(batch)
                 width = min(vectors.shape[1], out.shape[1])
                 out[idx, :width] = vectors[:, :width].float().cpu()
         return (out, pooled_out) if pooled_out is not None else out
@@ -315,12 +316,13 @@ class ColBERT(nn.Module):
 class _QueryGraph(nn.Module):
     """The query forward pass as a plain (ids, mask) -> vectors module, for tracing."""
 
-    def __init__(self, model: ColBERT) -> None:
+    def __init__(self, model: ColBERT, pooled: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.pooled = model, pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_queries(TokenBatch(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        batch = TokenBatch(input_ids, attention_mask)
+        return self.model.forward_queries_pooled(batch) if self.pooled else self.model.forward_queries(batch)
 
 
 def _bucket(length: int, augment: int) -> int:
