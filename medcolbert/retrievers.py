@@ -157,13 +157,12 @@ def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: 
                        k: int | None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
     qids = list(run)
-    texts = [queries[q] for q in qids]
-    if getattr(model, "has_dense_head", False):
-        Q, Q_pooled = model.encode_queries(texts, show_progress=False, pooled=True)
-        return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k, Q_pooled[i], model.config.dense_weight))
-                for i, qid in enumerate(qids)}
-    Q = model.encode_queries(texts, show_progress=False)
-    return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k)) for i, qid in enumerate(qids)}
+    from .modeling.encoder import encode_queries_pooled
+
+    Q, Q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=False)
+    return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k,
+                                                None if Q_pooled is None else Q_pooled[i], model.config.dense_weight))
+            for i, qid in enumerate(qids)}
 
 
 def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int, k: int | None = None,

@@ -282,9 +282,11 @@ class Service:
 
     def encode_for_search(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Query vectors and, for a model with a pooled head, the pooled vectors from the same pass (else None)."""
-        if getattr(self.model, "has_dense_head", False):
+        from .modeling.encoder import encode_queries_pooled, has_pooled_head
+
+        if has_pooled_head(self.model):
             # Not batched: the batcher carries token vectors only, and the pooled vector must come from this pass.
-            return self.model.encode_queries(texts, show_progress=False, pooled=True)  # type: ignore[union-attr]
+            return encode_queries_pooled(self.model, texts, show_progress=False)  # type: ignore[arg-type]
         return self.encode(texts), None
 
     # --------------------------------------------------------------- checks
@@ -446,6 +448,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
         from .passages import best_per_document
+        from .modeling.encoder import encode_documents_pooled
         from .scoring import add_dense_term, maxsim_one
 
         service.check_text(req.query, "query", L.max_query_chars)
@@ -462,19 +465,12 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         for i, c in enumerate(req.candidates or []):
             service.check_text(c, f"candidates[{i}]", L.max_document_chars)
         snap = service.current()
-        hybrid = bool(getattr(service.model, "has_dense_head", False))
-        cosines = None
-        if hybrid:   # the model's pooled head scores too: the query's pooled vector comes from the same pass
-            encoded_q, q_pooled = service.model.encode_queries([req.query], show_progress=False, pooled=True)  # type: ignore[union-attr]
-            q, q_pooled = encoded_q[0], q_pooled[0]
-        else:
-            q = service.encode([req.query])[0]
+        # With a pooled head the model's pooled vectors score too (q_pooled and d_pooled are None without one).
+        encoded_q, pooled_q = service.encode_for_search([req.query])
+        q, q_pooled = encoded_q[0], None if pooled_q is None else pooled_q[0]
+        weight = service.model.config.dense_weight  # type: ignore[union-attr]
         if req.candidates is not None:
-            if hybrid:
-                docs, d_pooled = service.model.encode_documents(req.candidates, show_progress=False, pooled=True)  # type: ignore[union-attr]
-                cosines = d_pooled @ q_pooled
-            else:
-                docs = service.model.encode_documents(req.candidates, show_progress=False)  # type: ignore[union-attr]
+            docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
             labels: list[Any] = list(range(len(req.candidates)))
         else:
             for i, d in enumerate(req.ids or []):
@@ -486,15 +482,14 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
             positions = [p for g in groups for p in g]
             flat_scores = maxsim_one(q, snap.index.document_vectors(positions))
-            if hybrid:
-                flat_scores = add_dense_term(flat_scores, q, snap.index.pooled_vectors(positions) @ q_pooled,
-                                             service.model.config.dense_weight)  # type: ignore[union-attr]
+            if q_pooled is not None:
+                flat_scores = add_dense_term(flat_scores, q, snap.index.pooled_vectors(positions) @ q_pooled, weight)
             flat = flat_scores.tolist()
             labels = list(req.ids or [])
         if req.candidates is not None:
             scores = maxsim_one(q, docs)
-            if cosines is not None:
-                scores = add_dense_term(scores, q, cosines, service.model.config.dense_weight)  # type: ignore[union-attr]
+            if q_pooled is not None and d_pooled is not None:
+                scores = add_dense_term(scores, q, d_pooled @ q_pooled, weight)
         else:
             scores = torch.tensor(best_per_document(flat, [len(g) for g in groups]))
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
@@ -516,13 +511,11 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         unknown = sorted(set(req.metadata or {}) - set(docs))
         if unknown:
             raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
+        from .modeling.encoder import encode_documents_pooled
+
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
         # so a delete never waits behind a large add.
-        pooled = None
-        if getattr(service.model, "has_dense_head", False):
-            vectors, pooled = service.model.encode_documents(list(docs.values()), show_progress=False, pooled=True)  # type: ignore[union-attr]
-        else:
-            vectors = service.model.encode_documents(list(docs.values()), show_progress=False)  # type: ignore[union-attr]
+        vectors, pooled = encode_documents_pooled(service.model, list(docs.values()), show_progress=False)  # type: ignore[arg-type]
         return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata,
                                                           pooled=pooled)["added"], "added")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling.encoder import ColBERT
+from .modeling.encoder import ColBERT, encode_documents_pooled, has_pooled_head
 
 CHUNK_FILES = ("vectors", "lengths", "hashes", "ids")  # ids last: its presence marks a finished chunk
 
@@ -35,7 +35,7 @@ class VectorCache:
     def __init__(self, model: ColBERT, root: str | Path | None = None) -> None:
         self.model = model
         self.dir = Path(root or default_cache_root()) / model.fingerprint()
-        self.pooled = bool(getattr(model, "has_dense_head", False))
+        self.pooled = has_pooled_head(model)
         self._entries: dict[str, tuple[str, np.ndarray]] = {}
         self._pooled: dict[str, np.ndarray] = {}
         self._next_chunk = 0
@@ -90,9 +90,8 @@ class VectorCache:
             with tqdm(total=len(todo), desc="Encoding documents", unit="doc", disable=not show) as bar:
                 for start in range(0, len(todo), chunk_size):
                     part = todo[start:start + chunk_size]
-                    encoded = self.model.encode_documents([texts[i] for i in part], batch_size=batch_size,
-                                                          show_progress=False, **({"pooled": True} if self.pooled else {}))
-                    vecs, pooled = encoded if self.pooled else (encoded, None)
+                    vecs, pooled = encode_documents_pooled(self.model, [texts[i] for i in part], batch_size=batch_size,
+                                                           show_progress=False)
                     self._write_chunk([ids[i] for i in part], [texts[i] for i in part], vecs, pooled)
                     bar.update(len(part))
         # np.array copies out of the read-only memory map, which torch cannot wrap safely.

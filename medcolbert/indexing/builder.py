@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError, MedColbertError
 from ..evaluation.datasets import iter_jsonl, require_str
 from ..fsutil import failpoint, recover_replaced, replace_folder
+from ..modeling.encoder import encode_documents_pooled, has_pooled_head
 from ..validation import check_id, check_int, check_text
 from ..passages import PassageSource, PassageSplitter
 from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
@@ -347,10 +348,8 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     n_sample = min(n, max(16, math.ceil(k * SAMPLE_POINTS_PER_CENTROID / max(avg_len, 1.0))))
     positions = sorted(rng.sample(range(n), n_sample))
     texts = source.texts_at(set(positions))
-    hybrid = bool(getattr(model, "has_dense_head", False))
-    encoded = model.encode_documents([texts[p] for p in positions], batch_size=batch_size, show_progress=show,
-                                     **({"pooled": True} if hybrid else {}))
-    vectors, pooled = encoded if hybrid else (encoded, None)
+    vectors, pooled = encode_documents_pooled(model, [texts[p] for p in positions], batch_size=batch_size,
+                                              show_progress=show)
     lens = np.array([v.shape[0] for v in vectors], dtype=np.int64)
     flat = torch.cat(vectors).numpy()
     # The sample is the build's largest allocation (48 vectors per centroid): hold one copy at a time.
@@ -395,7 +394,7 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
                     positions: list[int], sample: _SampleVectors, batch_size: int,
                     progress: Callable[[int], object] = lambda n: None,
                     metas: list[dict | None] | None = None) -> None:
-    hybrid = bool(getattr(model, "has_dense_head", False))
+    hybrid = has_pooled_head(model)
     vectors: list[torch.Tensor | None] = [sample.get(p) for p in positions]
     pooled: list[torch.Tensor | None] = [sample.get_pooled(p) for p in positions] if hybrid else []
     missing = [i for i, v in enumerate(vectors) if v is None or (hybrid and pooled[i] is None)]
@@ -403,9 +402,8 @@ def _compress_chunk(work: Path, c: int, model, codec: ResidualCodec, ids: list[s
     step = batch_size * 8  # progress moves every few batches, not once per chunk
     for start in range(0, len(missing), step):
         part = missing[start:start + step]
-        encoded = model.encode_documents([texts[i] for i in part], batch_size=batch_size, show_progress=False,
-                                         **({"pooled": True} if hybrid else {}))
-        fresh, fresh_pooled = encoded if hybrid else (encoded, None)
+        fresh, fresh_pooled = encode_documents_pooled(model, [texts[i] for i in part], batch_size=batch_size,
+                                                      show_progress=False)
         for j, (i, v) in enumerate(zip(part, fresh)):
             vectors[i] = v
             if fresh_pooled is not None:

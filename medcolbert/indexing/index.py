@@ -16,6 +16,7 @@ import torch
 
 from ..errors import IndexFormatError, MedColbertError
 from ..fsutil import failpoint, recover_replaced
+from ..modeling.encoder import has_pooled_head
 from ..validation import check_id, check_text
 from ..passages import SEPARATOR, SPAN_KEY, PassageSplitter, join_passages, parent_of, split_records
 from .codec import ResidualCodec
@@ -325,7 +326,7 @@ class Index:
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
         """Refuse a model whose vectors cannot be compared with this index's."""
         built_with = self.manifest["model"]
-        if getattr(model, "has_dense_head", False) and self.pooled is None and len(self.doc_ids):
+        if has_pooled_head(model) and self.pooled is None and len(self.doc_ids):
             raise MedColbertError(f"the model scores with a pooled single-vector head (dense_weight "
                                   f"{model.config.dense_weight}) but {self.path} holds no pooled vectors; rebuild the "
                                   "index with this model, or use model.reconfigure(dense_weight=0) for MaxSim alone")
@@ -415,7 +416,7 @@ class Index:
             # so a delete from another writer never waits behind it.
             ids = list(add)
             # An empty index takes whatever the model makes; otherwise new documents match the index's kind.
-            want_pooled = self.pooled is not None or (not self.doc_ids and getattr(model, "has_dense_head", False))
+            want_pooled = self.pooled is not None or (not self.doc_ids and has_pooled_head(model))
             if want_pooled:
                 vectors, pooled = model.encode_documents([add[d] for d in ids], batch_size=batch_size, pooled=True)
             else:

@@ -339,6 +339,26 @@ def _pad_to(batch: TokenBatch, length: int, pad_id: int) -> TokenBatch:
                       nn.functional.pad(batch.attention_mask, (0, extra), value=0))
 
 
+def has_pooled_head(model: object) -> bool:
+    """Whether a model (or a stand-in for one, e.g. a CachedEncoder) scores with a pooled single-vector head."""
+    return bool(getattr(model, "has_dense_head", False))
+
+
+def encode_queries_pooled(model: ColBERT, texts: Sequence[str], **options: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Query vectors and, for a model with a pooled head, its pooled vectors from the same pass (else None)."""
+    if has_pooled_head(model):
+        return model.encode_queries(texts, pooled=True, **options)  # type: ignore[return-value, arg-type]
+    return model.encode_queries(texts, **options), None  # type: ignore[return-value, arg-type]
+
+
+def encode_documents_pooled(model: ColBERT, texts: Sequence[str],
+                            **options: object) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Document vectors and, for a model with a pooled head, their pooled vectors from the same pass (else None)."""
+    if has_pooled_head(model):
+        return model.encode_documents(texts, pooled=True, **options)  # type: ignore[return-value, arg-type]
+    return model.encode_documents(texts, **options), None  # type: ignore[return-value, arg-type]
+
+
 def resolve_autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for encoding: 'auto' is float16 on CUDA and full precision elsewhere."""
     if dtype is None or dtype in ("float32", "fp32", torch.float32):

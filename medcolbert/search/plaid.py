@@ -13,6 +13,7 @@ from ..errors import MedColbertError
 from ..evaluation.datasets import Run
 from ..validation import check_float, check_int
 from ..indexing.index import Index
+from ..modeling.encoder import encode_queries_pooled, has_pooled_head
 from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
 from ..scoring import add_dense_term, maxsim_one
@@ -103,16 +104,13 @@ class Searcher:
         {"id", "score", "text", "metadata"} dicts read from the index's document store."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
-        if self.hybrid:
-            q, q_pooled = self.model.encode_queries([query], show_progress=False, pooled=True)
-            return self.search_encoded(q[0], k, return_documents, q_pooled=q_pooled[0], **knobs)
-        q = self.model.encode_queries([query], show_progress=False)[0]
-        return self.search_encoded(q, k, return_documents, **knobs)
+        q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
+        return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0], **knobs)
 
     @property
     def hybrid(self) -> bool:
         """Whether scores add the model's pooled single-vector term (its dense_weight > 0)."""
-        return bool(getattr(self.model, "has_dense_head", False))
+        return has_pooled_head(self.model)
 
     def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
                        q_pooled: torch.Tensor | None = None, **knobs: object) -> list[tuple[str, float]] | list[dict]:
@@ -135,11 +133,7 @@ class Searcher:
         """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
-        Q_pooled = None
-        if self.hybrid:
-            Q, Q_pooled = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress, pooled=True)
-        else:
-            Q = self.model.encode_queries(texts, batch_size=batch_size, show_progress=show_progress)
+        Q, Q_pooled = encode_queries_pooled(self.model, texts, batch_size=batch_size, show_progress=show_progress)
         cfg = self._resolve(self._units(k), knobs)
         if cfg.exact and not self.index.passages and Q_pooled is None:
             return {qid: {d: x for d, x, _ in self._documents_of(hits, k)} for qid, hits in zip(qids, exact_search(self.index, Q, k))}

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
-from ..modeling.encoder import ColBERT
+from ..modeling.encoder import ColBERT, encode_documents_pooled, encode_queries_pooled, has_pooled_head
 from ..passages import PassageSplitter, best_per_document, parent_of, split_records
 from ..scoring import add_dense_term, maxsim_one
 from ..validation import check_int
@@ -42,23 +42,18 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
     if len(candidates) == 0:
         return []
-    hybrid = bool(getattr(model, "has_dense_head", False))
-    if hybrid and not (isinstance(query, str) and all(isinstance(c, str) for c in candidates)):
+    if has_pooled_head(model) and not (isinstance(query, str) and all(isinstance(c, str) for c in candidates)):
         raise ValueError("this model also scores with its pooled single-vector head (dense_weight > 0), which needs "
                          "the query's and the candidates' texts; give texts, or model.reconfigure(dense_weight=0)")
+    q, q_pooled = query, None
     if isinstance(query, str):
-        encoded = model.encode_queries([query], show_progress=False, **({"pooled": True} if hybrid else {}))
-        q, q_pooled = (encoded[0][0], encoded[1][0]) if hybrid else (encoded[0], None)
-    else:
-        q, q_pooled = query, None
+        encoded, pooled_q = encode_queries_pooled(model, [query], show_progress=False)
+        q, q_pooled = encoded[0], None if pooled_q is None else pooled_q[0]
     if q.ndim != 2:
         raise ValueError(f"a precomputed query must be [tokens, dim], got shape {tuple(q.shape)}")
     d_pooled = None
     if all(isinstance(c, str) for c in candidates):
-        if hybrid:
-            docs, d_pooled = model.encode_documents(list(candidates), batch_size=batch_size, pooled=True)  # type: ignore[arg-type]
-        else:
-            docs = model.encode_documents(list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
+        docs, d_pooled = encode_documents_pooled(model, list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
     elif all(isinstance(c, torch.Tensor) for c in candidates):
         docs = list(candidates)  # type: ignore[arg-type]
     else:
@@ -103,21 +98,17 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     else:
         units = {d: [d] for d in unique}
         unit_ids, texts = unique, [documents[d] for d in unique]
-    hybrid = bool(getattr(model, "has_dense_head", False))
     pooled: dict[str, torch.Tensor] = {}
     if cache is not None:
         vectors = cache.get_or_encode(unit_ids, texts, batch_size=batch_size, show_progress=show_progress)
-        if hybrid:
+        if has_pooled_head(model):
             pooled = dict(zip(unit_ids, cache.pooled_vectors(unit_ids)))
-    elif hybrid:
-        encoded, pooled_all = model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress, pooled=True)
-        vectors, pooled = dict(zip(unit_ids, encoded)), dict(zip(unit_ids, pooled_all))
     else:
-        vectors = dict(zip(unit_ids, model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)))
+        encoded, pooled_all = encode_documents_pooled(model, texts, batch_size=batch_size, show_progress=show_progress)
+        vectors = dict(zip(unit_ids, encoded))
+        pooled = dict(zip(unit_ids, pooled_all)) if pooled_all is not None else {}
     qids = list(top)
-    encoded_q = model.encode_queries([queries[q] for q in qids], show_progress=show_progress,
-                                     **({"pooled": True} if hybrid else {}))
-    q_vectors, q_pooled = encoded_q if hybrid else (encoded_q, None)
+    q_vectors, q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=show_progress)
     out: Run = {}
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]

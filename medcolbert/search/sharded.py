@@ -59,11 +59,10 @@ class ShardedSearcher:
         """The top-k documents of all shards for one query, best first (as `Searcher.search`)."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query is empty")
-        if getattr(self.model, "has_dense_head", False):
-            q, q_pooled = self.model.encode_queries([query], show_progress=False, pooled=True)
-            return self.search_encoded(q[0], k, return_documents, q_pooled=q_pooled[0], **knobs)
-        q = self.model.encode_queries([query], show_progress=False)[0]
-        return self.search_encoded(q, k, return_documents, **knobs)
+        from ..modeling.encoder import encode_queries_pooled
+
+        q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
+        return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0], **knobs)
 
     def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False, q_pooled: Any = None,
                        **knobs: object) -> list[tuple[str, float]] | list[dict]:
