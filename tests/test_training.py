@@ -396,3 +396,30 @@ def test_pooled_head_adds_its_own_contrastive_loss_and_is_saved_with_its_weight(
     assert json.loads((plain.fit() / "artifact.metadata").read_text())["dense_weight"] == 0.0
     with pytest.raises(ValueError, match="kind must be 'colbert'"):
         config(tmp_path, tiny_checkpoint, kind="dense", dense_loss_weight=1.0)
+
+
+def test_combined_loss_trains_the_score_the_saved_model_ranks_by(tmp_path, tiny_checkpoint):
+    """combined_loss_weight > 0 adds InfoNCE over MaxSim + dense_weight x (query vectors) x pooled cosine."""
+    kwargs = dict(dense_loss_weight=0.5, dense_temperature=0.05, dense_weight=0.7)
+    joint = Trainer(config(tmp_path / "joint", tiny_checkpoint, **kwargs), show_progress=False)
+    combined = Trainer(config(tmp_path / "combined", tiny_checkpoint, combined_loss_weight=0.3, **kwargs),
+                       show_progress=False)
+    queries, docs, _ = combined._micro_batch(0)
+    joint.model.eval()
+    combined.model.eval()
+    with torch.no_grad():
+        difference = float(combined._loss(queries, docs, None)[0] - joint._loss(queries, docs, None)[0])
+        m = combined.model
+        qb, db = m.tokenizer.tokenize_queries(queries), m.tokenizer.tokenize_documents(docs)
+        q, qp = m.forward_queries_pooled(qb)
+        d, keep, dp = m.forward_documents_pooled(db)
+        # MaxSim written out: best document token (kept ones only) per query token, summed over query tokens.
+        sims = torch.einsum("qid,njd->qnij", q, d).masked_fill(~keep.bool()[None, :, None, :], -1e4)
+        maxsim = sims.max(-1).values.sum(-1)
+        count = torch.tensor([[float((row.abs().sum(-1) > 0).sum())] for row in q])
+        expected = 0.3 * contrastive_loss(maxsim + 0.7 * count * (qp @ dp.T), torch.arange(len(queries)) * 2, 1.0)
+    assert difference == pytest.approx(float(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="needs the pooled head"):
+        config(tmp_path, tiny_checkpoint, combined_loss_weight=1.0)
+    with pytest.raises(ValueError, match="combined_loss_weight must be >= 0"):
+        config(tmp_path, tiny_checkpoint, combined_loss_weight=-1.0, dense_loss_weight=1.0)

@@ -57,6 +57,8 @@ class TrainConfig:
                                             # backbone's states) with its own contrastive loss, of this weight
     dense_temperature: float = 0.02         # that loss's temperature (MedEmbed's InfoNCE, as dense-minilm-v2)
     dense_weight: float = 1.0               # the head's weight in the saved model's scores (ModelConfig.dense_weight)
+    combined_loss_weight: float = 0.0       # > 0 (needs dense_loss_weight > 0): InfoNCE, at `temperature`, on the score
+                                            # the saved model ranks by (MaxSim + dense_weight x query vectors x cosine)
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -110,6 +112,10 @@ class TrainConfig:
             raise ValueError("dense_loss_weight and dense_weight must be >= 0")
         if self.dense_loss_weight > 0 and self.kind != "colbert":
             raise ValueError("dense_loss_weight trains a ColBERT's pooled head; kind must be 'colbert'")
+        if self.combined_loss_weight < 0:
+            raise ValueError(f"combined_loss_weight must be >= 0, got {self.combined_loss_weight}")
+        if self.combined_loss_weight > 0 and self.dense_loss_weight <= 0:
+            raise ValueError("combined_loss_weight needs the pooled head: set dense_loss_weight > 0")
         if not self.train_files:
             raise ValueError("train_files is empty")
         if self.eval_distractors not in ("bm25", "random"):
@@ -480,6 +486,18 @@ class Trainer:
             else:
                 own_dense = dense.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
                 loss = loss + c.dense_loss_weight * contrastive_loss(own_dense, torch.zeros_like(first), c.dense_temperature)
+            if c.combined_loss_weight > 0:
+                # The score inference ranks by: MaxSim plus the pooled cosine weighted per query vector (as
+                # scoring.add_dense_term), so the two halves learn to complement each other, not only to rank alone.
+                count = (1.0 if c.score_normalization == "query_length"
+                         else (q.detach().abs().sum(-1) > 0).sum(-1).to(scores.dtype)[:, None])
+                combined = scores + c.dense_weight * count * dense
+                if c.in_batch_negatives:
+                    loss = loss + c.combined_loss_weight * contrastive_loss(combined, first, c.temperature)
+                else:
+                    own_combined = combined.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
+                    loss = loss + c.combined_loss_weight * contrastive_loss(own_combined, torch.zeros_like(first),
+                                                                            c.temperature)
         if c.loss in ("distill", "both"):
             if self.teacher is not None:  # online teacher: KL over every document the student scored
                 student, t = scores, self._teacher_scores(queries, docs)
