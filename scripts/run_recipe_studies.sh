@@ -4,6 +4,22 @@
 # Rerunning resumes every run from its last checkpoint. Logs: .cache/train/rs-NAME.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--hybrid" ]; then
+  # The pooled-head studies (s6, s6 continued to 800 steps, s7 = s6 + the combined-score loss) and their
+  # evaluations. Needs the training mix (below) and s1's 300-step run for the s6 comparison rows.
+  test -f .cache/train/medical-mix-v2.jsonl || \
+    .venv/bin/medcolbert make-mix --consumer-health --output .cache/train/medical-mix-v2.jsonl
+  printf '%s\n' s6-hybrid s7-combined s6-hybrid-seed2 | xargs -P 2 -I NAME sh -c \
+    'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
+  d=.cache/train/rs-s6-long800
+  if [ ! -d "$d/checkpoints" ]; then
+    mkdir -p "$d/checkpoints"
+    cp -r .cache/train/rs-s6-hybrid/checkpoints/step-0000300 "$d/checkpoints/"
+  fi
+  OMP_NUM_THREADS=2 .venv/bin/medcolbert train --config experiments/recipe-studies/s6-long800.yaml > .cache/train/rs-s6-long800.log 2>&1
+  for y in s6 s6-indomain s6-seed2 s7 s7-indomain; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
+  exit 0
+fi
 if [ "${1:-}" = "--long" ]; then
   # The chosen recipe (s1) continued to 800 steps from each seed's 300-step checkpoint, the single-vector
   # model trained with the same data recipe, then their evaluations. Needs the 300-step runs (below) first.

@@ -307,8 +307,7 @@ class _SampleVectors:
 
     def __init__(self, work: Path) -> None:
         folder = work / "sample"
-        self.by_position: dict[int, tuple[int, int]] = {}
-        self.row: dict[int, int] = {}
+        self.by_position: dict[int, tuple[int, int, int]] = {}   # position -> (sample row, first vector, end)
         self.pooled: np.ndarray | None = None
         if not (folder / "done").exists():
             self.vectors = np.zeros((0, 1), np.float16)
@@ -319,20 +318,21 @@ class _SampleVectors:
         pooled = folder / "pooled.npy"
         self.pooled = np.load(pooled, allow_pickle=False) if pooled.exists() else None
         offsets = np.concatenate([[0], np.cumsum(lens)])
-        self.by_position = {int(p): (int(offsets[i]), int(offsets[i + 1])) for i, p in enumerate(positions)}
-        self.row = {int(p): i for i, p in enumerate(positions)}
+        self.by_position = {int(p): (i, int(offsets[i]), int(offsets[i + 1])) for i, p in enumerate(positions)}
 
     def get_pooled(self, position: int) -> torch.Tensor | None:
         """The pooled single vector of a sampled document (None: not sampled, or no pooled head)."""
-        if self.pooled is None or position not in self.row:
+        span = self.by_position.get(position)
+        if self.pooled is None or span is None:
             return None
-        return torch.from_numpy(self.pooled[self.row[position]].astype(np.float32))
+        return torch.from_numpy(self.pooled[span[0]].astype(np.float32))
 
     def get(self, position: int) -> torch.Tensor | None:
+        """The token vectors of a sampled document (None: not sampled)."""
         span = self.by_position.get(position)
         if span is None:
             return None
-        return torch.from_numpy(np.array(self.vectors[span[0]:span[1]], dtype=np.float32))
+        return torch.from_numpy(np.array(self.vectors[span[1]:span[2]], dtype=np.float32))
 
 
 def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centroids: int | None,  # type: ignore[no-untyped-def]
