@@ -260,7 +260,7 @@ def _rerank_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     model = ctx.model("colbert", spec)
     return MaxSimReranker(model, ctx.corpus, depth=int(spec.get("depth", 100)),
                           cache=VectorCache(model, ctx.cfg.work / "vectors"), name=spec["name"],
-                          split_documents=bool(spec.get("split_documents", False)))
+                          split_documents=bool(spec.get("split_documents", False)), show_progress=ctx.show)
 
 
 # How each retrieval system type of an experiment file becomes a stage; rerank and rrf systems compose

@@ -129,10 +129,11 @@ class MaxSimReranker(Reranker):
     """Exact MaxSim reranking with a ColBERT model; documents are texts ({id: text}, vectors cached) or an index."""
 
     def __init__(self, model: Any, documents: Mapping[str, str] | Any, depth: int = 100, cache: Any = None,
-                 name: str | None = None, split_documents: bool = False) -> None:
-        """split_documents: score texts longer than the model's doc_maxlen by their best passage (not truncated)."""
+                 name: str | None = None, split_documents: bool = False, show_progress: bool | None = False) -> None:
+        """split_documents: score texts longer than the model's doc_maxlen by their best passage (not truncated);
+        show_progress: bars for document encoding and scoring (batch runs; off by default for per-query use)."""
         self.model, self.documents = model, documents
-        self.split_documents = split_documents
+        self.split_documents, self.show_progress = split_documents, show_progress
         self.depth = check_int("depth", depth, 1)
         self.cache = cache
         self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
@@ -150,7 +151,8 @@ class MaxSimReranker(Reranker):
 
             splitter = PassageSplitter.for_model(self.model)
         return rerank_run(self.model, queries, run, self.documents, depth=self.depth, k=k, cache=self.cache,
-                          show_progress=False, splitter=splitter)
+                          # One query (a timed search) never draws bars: they would cost time and flood the log.
+                          show_progress=self.show_progress if len(queries) > 1 else False, splitter=splitter)
 
 
 def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,

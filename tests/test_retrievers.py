@@ -41,6 +41,15 @@ def test_pipeline_equals_rerank_of_the_first_stage(setup):
         bm25 >> bm25  # noqa: B015
 
 
+def test_reranker_shows_progress_for_batches_but_not_for_one_timed_query(setup, capsys):
+    corpus, model, _, queries, _ = setup
+    pipeline = BM25Retriever(corpus) >> MaxSimReranker(model, corpus, depth=20, show_progress=True)
+    pipeline.retrieve(queries, k=5)
+    assert "Reranking" in capsys.readouterr().err
+    pipeline.search(queries["q1"], k=3)
+    assert "Reranking" not in capsys.readouterr().err
+
+
 def test_plaid_rrf_and_index_reranking_share_the_interface(setup):
     corpus, model, index, queries, qrels = setup
     plaid = PlaidRetriever.from_index(index.path)          # the model the index names
