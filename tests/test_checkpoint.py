@@ -89,6 +89,16 @@ def test_plain_hf_encoder_gets_a_reproducible_fresh_projection(tmp_path):
     assert torch.allclose(w @ w.T, torch.eye(128), atol=1e-4)  # orthonormal rows
 
 
+def test_saving_the_packaged_base_writes_no_path_of_this_machine(tmp_path):
+    """The base is loaded from site-packages; a checkpoint saved from it must not name that folder."""
+    base = ColBERT.from_pretrained(BASE_MODEL_ID, device="cpu")
+    out = base.save_pretrained(tmp_path / "saved")
+    written = {f.name: f.read_text() for f in out.iterdir() if f.suffix in (".json", ".metadata")}
+    site = str(default_model_path().parent)
+    assert written and not [name for name, text in written.items() if site in text or str(tmp_path) in text]
+    assert ColBERT.from_pretrained(out, device="cpu").config.dim == 128
+
+
 def test_fp16_release_is_half_the_size_and_loads_as_float32(tmp_path, tiny_model):
     full = tiny_model.save_pretrained(tmp_path / "fp32")
     half = tiny_model.save_pretrained(tmp_path / "fp16", dtype=torch.float16)

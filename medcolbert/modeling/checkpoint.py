@@ -29,7 +29,7 @@ BASE_MODEL_ID = "packaged:all-MiniLM-L6-v2"
 RELEASE_NAME = "medcolbert-minilm-v2"
 
 
-RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "dense-minilm-v1", "dense-minilm-v2")
+RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "medcolbert-minilm-v3", "dense-minilm-v1", "dense-minilm-v2")
 
 
 def release_model_path(name: str | None = None) -> Path | None:
@@ -243,6 +243,10 @@ def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = N
 
         hf_config = model.backbone.config.to_dict()
         hf_config["architectures"] = ["HF_ColBERT"]
+        if Path(str(hf_config.get("_name_or_path", ""))).is_absolute():
+            # Where the backbone was loaded from on this machine (e.g. the packaged base's site-packages folder)
+            # means nothing elsewhere; keep the model's name instead.
+            hf_config["_name_or_path"] = model.name
         if dtype is not None:
             hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
