@@ -471,33 +471,28 @@ class Trainer:
             dp = _gather(dp) if dp is not None else None
             first = first + self.rank * len(docs)
         scores = self._scores(q, d, keep)                                   # [queries, documents]
-        own = scores.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
+        columns = first[:, None] + torch.arange(per_query, device=q.device)[None, :]
+        own = scores.gather(1, columns)                                     # each query's positive and negatives
+
+        def infonce(matrix: torch.Tensor, temperature: float) -> torch.Tensor:
+            # Against every document of the batch, or only the query's own positive and hard negatives.
+            if c.in_batch_negatives:
+                return contrastive_loss(matrix, first, temperature)
+            return contrastive_loss(matrix.gather(1, columns), torch.zeros_like(first), temperature)
+
         loss = torch.zeros((), device=q.device)
         if c.loss in ("contrastive", "both"):
-            if c.in_batch_negatives:
-                loss = loss + contrastive_loss(scores, first, c.temperature)
-            else:
-                loss = loss + contrastive_loss(own, torch.zeros_like(first), c.temperature)
+            loss = loss + infonce(scores, c.temperature)
         if qp is not None and dp is not None:
             # The pooled head learns as a single-vector model of its own (MedEmbed's InfoNCE) on the same batch.
             dense = qp @ dp.T
-            if c.in_batch_negatives:
-                loss = loss + c.dense_loss_weight * contrastive_loss(dense, first, c.dense_temperature)
-            else:
-                own_dense = dense.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
-                loss = loss + c.dense_loss_weight * contrastive_loss(own_dense, torch.zeros_like(first), c.dense_temperature)
+            loss = loss + c.dense_loss_weight * infonce(dense, c.dense_temperature)
             if c.combined_loss_weight > 0:
                 # The score inference ranks by: MaxSim plus the pooled cosine weighted per query vector (as
                 # scoring.add_dense_term), so the two halves learn to complement each other, not only to rank alone.
                 count = (1.0 if c.score_normalization == "query_length"
                          else (q.detach().abs().sum(-1) > 0).sum(-1).to(scores.dtype)[:, None])
-                combined = scores + c.dense_weight * count * dense
-                if c.in_batch_negatives:
-                    loss = loss + c.combined_loss_weight * contrastive_loss(combined, first, c.temperature)
-                else:
-                    own_combined = combined.gather(1, first[:, None] + torch.arange(per_query, device=q.device)[None, :])
-                    loss = loss + c.combined_loss_weight * contrastive_loss(own_combined, torch.zeros_like(first),
-                                                                            c.temperature)
+                loss = loss + c.combined_loss_weight * infonce(scores + c.dense_weight * count * dense, c.temperature)
         if c.loss in ("distill", "both"):
             if self.teacher is not None:  # online teacher: KL over every document the student scored
                 student, t = scores, self._teacher_scores(queries, docs)
