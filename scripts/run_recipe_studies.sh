@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--hybrid" ]; then
-  # The pooled-head studies (s6, s6 continued to 800 steps, s7 = s6 + the combined-score loss) and their
-  # evaluations. Needs the training mix (below) and s1's 300-step run for the s6 comparison rows.
+  # The pooled-head studies (s6, s6 continued to 800 steps = v3, s7 = s6 + the combined-score loss, s8 = s6 with
+  # the pooled loss at half weight) and their evaluations. Needs the training mix (below) and s1's 300-step run
+  # for the s6 comparison rows.
   test -f .cache/train/medical-mix-v2.jsonl || \
     .venv/bin/medcolbert make-mix --consumer-health --output .cache/train/medical-mix-v2.jsonl
-  printf '%s\n' s6-hybrid s7-combined s6-hybrid-seed2 | xargs -P 2 -I NAME sh -c \
+  printf '%s\n' s6-hybrid s7-combined s6-hybrid-seed2 s8-halfdense | xargs -P 2 -I NAME sh -c \
     'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
   d=.cache/train/rs-s6-long800
   if [ ! -d "$d/checkpoints" ]; then
@@ -17,7 +18,7 @@ if [ "${1:-}" = "--hybrid" ]; then
     cp -r .cache/train/rs-s6-hybrid/checkpoints/step-0000300 "$d/checkpoints/"
   fi
   OMP_NUM_THREADS=2 .venv/bin/medcolbert train --config experiments/recipe-studies/s6-long800.yaml > .cache/train/rs-s6-long800.log 2>&1
-  for y in s6 s6-indomain s6-seed2 s7 s7-indomain; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
+  for y in s6 s6-indomain s6-seed2 s7 s7-indomain s8 v3-e2e; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
   exit 0
 fi
 if [ "${1:-}" = "--long" ]; then
