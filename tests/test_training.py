@@ -423,3 +423,37 @@ def test_combined_loss_trains_the_score_the_saved_model_ranks_by(tmp_path, tiny_
         config(tmp_path, tiny_checkpoint, combined_loss_weight=1.0)
     with pytest.raises(ValueError, match="combined_loss_weight must be >= 0"):
         config(tmp_path, tiny_checkpoint, combined_loss_weight=-1.0, dense_loss_weight=1.0)
+
+
+def test_self_distillation_teaches_maxsim_the_pooled_heads_ranking(tmp_path, tiny_checkpoint):
+    """self_distill_weight > 0 adds KL(pooled head's batch scores at dense_temperature || MaxSim's at temperature)."""
+    kwargs = dict(dense_loss_weight=0.5, dense_temperature=0.05, temperature=2.0)
+    joint = Trainer(config(tmp_path / "joint", tiny_checkpoint, **kwargs), show_progress=False)
+    taught = Trainer(config(tmp_path / "taught", tiny_checkpoint, self_distill_weight=0.4, **kwargs),
+                     show_progress=False)
+    queries, docs, _ = taught._micro_batch(0)
+    joint.model.eval()
+    taught.model.eval()
+    m = taught.model
+    with torch.no_grad():
+        qb, db = m.tokenizer.tokenize_queries(queries), m.tokenizer.tokenize_documents(docs)
+        q, qp = m.forward_queries_pooled(qb)
+        d, keep, dp = m.forward_documents_pooled(db)
+        sims = torch.einsum("qid,njd->qnij", q, d).masked_fill(~keep.bool()[None, :, None, :], -1e4)
+        maxsim = sims.max(-1).values.sum(-1)
+        teacher = torch.softmax((qp @ dp.T) / 0.05, dim=-1)
+        student = torch.log_softmax(maxsim / 2.0, dim=-1)
+        expected = 0.4 * float((teacher * (teacher.log() - student)).sum(-1).mean())
+        difference = float(taught._loss(queries, docs, None)[0] - joint._loss(queries, docs, None)[0])
+    assert difference == pytest.approx(expected, rel=1e-4)
+    # The KL term alone (the same model's loss with and without it) trains the MaxSim side: the projection.
+    kl = taught._loss(queries, docs, None)[0]
+    taught.cfg.self_distill_weight = 0.0
+    kl = kl - taught._loss(queries, docs, None)[0]
+    kl.backward()
+    assert float(kl.detach()) == pytest.approx(expected, rel=1e-4)
+    assert float(m.linear.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="needs the pooled head"):
+        config(tmp_path, tiny_checkpoint, self_distill_weight=1.0)
+    with pytest.raises(ValueError, match="self_distill_weight must be"):
+        config(tmp_path, tiny_checkpoint, self_distill_weight=float("nan"), dense_loss_weight=1.0)

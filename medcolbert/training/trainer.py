@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -59,6 +60,8 @@ class TrainConfig:
     dense_weight: float = 1.0               # the head's weight in the saved model's scores (ModelConfig.dense_weight)
     combined_loss_weight: float = 0.0       # > 0 (needs dense_loss_weight > 0): InfoNCE, at `temperature`, on the score
                                             # the saved model ranks by (MaxSim + dense_weight x query vectors x cosine)
+    self_distill_weight: float = 0.0        # > 0 (needs dense_loss_weight > 0): KL from the pooled head's scores of the
+                                            # batch (detached, at dense_temperature) to MaxSim's (at `temperature`)
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -116,6 +119,10 @@ class TrainConfig:
             raise ValueError(f"combined_loss_weight must be >= 0, got {self.combined_loss_weight}")
         if self.combined_loss_weight > 0 and self.dense_loss_weight <= 0:
             raise ValueError("combined_loss_weight needs the pooled head: set dense_loss_weight > 0")
+        if not (self.self_distill_weight >= 0 and math.isfinite(self.self_distill_weight)):
+            raise ValueError(f"self_distill_weight must be a finite number >= 0, got {self.self_distill_weight}")
+        if self.self_distill_weight > 0 and self.dense_loss_weight <= 0:
+            raise ValueError("self_distill_weight needs the pooled head: set dense_loss_weight > 0")
         if not self.train_files:
             raise ValueError("train_files is empty")
         if self.eval_distractors not in ("bm25", "random"):
@@ -493,6 +500,12 @@ class Trainer:
                 count = (1.0 if c.score_normalization == "query_length"
                          else (q.detach().abs().sum(-1) > 0).sum(-1).to(scores.dtype)[:, None])
                 loss = loss + c.combined_loss_weight * infonce(scores + c.dense_weight * count * dense, c.temperature)
+            if c.self_distill_weight > 0:
+                # The pooled head ranks real consumer questions better than MaxSim does (issue 12): MaxSim is
+                # taught its ranking of the batch, without pulling the head towards MaxSim's (teacher detached).
+                pick = (lambda m: m) if c.in_batch_negatives else (lambda m: m.gather(1, columns))
+                loss = loss + c.self_distill_weight * distillation_loss(pick(scores) / c.temperature,
+                                                                        pick(dense.detach()), c.dense_temperature)
         if c.loss in ("distill", "both"):
             if self.teacher is not None:  # online teacher: KL over every document the student scored
                 student, t = scores, self._teacher_scores(queries, docs)
