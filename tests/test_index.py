@@ -592,8 +592,12 @@ def test_an_index_of_a_pooled_head_model_keeps_its_pooled_vectors_through_add_de
     docs = dict(list(corpus.items())[:40])
     idx = Index.build(tmp_path / "hx", model, docs, chunk_size=16, show_progress=False)
     _, pooled = model.encode_documents(list(docs.values()), pooled=True)
-    assert idx.pooled is not None and idx.pooled.dtype == np.float16
-    assert np.allclose(np.asarray(idx.pooled, dtype=np.float32), pooled.numpy(), atol=2e-3)
+    # Stored as int8 rows with one scale each: every component within half a step of its value (plus 1e-4: the
+    # k-means sample's documents reach their chunk through a float16 copy).
+    assert idx.pooled is not None and idx.pooled.dtype == np.int8 and idx.pooled_scale.dtype == np.float32
+    step = idx.pooled_scale[:, None]
+    assert np.all(np.abs(idx.pooled_vectors(np.arange(len(docs))).numpy() - pooled.numpy()) <= step / 2 + 1e-4)
+    assert torch.allclose(idx.pooled_cosines(pooled[0]), pooled @ pooled[0], atol=1e-2)
     query = "leukemia chemotherapy cancer"
     q, qp = model.encode_queries([query], pooled=True)
     q, qp = q[0], qp[0]
@@ -615,12 +619,42 @@ def test_an_index_of_a_pooled_head_model_keeps_its_pooled_vectors_through_add_de
             got = dict(Searcher(index, model).search(query, k=len(want), exact=exact))
             assert got.keys() == want.keys()
             assert all(got[d] == pytest.approx(want[d], abs=0.02) for d in got)
+    before = {d: idx.pooled_vectors([idx.position[d]]) for d in ("doc1", "new1")}
     idx.compact()
     compacted = Index.open(idx.path, verify=True)
     assert len(compacted.pooled) == len(compacted) == 41
+    # Compaction rewrites the int8 rows from their values: nothing is lost to a second rounding.
+    assert all(torch.equal(compacted.pooled_vectors([compacted.position[d]]), v) for d, v in before.items())
     want = expected(compacted)
     got = dict(Searcher(compacted, model).search(query, k=5))
     assert list(got) == sorted(want, key=lambda d: -want[d])[:5]
     with pytest.raises(MedColbertError, match="pooled single-vector head"):
         Searcher(Index.build(tmp_path / "plain", model.reconfigure(dense_weight=0.0), docs, show_progress=False),
                  make_tiny_model(seed=11).reconfigure(dense_weight=0.5))
+
+
+def test_pooled_vectors_are_stored_as_int8_rows_and_older_float16_segments_still_read(tmp_path):
+    """write_segment stores pooled vectors as int8 + a float32 scale per row; a float16 pooled.npy (indexes
+    written before) reads as it is, and an int8 one without its scales is refused as damaged."""
+    from medcolbert.indexing.storage import quantize_pooled, read_segment, save_array, write_segment
+
+    rng = np.random.default_rng(0)
+    pooled = rng.standard_normal((3, 8)).astype(np.float32)
+    pooled[2] = 0.0  # an all-zero row keeps a zero scale, not a division by zero
+    q8, scale = quantize_pooled(pooled)
+    assert q8.dtype == np.int8 and scale.dtype == np.float32 and scale[2] == 0.0
+    assert np.all(np.abs(q8 * scale[:, None] - pooled) <= scale[:, None] / 2 + 1e-7)
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_pooled(np.array([[np.nan, 1.0]], np.float32))
+    codes = np.array([0, 1, 0, 1, 1], np.int64)
+    residuals = np.zeros((5, 4), np.uint8)
+    _, files = write_segment(tmp_path, "s", ["a", "b", "c"], np.array([2, 2, 1]), codes, residuals, pooled=pooled)
+    data = read_segment(tmp_path, "segments/s", files)
+    assert data.pooled.dtype == np.int8 and np.array_equal(data.pooled_scale, scale)
+    files["segments/s/pooled.npy"] = save_array(tmp_path / "segments/s/pooled.npy", pooled.astype(np.float16))
+    del files["segments/s/pooled_scale.npy"]
+    old = read_segment(tmp_path, "segments/s", files)
+    assert old.pooled.dtype == np.float16 and old.pooled_scale is None
+    files["segments/s/pooled.npy"] = save_array(tmp_path / "segments/s/pooled.npy", q8)
+    with pytest.raises(IndexFormatError, match="no pooled_scale"):
+        read_segment(tmp_path, "segments/s", files)

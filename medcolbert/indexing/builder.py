@@ -494,6 +494,8 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
                                              np.concatenate(list(arrays("doclens", mmap=False))).astype(np.int32))
     if all("segments/s/pooled.npy" in files_ for _, files_, _ in parts):
         files[f"{rel}/pooled.npy"] = save_array(folder / "pooled.npy", np.concatenate(list(arrays("pooled", mmap=False))))
+        files[f"{rel}/pooled_scale.npy"] = save_array(folder / "pooled_scale.npy",
+                                                      np.concatenate(list(arrays("pooled_scale", mmap=False))))
     escapes = list(arrays("code_escapes", mmap=False))
     wide = any(e.dtype == np.int32 for e in escapes)
     files[f"{rel}/code_escapes.npy"] = save_array(

@@ -80,6 +80,7 @@ class Index:
         doclens, residuals = [], []
         self._stores: list = []
         pooled_parts: list = []
+        scale_parts: list = []
         # One int32 array for every segment's codes, filled in place: no per-segment copies to concatenate.
         total = sum(int(seg["num_embeddings"]) for seg in m["segments"])
         self.codes = np.empty(total, dtype=np.int32)
@@ -96,13 +97,22 @@ class Index:
             residuals.append(data.residuals)
             self._stores.append(data.store)
             pooled_parts.append(data.pooled)
+            scale_parts.append(data.pooled_scale)
         self.doc_ids: list[str] = ids
         # The pooled single vectors of a model with that head, one row per document: only when every segment
         # has them (an index built without them stays a plain ColBERT index).
         have = [p for p in pooled_parts if p is not None]
         if have and len(have) != len(pooled_parts):
             raise IndexFormatError(f"{self.path}: some segments hold pooled vectors and some do not (damaged index)")
+        if len({p.dtype for p in have}) > 1:
+            # A float16 segment (written before int8) beside int8 ones: widen the int8 rows to float16.
+            have = [p if p.dtype == np.float16 else (p.astype(np.float32) * s[:, None]).astype(np.float16)
+                    for p, s in zip(pooled_parts, scale_parts)]
+            scale_parts = [None] * len(have)
         self.pooled: np.ndarray | None = (np.concatenate(have) if len(have) > 1 else have[0]) if have else None
+        # int8 pooled rows are worth int8 x this scale (one per document); None: float16 rows, no scale.
+        self.pooled_scale: np.ndarray | None = (np.concatenate(scale_parts) if self.pooled is not None
+                                                and self.pooled.dtype == np.int8 else None)
         self._doc_segment_starts = np.concatenate([[0], np.cumsum([len(d) for d in doclens])]).astype(np.int64)
         self.doclens = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
         if self.codes.size and int(self.codes.max()) >= self.codec.num_centroids:
@@ -310,7 +320,9 @@ class Index:
         """The pooled single vectors [n, hidden] (float32) of documents given by position."""
         if self.pooled is None:
             raise MedColbertError(f"{self.path} holds no pooled vectors (built with a model without a pooled head)")
-        return torch.from_numpy(np.asarray(self.pooled[np.asarray(docs, dtype=np.int64)], dtype=np.float32))
+        rows = np.asarray(docs, dtype=np.int64)
+        out = np.asarray(self.pooled[rows], dtype=np.float32)
+        return torch.from_numpy(out * self.pooled_scale[rows, None] if self.pooled_scale is not None else out)
 
     def pooled_cosines(self, query_pooled: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
         """Cosine [documents] of one pooled query vector with every document's, in float32 blocks of rows."""
@@ -318,9 +330,11 @@ class Index:
             raise MedColbertError(f"{self.path} holds no pooled vectors (built with a model without a pooled head)")
         q = query_pooled.detach().float().cpu().numpy()
         out = np.empty(len(self.pooled), dtype=np.float32)
-        # Blocks: the stored float16 rows are widened a block at a time, never the whole array at once.
+        # Blocks: the stored int8 (or float16) rows are widened a block at a time, never the whole array at once.
         for start in range(0, len(self.pooled), block):
             out[start:start + block] = np.asarray(self.pooled[start:start + block], dtype=np.float32) @ q
+        if self.pooled_scale is not None:
+            out *= self.pooled_scale
         return torch.from_numpy(out)
 
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
@@ -497,7 +511,7 @@ class Index:
             store = encode_store([d["text"] for d in docs], [d["metadata"] or None for d in docs])
         entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
                                                self.residual_rows(rows), store,
-                                               np.asarray(self.pooled[live]) if self.pooled is not None else None)
+                                               self.pooled_vectors(live).numpy() if self.pooled is not None else None)
         old = [s["name"] for s in self.manifest["segments"]]
         manifest = dict(self.manifest)
         manifest["segments"] = [entry]
