@@ -2,8 +2,9 @@
 
 Prints nDCG@10 for MaxSim + w x (query vectors) x pooled cosine at several w (w = 1 is the release's rule), for
 z-scored and rank-fused (RRF) combinations, and the per-query mean by query length (in vectors) for w = 0, 1, 100.
-Usage: python scripts/fusion_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL
-(document vectors come from the experiment harness's cache folder, encoded into it when missing).
+Usage: python scripts/fusion_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL [--int8-pooled]
+(document vectors come from the experiment harness's cache folder, encoded into it when missing; --int8-pooled
+rounds the documents' pooled vectors as an index stores them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from medcolbert import ColBERT
 from medcolbert.evaluation.datasets import load_beir, read_run
 from medcolbert.evaluation.metrics import evaluate, per_query
+from medcolbert.indexing.storage import quantize_pooled
 from medcolbert.scoring import maxsim_one
 from medcolbert.vector_cache import VectorCache
 
@@ -24,11 +26,14 @@ Parts = dict[str, tuple[torch.Tensor, torch.Tensor, int]]  # query id -> (MaxSim
 
 
 def score_parts(model: ColBERT, queries: dict[str, str], texts: dict[str, str], candidates: dict[str, list[str]],
-                cache: VectorCache) -> Parts:
+                cache: VectorCache, int8_pooled: bool = False) -> Parts:
     """Each query's MaxSim and pooled cosine over its candidates, and its vector count."""
     docs = sorted({d for c in candidates.values() for d in c})
     vectors = cache.get_or_encode(docs, [texts[d] for d in docs], show_progress=True)
     pooled = torch.nn.functional.normalize(cache.pooled_vectors(docs), dim=-1)
+    if int8_pooled:
+        q8, scale = quantize_pooled(pooled.numpy())
+        pooled = torch.from_numpy(q8.astype("float32") * scale[:, None])
     row = {d: i for i, d in enumerate(docs)}
     qids = list(candidates)
     Q, Q_pooled = model.encode_queries([queries[q] for q in qids], pooled=True)
@@ -63,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("data", "split", "run", "vector_cache", "model"):
         ap.add_argument(name)
+    ap.add_argument("--int8-pooled", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ds = load_beir(args.data, split=args.split)
@@ -70,7 +76,8 @@ def main() -> None:
     model = ColBERT.from_pretrained(args.model)
     candidates = {q: sorted(run[q], key=run[q].get, reverse=True)[:100] for q in run if q in ds.qrels}
     texts = {d: ds.corpus[d].full_text for c in candidates.values() for d in c}
-    parts = score_parts(model, ds.queries, texts, candidates, VectorCache(model, args.vector_cache))
+    parts = score_parts(model, ds.queries, texts, candidates, VectorCache(model, args.vector_cache),
+                        args.int8_pooled)
     print("queries", len(candidates), "documents", len(texts), flush=True)
     ways: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {}
     for w in (0, 0.5, 1, 2, 4, 8, 100):
