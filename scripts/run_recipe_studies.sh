@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--hybrid" ]; then
   # The pooled-head studies (s6, s6 continued to 800 steps = v3, s7 = s6 + the combined-score loss, s8 = s6 with
-  # the pooled loss at half weight) and their evaluations. Needs the training mix (below) and s1's 300-step run
+  # the pooled loss at half weight, s8 at 800 steps and a second seed, s9 = s8 + self-distillation) and their
+  # evaluations. Needs the training mix (below) and s1's 300-step run
   # for the s6 comparison rows.
   test -f .cache/train/medical-mix-v2.jsonl || \
     .venv/bin/medcolbert make-mix --consumer-health --output .cache/train/medical-mix-v2.jsonl
@@ -19,6 +20,15 @@ if [ "${1:-}" = "--hybrid" ]; then
   fi
   OMP_NUM_THREADS=2 .venv/bin/medcolbert train --config experiments/recipe-studies/s6-long800.yaml > .cache/train/rs-s6-long800.log 2>&1
   for y in s6 s6-indomain s6-seed2 s7 s7-indomain s8 v3-e2e; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
+  # s8 continued to 800 steps, s8's second seed and s9 (s8 + self-distillation of the pooled head into MaxSim).
+  d=.cache/train/rs-s8-long800
+  if [ ! -d "$d/checkpoints" ]; then
+    mkdir -p "$d/checkpoints"
+    cp -r .cache/train/rs-s8-halfdense/checkpoints/step-0000300 "$d/checkpoints/"
+  fi
+  printf '%s\n' s8-long800 s8-halfdense-seed2 s9-selfdistill | xargs -P 2 -I NAME sh -c \
+    'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
+  for y in s8-seed2 s9 s8-800 s8-800-scifact; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
   exit 0
 fi
 if [ "${1:-}" = "--long" ]; then
