@@ -283,6 +283,7 @@ def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None
 
 def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .indexing.index import Index
+    from .modeling.encoder import has_pooled_head
     from .search.plaid import Searcher
     from .vector_cache import CachedEncoder, VectorCache
 
@@ -292,9 +293,13 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
     build = {k: spec[k] for k in ("num_centroids", "assignment", "kmeans") if spec.get(k) not in (None, "auto")}
     suffix = "".join(f"-{k}{v}" for k, v in sorted(build.items()))
     folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}{suffix}-{model.fingerprint()}"
-    if (folder / "manifest.json").is_file():
-        index = Index.open(folder)
-    else:
+    index = Index.open(folder) if (folder / "manifest.json").is_file() else None
+    if index is not None and has_pooled_head(model) and index.pooled is None:
+        # The fingerprint covers the document side only: a system with dense_weight 0 may have built this folder
+        # without pooled vectors. A system that scores with the pooled head gets its own folder.
+        folder = folder.with_name(folder.name + "-pooled")
+        index = Index.open(folder) if (folder / "manifest.json").is_file() else None
+    if index is None:
         cached = CachedEncoder(model, VectorCache(model, ctx.cfg.work / "vectors"), ctx.corpus)
         index = Index.build(folder, cached, ctx.corpus, nbits=nbits, show_progress=ctx.show, **build)
     return Searcher(index, model)

@@ -142,3 +142,22 @@ def test_in_domain_follows_the_stages(tmp_path):
     assert _in_domain(cfg, s["bm25"], "a") is False and _in_domain(cfg, s["tuned"], "a") is True
     assert _in_domain(cfg, s["rr"], "a") is False and _in_domain(cfg, s["rr"], "b") is True
     assert _in_domain(cfg, s["rr2"], "a") is True and _in_domain(cfg, s["fused"], "a") is True
+
+
+def test_a_pooled_head_system_never_reuses_an_index_built_without_pooled_vectors(setup, tmp_path):
+    """Indexes are cached by the document side's fingerprint, which dense_weight is not part of: a system with
+    dense_weight 0 that ran first must not leave the pooled-head system an index it cannot search."""
+    root, spec = setup
+    hybrid = make_tiny_model(seed=5).reconfigure(dense_weight=0.5).save_pretrained(tmp_path / "hybrid")
+    cfg = {**spec, "output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work"), "latency_queries": 0,
+           "systems": [{"name": "MaxSim part", "type": "colbert", "model": str(hybrid), "dense_weight": 0.0},
+                       {"name": "both halves", "type": "colbert", "model": str(hybrid)}]}
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows = run_experiment(ExperimentConfig.from_yaml(path), log=lambda _: None)["datasets"]["tiny"]["systems"]
+    assert set(rows) == {"MaxSim part", "both halves"}
+    folders = sorted(p.name for p in (tmp_path / "work").glob("plaid-*"))
+    assert len(folders) == 2 and folders[1] == folders[0] + "-pooled"
+    # The two systems rank differently: the second one really scores with the pooled head.
+    runs = [(tmp_path / "out" / "runs" / f"tiny.{n}.trec").read_text() for n in ("MaxSim-part", "both-halves")]
+    assert runs[0] != runs[1]
