@@ -29,6 +29,13 @@ if [ "${1:-}" = "--hybrid" ]; then
   printf '%s\n' s8-long800 s8-halfdense-seed2 s9-selfdistill | xargs -P 2 -I NAME sh -c \
     'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
   for y in s8-seed2 s9 s8-800 s8-800-scifact; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
+  # v3's recipe with its second seed (7), continued to 800 steps (evaluation: next step of issue 12).
+  d=.cache/train/rs-s6-long800-seed2
+  if [ ! -d "$d/checkpoints" ]; then
+    mkdir -p "$d/checkpoints"
+    cp -r .cache/train/rs-s6-hybrid-seed2/checkpoints/step-0000300 "$d/checkpoints/"
+  fi
+  OMP_NUM_THREADS=2 .venv/bin/medcolbert train --config experiments/recipe-studies/s6-long800-seed2.yaml > "$d.log" 2>&1
   exit 0
 fi
 if [ "${1:-}" = "--long" ]; then
