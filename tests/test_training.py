@@ -398,6 +398,16 @@ def test_pooled_head_adds_its_own_contrastive_loss_and_is_saved_with_its_weight(
         config(tmp_path, tiny_checkpoint, kind="dense", dense_loss_weight=1.0)
 
 
+def _by_hand(model, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, ...]:
+    """MaxSim written out (best kept document token per query token, summed), with the query vectors and both
+    sides' pooled vectors, for checking the trainer's losses against."""
+    qb, db = model.tokenizer.tokenize_queries(queries), model.tokenizer.tokenize_documents(docs)
+    q, qp = model.forward_queries_pooled(qb)
+    d, keep, dp = model.forward_documents_pooled(db)
+    sims = torch.einsum("qid,njd->qnij", q, d).masked_fill(~keep.bool()[None, :, None, :], -1e4)
+    return sims.max(-1).values.sum(-1), q, qp, dp
+
+
 def test_combined_loss_trains_the_score_the_saved_model_ranks_by(tmp_path, tiny_checkpoint):
     """combined_loss_weight > 0 adds InfoNCE over MaxSim + dense_weight x (query vectors) x pooled cosine."""
     kwargs = dict(dense_loss_weight=0.5, dense_temperature=0.05, dense_weight=0.7)
@@ -409,13 +419,7 @@ def test_combined_loss_trains_the_score_the_saved_model_ranks_by(tmp_path, tiny_
     combined.model.eval()
     with torch.no_grad():
         difference = float(combined._loss(queries, docs, None)[0] - joint._loss(queries, docs, None)[0])
-        m = combined.model
-        qb, db = m.tokenizer.tokenize_queries(queries), m.tokenizer.tokenize_documents(docs)
-        q, qp = m.forward_queries_pooled(qb)
-        d, keep, dp = m.forward_documents_pooled(db)
-        # MaxSim written out: best document token (kept ones only) per query token, summed over query tokens.
-        sims = torch.einsum("qid,njd->qnij", q, d).masked_fill(~keep.bool()[None, :, None, :], -1e4)
-        maxsim = sims.max(-1).values.sum(-1)
+        maxsim, q, qp, dp = _by_hand(combined.model, queries, docs)
         count = torch.tensor([[float((row.abs().sum(-1) > 0).sum())] for row in q])
         expected = 0.3 * contrastive_loss(maxsim + 0.7 * count * (qp @ dp.T), torch.arange(len(queries)) * 2, 1.0)
     assert difference == pytest.approx(float(expected), rel=1e-4)
@@ -436,11 +440,7 @@ def test_self_distillation_teaches_maxsim_the_pooled_heads_ranking(tmp_path, tin
     taught.model.eval()
     m = taught.model
     with torch.no_grad():
-        qb, db = m.tokenizer.tokenize_queries(queries), m.tokenizer.tokenize_documents(docs)
-        q, qp = m.forward_queries_pooled(qb)
-        d, keep, dp = m.forward_documents_pooled(db)
-        sims = torch.einsum("qid,njd->qnij", q, d).masked_fill(~keep.bool()[None, :, None, :], -1e4)
-        maxsim = sims.max(-1).values.sum(-1)
+        maxsim, _, qp, dp = _by_hand(m, queries, docs)
         teacher = torch.softmax((qp @ dp.T) / 0.05, dim=-1)
         student = torch.log_softmax(maxsim / 2.0, dim=-1)
         expected = 0.4 * float((teacher * (teacher.log() - student)).sum(-1).mean())

@@ -481,11 +481,14 @@ class Trainer:
         columns = first[:, None] + torch.arange(per_query, device=q.device)[None, :]
         own = scores.gather(1, columns)                                     # each query's positive and negatives
 
+        def candidates(matrix: torch.Tensor) -> torch.Tensor:
+            # Every document of the batch, or only the query's own positive and hard negatives.
+            return matrix if c.in_batch_negatives else matrix.gather(1, columns)
+
+        positive = first if c.in_batch_negatives else torch.zeros_like(first)
+
         def infonce(matrix: torch.Tensor, temperature: float) -> torch.Tensor:
-            # Against every document of the batch, or only the query's own positive and hard negatives.
-            if c.in_batch_negatives:
-                return contrastive_loss(matrix, first, temperature)
-            return contrastive_loss(matrix.gather(1, columns), torch.zeros_like(first), temperature)
+            return contrastive_loss(candidates(matrix), positive, temperature)
 
         loss = torch.zeros((), device=q.device)
         if c.loss in ("contrastive", "both"):
@@ -503,9 +506,8 @@ class Trainer:
             if c.self_distill_weight > 0:
                 # The pooled head ranks real consumer questions better than MaxSim does (issue 12): MaxSim is
                 # taught its ranking of the batch, without pulling the head towards MaxSim's (teacher detached).
-                pick = (lambda m: m) if c.in_batch_negatives else (lambda m: m.gather(1, columns))
-                loss = loss + c.self_distill_weight * distillation_loss(pick(scores) / c.temperature,
-                                                                        pick(dense.detach()), c.dense_temperature)
+                loss = loss + c.self_distill_weight * distillation_loss(candidates(scores) / c.temperature,
+                                                                        candidates(dense.detach()), c.dense_temperature)
         if c.loss in ("distill", "both"):
             if self.teacher is not None:  # online teacher: KL over every document the student scored
                 student, t = scores, self._teacher_scores(queries, docs)
