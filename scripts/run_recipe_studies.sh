@@ -29,13 +29,20 @@ if [ "${1:-}" = "--hybrid" ]; then
   printf '%s\n' s8-long800 s8-halfdense-seed2 s9-selfdistill | xargs -P 2 -I NAME sh -c \
     'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
   for y in s8-seed2 s9 s8-800 s8-800-scifact; do .venv/bin/medcolbert experiment "experiments/recipe-studies-$y.yaml"; done
-  # v3's recipe with its second seed (7), continued to 800 steps (evaluation: next step of issue 12).
+  # v3's recipe with its second seed (7), continued to 800 steps.
   d=.cache/train/rs-s6-long800-seed2
   if [ ! -d "$d/checkpoints" ]; then
     mkdir -p "$d/checkpoints"
     cp -r .cache/train/rs-s6-hybrid-seed2/checkpoints/step-0000300 "$d/checkpoints/"
   fi
   OMP_NUM_THREADS=2 .venv/bin/medcolbert train --config experiments/recipe-studies/s6-long800-seed2.yaml > "$d.log" 2>&1
+  # The two seeds' weights averaged (medcolbert-minilm-v4 is this soup saved in float16), and a three-run soup
+  # with s8 at 800 steps; then both seeds and both soups reranking consumer-health dev.
+  .venv/bin/medcolbert interpolate --model checkpoints/medcolbert-minilm-v3 --start "$d/final" --alpha 0.5 \
+    --output .cache/train/soup-s6-800-2seeds
+  .venv/bin/medcolbert interpolate --model .cache/train/soup-s6-800-2seeds --start .cache/train/rs-s8-long800/final \
+    --alpha 0.6667 --output .cache/train/soup-s6-s8-800-3
+  .venv/bin/medcolbert experiment experiments/recipe-studies-s6-seed2-soup.yaml
   exit 0
 fi
 if [ "${1:-}" = "--long" ]; then

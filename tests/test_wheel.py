@@ -37,4 +37,4 @@ def test_wheel_carries_the_released_model(tmp_path):
     assert result["model"] == "medcolbert-minilm-v4"
     # The README's numbers: the released model's scores, not the untrained base's (15.48 / 7.11).
     assert [h[0] for h in result["hits"]] == [0, 1]
-    assert result["hits"][0][1] == pytest.approx(57.01, abs=0.01) and result["hits"][1][1] == pytest.approx(14.44, abs=0.01)
+    assert result["hits"][0][1] == pytest.approx(56.89, abs=0.01) and result["hits"][1][1] == pytest.approx(13.34, abs=0.01)
