@@ -185,10 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "intact, 2 with the first problem found.")
     p.add_argument("--index", required=True)
 
-    p = sub.add_parser("interpolate", help="WiSE-FT: mix a fine-tuned ColBERT's weights with its starting weights",
+    p = sub.add_parser("interpolate", help="WiSE-FT: mix a fine-tuned ColBERT's weights with its starting weights "
+                                           "(or with another run's: a model soup)",
                        description="Write ALPHA x fine-tuned + (1 - ALPHA) x start, weight by weight, as a new "
                                    "checkpoint (WiSE-FT). The start defaults to the packaged all-MiniLM-L6-v2 with "
-                                   "its fresh projection, where medcolbert's training begins.")
+                                   "its fresh projection, where medcolbert's training begins; another run from the "
+                                   "same start averages the two (medcolbert-minilm-v4 is two seeds at ALPHA 0.5).")
     p.add_argument("--model", required=True, help="the fine-tuned checkpoint")
     p.add_argument("--start", default=None, help="the starting checkpoint (default: packaged:all-MiniLM-L6-v2)")
     p.add_argument("--alpha", type=float_option(0.0, 1.0), required=True, help="weight of the fine-tuned model, 0-1")
