@@ -49,7 +49,7 @@ def test_rerank_of_real_passages_with_the_default_model(sample, minilm):
     assert metrics["mrr@10"] > 0.4
 
 
-def test_reranker_scores_equal_a_per_document_maxsim_loop(sample, minilm):
+def test_reranker_scores_equal_a_per_document_maxsim_loop_plus_pooled_term(sample, minilm):
     queries, texts, _ = sample
     qid = next(iter(queries))
     ids = list(texts)[:10]
