@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,16 +20,8 @@ import torch
 
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.modeling.encoder import encode_queries_pooled
+from medcolbert.modeling.precision import cpu_model
 from medcolbert.search.plaid import Searcher
-
-
-def cpu_model() -> str:
-    """lscpu's model name (timings differ between the machines this runs on)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def timed_round(searcher: Searcher, queries: dict[str, str], k: int) -> tuple[dict, list[float], list[float]]:

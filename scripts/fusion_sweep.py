@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from medcolbert import ColBERT
-from medcolbert.evaluation.datasets import load_beir, read_run
+from medcolbert.evaluation.datasets import BeirDataset, load_beir, read_run
 from medcolbert.evaluation.metrics import evaluate, per_query
 from medcolbert.indexing.storage import quantize_pooled
 from medcolbert.scoring import maxsim_one
@@ -63,18 +63,27 @@ def combined_run(parts: Parts, candidates: dict[str, list[str]],
     return {q: {d: float(s) for d, s in zip(candidates[q], combine(*parts[q]))} for q in candidates}
 
 
-def main() -> None:
-    """Print the sweep for one dataset, run and model."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sweep_inputs(description: str, flags: tuple[str, ...] = ()
+                 ) -> tuple[argparse.Namespace, BeirDataset, ColBERT, dict[str, list[str]]]:
+    """The positional arguments DATA SPLIT RUN VECTOR_CACHE MODEL (and on/off flags), parsed and loaded: the data
+    set, the model and each judged query's top 100 of the run."""
+    ap = argparse.ArgumentParser(description=description)
     for name in ("data", "split", "run", "vector_cache", "model"):
         ap.add_argument(name)
-    ap.add_argument("--int8-pooled", action="store_true")
+    for flag in flags:
+        ap.add_argument(flag, action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     ds = load_beir(args.data, split=args.split)
     run = read_run(args.run)
     model = ColBERT.from_pretrained(args.model)
     candidates = {q: sorted(run[q], key=run[q].get, reverse=True)[:100] for q in run if q in ds.qrels}
+    return args, ds, model, candidates
+
+
+def main() -> None:
+    """Print the sweep for one dataset, run and model."""
+    args, ds, model, candidates = sweep_inputs(__doc__.splitlines()[0], ("--int8-pooled",))
     texts = {d: ds.corpus[d].full_text for c in candidates.values() for d in c}
     parts = score_parts(model, ds.queries, texts, candidates, VectorCache(model, args.vector_cache),
                         args.int8_pooled)

@@ -10,18 +10,18 @@ Usage: python scripts/query_weight_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CA
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import Counter
 
 import torch
 
 from medcolbert import ColBERT
-from medcolbert.evaluation.datasets import load_beir, read_run
 from medcolbert.evaluation.metrics import evaluate
 from medcolbert.modeling.encoder import has_pooled_head
 from medcolbert.scoring import maxsim_one
 from medcolbert.vector_cache import VectorCache
+
+from fusion_sweep import sweep_inputs
 
 
 def word_piece_idf(model: ColBERT, texts: list[str]) -> dict[int, float]:
@@ -37,15 +37,7 @@ def word_piece_idf(model: ColBERT, texts: list[str]) -> dict[int, float]:
 
 def main() -> None:
     """Print the sweep for one dataset, run and model."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("data", "split", "run", "vector_cache", "model"):
-        ap.add_argument(name)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    ds = load_beir(args.data, split=args.split)
-    run = read_run(args.run)
-    model = ColBERT.from_pretrained(args.model)
-    candidates = {q: sorted(run[q], key=run[q].get, reverse=True)[:100] for q in run if q in ds.qrels}
+    args, ds, model, candidates = sweep_inputs(__doc__.splitlines()[0])
     docs = sorted({d for c in candidates.values() for d in c})
     cache = VectorCache(model, args.vector_cache)
     vectors = cache.get_or_encode(docs, [ds.corpus[d].full_text for d in docs], show_progress=True)
