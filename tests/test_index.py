@@ -216,6 +216,14 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
                 assert docs_c.tolist() == docs_t.tolist(), (query, k)
                 if index is idx:
                     assert not {index.doc_ids[d] for d in docs_c.tolist()} & {"doc1", "doc2", "doc3", "new"}
+            # The exact stage alone, for documents chosen elsewhere (a hybrid search's pooled side): both engines
+            # give each document its MaxSim over the stored vectors, in index order whatever the order asked.
+            chosen = np.array([7, 0, 31, 12, len(index) - 1], dtype=np.int64)
+            want = maxsim_one(q, index.document_vectors(np.sort(chosen)))
+            for engine in (compiled, reference):
+                docs, scores = engine.exact(q, chosen)
+                assert docs.tolist() == sorted(chosen.tolist()) and torch.allclose(scores, want, atol=1e-4)
+                assert engine.exact(q, np.zeros(0, dtype=np.int64))[0].numel() == 0
 
 
 def test_traced_query_encoder_matches_eager(model):

@@ -179,16 +179,37 @@ class PlaidEngine:
             starts, ends = self.pair_offsets[cand], self.pair_offsets[cand + 1]
             approx = segment_maxsim(table, self.pair_codes[ranges(starts, ends)], ends - starts, floor=0.0)
             cand = cand[_top(approx, n_exact)]
-        # 4. exact MaxSim over the decompressed vectors of the survivors (in index order: sequential reads)
-        cand = torch.sort(cand).values
+        # 4. exact MaxSim over the decompressed vectors of the survivors
+        cand, exact = self._exact_torch(q, cand, stats)
+        order = torch.sort(exact, descending=True, stable=True).indices[:k]
+        return cand[order], exact[order]
+
+    def exact(self, q: torch.Tensor, docs: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact MaxSim of one query [Lq, dim] with the stored vectors of documents at positions docs.
+
+        Returns (positions in index order, their scores): PLAID's last stage, for documents chosen elsewhere
+        (the pooled head's nearest, in a hybrid search)."""
+        if self.kernel is not None:
+            docs = np.sort(np.asarray(docs, dtype=np.int64))
+            q = q.to("cpu", torch.float32).contiguous()
+            if len(docs) == 0:
+                return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+            scores = self._exact_compiled(q, docs, None)
+            return torch.from_numpy(docs), torch.from_numpy(scores)
+        docs = torch.as_tensor(docs, dtype=torch.int64, device=self.device)
+        if docs.numel() == 0:
+            return docs, torch.zeros(0, device=self.device)
+        return self._exact_torch(q.to(self.device, torch.float32), docs, None)
+
+    def _exact_torch(self, q: torch.Tensor, cand: torch.Tensor, stats: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cand in index order, their exact MaxSim) through the torch stages."""
+        cand = torch.sort(cand).values   # index order: sequential reads of the residuals
         lens = self.doclens[cand]
         rows = ranges(self.doc_offsets[cand], self.doc_offsets[cand] + lens)
         if stats is not None:
             stats["exact_scored"], stats["vectors_decompressed"] = int(cand.numel()), int(rows.numel())
         sim = torch.cat([self.similarities(rows, q), torch.full((1, q.shape[0]), -1e4, device=self.device)])
-        exact = segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
-        order = torch.sort(exact, descending=True, stable=True).indices[:k]
-        return cand[order], exact[order]
+        return cand, segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
 
     def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
                          ndocs: int, stats: dict | None, n_exact: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,6 +229,15 @@ class PlaidEngine:
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
+        exact = self._exact_compiled(q, cand, stats)
+        order = np.argsort(-exact, kind="stable")[:k]
+        return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
+
+    def _exact_compiled(self, q: torch.Tensor, cand: np.ndarray, stats: dict | None) -> np.ndarray:
+        """Exact MaxSim of q [Lq, dim] (float32, CPU) with documents cand (sorted positions), compiled stages."""
+        a, kernel = self._np, self.kernel
+        assert kernel is not None
+        Lq = q.shape[0]
         lens, starts = a["doclens"][cand], a["doc_offsets"][cand]
         rows = np_ranges(starts, starts + lens)
         n, dim = len(rows), a["centroids8"].shape[1]
@@ -233,9 +263,7 @@ class PlaidEngine:
         # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
         sim = self._scratch("sim", n * Lq).reshape(n, Lq)
         torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
-        exact = kernel.segment_maxsim(sim, lens, norms)
-        order = np.argsort(-exact, kind="stable")[:k]
-        return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
+        return kernel.segment_maxsim(sim, lens, norms)
 
     def _helper(self) -> ThreadPoolExecutor:
         """One worker thread that takes half of a query's decompression."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -16,7 +17,7 @@ from ..indexing.index import Index
 from ..modeling.encoder import encode_queries_pooled, has_pooled_head
 from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
-from ..scoring import add_dense_term, maxsim_one
+from ..scoring import add_dense_term
 from .engine import PlaidEngine
 from .exact import exact_search
 
@@ -192,9 +193,10 @@ class Searcher:
         maxsim = {index.position[u]: x for u, x in units}
         extra = [p for p in nearest if p not in maxsim and not index.deleted[p]]
         if extra:
-            # Entries only the pooled side nominated: their MaxSim from the stored (decompressed) vectors.
-            for p, x in zip(extra, maxsim_one(q.float(), index.document_vectors(extra)).tolist()):
-                maxsim[p] = x
+            # Entries only the pooled side nominated: their MaxSim from the stored vectors, by PLAID's own
+            # exact stage (compiled on CPU), so both sides' entries are scored the same way.
+            docs, scores = self._fresh_engine().exact(q, np.asarray(extra, dtype=np.int64))
+            maxsim.update(zip(docs.tolist(), scores.tolist()))
         positions = list(maxsim)
         scores = add_dense_term(torch.tensor([maxsim[p] for p in positions]), q, cosine[positions],
                                 self.model.config.dense_weight)
@@ -213,11 +215,15 @@ class Searcher:
         return replace(self.config, **knobs).resolved(k, len(self.index))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ PLAID
-    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
+    def _fresh_engine(self) -> PlaidEngine:
+        """The engine, rebuilt first if the Index object was updated in place (add/delete/compact)."""
         if self.index.manifest.get("generation") != self._generation:
-            # The Index object was updated in place (add/delete/compact): the engine's copy is stale.
             self.engine = PlaidEngine(self.index, self._device, self._compiled)
             self._generation = self.index.manifest.get("generation")
+        return self.engine
+
+    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
+        self._fresh_engine()
         # Queries of a batch share one length; the zero rows past a query's own vectors would only add
         # candidates from arbitrary centroids, so PLAID sees the query's real vectors alone.
         q = q[q.abs().sum(dim=-1) > 0]
