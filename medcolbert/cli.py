@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index folder to write")
     _add_model_args(p)
     p.add_argument("--nbits", type=int, choices=[1, 2, 4], default=2, help="bits per residual dimension (default: 2)")
-    p.add_argument("--num-centroids", type=int_option(1, 1 << 24), default=None, help="default: the power of two at or below 8 * sqrt(token vectors)")
+    p.add_argument("--num-centroids", type=int_option(1, 1 << 24), default=None, help="default: the power of two at or below 16 * sqrt(token vectors), colbert-ai's rule")
     p.add_argument("--kmeans-niters", type=int_option(1, 10_000), default=10)
     p.add_argument("--chunk-size", type=POSITIVE, default=2048, help="documents per resumable chunk (default: 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index at --index")

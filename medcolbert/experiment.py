@@ -283,6 +283,7 @@ def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None
 
 def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .indexing.index import Index
+    from .indexing.kmeans import CENTROIDS_PER_SQRT
     from .modeling.encoder import has_pooled_head
     from .search.plaid import Searcher
     from .vector_cache import CachedEncoder, VectorCache
@@ -292,6 +293,10 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
     # Build options other than the defaults name their own index folder (the default one is shared by systems).
     build = {k: spec[k] for k in ("num_centroids", "assignment", "kmeans") if spec.get(k) not in (None, "auto")}
     suffix = "".join(f"-{k}{v}" for k, v in sorted(build.items()))
+    if "num_centroids" not in build:
+        # The default count follows a rule that has changed (8 sqrt(vectors) until 2026-12-03): the rule names the
+        # folder, so that an index built under an older rule is never reused as today's default.
+        suffix += f"-centroids{CENTROIDS_PER_SQRT}sqrt"
     folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}{suffix}-{model.fingerprint()}"
     index = Index.open(folder) if (folder / "manifest.json").is_file() else None
     if index is not None and has_pooled_head(model) and index.pooled is None:

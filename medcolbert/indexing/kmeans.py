@@ -7,15 +7,16 @@ import math
 import numpy as np
 
 
-CENTROIDS_PER_SQRT = 8
+CENTROIDS_PER_SQRT = 16
 
 
 def default_num_centroids(num_embeddings: int, factor: float = CENTROIDS_PER_SQRT) -> int:
     """The power of two at or below factor * sqrt(number of token vectors)."""
-    # colbert-ai uses factor 16. Half of that makes k-means 4x cheaper on a CPU and, with 8-bit centroids,
-    # keeps the centroid table under 1 byte per stored vector, so a 2-bit index stays within 34 bytes per
-    # vector. On SciFact, 8 gave the quality of exact MaxSim and 4 lost about 0.01 nDCG@10
-    # (experiments/plaid-scifact).
+    # colbert-ai's rule (factor 16). Until 2026-12-03 the factor was 8, to keep a 2-bit index under 34 bytes per
+    # vector; with the v4 model on consumer-health dev (2.7M vectors) 2-bit PLAID scored 0.5812 nDCG@10 at 8,192
+    # centroids, 0.5915 at 16,384 and 0.5937 at 32,768 (4-bit at 8,192: 0.5899) for 0.5 and 1.4 more bytes per
+    # vector (experiments/v4-e2e-centroids/), and on 1,000 MedQuAD documents twice the centroids raised PLAID
+    # from 0.757 to 0.805 (experiments/plaid-scaling/centroids-medquad-1000/): 2-bit residuals need fine centroids.
     if num_embeddings <= 0:
         raise ValueError("cannot size centroids for an empty collection")
     target = factor * math.sqrt(num_embeddings)
