@@ -196,6 +196,15 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
     assert np.allclose(halved, kernel.segment_maxsim(sim, lens) / 2)
     with pytest.raises(TypeError, match="int64"):
         kernel.segment_maxsim(sim, lens.astype(np.int32))
+    # int8 rows (an index's pooled vectors) times a float vector, with and without one scale per row.
+    rng = np.random.default_rng(1)
+    rows8 = rng.integers(-127, 128, size=(37, 24), dtype=np.int8)
+    vec, row_scales = rng.standard_normal(24).astype(np.float32), rng.random(37).astype(np.float32)
+    widened = rows8.astype(np.float64) @ vec
+    assert np.allclose(kernel.int8_rows_dot(rows8, vec), widened, rtol=1e-5, atol=1e-3)
+    assert np.allclose(kernel.int8_rows_dot(rows8, vec, row_scales), widened * row_scales, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.int8_rows_dot(rows8, vec[:20])
 
     # An index with two segments and deleted documents, searched with knobs that run every stage.
     shutil.copytree(built.path, tmp_path / "idx")

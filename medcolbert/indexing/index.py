@@ -325,10 +325,14 @@ class Index:
         return torch.from_numpy(out * self.pooled_scale[rows, None] if self.pooled_scale is not None else out)
 
     def pooled_cosines(self, query_pooled: torch.Tensor, block: int = 1 << 16) -> torch.Tensor:
-        """Cosine [documents] of one pooled query vector with every document's, in float32 blocks of rows."""
+        """Cosine [documents] of one pooled query vector with every document's (int8 rows: a compiled loop on CPU)."""
         if self.pooled is None:
             raise MedColbertError(f"{self.path} holds no pooled vectors (built with a model without a pooled head)")
-        q = query_pooled.detach().float().cpu().numpy()
+        q = np.ascontiguousarray(query_pooled.detach().float().cpu().numpy())
+        kernel = _cpu_kernel()
+        if kernel is not None and self.pooled.dtype == np.int8 and self.pooled.flags.c_contiguous:
+            # int8 rows times the query in one compiled loop: numpy would widen every row to float32 first.
+            return torch.from_numpy(kernel.int8_rows_dot(self.pooled, q, self.pooled_scale))
         out = np.empty(len(self.pooled), dtype=np.float32)
         # Blocks: the stored int8 (or float16) rows are widened a block at a time, never the whole array at once.
         for start in range(0, len(self.pooled), block):
@@ -572,3 +576,10 @@ def new_manifest(model, codec: ResidualCodec, build_info: dict) -> dict:  # type
                       "config": model.config.to_dict()},
             "dim": codec.dim, "nbits": codec.nbits, "num_centroids": codec.num_centroids,
             "segments": [], "files": {}, "deleted": None, "build": build_info}
+
+
+def _cpu_kernel():  # type: ignore[no-untyped-def]
+    """The compiled CPU loops (search/_plaid_cpu.c), or None where they are not built or are turned off."""
+    from ..search import cpu_kernel   # here, not at import: the search package imports this module
+
+    return cpu_kernel.load()

@@ -18,7 +18,7 @@ _I = ctypes.c_int64
 
 
 class CpuKernel:
-    """Typed wrappers around the shared library's three functions."""
+    """Typed wrappers around the shared library's functions."""
 
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path)
@@ -28,6 +28,8 @@ class CpuKernel:
         lib.mc_decompress.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _I, _P, _P]
         lib.mc_segment_maxsim.restype = None
         lib.mc_segment_maxsim.argtypes = [_P, _I, _P, _P, _I, _P]
+        lib.mc_int8_rows_dot.restype = None
+        lib.mc_int8_rows_dot.argtypes = [_P, _I, _I, _P, _P, _P]
         self.lib, self.path = lib, path
 
     def candidates(self, table: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, pair_offsets: np.ndarray,
@@ -76,6 +78,17 @@ class CpuKernel:
         self.lib.mc_segment_maxsim(_ptr(sim, np.float32), sim.shape[1],
                                    None if norms is None else _ptr(norms, np.float32), _ptr(lens, np.int64), len(lens),
                                    out.ctypes.data)
+        return out
+
+    def int8_rows_dot(self, rows: np.ndarray, q: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """rows (int8 [n, dim]) times q (float32 [dim]), each times its scale if given: float32 [n]."""
+        if rows.ndim != 2 or q.shape != (rows.shape[1],) or (scales is not None and scales.shape != (rows.shape[0],)):
+            raise ValueError(f"int8 rows of shape {rows.shape}, a vector of shape {q.shape} and "
+                             f"{None if scales is None else scales.shape} scales do not fit together")
+        out = np.empty(rows.shape[0], dtype=np.float32)
+        self.lib.mc_int8_rows_dot(_ptr(rows, np.int8), rows.shape[0], rows.shape[1],
+                                  None if scales is None else _ptr(scales, np.float32), _ptr(q, np.float32),
+                                  out.ctypes.data)
         return out
 
 
