@@ -28,14 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from medcolbert.modeling.precision import cpu_model
+
 SHARD_VECTORS = 2_000_000
 NOISE = 0.029   # per dimension: |noise|^2 = 128 * 0.029^2 = 0.108, so cos(v, v + noise) is about 0.95
 
 
 def cpu_name() -> str:
-    """lscpu's model name."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    """lscpu's model name (the scripts' name for medcolbert's own cpu_model)."""
+    return cpu_model()
 
 
 def make_shards(source_index: str, size: int, folder: Path, seed: int = 0) -> dict:
