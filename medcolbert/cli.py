@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--threshold, the top --ndocs scored by exact MaxSim over decompressed "
                                    "vectors. Unset knobs follow --preset and k: 'quality' (default) stays within "
                                    "0.005 nDCG@10 of exact MaxSim on the measured sets, 'colbert-ai' uses "
-                                   "colbert-ai's faster knobs. --exact scores every document (the brute-force "
+                                   "colbert-ai's faster knobs (a model with a pooled head searches with those "
+                                   "under either preset: its pooled side's nearest 100 make up for them). --exact scores every document (the brute-force "
                                    "ground truth).")
     p.add_argument("--index", required=True)
     p.add_argument("--data", default=None, help="BEIR folder whose queries to search (or give --query)")
@@ -489,7 +490,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(format_table(rows, metrics))
         if args.json:
             write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
-                        "config": config.resolved(args.k, len(searcher.index)).__dict__, "results": rows,
+                        "config": searcher.resolved_config(args.k).__dict__, "results": rows,
                         "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
     return 0
 

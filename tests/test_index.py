@@ -574,6 +574,23 @@ def test_search_presets_resolve_by_k_and_refuse_unknown_names():
     assert quality.resolved(100, 15368).ndocs == 4096 and fast.resolved(10, 1000).ndocs == 256
     with pytest.raises(ValueError, match="preset must be one of quality, colbert-ai, got 'fastest'"):
         SearchConfig(preset="fastest")
+    # A model with a pooled head: colbert-ai's knobs under either preset, for the 100 entries each side nominates.
+    assert (quality.resolved(10, 15368, hybrid=True).ndocs, quality.resolved(100, 300, hybrid=True).ncells) == (256, 2)
+    assert SearchConfig(ndocs=64).resolved(100, hybrid=True).ndocs == 100   # set knobs stay (at least k)
+
+
+def test_a_pooled_head_searcher_resolves_its_knobs_for_the_entries_it_fetches(tmp_path, corpus):
+    """Searcher.resolved_config: MaxSim alone follows the preset at k; with a pooled head, colbert-ai's knobs
+    for max(k, 100) entries, unless the call sets them."""
+    docs = dict(list(corpus.items())[:40])
+    model, maxsim_only = make_tiny_model(seed=11).reconfigure(dense_weight=0.5), make_tiny_model(seed=11)
+    hybrid = Searcher(Index.build(tmp_path / "h", model, docs, show_progress=False), model)
+    plain = Searcher(Index.build(tmp_path / "p", maxsim_only, docs, show_progress=False), maxsim_only)
+    knobs = lambda cfg: (cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # noqa: E731
+    assert knobs(plain.resolved_config(10)) == (4, 0.4, 256)
+    assert knobs(hybrid.resolved_config(10)) == knobs(hybrid.resolved_config(100)) == (2, 0.45, 1024)
+    assert knobs(hybrid.resolved_config(10, preset="quality", ndocs=300)) == (2, 0.45, 300)
+    assert knobs(hybrid.resolved_config(500)) == (4, 0.4, 4096)
 
 
 def test_two_level_kmeans_matches_flat_quality_and_is_recorded(tiny_model, tmp_path):

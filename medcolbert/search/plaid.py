@@ -45,6 +45,12 @@ PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
     "colbert-ai": ((10, (1, 0.5, 256)), (100, (2, 0.45, 1024))),
 }
 
+# A search with a pooled head ("quality" preset): colbert-ai's knobs, resolved for the max(k, HYBRID_DEPTH)
+# entries it fetches. The pooled side's nearest entries supply what more exactly scored documents would: with v4,
+# colbert-ai's knobs (256 documents scored exactly) gave the same nDCG@10 as the quality knobs (1,024) on SciFact
+# test, MedQuAD dev (500 questions) and consumer-health dev, at 0.5-0.7x the latency (experiments/v4-e2e-presets/).
+HYBRID_PRESET = "colbert-ai"
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -60,12 +66,14 @@ class SearchConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
-    def resolved(self, k: int, num_documents: int | None = None) -> "SearchConfig":
+    def resolved(self, k: int, num_documents: int | None = None, hybrid: bool = False) -> "SearchConfig":
         """The config with every None replaced by the default for k and the collection's size (every value
-        checked for its range)."""
+        checked for its range). hybrid: for a model with a pooled head, whose search joins PLAID's top entries
+        with the pooled vectors' nearest; there "quality" takes colbert-ai's knobs (see HYBRID_PRESET)."""
         check_int("k", k, 1)
-        defaults = next((knobs for top, knobs in PRESETS[self.preset] if k <= top), (4, 0.4, max(k * 4, 4096)))
-        if self.preset == "quality" and k <= 100 and num_documents is not None:
+        table = PRESETS[HYBRID_PRESET if hybrid and self.preset == "quality" else self.preset]
+        defaults = next((knobs for top, knobs in table if k <= top), (4, 0.4, max(k * 4, 4096)))
+        if self.preset == "quality" and not hybrid and k <= 100 and num_documents is not None:
             defaults = (*defaults[:2], min(defaults[2], max(256, num_documents // 3)))
         ncells = self.ncells if self.ncells is not None else defaults[0]
         threshold = self.centroid_score_threshold if self.centroid_score_threshold is not None else defaults[1]
@@ -210,9 +218,17 @@ class Searcher:
             return aggregate(units, k)
         return [(u, x, u) for u, x in units[:k]]
 
+    def resolved_config(self, k: int, **knobs: object) -> SearchConfig:
+        """The knobs a search for k documents runs with: the searcher's config, per-call knobs applied, resolved."""
+        return self._resolve(self._units(k), knobs)
+
     def _resolve(self, k: int, knobs: dict) -> SearchConfig:
-        """The searcher's config with per-call knobs applied, resolved for k."""
-        return replace(self.config, **knobs).resolved(k, len(self.index))  # type: ignore[arg-type]
+        """The searcher's config with per-call knobs applied, resolved for k index entries (a hybrid search
+        fetches at least HYBRID_DEPTH)."""
+        cfg = replace(self.config, **knobs)  # type: ignore[arg-type]
+        if self.hybrid:
+            return cfg.resolved(max(k, HYBRID_DEPTH), len(self.index), hybrid=True)
+        return cfg.resolved(k, len(self.index))
 
     # ------------------------------------------------------------------ PLAID
     def _fresh_engine(self) -> PlaidEngine:
