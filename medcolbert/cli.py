@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vectors. Unset knobs follow --preset and k: 'quality' (default) stays within "
                                    "0.005 nDCG@10 of exact MaxSim on the measured sets, 'colbert-ai' uses "
                                    "colbert-ai's faster knobs (a model with a pooled head searches with those "
-                                   "under either preset: its pooled side's nearest 100 make up for them). --exact scores every document (the brute-force "
-                                   "ground truth).")
+                                   "under either preset: its pooled side's nearest 100 make up for them). "
+                                   "--exact scores every document (the brute-force ground truth).")
     p.add_argument("--index", required=True)
     p.add_argument("--data", default=None, help="BEIR folder whose queries to search (or give --query)")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")

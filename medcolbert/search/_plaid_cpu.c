@@ -356,7 +356,7 @@ void mc_segment_maxsim(const float *sim, int64_t Lq, const float *norms, const i
 
 /* Dot products of one float vector q [dim] with n int8 rows [n, dim], each times its scale when scales is given,
  * into out [n]: an index's pooled single vectors (int8 rows, one scale each) against a query's. Widening the rows
- * to float32 first, as numpy does, costs about ten times this loop. */
+ * to float32 first, as numpy does, took 3.6x this loop's time (15,555 x 384 rows, 2-core Xeon). */
 MC_CLONES
 void mc_int8_rows_dot(const int8_t *rows, int64_t n, int64_t dim, const float *scales, const float *q, float *out) {
     for (int64_t i = 0; i < n; i++) {
