@@ -109,9 +109,10 @@ BUILD = STATUS + r"""
 import json, sys, time
 from medcolbert.indexing.vectors import build_from_vectors
 from medcolbert.indexing.index import Index
-shards, path, model, fp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+shards, path, model, fp, centroids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 t = time.perf_counter()
-build_from_vectors(path, [shards], model_name=model, model_fingerprint=fp, overwrite=True)
+build_from_vectors(path, [shards], model_name=model, model_fingerprint=fp, overwrite=True,
+                   num_centroids=centroids or None)
 # The build's own peak, read before the index is opened for its statistics (opening loads the codes).
 hwm = status("VmHWM")
 index = Index.open(path)
@@ -176,6 +177,7 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/scale")
     ap.add_argument("--keep-shards", action="store_true", help="keep each size's shards after its build")
     ap.add_argument("--search-again", action="store_true", help="search the recorded sizes' indexes again (keeps their build)")
+    ap.add_argument("--num-centroids", type=int, default=0, help="k-means centroids (default 0: the index's default rule)")
     args = ap.parse_args()
 
     from medcolbert.evaluation.datasets import load_queries
@@ -194,7 +196,8 @@ def main() -> None:
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
     results.update({"cpu": cpu_name(), "source_index": Path(args.source_index).name,
-                    "source_documents": len(source), "model": model.name, "queries": args.num_queries})
+                    "source_documents": len(source), "model": model.name, "queries": args.num_queries,
+                    "num_centroids_option": args.num_centroids or "default rule"})
     for size in args.sizes:
         key = str(size)
         if key in results["runs"] and "search" in results["runs"][key]:
@@ -213,7 +216,8 @@ def main() -> None:
         shard_s = time.perf_counter() - t0
         print(f"{size} vectors: build", flush=True)
         path = work / f"index-{size}"
-        built, wall, rss = child(BUILD, str(shards), str(path), model.name, model.fingerprint(weights_only=True))
+        built, wall, rss = child(BUILD, str(shards), str(path), model.name, model.fingerprint(weights_only=True),
+                                 str(args.num_centroids))
         print(f"  built in {wall:.0f}s, peak RSS {rss / 2**20:.0f} MiB, {built['bytes_per_vector']:.2f} B/vector", flush=True)
         if not args.keep_shards:
             shutil.rmtree(shards, ignore_errors=True)
