@@ -4,7 +4,8 @@ Opens a PLAID index that holds pooled vectors (the flagship leaves one per data 
 every query one at a time at k, in alternating rounds (A B A B ...), for the model as released (MaxSim + pooled
 head: PLAID's top max(k, 100) on colbert-ai's knobs joined with the pooled nearest max(k, 100), all scored
 exactly) and for the same model with dense_weight 0 (MaxSim only on the quality preset, v2's search). Each time
-is split into query encoding and the search after it. nDCG@10 of the very results timed. Raw latencies to OUT/latency.json, a table to OUT/latency.md.
+is split into query encoding and the search after it. nDCG@10 of the very results timed. Raw latencies to
+OUT/latency.json, a table to OUT/latency.md.
 Usage: python scripts/bench_pooled_head.py --index FOLDER --data BEIR_FOLDER --split dev --out OUT [--k 100]
 """
 
