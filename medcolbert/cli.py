@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", default=None, help="the starting checkpoint (default: packaged:all-MiniLM-L6-v2)")
     p.add_argument("--alpha", type=float_option(0.0, 1.0), required=True, help="weight of the fine-tuned model, 0-1")
     p.add_argument("--output", required=True, help="checkpoint folder to write")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="precision of the written weights (the mix itself is computed in float32)")
 
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
                        description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
@@ -575,9 +577,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     """Write a WiSE-FT interpolation of two checkpoints."""
+    import torch
+
     from .modeling.checkpoint import interpolate_colbert
 
-    print(f"wrote {interpolate_colbert(args.model, args.start, args.alpha, args.output)}")
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
+    print(f"wrote {interpolate_colbert(args.model, args.start, args.alpha, args.output, dtype=dtype)}")
     return 0
 
 

@@ -184,3 +184,22 @@ def test_wise_ft_interpolation_mixes_every_weight(tmp_path):
             assert torch.allclose(value, 0.25 * ma.state_dict()[key] + 0.75 * mb.state_dict()[key], atol=1e-6), key
     assert torch.equal(ColBERT.from_pretrained(interpolate_colbert(a, b, 1.0, tmp_path / "one"), device="cpu").linear.weight,
                        ma.linear.weight)
+
+
+def test_interpolation_writes_the_mix_in_the_precision_asked(tmp_path):
+    from safetensors import safe_open
+
+    from medcolbert import ColBERT
+    from medcolbert.cli import main
+    from tests.conftest import make_tiny_model
+
+    a = make_tiny_model(seed=1).save_pretrained(tmp_path / "a")
+    b = make_tiny_model(seed=2).save_pretrained(tmp_path / "b")
+    assert main(["interpolate", "--model", str(a), "--start", str(b), "--alpha", "0.5", "--dtype", "float16",
+                 "--output", str(tmp_path / "half")]) == 0
+    with safe_open(str(tmp_path / "half" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    ma, mb, half = (ColBERT.from_pretrained(p, device="cpu") for p in (a, b, tmp_path / "half"))
+    # The mix is taken in float32 and rounded once, so it equals the float32 mix rounded to float16.
+    expected = (0.5 * ma.linear.weight.float() + 0.5 * mb.linear.weight.float()).half().float()
+    assert torch.equal(half.linear.weight.float(), expected)

@@ -279,10 +279,11 @@ def _version() -> str:
 
 
 def interpolate_colbert(fine_tuned: str | Path, start: str | Path | None, alpha: float,
-                        output: str | Path) -> Path:
+                        output: str | Path, dtype: torch.dtype | None = None) -> Path:
     """WiSE-FT: save alpha * fine_tuned + (1 - alpha) * start, weight by weight (start None: the packaged base).
 
-    Both models must share the architecture; the config (lengths, augmentation) is the fine-tuned one's.
+    Both models must share the architecture; the config (lengths, augmentation) is the fine-tuned one's. The
+    mix is computed in float32 and written in `dtype` (None: float32), so a release is one command.
     """
     from ..validation import check_float
 
@@ -296,4 +297,4 @@ def interpolate_colbert(fine_tuned: str | Path, start: str | Path | None, alpha:
              else a[k] for k in a}
     tuned.load_state_dict(mixed)
     tuned.name = f"{tuned.name} (WiSE-FT alpha {alpha:g})"
-    return save_colbert(tuned, output)
+    return save_colbert(tuned, output, dtype=dtype)
