@@ -101,6 +101,35 @@ def test_stream_is_deterministic_and_pads_missing_negatives():
         TripletStream(TRIPLETS, seed=0, n_negatives=1, need_scores=True)
 
 
+def test_merged_questions_join_a_donor_question_and_keep_their_own_documents():
+    tagged = [Triplet(t.query, t.pos, t.neg, meta={"source": "long" if i >= 5 else "short"}) for i, t in enumerate(TRIPLETS)]
+    plain = TripletStream(tagged, seed=3, n_negatives=1, need_scores=False)
+    merged = TripletStream(tagged, seed=3, n_negatives=1, need_scores=False, merge_rate=0.5, merge_sources=["long"])
+    donors = {t.query for t in tagged[5:]}
+    by_query = {t.query: t for t in tagged}
+    n_merged = 0
+    for i in range(400):
+        (q0, docs0, _), (q1, docs1, _) = plain.sample(i), merged.sample(i)
+        assert docs1 == docs0                      # the documents (and so the labels) are the plain stream's
+        if q1 == q0:
+            continue
+        n_merged += 1
+        # The query is the sample's own question and one donor's, in either order, and the donor's answer is
+        # not this sample's positive.
+        donor = q1.removeprefix(q0 + " ") if q1.startswith(q0 + " ") else q1.removesuffix(" " + q0)
+        assert donor in donors and donor != q0 and q1 in (f"{q0} {donor}", f"{donor} {q0}")
+        assert not set(by_query[donor].pos) & set(by_query[q0].pos)
+    assert 150 < n_merged < 250                    # about half of 400
+    assert [merged.sample(i) for i in range(50)] == [
+        TripletStream(tagged, 3, 1, False, merge_rate=0.5, merge_sources=["long"]).sample(i) for i in range(50)]
+    with pytest.raises(DataError, match="merge_sources names"):
+        TripletStream(tagged, 3, 1, False, merge_rate=0.5, merge_sources=["nope"])
+    with pytest.raises(ValueError, match="merge_rate must be between 0 and 1"):
+        TrainConfig(output_dir="x", train_files=["t.jsonl"], merge_rate=1.5)
+    with pytest.raises(ValueError, match="merge_rate needs scores"):
+        TrainConfig(output_dir="x", train_files=["t.jsonl"], merge_rate=0.2, loss="distill")
+
+
 def test_training_data_selects_and_upsamples_sources(tmp_path):
     tagged = [Triplet(t.query, t.pos, t.neg, meta={"source": "a" if i < 3 else "b"}) for i, t in enumerate(TRIPLETS)]
     path = write_train_file(tmp_path / "mix.jsonl", tagged)

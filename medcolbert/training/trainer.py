@@ -62,6 +62,10 @@ class TrainConfig:
                                             # the saved model ranks by (MaxSim + dense_weight x query vectors x cosine)
     self_distill_weight: float = 0.0        # > 0 (needs dense_loss_weight > 0): KL from the pooled head's scores of the
                                             # batch (detached, at dense_temperature) to MaxSim's (at `temperature`)
+    merge_rate: float = 0.0                 # share of training queries joined with another triplet's query (a donor),
+                                            # in random order, keeping their own positives: long multi-question
+                                            # messages, as real consumer questions often are
+    merge_sources: list | None = None       # the sources donors come from (None: any triplet)
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -123,6 +127,14 @@ class TrainConfig:
             raise ValueError(f"self_distill_weight must be a finite number >= 0, got {self.self_distill_weight}")
         if self.self_distill_weight > 0 and self.dense_loss_weight <= 0:
             raise ValueError("self_distill_weight needs the pooled head: set dense_loss_weight > 0")
+        if not (0.0 <= self.merge_rate <= 1.0):
+            raise ValueError(f"merge_rate must be between 0 and 1, got {self.merge_rate}")
+        if self.merge_sources is not None and (not isinstance(self.merge_sources, list) or not self.merge_sources
+                                               or not all(isinstance(x, str) for x in self.merge_sources)):
+            raise ValueError(f"merge_sources must be a non-empty list of source names, got {self.merge_sources!r}")
+        if self.merge_rate > 0 and self.loss != "contrastive" and self.teacher is None:
+            # Stored teacher scores were given for the query alone, not for it joined with another question.
+            raise ValueError("merge_rate needs scores of the merged query: use loss 'contrastive' or an online teacher")
         if not self.train_files:
             raise ValueError("train_files is empty")
         if self.eval_distractors not in ("bm25", "random"):
@@ -148,10 +160,25 @@ class TrainConfig:
 class TripletStream:
     """A deterministic, resumable stream of training samples: epoch e is a seeded permutation of the data."""
 
-    def __init__(self, triplets: Sequence[Triplet], seed: int, n_negatives: int, need_scores: bool) -> None:
+    def __init__(self, triplets: Sequence[Triplet], seed: int, n_negatives: int, need_scores: bool,
+                 merge_rate: float = 0.0, merge_sources: Sequence[str] | None = None) -> None:
         if not triplets:
             raise DataError("no training triplets")
         self.triplets, self.seed, self.n_negatives = list(triplets), seed, n_negatives
+        self.merge_rate = merge_rate
+        self.donors: list[Triplet] = []
+        if merge_rate > 0:
+            wanted = None if merge_sources is None else set(merge_sources)
+            self.donors = list({t.query: t for t in self.triplets
+                                if wanted is None or t.meta.get("source") in wanted}.values())
+            if wanted is not None:
+                present = {t.meta.get("source") for t in self.triplets}
+                missing = sorted(wanted - present)
+                if missing:
+                    raise DataError(f"merge_sources names {missing}, which no training triplet has "
+                                    f"(present: {sorted(map(str, present))})")
+            if len(self.donors) < 2:
+                raise DataError(f"merge_rate needs at least 2 distinct donor queries, found {len(self.donors)}")
         if need_scores:
             for i, t in enumerate(self.triplets):
                 if t.pos_scores is None or t.neg_scores is None:
@@ -187,7 +214,19 @@ class TripletStream:
             tries += 1
             if other.pos[0] not in t.pos or tries > 20:  # a few tries to avoid a copy of this query's positive
                 docs.append(other.pos[0])
-        return t.query, docs, scores if scores is not None and len(scores) == len(docs) else None
+        query = t.query
+        # Drawn after the documents, so a run with merge_rate 0 samples exactly what it did before the option.
+        if self.merge_rate > 0 and rng.random() < self.merge_rate:
+            donor = self.donors[rng.randrange(len(self.donors))]
+            for _ in range(20):  # a donor that shares a positive would make its question answered too
+                if donor.query != t.query and not set(donor.pos) & set(t.pos):
+                    break
+                donor = self.donors[rng.randrange(len(self.donors))]
+            else:
+                donor = None
+            if donor is not None:
+                query = f"{donor.query} {t.query}" if rng.random() < 0.5 else f"{t.query} {donor.query}"
+        return query, docs, scores if scores is not None and len(scores) == len(docs) else None
 
 
 def load_training_data(files: Sequence[Any], source_repeat: dict | None = None,
@@ -325,7 +364,8 @@ class Trainer:
         if config.source_weights:
             data = weight_sources(data, config.source_weights, config.seed)
         self.stream = TripletStream(data, config.seed, config.n_negatives,
-                                    need_scores=config.loss != "contrastive" and config.teacher is None)
+                                    need_scores=config.loss != "contrastive" and config.teacher is None,
+                                    merge_rate=config.merge_rate, merge_sources=config.merge_sources)
         self.teacher = self._load_teacher() if config.teacher and config.loss != "contrastive" else None
         self.encoders = _Encoders(self.model, config.kind, config.doc_maxlen + 2, pooled=config.dense_loss_weight > 0)
         self.ddp: nn.Module = self.encoders
