@@ -65,6 +65,25 @@ if [ "${1:-}" = "--s10" ]; then
   .venv/bin/medcolbert experiment experiments/recipe-studies-s10.yaml
   exit 0
 fi
+if [ "${1:-}" = "--s11" ]; then
+  # s11: s10 plus merged questions (a quarter of the training queries joined with a consumer-health train question),
+  # both seeds from step 800 to 1,200, averaged in float16; then experiments/recipe-studies-s11.yaml.
+  for s in "" "-seed2"; do
+    d=.cache/train/rs-s11-merge1200$s
+    if [ ! -d "$d/checkpoints" ]; then
+      mkdir -p "$d/checkpoints"
+      cp -r ".cache/train/rs-s6-long800$s/checkpoints/step-0000800" "$d/checkpoints/"
+    fi
+  done
+  printf '%s\n' s11-merge1200 s11-merge1200-seed2 | xargs -P 2 -I NAME sh -c \
+    'OMP_NUM_THREADS=1 .venv/bin/medcolbert train --config experiments/recipe-studies/NAME.yaml > .cache/train/rs-NAME.log 2>&1'
+  test -d .cache/train/soup-s11-1200-2seeds-f16 || .venv/bin/medcolbert interpolate \
+    --model .cache/train/rs-s11-merge1200/final --start .cache/train/rs-s11-merge1200-seed2/final --alpha 0.5 \
+    --dtype float16 --output .cache/train/soup-s11-1200-2seeds-f16
+  [ "${2:-}" = "--train-only" ] && exit 0
+  .venv/bin/medcolbert experiment experiments/recipe-studies-s11.yaml
+  exit 0
+fi
 if [ "${1:-}" = "--long" ]; then
   # The chosen recipe (s1) continued to 800 steps from each seed's 300-step checkpoint, the single-vector
   # model trained with the same data recipe, then their evaluations. Needs the 300-step runs (below) first.
