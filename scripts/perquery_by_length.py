@@ -38,9 +38,10 @@ def table(out_dir: Path, dataset: str, lengths: dict[str, int], metric: str, edg
     head = ["system", "all"] + [label(lo, hi) for lo, hi in spans]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for path in files:
-        scores = json.loads(path.read_text()).get(metric)
+        per_metric = json.loads(path.read_text())
+        scores = per_metric.get(metric)
         if scores is None:
-            raise MedColbertError(f"{path}: no {metric!r} (has {sorted(json.loads(path.read_text()))})")
+            raise MedColbertError(f"{path}: no {metric!r} (has {sorted(per_metric)})")
         missing = [q for q in scores if q not in lengths]
         if missing:
             raise MedColbertError(f"{path}: query {missing[0]!r} is not in the dataset's queries")
