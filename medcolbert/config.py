@@ -90,6 +90,11 @@ class ModelConfig:
     # of the mean-pooled backbone states (a per-token-scaled sum, so 1.0 weighs both parts alike). 0: plain
     # ColBERT, which is what colbert-ai computes whatever this says (it ignores the key).
     dense_weight: float = 0.0
+    # How the pooled term's weight grows with a query's length: dense_weight x max(1, vectors / augment_len) ^ this.
+    # 0 keeps one weight for every query. Long consumer questions are where MaxSim loses to the pooled head and
+    # short claims where it wins (experiments/v4-weights), so a positive power leans on the head for long
+    # queries only; queries padded to the augmentation length keep dense_weight itself. colbert-ai ignores it.
+    dense_length_power: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("dim", "query_maxlen", "doc_maxlen"):
@@ -105,6 +110,9 @@ class ModelConfig:
         if (isinstance(self.dense_weight, bool) or not isinstance(self.dense_weight, (int, float))
                 or not math.isfinite(self.dense_weight) or not 0 <= self.dense_weight <= 100):
             raise ValueError(f"ModelConfig.dense_weight must be a number in [0, 100], got {self.dense_weight!r}")
+        if (isinstance(self.dense_length_power, bool) or not isinstance(self.dense_length_power, (int, float))
+                or not math.isfinite(self.dense_length_power) or not 0 <= self.dense_length_power <= 10):
+            raise ValueError(f"ModelConfig.dense_length_power must be a number in [0, 10], got {self.dense_length_power!r}")
         if self.similarity != "cosine":
             raise ValueError(f"similarity {self.similarity!r} is not supported; medcolbert scores with cosine (dot products of unit vectors)")
         if self.interaction != "colbert":
@@ -114,6 +122,12 @@ class ModelConfig:
     def augment_len(self) -> int:
         """The length short queries are padded to with [MASK] (never past query_maxlen)."""
         return self.query_maxlen if self.query_augment_len is None else min(self.query_augment_len, self.query_maxlen)
+
+    def pooled_weight(self, vectors: int) -> float:
+        """The pooled term's weight for a query of this many vectors (dense_weight, grown past augment_len)."""
+        if self.dense_length_power == 0 or vectors <= self.augment_len:
+            return float(self.dense_weight)
+        return float(self.dense_weight) * (vectors / self.augment_len) ** self.dense_length_power
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed."""

@@ -13,10 +13,13 @@ adapters all take these objects, so any stage can stand wherever another one doe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .evaluation.datasets import Run
 from .validation import check_int
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class Retriever:
@@ -163,17 +166,18 @@ def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: 
 
     Q, Q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=False)
     return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k,
-                                                None if Q_pooled is None else Q_pooled[i], model.config.dense_weight))
+                                                None if Q_pooled is None else Q_pooled[i], model.config))
             for i, qid in enumerate(qids)}
 
 
 def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int, k: int | None = None,
-                              q_pooled: Any = None, dense_weight: float = 0.0) -> list[tuple[str, float]]:
+                              q_pooled: Any = None, dense_weight: float | ModelConfig = 0.0) -> list[tuple[str, float]]:
     """An encoded query's top `depth` hits rescored by MaxSim with the index's stored vectors, best first.
 
     Hits may name documents or passages of a split index (a passage stands for its document, which is then
     scored by its best passage); ids the index does not hold are dropped. With q_pooled (a pooled-head
-    model's query vector), each score gains dense_weight x (query vectors) x cosine with the stored pooled ones."""
+    model's query vector), each score gains dense_weight (a number, or a model config whose pooled_weight sets it
+    by the query's length) x (query vectors) x cosine with the stored pooled ones."""
     from .passages import best_per_document, parent_of
     from .scoring import add_dense_term, maxsim_one
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .config import ModelConfig
+
 # Bound the [nq, nd, Lq, Ld] similarity tensor of one chunk (in elements), so that scoring a query
 # against thousands of documents never needs more than a few hundred MB.
 MAX_CHUNK_ELEMENTS = 32 * 1024 * 1024
@@ -75,9 +77,13 @@ def maxsim_one(query: torch.Tensor, documents: Sequence[torch.Tensor]) -> torch.
     return result
 
 
-def add_dense_term(scores: torch.Tensor, query: torch.Tensor, cosines: torch.Tensor, weight: float) -> torch.Tensor:
-    """MaxSim scores [nd] of one query [Lq, dim] plus weight x (its vector count) x the pooled cosines [nd]."""
+def add_dense_term(scores: torch.Tensor, query: torch.Tensor, cosines: torch.Tensor,
+                   weight: float | ModelConfig) -> torch.Tensor:
+    """MaxSim scores [nd] of one query [Lq, dim] plus weight x (its vector count) x the pooled cosines [nd].
+
+    weight is a number, or a model's config, whose pooled_weight gives the weight for this query's length."""
     # Scaled by the query's vector count (its [PAD] rows are zero), so the pooled cosine weighs per query
     # token what one MaxSim term weighs: weight 1 gives both parts the same scale whatever the query's length.
     count = int((query.abs().sum(dim=-1) > 0).sum())
-    return scores + weight * count * cosines.to(scores.device, scores.dtype)
+    w = weight.pooled_weight(count) if isinstance(weight, ModelConfig) else float(weight)
+    return scores + w * count * cosines.to(scores.device, scores.dtype)

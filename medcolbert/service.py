@@ -425,7 +425,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
         Q, Q_pooled = service.encode_for_search(texts)
-        weight = service.model.config.dense_weight  # type: ignore[union-attr]
+        weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
         if req.first_stage is not None:
             from .retrievers import rerank_encoded_from_index
 
@@ -468,7 +468,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         # With a pooled head the model's pooled vectors score too (q_pooled and d_pooled are None without one).
         encoded_q, pooled_q = service.encode_for_search([req.query])
         q, q_pooled = encoded_q[0], None if pooled_q is None else pooled_q[0]
-        weight = service.model.config.dense_weight  # type: ignore[union-attr]
+        weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
         if req.candidates is not None:
             docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
             labels: list[Any] = list(range(len(req.candidates)))

@@ -141,3 +141,41 @@ def test_a_pooled_head_adds_its_weighted_cosine_to_maxsim(tmp_path):
         assert again["q1"][d] == pytest.approx(first["q1"][d], abs=1e-6)
     with pytest.raises(ValueError, match="pooled single-vector head"):
         rerank(model, q, docs)
+
+
+def test_dense_length_power_grows_the_pooled_weight_for_long_queries_only(tmp_path):
+    """dense_length_power p: a query of n vectors past the augmentation length a is scored with
+    dense_weight x (n / a)^p on its pooled term, by rerank, rerank_run and an index's search alike; a query padded
+    to a keeps dense_weight; the setting survives a save and load, and out-of-range values are refused."""
+    from medcolbert import ColBERT, Index, ModelConfig, Searcher
+    from medcolbert.scoring import maxsim_one
+
+    model = make_tiny_model(seed=5, dropout=0.0, query_maxlen=40).reconfigure(
+        dense_weight=0.5, dense_length_power=2.0, query_augment_len=8)
+    texts = [f"{t} {x}".strip() for t, x in DOCS.values()]
+    short, long = "statin pain", "my mother takes statins and aspirin every day and now her legs hurt at night, why?"
+    _, docs_pooled = model.encode_documents(texts, pooled=True)
+    for query in (short, long):
+        q, qp = model.encode_queries([query], pooled=True)
+        q, qp = q[0], qp[0]
+        n = int((q.abs().sum(-1) > 0).sum())
+        weight = 0.5 * max(1.0, n / 8) ** 2
+        assert model.config.pooled_weight(n) == pytest.approx(weight)
+        assert (n == 8) == (query == short) and (weight > 0.5) == (query == long)
+        expected = maxsim_one(q, model.encode_documents(texts)) + weight * n * (docs_pooled @ qp)
+        got = dict(rerank(model, query, texts))
+        assert torch.allclose(torch.tensor([got[i] for i in range(len(texts))]), expected, atol=1e-3)
+        run = rerank_run(model, {"q": query}, {"q": {d: 1.0 for d in DOCS}}, TEXTS)
+        assert [run["q"][d] for d in DOCS] == pytest.approx(expected.tolist(), abs=1e-2)
+    index = Index.build(tmp_path / "idx", model, dict(zip(DOCS, texts)), num_centroids=4, show_progress=False)
+    # The index scores from its stored (compressed) vectors: the same rule, applied to those.
+    positions = [index.position[d] for d in DOCS]
+    stored = maxsim_one(q, index.document_vectors(positions)) + weight * n * (index.pooled_vectors(positions) @ qp)
+    hits = dict(Searcher(index, model).search(long, k=len(texts), exact=True))
+    assert [hits[d] for d in DOCS] == pytest.approx(stored.tolist(), abs=0.02)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert ColBERT.from_pretrained(str(tmp_path / "ckpt")).config.dense_length_power == 2.0
+    with pytest.raises(ValueError, match="dense_length_power must be a number in \\[0, 10\\]"):
+        ModelConfig(dense_length_power=-1)
+    with pytest.raises(ValueError, match="dense_length_power"):
+        ModelConfig(dense_length_power=float("nan"))

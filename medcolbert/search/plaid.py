@@ -207,7 +207,7 @@ class Searcher:
             maxsim.update(zip(docs.tolist(), scores.tolist()))
         positions = list(maxsim)
         scores = add_dense_term(torch.tensor([maxsim[p] for p in positions]), q, cosine[positions],
-                                self.model.config.dense_weight)
+                                self.model.config)
         if not torch.isfinite(scores).all():
             raise MedColbertError("the combined scores are not finite (NaN or inf vectors); no ranking can be made")
         order = torch.argsort(scores, descending=True, stable=True)[:depth].tolist()

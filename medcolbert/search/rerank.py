@@ -60,7 +60,7 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         raise TypeError("candidates must be all strings, a dict {id: text}, or all precomputed [tokens, dim] tensors")
     scores = maxsim_one(q.float(), docs)
     if q_pooled is not None and d_pooled is not None:
-        scores = add_dense_term(scores, q, d_pooled @ q_pooled, model.config.dense_weight)
+        scores = add_dense_term(scores, q, d_pooled @ q_pooled, model.config)
     if not torch.isfinite(scores).all():
         raise ValueError("MaxSim gave non-finite scores (NaN or inf vectors); no ranking can be made")
     labels = list(ids) if ids is not None else list(range(len(candidates)))
@@ -116,7 +116,7 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
         flat = maxsim_one(q_vectors[qi], [vectors[u] for u in cand_units])
         if q_pooled is not None and cand_units:
             flat = add_dense_term(flat, q_vectors[qi], torch.stack([pooled[u] for u in cand_units]) @ q_pooled[qi],
-                                  model.config.dense_weight)
+                                  model.config)
         if not torch.isfinite(flat).all():
             raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
         # A document scores as its best passage (itself, when not split).
