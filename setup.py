@@ -9,7 +9,7 @@ from setuptools.command.build_py import build_py
 # The released models a wheel carries, so that `pip install medcolbert` gives the default model with no
 # download (checkpoints/ stays the one place they live in the repository).
 # The default pair only (90 MB): earlier releases stay in the repository's checkpoints/, loadable by path.
-PACKAGED_CHECKPOINTS = ("medcolbert-minilm-v4", "dense-minilm-v2")
+PACKAGED_CHECKPOINTS = ("medcolbert-minilm-v5", "dense-minilm-v2")
 
 
 class BuildWithCheckpoints(build_py):

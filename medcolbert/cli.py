@@ -60,7 +60,7 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint folder (colbert-ai layout), HF encoder or hub id; default: the released "
-                        "checkpoints/medcolbert-minilm-v4 (the packaged base all-MiniLM-L6-v2 where the checkout "
+                        "checkpoints/medcolbert-minilm-v5 (the packaged base all-MiniLM-L6-v2 where the checkout "
                         "has none; name the base with 'packaged:all-MiniLM-L6-v2')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],

@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("output_dir", type=Path)
     ap.add_argument("dataset")
     ap.add_argument("beir_folder")
-    ap.add_argument("--model", default="checkpoints/medcolbert-minilm-v4", help="whose tokenizer counts the pieces")
+    ap.add_argument("--model", default="checkpoints/medcolbert-minilm-v5", help="whose tokenizer counts the pieces")
     ap.add_argument("--metric", default="ndcg@10")
     ap.add_argument("--edges", default="32,64", help="bucket edges in word pieces, increasing")
     ap.add_argument("--out", type=Path, default=None)

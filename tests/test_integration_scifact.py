@@ -33,7 +33,7 @@ def sample():
 
 @pytest.fixture(scope="module")
 def minilm():
-    # The default model: the released medcolbert-minilm-v4 in a checkout, else the packaged base.
+    # The default model: the released medcolbert-minilm-v5 in a checkout, else the packaged base.
     return ColBERT.from_pretrained(None, device="cpu", doc_maxlen=180)
 
 

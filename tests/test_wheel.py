@@ -19,7 +19,7 @@ print(json.dumps({"file": medcolbert.__file__, "model": model.name, "hits": hits
 """
 
 
-@pytest.mark.skipif(not (ROOT / "checkpoints" / "medcolbert-minilm-v4" / "model.safetensors").is_file(),
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "medcolbert-minilm-v5" / "model.safetensors").is_file(),
                     reason="the released checkpoint is not in this checkout")
 def test_wheel_carries_the_released_model(tmp_path):
     wheels, site = tmp_path / "wheels", tmp_path / "site"
@@ -34,7 +34,7 @@ def test_wheel_carries_the_released_model(tmp_path):
     assert out.returncode == 0, out.stderr[-1500:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(site))           # the installed wheel, not the checkout
-    assert result["model"] == "medcolbert-minilm-v4"
+    assert result["model"] == "medcolbert-minilm-v5"
     # The README's numbers: the released model's scores, not the untrained base's (15.48 / 7.11).
     assert [h[0] for h in result["hits"]] == [0, 1]
     assert result["hits"][0][1] == pytest.approx(56.89, abs=0.01) and result["hits"][1][1] == pytest.approx(13.34, abs=0.01)

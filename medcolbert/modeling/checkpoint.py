@@ -26,10 +26,10 @@ LINEAR_KEY = "linear.weight"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
 # Names the packaged base explicitly, where None would pick the released medical checkpoint.
 BASE_MODEL_ID = "packaged:all-MiniLM-L6-v2"
-RELEASE_NAME = "medcolbert-minilm-v4"
+RELEASE_NAME = "medcolbert-minilm-v5"
 
 
-RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "medcolbert-minilm-v3", "medcolbert-minilm-v4", "dense-minilm-v1", "dense-minilm-v2")
+RELEASES = ("medcolbert-minilm-v1", "medcolbert-minilm-v2", "medcolbert-minilm-v3", "medcolbert-minilm-v4", "medcolbert-minilm-v5", "dense-minilm-v1", "dense-minilm-v2")
 
 
 def release_model_path(name: str | None = None) -> Path | None:
