@@ -86,4 +86,6 @@ def add_dense_term(scores: torch.Tensor, query: torch.Tensor, cosines: torch.Ten
     # token what one MaxSim term weighs: weight 1 gives both parts the same scale whatever the query's length.
     count = int((query.abs().sum(dim=-1) > 0).sum())
     w = weight.pooled_weight(count) if isinstance(weight, ModelConfig) else float(weight)
-    return scores + w * count * cosines.to(scores.device, scores.dtype)
+    # At least float32: with a length power the term reaches 10^5-10^6 for long queries, past float16's range.
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    return scores.to(dtype) + w * count * cosines.to(scores.device, dtype)

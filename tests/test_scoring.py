@@ -65,3 +65,22 @@ def test_empty_document_scores_zero_and_dim_mismatch_is_an_error():
         maxsim(q, unit(3, 9))
     with pytest.raises(ValueError, match="expected"):
         pad_vectors([unit(3, 8), unit(3, 9)])
+
+
+def test_the_pooled_term_of_a_long_query_stays_finite_from_half_precision_scores():
+    """A length power takes the pooled weight to thousands (128 vectors, power 6: 4096 x 128 per unit cosine),
+    past float16's range: add_dense_term sums in float32 whatever the scores' dtype, and counts only real rows."""
+    from medcolbert.config import ModelConfig
+    from medcolbert.scoring import add_dense_term
+
+    config = ModelConfig(query_maxlen=128, query_augment_len=32, dense_weight=1.0, dense_length_power=6.0)
+    query = torch.nn.functional.normalize(torch.randn(130, 8), dim=-1)
+    query[128:] = 0.0  # [PAD] rows are not counted
+    scores = torch.tensor([20.0, 30.0], dtype=torch.float16)
+    cosines = torch.tensor([0.9, 0.5], dtype=torch.float16)
+    out = add_dense_term(scores, query, cosines, config)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    weight = 4.0 ** 6 * 128
+    assert out.tolist() == pytest.approx([20.0 + weight * float(cosines[0]), 30.0 + weight * float(cosines[1])], rel=1e-6)
+    assert add_dense_term(scores, query[:20], cosines, config).tolist() == pytest.approx(
+        [20.0 + 20 * float(cosines[0]), 30.0 + 20 * float(cosines[1])], rel=1e-6)  # at most 32 vectors: weight 1
