@@ -486,3 +486,30 @@ def test_self_distillation_teaches_maxsim_the_pooled_heads_ranking(tmp_path, tin
         config(tmp_path, tiny_checkpoint, self_distill_weight=1.0)
     with pytest.raises(ValueError, match="self_distill_weight must be"):
         config(tmp_path, tiny_checkpoint, self_distill_weight=float("nan"), dense_loss_weight=1.0)
+
+
+def test_colbert_loss_weight_scales_maxsims_loss_and_zero_trains_the_pooled_head_alone(tmp_path, tiny_checkpoint):
+    """colbert_loss_weight w multiplies MaxSim's InfoNCE; at 0 the loss is the pooled head's alone and the
+    projection (used by MaxSim only) gets no gradient; 0 without a pooled head is refused."""
+    kwargs = dict(dense_loss_weight=0.5, dense_temperature=0.05)
+    joint = Trainer(config(tmp_path / "joint", tiny_checkpoint, **kwargs), show_progress=False)
+    half = Trainer(config(tmp_path / "half", tiny_checkpoint, colbert_loss_weight=0.25, **kwargs), show_progress=False)
+    alone = Trainer(config(tmp_path / "alone", tiny_checkpoint, colbert_loss_weight=0.0, **kwargs), show_progress=False)
+    queries, docs, _ = alone._micro_batch(0)
+    for t in (joint, half, alone):
+        t.model.eval()
+    with torch.no_grad():
+        maxsim, _, qp, dp = _by_hand(alone.model, queries, docs)
+        first = torch.arange(len(queries)) * 2
+        maxsim_loss = float(contrastive_loss(maxsim, first, 1.0))
+        pooled_loss = 0.5 * float(contrastive_loss(qp @ dp.T, first, 0.05))
+        assert float(joint._loss(queries, docs, None)[0]) == pytest.approx(maxsim_loss + pooled_loss, rel=1e-4)
+        assert float(half._loss(queries, docs, None)[0]) == pytest.approx(0.25 * maxsim_loss + pooled_loss, rel=1e-4)
+    loss = alone._loss(queries, docs, None)[0]
+    assert float(loss.detach()) == pytest.approx(pooled_loss, rel=1e-4)
+    loss.backward()
+    assert alone.model.linear.weight.grad is None or float(alone.model.linear.weight.grad.abs().sum()) == 0
+    with pytest.raises(ValueError, match="colbert_loss_weight 0 leaves nothing"):
+        config(tmp_path, tiny_checkpoint, colbert_loss_weight=0.0)
+    with pytest.raises(ValueError, match="colbert_loss_weight must be"):
+        config(tmp_path, tiny_checkpoint, colbert_loss_weight=-1.0, dense_loss_weight=1.0)

@@ -54,6 +54,9 @@ class TrainConfig:
     distill_weight: float = 1.0             # weight of the KL term when loss = both
     teacher: str | None = None              # single-vector teacher scored online over every document of the batch
                                             # (None: distill from the pos_scores / neg_scores of the triplets)
+    colbert_loss_weight: float = 1.0        # colbert only: weight of the MaxSim contrastive loss; 0 (with
+                                            # dense_loss_weight > 0) trains the pooled head alone through the same
+                                            # pipeline (markers, [MASK] padding), to tell what MaxSim's loss adds
     dense_loss_weight: float = 0.0          # colbert only: > 0 also trains the pooled single-vector head (mean of the
                                             # backbone's states) with its own contrastive loss, of this weight
     dense_temperature: float = 0.02         # that loss's temperature (MedEmbed's InfoNCE, as dense-minilm-v2)
@@ -119,6 +122,12 @@ class TrainConfig:
             raise ValueError("dense_loss_weight and dense_weight must be >= 0")
         if self.dense_loss_weight > 0 and self.kind != "colbert":
             raise ValueError("dense_loss_weight trains a ColBERT's pooled head; kind must be 'colbert'")
+        if not (self.colbert_loss_weight >= 0 and math.isfinite(self.colbert_loss_weight)):
+            raise ValueError(f"colbert_loss_weight must be a finite number >= 0, got {self.colbert_loss_weight}")
+        if self.colbert_loss_weight == 0 and (self.kind != "colbert" or self.dense_loss_weight <= 0
+                                              or self.loss != "contrastive"):
+            raise ValueError("colbert_loss_weight 0 leaves nothing to train but the pooled head: it needs kind "
+                             "'colbert', loss 'contrastive' and dense_loss_weight > 0")
         if self.combined_loss_weight < 0:
             raise ValueError(f"combined_loss_weight must be >= 0, got {self.combined_loss_weight}")
         if self.combined_loss_weight > 0 and self.dense_loss_weight <= 0:
@@ -531,8 +540,8 @@ class Trainer:
             return contrastive_loss(candidates(matrix), positive, temperature)
 
         loss = torch.zeros((), device=q.device)
-        if c.loss in ("contrastive", "both"):
-            loss = loss + infonce(scores, c.temperature)
+        if c.loss in ("contrastive", "both") and c.colbert_loss_weight > 0:
+            loss = loss + c.colbert_loss_weight * infonce(scores, c.temperature)
         if qp is not None and dp is not None:
             # The pooled head learns as a single-vector model of its own (MedEmbed's InfoNCE) on the same batch.
             dense = qp @ dp.T
