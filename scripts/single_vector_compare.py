@@ -82,7 +82,6 @@ def main() -> int:
     ap.add_argument("--pair", action="append", default=[])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         colberts, denses = named(args.colbert, "--colbert"), named(args.dense, "--dense")
         pairs = [tuple(p.split(",")) for p in args.pair]
