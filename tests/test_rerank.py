@@ -168,7 +168,9 @@ def test_dense_length_power_grows_the_pooled_weight_for_long_queries_only(tmp_pa
         run = rerank_run(model, {"q": query}, {"q": {d: 1.0 for d in DOCS}}, TEXTS)
         assert [run["q"][d] for d in DOCS] == pytest.approx(expected.tolist(), abs=1e-2)
     index = Index.build(tmp_path / "idx", model, dict(zip(DOCS, texts)), num_centroids=4, show_progress=False)
-    # The index scores from its stored (compressed) vectors: the same rule, applied to those.
+    # The loop ended on the long query (q, qp, n, weight are its). The index scores from its stored (compressed)
+    # vectors: the same rule, applied to those.
+    assert weight > 0.5
     positions = [index.position[d] for d in DOCS]
     stored = maxsim_one(q, index.document_vectors(positions)) + weight * n * (index.pooled_vectors(positions) @ qp)
     hits = dict(Searcher(index, model).search(long, k=len(texts), exact=True))
