@@ -28,7 +28,10 @@ TESTS = ("paired-t", "bootstrap")
 CORRECTIONS = ("holm", "bonferroni", "none")
 # The keys each system type reads: any other key is a typo that would silently change nothing, so it is refused.
 _COMMON_KEYS = {"name", "type", "k", "trained_on"}
-_COLBERT_KEYS = {"model", "doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power"}
+# A ColBERT system's settings that override the checkpoint's config (the weights stay), one list for the keys
+# accepted, the model cache's key and the overrides passed on.
+_COLBERT_OVERRIDES = ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power")
+_COLBERT_KEYS = {"model", *_COLBERT_OVERRIDES}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact",
@@ -155,9 +158,9 @@ class _Context:
 
     def model(self, kind: str, spec: dict):  # type: ignore[no-untyped-def]
         """A model, loaded once per data set and shared by the systems that name it."""
-        key = (kind, _model_source(spec), spec.get("pooling"), spec.get("query_prefix"), spec.get("doc_maxlen"),
-               spec.get("query_maxlen"), spec.get("query_augment_len", "unset"), spec.get("dense_weight"),
-               spec.get("dense_length_power"))
+        # "unset" and None differ: query_augment_len None is a setting (pad every query to query_maxlen).
+        key = (kind, _model_source(spec), spec.get("pooling"), spec.get("query_prefix"),
+               *(spec.get(name, "unset") for name in _COLBERT_OVERRIDES))
         if key not in self._models:
             if kind == "dense":
                 from .baselines.dense import BiEncoder
@@ -170,8 +173,7 @@ class _Context:
 
                 # Tokenization settings may be overridden per system (the weights stay): e.g. the query
                 # length and [MASK] augmentation rule, to measure them on one model.
-                overrides = {key: spec[key] for key in ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight",
-                                                         "dense_length_power") if key in spec}
+                overrides = {name: spec[name] for name in _COLBERT_OVERRIDES if name in spec}
                 self._models[key] = ColBERT.from_pretrained(_model_source(spec), **overrides)
         return self._models[key]
 

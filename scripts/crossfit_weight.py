@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medcolbert.errors import MedColbertError
-from medcolbert.experiment import paired_test
+from medcolbert.experiment import _slug, paired_test
 
 
 
@@ -51,8 +51,7 @@ def families(systems: list[str], param: str = "w") -> dict[str, dict[float, str]
 
 def perquery(out_dir: Path, dataset: str, system: str, metric: str) -> dict[str, float]:
     """One system's per-query metric on one data set, as the experiment wrote it."""
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", system).strip("-")  # the experiment's file-name rule
-    path = out_dir / "perquery" / f"{dataset}.{slug}.json"
+    path = out_dir / "perquery" / f"{dataset}.{_slug(system)}.json"  # the experiment's file-name rule
     try:
         scores = json.loads(path.read_text())[metric]
     except (OSError, ValueError, KeyError) as exc:

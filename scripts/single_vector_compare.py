@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medcolbert import ColBERT
 from medcolbert.baselines.dense import BiEncoder
@@ -25,6 +24,8 @@ from medcolbert.evaluation.metrics import per_query
 from medcolbert.experiment import paired_test
 from medcolbert.modeling.encoder import has_pooled_head
 from medcolbert.vector_cache import VectorCache
+
+from fusion_sweep import score_parts
 
 Run = dict[str, dict[str, float]]
 
@@ -42,20 +43,12 @@ def named(values: list[str], option: str) -> dict[str, str]:
 
 def pooled_run(path: str, queries: dict[str, str], texts: dict[str, str], candidates: dict[str, list[str]],
                cache_dir: Path) -> Run:
-    """A ColBERT checkpoint's pooled-head cosines over each query's candidates."""
+    """A ColBERT checkpoint's pooled-head cosines over each query's candidates (MaxSim's part left unused)."""
     model = ColBERT.from_pretrained(path)
     if not has_pooled_head(model):
         raise MedColbertError(f"{path}: this checkpoint has no pooled head (dense_weight is 0)")
-    docs = sorted({d for c in candidates.values() for d in c})
-    cache = VectorCache(model, cache_dir)
-    cache.get_or_encode(docs, [texts[d] for d in docs], show_progress=True)
-    pooled = torch.nn.functional.normalize(cache.pooled_vectors(docs), dim=-1)
-    row = {d: i for i, d in enumerate(docs)}
-    qids = list(candidates)
-    _, q_pooled = model.encode_queries([queries[q] for q in qids], pooled=True)
-    q_pooled = torch.nn.functional.normalize(q_pooled, dim=-1)
-    return {q: dict(zip(candidates[q], (pooled[[row[d] for d in candidates[q]]] @ q_pooled[i]).tolist()))
-            for i, q in enumerate(qids)}
+    parts = score_parts(model, queries, texts, candidates, VectorCache(model, cache_dir))
+    return {q: dict(zip(candidates[q], parts[q][1].tolist())) for q in candidates}
 
 
 def dense_run(path: str, queries: dict[str, str], texts: dict[str, str], candidates: dict[str, list[str]]) -> Run:
