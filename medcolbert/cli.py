@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--consumer-health", action="store_true",
                    help="add the consumer-health train pairs (real consumer questions) with mined negatives")
+    p.add_argument("--meqsum", action="store_true",
+                   help="add MeQSum's consumer questions paired with their expert summary questions (source 'meqsum')")
     p.add_argument("--teacher", default=None,
                    help="single-vector teacher (name or path, e.g. packaged:all-MiniLM-L6-v2) whose cosine scores "
                         "are stored as pos_scores / neg_scores for distillation")
@@ -246,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--miner", default="bm25", metavar="NAME[:ARG]",
                    help="first stage that ranks the negatives' candidates: bm25 (default) or a registered stage such "
                         "as dense or dense:PATH (one encoding of all the corpora)")
+
+    p = sub.add_parser("panel", help="the real-question panel from recorded experiments: each set, paired tests, release rule",
+                       description="Reads results.json and perquery/ of experiment folders (e.g. experiments/panel and "
+                                   "experiments/panel-rerank) and writes PANEL.md and panel.json: every system on each set "
+                                   "against the untuned base and a reference model, and issue 29's release rule.")
+    p.add_argument("folders", nargs="+", help="experiment output folders")
+    p.add_argument("--base", default="MiniLM (base)", help="the untuned base's system name (default: MiniLM (base))")
+    p.add_argument("--reference", default="dense-minilm-v2", help="second comparison (default: dense-minilm-v2)")
+    p.add_argument("--output", default="experiments/panel-report", help="folder for PANEL.md and panel.json")
 
     p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
                        description="Run every system of the YAML file on every data set; write the results "
@@ -629,8 +640,18 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
 
     _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed,
                                   consumer_health=args.consumer_health, teacher=args.teacher,
-                                  teacher_max_length=args.teacher_max_length, miner=args.miner)
+                                  teacher_max_length=args.teacher_max_length, miner=args.miner,
+                                  meqsum=args.meqsum)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_panel(args: argparse.Namespace) -> int:
+    """Write the real-question panel report from recorded experiments."""
+    from .evaluation.panel import write_panel
+
+    path = write_panel(args.folders, args.output, args.base, args.reference)
+    print(path.read_text(), end="")
     return 0
 
 
@@ -735,7 +756,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
             "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
-            "train": cmd_train, "experiment": cmd_experiment, "serve": cmd_serve}
+            "train": cmd_train, "experiment": cmd_experiment, "panel": cmd_panel, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

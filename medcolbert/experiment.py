@@ -23,7 +23,7 @@ from .errors import DataError, MedColbertError
 from .evaluation.datasets import BeirDataset, Run, load_beir, read_yaml_mapping, write_run
 from .evaluation.metrics import parse_metric, per_query
 
-SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf")
+SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf", "run")
 TESTS = ("paired-t", "bootstrap")
 CORRECTIONS = ("holm", "bonferroni", "none")
 # The keys each system type reads: any other key is a typo that would silently change nothing, so it is refused.
@@ -36,8 +36,13 @@ SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact",
                                                           "preset", "num_centroids", "assignment", "kmeans"},
-               "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents"},
-               "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"}}
+               # kind: dense reranks by a single-vector model's cosine (model, pooling, query_prefix, doc_maxlen)
+               "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents", "kind", "pooling",
+                                                         "query_prefix"},
+               "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"},
+               # a stored first stage (e.g. a data set's own candidate lists): a TREC run file per split,
+               # '{split}' in the path standing for each split of the data set
+               "run": _COMMON_KEYS | {"path"}}
 
 
 class ExperimentDrift(MedColbertError):
@@ -96,6 +101,10 @@ class ExperimentConfig:
             trained = s.get("trained_on")
             if trained is not None and (not isinstance(trained, list) or not all(isinstance(x, str) for x in trained)):
                 raise DataError(f"systems[{i}] ({s['name']}): trained_on must be a list of data set names", where)
+            if s["type"] == "rerank" and s.get("kind", "colbert") not in ("colbert", "dense"):
+                raise DataError(f"systems[{i}] ({s['name']}): kind must be 'colbert' or 'dense', got {s.get('kind')!r}", where)
+            if s["type"] == "run" and not isinstance(s.get("path"), str):
+                raise DataError(f"systems[{i}] ({s['name']}): a run system needs a path (a TREC run file)", where)
             refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
             if s["type"] in ("rerank", "rrf") and not all(refs):
                 raise DataError(f"systems[{i}] ({s['name']}): a {s['type']} names its input system(s)", where)
@@ -136,6 +145,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
+def _corpus_key(corpus: dict[str, str]) -> str:
+    """A short hash of a corpus's ids and texts, naming the index folders built over it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for doc_id, text in corpus.items():
+        h.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def _model_source(spec: dict) -> str | None:
     value = spec.get("model")
     return None if value in (None, "default") else str(value)
@@ -148,6 +167,7 @@ class _Context:
     def __init__(self, cfg: ExperimentConfig, name: str, data: BeirDataset, show_progress: bool | None) -> None:
         self.cfg, self.name, self.data, self.show = cfg, name, data, show_progress
         self.corpus = {d: doc.full_text for d, doc in data.corpus.items()}
+        self.corpus_key = _corpus_key(self.corpus)
         self.runs: dict[str, Run] = {}
         self.latency_ms: dict[str, float | None] = {}
         self.stages: dict[str, Any] = {}   # per system: its Retriever
@@ -202,22 +222,29 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
     from .retrievers import Pipeline
 
     k, queries, name = int(spec.get("k", 100)), ctx.data.queries, spec["name"]
+    if spec["type"] == "run":
+        run = _stored_run(ctx, spec)
+        ctx.stages[name], ctx.latency_ms[name], ctx.timed_at[name] = None, None, None
+        return run
     if spec["type"] == "rerank":
         reranker = _rerank_stage(ctx, spec)
         run = reranker.rerank(queries, ctx.runs[spec["first_stage"]], k=k)
-        stage = Pipeline(ctx.stages[spec["first_stage"]], reranker)
+        first = ctx.stages[spec["first_stage"]]
+        # A stored first stage cannot run for a new query: only the reranking itself is timed then.
+        stage = Pipeline(first, reranker) if first is not None else None
     elif spec["type"] == "rrf":
         from .retrievers import RRF
         from .search.fusion import rrf
 
         rrf_k, weights = int(spec.get("rrf_k", 60)), spec.get("weights")
         run = rrf([ctx.runs[n] for n in spec["runs"]], k=rrf_k, depth=k, weights=weights)
-        stage = RRF(*(ctx.stages[n] for n in spec["runs"]), k=rrf_k, depth=k, weights=weights)
+        parts = [ctx.stages[n] for n in spec["runs"]]
+        stage = None if None in parts else RRF(*parts, k=rrf_k, depth=k, weights=weights)
     else:
         stage = STAGES[spec["type"]](ctx, spec)
         run = stage.retrieve(queries, k=k)
     ctx.stages[name] = stage
-    ctx.latency_ms[name] = ctx.time_queries(lambda text: stage.search(text, k=k))
+    ctx.latency_ms[name] = None if stage is None else ctx.time_queries(lambda text: stage.search(text, k=k))
     ctx.timed_at[name] = f"k={k}" + (f", top {spec.get('depth', 100)} reranked" if spec["type"] == "rerank" else "")
     return run
 
@@ -259,12 +286,31 @@ def _rerank_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .retrievers import MaxSimReranker
     from .vector_cache import VectorCache
 
+    if spec.get("kind", "colbert") == "dense":
+        from .retrievers import CosineReranker
+
+        model = ctx.model("dense", spec)
+        return CosineReranker(model, ctx.corpus, depth=int(spec.get("depth", 100)), name=spec["name"],
+                              known=ctx.cfg.dense_vectors.setdefault(model.fingerprint(), {}))
     # A reranker in production keeps its documents' vectors (as this cache does): the timed pipeline reads
     # them, and encodes the query.
     model = ctx.model("colbert", spec)
     return MaxSimReranker(model, ctx.corpus, depth=int(spec.get("depth", 100)),
                           cache=VectorCache(model, ctx.cfg.work / "vectors"), name=spec["name"],
                           split_documents=bool(spec.get("split_documents", False)), show_progress=ctx.show)
+
+
+def _stored_run(ctx: _Context, spec: dict) -> Run:
+    """A stored run (TREC files, one per split of the data set), kept to the data set's queries."""
+    from .evaluation.datasets import read_run
+
+    run: Run = {}
+    base = ctx.cfg.source.parent if ctx.cfg.source is not None else Path(".")
+    for split in ctx.data.split.split("+"):
+        path = Path(spec["path"].replace("{split}", split))
+        path = path if path.is_absolute() or path.exists() else base / path
+        run.update(read_run(path, corpus=ctx.data.corpus))
+    return {q: docs for q, docs in run.items() if q in ctx.data.queries}
 
 
 # How each retrieval system type of an experiment file becomes a stage; rerank and rrf systems compose
@@ -301,7 +347,9 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
         # The default count follows a rule that has changed (8 sqrt(vectors) until 2026-12-03): the rule names the
         # folder, so that an index built under an older rule is never reused as today's default.
         suffix += f"-centroids{CENTROIDS_PER_SQRT}sqrt"
-    folder = ctx.cfg.work / f"plaid-{ctx.name}-nbits{nbits}{suffix}-{model.fingerprint()}"
+    # Keyed by the corpus, not the data set's name: two splits of one corpus (consumer-health dev and dev-medquad)
+    # share one index.
+    folder = ctx.cfg.work / f"plaid-{ctx.corpus_key}-nbits{nbits}{suffix}-{model.fingerprint()}"
     index = Index.open(folder) if (folder / "manifest.json").is_file() else None
     if index is not None and has_pooled_head(model) and index.pooled is None:
         # The fingerprint covers the document side only: a system with dense_weight 0 may have built this folder

@@ -128,6 +128,41 @@ class PlaidRetriever(Retriever):
         return self.searcher.search_all(queries, k=k, show_progress=False, **self.knobs)
 
 
+class CosineReranker(Reranker):
+    """Single-vector reranking: each candidate rescored by the cosine of a BiEncoder's query and document vectors."""
+
+    def __init__(self, model: Any, documents: Mapping[str, str], depth: int = 100, known: dict | None = None,
+                 name: str | None = None) -> None:
+        """known: {text: vector} of documents already encoded by this model (filled as documents are encoded)."""
+        self.model, self.documents = model, documents
+        self.depth = check_int("depth", depth, 1)
+        self.known = {} if known is None else known
+        self.name = name or f"cosine ({getattr(model, 'name', 'single-vector')})"
+
+    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+        """Rescore the top `depth` documents of each query by cosine; keep k (default depth)."""
+        import torch
+
+        tops = {q: sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:self.depth] for q in queries}
+        texts = list(dict.fromkeys(self.documents[d] for hits in tops.values() for d, _ in hits))
+        missing = [t for t in texts if t not in self.known]
+        if missing:
+            vectors = self.model.encode(missing, is_query=False, show_progress=len(queries) > 1)
+            self.known.update(zip(missing, vectors))
+        qids = list(queries)
+        qv = self.model.encode([queries[q] for q in qids], is_query=True, show_progress=False)
+        out: Run = {}
+        for i, q in enumerate(qids):
+            if not tops[q]:
+                out[q] = {}
+                continue
+            dv = torch.stack([torch.as_tensor(self.known[self.documents[d]]) for d, _ in tops[q]]).float()
+            scores = (dv @ torch.as_tensor(qv[i]).float()).tolist()
+            ranked = sorted(zip((d for d, _ in tops[q]), scores), key=lambda kv: (-kv[1], kv[0]))
+            out[q] = dict(ranked[:k or self.depth])
+        return out
+
+
 class MaxSimReranker(Reranker):
     """Exact MaxSim reranking with a ColBERT model; documents are texts ({id: text}, vectors cached) or an index."""
 

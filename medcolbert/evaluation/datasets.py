@@ -206,17 +206,27 @@ def load_qrels(path: str | Path, queries: Mapping[str, str] | None = None,
 
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
-    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), keeping the split's queries."""
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), keeping the split's queries.
+
+    `split` may join several splits with '+' (e.g. 'alexa+validation'): their judgments are pooled.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a folder (expected a BEIR dataset folder)", folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
-        raise DataError(f"no qrels for split '{split}' (available: {', '.join(available) or 'none'})", qrels_path)
+    parts = split.split("+")
+    for part in parts:
+        qrels_path = folder / "qrels" / f"{part}.tsv"
+        if not part or not qrels_path.is_file():
+            available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+            raise DataError(f"no qrels for split '{part}' (available: {', '.join(available) or 'none'})", qrels_path)
     corpus = load_corpus(folder / "corpus.jsonl")
     all_queries = load_queries(folder / "queries.jsonl")
-    qrels = load_qrels(qrels_path, all_queries, corpus)
+    qrels: Qrels = {}
+    for part in parts:
+        for qid, rels in load_qrels(folder / "qrels" / f"{part}.tsv", all_queries, corpus).items():
+            if qid in qrels:
+                raise DataError(f"query '{qid}' is judged in more than one of the splits {split!r}", folder / "qrels")
+            qrels[qid] = rels
     queries = {qid: all_queries[qid] for qid in qrels}
     return BeirDataset(folder.name, corpus, queries, qrels, split=split, path=folder)
 

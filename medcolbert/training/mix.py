@@ -22,6 +22,8 @@ SCIFACT = "scifact"
 MQP_TRIPLETS = "medical_question_pairs/triplets.jsonl"
 CONSUMER_PAIRS = "consumer-health/train_pairs.jsonl"
 CONSUMER_DEV = "consumer-health/dev-retrieval"
+MEQSUM = "meqsum/questions.jsonl"
+MEDIQA = "mediqa-qa"
 
 
 def normalize_query(text: str) -> str:
@@ -42,6 +44,10 @@ def held_out(data_root: str | Path) -> dict[str, set[str]]:
         queries += [ch.queries[q] for q in ch.qrels if q in ch.queries]
         ch_judged = [ch.corpus[d] for rels in ch.qrels.values() for d in rels if d in ch.corpus]
         answers |= {doc.full_text for doc in ch_judged} | {doc.text for doc in ch_judged}
+    if (root / MEDIQA / "queries.jsonl").is_file():  # the real-question panel's questions stay out too
+        from ..evaluation.datasets import load_queries
+
+        queries += list(load_queries(root / MEDIQA / "queries.jsonl").values())
     return {"queries": {normalize_query(q) for q in queries},
             "medquad_dev_topics": {normalize_query(doc.title) for doc in judged},
             "medquad_dev_answers": answers,
@@ -68,13 +74,15 @@ def check_no_leakage(triplets: list[Triplet], data_root: str | Path) -> dict[str
 def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n_negatives: int = 4,
                       window: tuple[int, int] = (0, 30), seed: int = 0, consumer_health: bool = False,
                       teacher: str | None = None, teacher_max_length: int = 128, miner: str = "bm25",
-                      show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
+                      meqsum: bool = False, show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
     """The medical mix with mined negatives (BM25 by default; written as JSONL when output is given), and a report.
 
     consumer_health adds the real consumer questions' train pairs (source 'consumer-health-train');
     teacher names a single-vector model whose cosine scores of each positive and negative are stored as
     pos_scores / neg_scores for distillation. miner is the first stage that ranks the negatives' candidates
-    ('bm25', or any registered 'NAME[:ARG]' such as 'dense' or 'dense:PATH').
+    ('bm25', or any registered 'NAME[:ARG]' such as 'dense' or 'dense:PATH'). meqsum adds MeQSum's real
+    consumer questions, each paired with its expert summary question (source 'meqsum'; negatives are other
+    summaries): question-to-question pairs, so no answer style can be learnt from them.
     """
     from ..retrievers import check_retriever_spec
 
@@ -115,6 +123,17 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
         dropped["consumer-health-train (judged dev answer)"] = len(read_triplets(root / CONSUMER_PAIRS)) - len(consumer)
         mix += mine_negatives(consumer, pool, rank(pool, ""), n_negatives=n_negatives, window=window,
                               seed=seed, show_progress=show_progress)
+    if meqsum:
+        # Appended after every other source, so their negatives stay as in a mix without MeQSum.
+        # MeQSum's own curation dropped near-copies of consumer-health dev; its summaries are short template
+        # questions that can equal a MEDIQA question word for word, so near-copies of any held-out question go too.
+        held_words = [_words(q) for q in held["queries"]]
+        pairs = [t for t in meqsum_triplets(root / MEQSUM)
+                 if not any(_near(_words(text), held_words) for text in (t.query, *t.pos))]
+        dropped["meqsum (near-copy of an evaluation question)"] = len(meqsum_triplets(root / MEQSUM)) - len(pairs)
+        summaries = {f"m{i}": text for i, text in enumerate(dict.fromkeys(p for t in pairs for p in t.pos))}
+        mix += mine_negatives(pairs, summaries, rank(summaries, ""), n_negatives=n_negatives, window=window,
+                              seed=seed, show_progress=show_progress)
     # A few claims occur word for word in more than one split (SciFact has such duplicates).
     kept = [t for t in mix if normalize_query(t.query) not in held["queries"]]
     dropped.update(f"{t.meta.get('source')} (query is an evaluation query)" for t in mix
@@ -128,6 +147,29 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
     if output is not None:
         write_triplets(output, kept)
     return kept, report
+
+
+def meqsum_triplets(path: str | Path) -> list[Triplet]:
+    """MeQSum's rows as (long consumer question -> expert summary question) triplets without negatives."""
+    from ..evaluation.datasets import iter_jsonl, require_str
+
+    out = []
+    for line, row in iter_jsonl(path):
+        question = require_str(row, "question", path, line)
+        summary = require_str(row, "summary", path, line)
+        out.append(Triplet(question, (summary,), (), meta={"source": "meqsum", "qid": row.get("id")}))
+    if not out:
+        raise DataError("no MeQSum rows", path)
+    return out
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\w+", text.lower()))
+
+
+def _near(words: frozenset[str], others: list[frozenset[str]], threshold: float = 0.5) -> bool:
+    """Whether the word set overlaps any of `others` by more than `threshold` (Jaccard)."""
+    return any(len(words & o) > threshold * len(words | o) for o in others if o)
 
 
 def _miner(spec: str, union: Mapping[str, str]):  # type: ignore[no-untyped-def]

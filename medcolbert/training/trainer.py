@@ -69,6 +69,10 @@ class TrainConfig:
                                             # in random order, keeping their own positives: long multi-question
                                             # messages, as real consumer questions often are
     merge_sources: list | None = None       # the sources donors come from (None: any triplet)
+    train_layers: int | None = None         # colbert only: train the projection and the top N transformer layers,
+                                            # the rest frozen (0: projection only, so the pooled head stays the base
+                                            # model and MaxSim is learnt on its token states); None trains all
+    l2_to_start: float = 0.0                # weight of an L2 penalty pulling trained backbone weights toward their start
     in_batch_negatives: bool = True
     n_negatives: int = 1                    # hard negatives per query per step
     batch_size: int = 16                    # queries per optimizer step, over all ranks and accumulation
@@ -144,6 +148,13 @@ class TrainConfig:
         if self.merge_rate > 0 and self.loss != "contrastive" and self.teacher is None:
             # Stored teacher scores were given for the query alone, not for it joined with another question.
             raise ValueError("merge_rate needs scores of the merged query: use loss 'contrastive' or an online teacher")
+        if self.train_layers is not None and (isinstance(self.train_layers, bool) or not isinstance(self.train_layers, int)
+                                              or self.train_layers < 0):
+            raise ValueError(f"train_layers must be an integer >= 0 or null (all), got {self.train_layers!r}")
+        if self.train_layers is not None and self.kind != "colbert":
+            raise ValueError("train_layers freezes a ColBERT's backbone; kind must be 'colbert'")
+        if not (isinstance(self.l2_to_start, (int, float)) and math.isfinite(self.l2_to_start) and self.l2_to_start >= 0):
+            raise ValueError(f"l2_to_start must be a finite number >= 0, got {self.l2_to_start!r}")
         if not self.train_files:
             raise ValueError("train_files is empty")
         if self.eval_distractors not in ("bm25", "random"):
@@ -421,6 +432,12 @@ class Trainer:
         for name, p in model.named_parameters():
             if ".pooler." in name:
                 p.requires_grad_(False)
+        self.frozen: list[nn.Module] = []
+        if c.train_layers is not None:
+            self.frozen = freeze_backbone(model, c.train_layers)
+        # The starting weights of every trained backbone tensor, for the L2 pull toward them.
+        self.start_weights = ({n: p.detach().clone() for n, p in model.named_parameters()
+                               if p.requires_grad and n.startswith("backbone.")} if c.l2_to_start > 0 else {})
         return model.train()
 
     def _load_teacher(self) -> nn.Module:
@@ -578,11 +595,16 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step over batch_size queries; returns its metrics."""
         self.model.train()
+        for module in self.frozen:  # frozen layers run as at inference (no dropout): their states are the base's
+            module.eval()
         t0 = time.perf_counter()
         total, tokens = 0.0, 0
         for m in range(self.cfg.grad_accum):
             queries, docs, teacher = self._micro_batch(m)
             loss, n = self._loss(queries, docs, teacher)
+            if self.start_weights:
+                params = dict(self.model.named_parameters())
+                loss = loss + self.cfg.l2_to_start * sum(((params[k] - w) ** 2).sum() for k, w in self.start_weights.items())
             (loss / self.cfg.grad_accum).backward()
             total += float(loss.detach()) / self.cfg.grad_accum
             tokens += n
@@ -687,6 +709,27 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return final
+
+
+def freeze_backbone(model: nn.Module, train_layers: int) -> list[nn.Module]:
+    """Freeze a ColBERT's backbone but its top `train_layers` transformer layers; returns the frozen modules."""
+    import re
+
+    layer_of = re.compile(r"\.layer\.(\d+)\.")
+    depth = 1 + max((int(m.group(1)) for n, _ in model.named_parameters() if (m := layer_of.search(n))), default=-1)
+    if train_layers > depth:
+        raise MedColbertError(f"train_layers {train_layers} is more than the backbone's {depth} layers")
+    first_trained = depth - train_layers
+    frozen: list[nn.Module] = []
+    for name, module in model.backbone.named_children():
+        if name == "encoder" and hasattr(module, "layer"):
+            frozen += list(module.layer)[:first_trained]
+        elif name != "pooler":
+            frozen.append(module)   # embeddings and anything else outside the layer stack
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return frozen
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
