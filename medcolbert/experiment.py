@@ -27,7 +27,7 @@ SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf", "run")
 TESTS = ("paired-t", "bootstrap")
 CORRECTIONS = ("holm", "bonferroni", "none")
 # The keys each system type reads: any other key is a typo that would silently change nothing, so it is refused.
-_COMMON_KEYS = {"name", "type", "k", "trained_on"}
+_COMMON_KEYS = {"name", "type", "k", "trained_on", "datasets"}   # datasets: run only on these (default: all)
 # A ColBERT system's settings that override the checkpoint's config (the weights stay), one list for the keys
 # accepted, the model cache's key and the overrides passed on.
 _COLBERT_OVERRIDES = ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power")
@@ -66,6 +66,7 @@ class ExperimentConfig:
     latency_queries: int = 50            # queries timed one at a time per system (0: no timing)
     output_dir: str | None = None
     work_dir: str | None = None          # caches: vectors, indexes (default .cache/experiments/NAME)
+    precision: str = "auto"              # encoding precision of every model: auto (fp32 on CPU) | float32 | bfloat16 | float16
     source: Path | None = None
     dense_vectors: dict = field(default_factory=dict, repr=False)   # {model fingerprint: {text: vector}}, per run
 
@@ -74,7 +75,7 @@ class ExperimentConfig:
         """Read and check an experiment file; errors name the file and the entry."""
         path = Path(path)
         known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "correction", "expected", "tolerance",
-                 "latency_queries", "output_dir", "work_dir"}
+                 "latency_queries", "output_dir", "work_dir", "precision"}
         raw = read_yaml_mapping(path, known)
         raw.setdefault("name", path.stem)
         for key in ("datasets", "systems"):
@@ -120,6 +121,20 @@ class ExperimentConfig:
             mq = d.get("max_queries")
             if mq is not None and (not isinstance(mq, int) or isinstance(mq, bool) or mq < 1):
                 raise DataError(f"datasets[{i}] ({d['name']}): max_queries must be a positive integer, got {mq!r}", where)
+        if self.precision not in ("auto", "float32", "bfloat16", "float16"):
+            raise DataError(f"precision must be auto, float32, bfloat16 or float16, got {self.precision!r}", where)
+        sets = [d.get("name") for d in self.datasets]
+        for i, s in enumerate(self.systems):
+            only = s.get("datasets")
+            if only is not None and (not isinstance(only, list) or not set(only) <= set(sets)):
+                raise DataError(f"systems[{i}] ({s['name']}): datasets must list data set names of this file {sets}, "
+                                f"got {only!r}", where)
+            refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
+            for ref in refs:
+                inner = next(x for x in self.systems if x["name"] == ref).get("datasets")
+                if inner is not None and (only is None or not set(only) <= set(inner)):
+                    raise DataError(f"systems[{i}] ({s['name']}) runs where '{ref}' does not: give it datasets "
+                                    f"within {inner}", where)
         if self.baseline is not None and self.baseline not in names:
             raise DataError(f"baseline '{self.baseline}' is not a system", where)
         if self.test not in TESTS:
@@ -187,14 +202,15 @@ class _Context:
 
                 self._models[key] = BiEncoder.from_pretrained(_model_source(spec), pooling=spec.get("pooling"),
                                                               query_prefix=spec.get("query_prefix"),
-                                                              max_length=spec.get("doc_maxlen", 300))
+                                                              max_length=spec.get("doc_maxlen", 300),
+                                                              dtype=self.cfg.precision)
             else:
                 from .modeling.encoder import ColBERT
 
                 # Tokenization settings may be overridden per system (the weights stay): e.g. the query
                 # length and [MASK] augmentation rule, to measure them on one model.
                 overrides = {name: spec[name] for name in _COLBERT_OVERRIDES if name in spec}
-                self._models[key] = ColBERT.from_pretrained(_model_source(spec), **overrides)
+                self._models[key] = ColBERT.from_pretrained(_model_source(spec), dtype=self.cfg.precision, **overrides)
         return self._models[key]
 
     def time_queries(self, search_one: Callable[[str], object]) -> float | None:
@@ -431,6 +447,8 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
         table: dict[str, dict] = {}
         scores: dict[str, dict[str, dict[str, float]]] = {}
         for spec in cfg.systems:
+            if spec.get("datasets") is not None and ds["name"] not in spec["datasets"]:
+                continue
             t0 = time.perf_counter()
             run = _run_system(ctx, spec)
             ctx.runs[spec["name"]] = run
@@ -447,7 +465,7 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
         qids = sorted(data.qrels)
         for name, row in table.items():
             row["ci95"] = {m: bootstrap_ci(np.array([scores[name][m][q] for q in qids])) for m in cfg.metrics}
-        others = [name for name in table if name != baseline]
+        others = [name for name in table if name != baseline and baseline in table]
         for m in cfg.metrics:
             raw = []
             for name in others:
@@ -530,13 +548,13 @@ def plot_results(results: dict, folder: Path, perquery: Path) -> list[Path]:
         raise MedColbertError("plots need matplotlib: pip install 'medcolbert[bench]'") from exc
     metric, baseline = results["metrics"][0], results["baseline"]
     datasets = list(results["datasets"])
-    systems = list(next(iter(results["datasets"].values()))["systems"])
+    systems = list(dict.fromkeys(s for block in results["datasets"].values() for s in block["systems"]))
     written = []
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(systems) * len(datasets)), 4))
     width = 0.8 / len(systems)
     for i, s in enumerate(systems):
-        ax.bar(np.arange(len(datasets)) + i * width, [results["datasets"][d]["systems"][s][metric] for d in datasets],
-               width, label=s)
+        ax.bar(np.arange(len(datasets)) + i * width,
+               [results["datasets"][d]["systems"].get(s, {}).get(metric, 0.0) for d in datasets], width, label=s)
     ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per system and data set")
@@ -546,7 +564,7 @@ def plot_results(results: dict, folder: Path, perquery: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for s in systems:
-            row = results["datasets"][d]["systems"][s]
+            row = results["datasets"][d]["systems"].get(s, {})
             if row.get("p50_ms"):
                 ax.scatter(row["p50_ms"], row[metric])
                 ax.annotate(s, (row["p50_ms"], row[metric]), fontsize=7)
@@ -558,9 +576,11 @@ def plot_results(results: dict, folder: Path, perquery: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, d in zip(axes[0], datasets):
+        if baseline not in results["datasets"][d]["systems"]:
+            continue
         base = json.loads((perquery / f"{d}.{_slug(baseline)}.json").read_text())[metric]
         for s in systems:
-            if s == baseline:
+            if s == baseline or s not in results["datasets"][d]["systems"]:
                 continue
             other = json.loads((perquery / f"{d}.{_slug(s)}.json").read_text())[metric]
             ax.plot(sorted(other[q] - base[q] for q in base), label=s)

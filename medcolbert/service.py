@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CheckpointError, IndexFormatError, MedColbertError
-from .validation import id_problem, text_problem
+from .validation import id_problem, is_blank, text_problem
 
 log = logging.getLogger("medcolbert.service")
 API_KEY_ENV = "MEDCOLBERT_API_KEY"
@@ -292,8 +292,8 @@ class Service:
     # --------------------------------------------------------------- checks
     def check_text(self, text: str, what: str, limit: int) -> None:
         """Reject empty, oversized or invalid (lone surrogate) strings with a message naming the field."""
-        if not text.strip():
-            raise HTTPException(422, f"{what} is empty")
+        if is_blank(text):
+            raise HTTPException(422, f"{what} is empty (nothing but whitespace, control or format characters)")
         if len(text) > limit:
             raise HTTPException(413, f"{what} has {len(text)} characters; the limit is {limit}")
         bad = text_problem(text)

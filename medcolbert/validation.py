@@ -42,6 +42,22 @@ def check_finite(name: str, value: float) -> float:
     return value
 
 
+def _invisible(ch: str) -> bool:
+    # Whitespace, control and format characters (Cc, Cf, Zs and the line/paragraph separators) and variation
+    # selectors carry no words: a text made only of them is empty to a tokenizer, which would then score it by
+    # its markers alone.
+    import unicodedata
+
+    code = ord(ch)
+    return (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+            or 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF or code == 0x180B or 0x180C <= code <= 0x180F)
+
+
+def is_blank(text: str) -> bool:
+    """Whether a text is empty once whitespace, control and format characters and variation selectors are removed."""
+    return all(_invisible(ch) for ch in text)
+
+
 def text_problem(text: str) -> str | None:
     """Why a text cannot be used (a lone UTF-16 surrogate, which no UTF-8 file can hold), or None."""
     try:
@@ -83,8 +99,8 @@ def check_text(value: object, what: str = "text", allow_empty: bool = False) -> 
     """value as a usable text (valid Unicode, not blank unless allowed), or a ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise ValueError(f"{what} is empty")
+    if not allow_empty and is_blank(value):
+        raise ValueError(f"{what} is empty (nothing but whitespace, control or format characters)")
     bad = text_problem(value)
     if bad:
         raise ValueError(f"{what} {bad}")

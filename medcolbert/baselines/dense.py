@@ -71,6 +71,8 @@ class BiEncoder(nn.Module):
     def fingerprint(self) -> str:
         """A hash of weights, vocabulary, pooling, prefix and length, to key cached vectors and indexes."""
         h = hashlib.sha256(json.dumps([self.pooling, self.query_prefix, self.max_length]).encode())
+        if self.autocast_dtype is not None:  # vectors encoded in lower precision never stand in for full-precision ones
+            h.update(str(self.autocast_dtype).encode())
         h.update(json.dumps(sorted(self.tokenizer.get_vocab().items())).encode())
         for key, tensor in sorted(self.backbone.state_dict().items()):
             h.update(key.encode())

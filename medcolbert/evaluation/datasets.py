@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from ..validation import id_problem, text_problem
+from ..validation import id_problem, is_blank, text_problem
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
@@ -123,7 +123,7 @@ def require_str(obj: Mapping, key: str, path: Path | str, line: int, allow_empty
         value = str(value)  # numeric ids are common in BEIR exports
     if not isinstance(value, str):
         raise DataError(f"field '{key}' must be a string, got {type(value).__name__}", path, line)
-    if not allow_empty and not value.strip():
+    if not allow_empty and is_blank(value):
         raise DataError(f"field '{key}' is empty", path, line)
     bad = id_problem(value) if key.endswith("id") else text_problem(value)
     if bad:
@@ -142,7 +142,7 @@ def load_corpus(path: str | Path) -> dict[str, Document]:
             raise DataError(f"field 'title' must be a string, got {type(title).__name__}", path, line)
         if text_problem(title):
             raise DataError(f"field 'title' {text_problem(title)}", path, line)
-        if not text.strip() and not title.strip():
+        if is_blank(text) and is_blank(title):
             raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", path, line)
         if doc_id in corpus:
             raise DataError(f"duplicate document id '{doc_id}'", path, line)

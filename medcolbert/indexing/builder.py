@@ -23,7 +23,7 @@ from ..errors import DataError, MedColbertError
 from ..evaluation.datasets import iter_jsonl, require_str
 from ..fsutil import failpoint, recover_replaced, replace_folder
 from ..modeling.encoder import encode_documents_pooled, has_pooled_head
-from ..validation import check_id, check_int, check_text
+from ..validation import check_id, check_int, check_text, is_blank
 from ..passages import PassageSource, PassageSplitter
 from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
 from .index import new_manifest
@@ -78,7 +78,7 @@ class CorpusSource:
             text = require_str(obj, "text", self.path, line, allow_empty=True)
             title = obj.get("title") or ""
             full = f"{title} {text}".strip() if isinstance(title, str) and title else text
-            if not full.strip():
+            if is_blank(full):
                 raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", self.path, line)
             meta = {k: v for k, v in obj.items() if k not in ("_id", "text")}
             yield doc_id, full, (meta or None)

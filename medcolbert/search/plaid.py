@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MedColbertError
 from ..evaluation.datasets import Run
-from ..validation import check_float, check_int
+from ..validation import check_float, check_int, is_blank
 from ..indexing.index import Index
 from ..modeling.encoder import encode_queries_pooled, has_pooled_head
 from ..modeling.precision import choose_query_precision
@@ -111,8 +111,8 @@ class Searcher:
                **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """The top-k documents for one query, best first: (id, score) pairs, or with return_documents
         {"id", "score", "text", "metadata"} dicts read from the index's document store."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("the query is empty")
+        if not isinstance(query, str) or is_blank(query):
+            raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
         return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0], **knobs)
 

@@ -11,7 +11,7 @@ from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT, encode_documents_pooled, encode_queries_pooled, has_pooled_head
 from ..passages import PassageSplitter, best_per_document, parent_of, split_records
 from ..scoring import add_dense_term, maxsim_one
-from ..validation import check_int
+from ..validation import check_int, is_blank
 from ..vector_cache import VectorCache
 
 
@@ -30,8 +30,8 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
             isinstance(c, (list, tuple, Mapping)) for c in candidates)
         return [rerank(model, q, candidates[i] if per_query else candidates, k=k, ids=ids,  # type: ignore[index]
                        batch_size=batch_size) for i, q in enumerate(query)]
-    if isinstance(query, str) and not query.strip():
-        raise ValueError("the query is empty")
+    if isinstance(query, str) and is_blank(query):
+        raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
     if k is not None:
         check_int("k", k, 1)
     if isinstance(candidates, Mapping):
@@ -53,6 +53,9 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         raise ValueError(f"a precomputed query must be [tokens, dim], got shape {tuple(q.shape)}")
     d_pooled = None
     if all(isinstance(c, str) for c in candidates):
+        blank = next((i for i, c in enumerate(candidates) if is_blank(c)), None)  # type: ignore[arg-type]
+        if blank is not None:
+            raise ValueError(f"candidates[{blank}] is empty (nothing but whitespace, control or format characters)")
         docs, d_pooled = encode_documents_pooled(model, list(candidates), batch_size=batch_size)  # type: ignore[arg-type]
     elif all(isinstance(c, torch.Tensor) for c in candidates):
         docs = list(candidates)  # type: ignore[arg-type]

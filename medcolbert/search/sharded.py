@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import MedColbertError
 from ..indexing.index import Index
+from ..validation import is_blank
 from .plaid import SearchConfig, Searcher
 
 
@@ -57,8 +58,8 @@ class ShardedSearcher:
     def search(self, query: str, k: int = 10, return_documents: bool = False,
                **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """The top-k documents of all shards for one query, best first (as `Searcher.search`)."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("the query is empty")
+        if not isinstance(query, str) or is_blank(query):
+            raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         from ..modeling.encoder import encode_queries_pooled
 
         q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)

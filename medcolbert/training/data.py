@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..evaluation.datasets import BeirDataset, iter_jsonl, require_str
-from ..validation import text_problem
+from ..validation import is_blank, text_problem
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def _text_list(obj: dict, key: str, path: Path, line: int, required: bool) -> tu
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise DataError(f"field '{key}[{i}]' must be a string, got {type(item).__name__}", path, line)
-        if not item.strip():
+        if is_blank(item):
             raise DataError(f"field '{key}[{i}]' is empty", path, line)
         if text_problem(item):
             raise DataError(f"field '{key}[{i}]' {text_problem(item)}", path, line)
