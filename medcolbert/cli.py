@@ -24,17 +24,22 @@ def _log(message: str) -> None:
 
 
 def _metrics(text: str) -> list[str]:
-    from .evaluation.metrics import parse_metric
+    from .evaluation.metrics import parse_metrics
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    for name in names:
-        parse_metric(name)  # fail before any work is done
-    return names
+    try:
+        return parse_metrics(text)  # fail before any work is done
+    except ValueError as exc:
+        raise MedColbertError(f"--metrics: {exc}") from None
+
+
+def _human(args: argparse.Namespace) -> object:
+    """Where tables for people go: stderr when --json - claims stdout for JSON, else stdout."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
 
 
 def _check_output(path: str | None, what: str = "--output") -> None:
     """Fail before any work when an output path cannot be written (a folder, or a folder that refuses writes)."""
-    if not path:
+    if not path or (path == "-" and what == "--json"):
         return
     target = Path(path)
     if target.is_dir():
@@ -54,7 +59,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
-    p.add_argument("--json", metavar="PATH", help="also write the metrics table as JSON here")
+    p.add_argument("--json", metavar="PATH", help="also write the metrics table as JSON here ('-': JSON on stdout, "
+                                                  "the table on stderr)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -313,7 +319,7 @@ def cmd_bm25(args: argparse.Namespace) -> int:
     run = bm25.search(data.queries, k=args.k)
     _log(f"BM25: {len(data.corpus)} documents, {len(run)} queries in {time.perf_counter() - t0:.1f}s")
     rows = {"BM25": evaluate(run, data.qrels, metrics)}
-    print(format_table(rows, metrics))
+    print(format_table(rows, metrics), file=_human(args))
     if args.output:
         write_run(run, args.output, tag="bm25")
     if args.json:
@@ -370,8 +376,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     depth_note = f"top {args.depth}"
     rows = {first_name: evaluate(first, data.qrels, metrics),
             f"{first_name} -> ColBERT rerank ({depth_note})": evaluate(reranked, data.qrels, metrics)}
-    print(f"{data.name} ({args.split}, {len(data.queries)} queries), model: {model.name}")
-    print(format_table(rows, metrics))
+    print(f"{data.name} ({args.split}, {len(data.queries)} queries), model: {model.name}", file=_human(args))
+    print(format_table(rows, metrics), file=_human(args))
     if args.output:
         write_run(reranked, args.output, tag="medcolbert-rerank")
     if args.json:
@@ -396,7 +402,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not any(q in qrels for q in run):
             raise MedColbertError(f"{path}: none of its queries has judgments in the qrels")
         rows[Path(path).name] = evaluate(run, qrels, metrics)
-    print(format_table(rows, metrics))
+    print(format_table(rows, metrics), file=_human(args))
     if args.json:
         write_json({"results": rows}, args.json)
     return 0
@@ -487,6 +493,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   f"{', '.join(available) or 'none'}); --all-queries searches every query unevaluated")
         qrels = load_qrels(qrels_path, queries_all)
         queries = {q: queries_all[q] for q in qrels}
+    if qrels is not None:
+        held = set(index.doc_ids)
+        if not any(d in held for rels in qrels.values() for d in rels):
+            raise MedColbertError(f"{args.index} holds none of the documents judged in {qrels_path}: the scores would "
+                                  f"all be 0 (was the index built from another corpus?)")
     model = _index_model(index, args.model, args.device)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
     searcher = Searcher(index, model, config)
@@ -500,7 +511,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if qrels:
         name = "ColBERT exact" if args.exact else "ColBERT PLAID"
         rows = {name: evaluate(run, qrels, metrics)}
-        print(format_table(rows, metrics))
+        print(format_table(rows, metrics), file=_human(args))
         if args.json:
             write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
                         "config": searcher.resolved_config(args.k).__dict__, "results": rows,
@@ -523,12 +534,13 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
         from .evaluation.metrics import write_json
 
         write_json({"query": args.query, "k": k, "hits": rows}, args.json)
+    out = _human(args)
     for rank, row in enumerate(rows, start=1):
         snippet = " ".join(row.get("text", "").split())
         snippet = snippet[:117] + "..." if len(snippet) > 120 else snippet
-        print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet}".rstrip())
+        print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet}".rstrip(), file=out)
         if row.get("metadata"):
-            print("     " + json.dumps(row["metadata"], ensure_ascii=False)[:200])
+            print("     " + json.dumps(row["metadata"], ensure_ascii=False)[:200], file=out)
     if not index.has_documents:
         _log(f"{args.index} stores no document texts (built with store_documents=False or by an older version)")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import DataError, MedColbertError
 from .evaluation.datasets import BeirDataset, Run, load_beir, read_yaml_mapping, write_run
-from .evaluation.metrics import parse_metric, per_query
+from .evaluation.metrics import parse_metrics, per_query
 
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf", "run")
 TESTS = ("paired-t", "bootstrap")
@@ -43,6 +43,127 @@ SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                # a stored first stage (e.g. a data set's own candidate lists): a TREC run file per split,
                # '{split}' in the path standing for each split of the data set
                "run": _COMMON_KEYS | {"path"}}
+
+
+# The schema of an experiment file: each key's check (a type, a range), at every level. A check returns an error
+# phrase or None; the error names the key's path and its line in the file.
+def _is_int(lo: int, hi: int | None = None) -> Callable[[object], str | None]:
+    def check(v: object) -> str | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+        return None if ok else f"must be an integer {'in [%d, %d]' % (lo, hi) if hi is not None else '>= %d' % lo}"
+    return check
+
+
+def _is_num(lo: float, hi: float) -> Callable[[object], str | None]:
+    def check(v: object) -> str | None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+        return None if ok else f"must be a number in [{lo}, {hi}]"
+    return check
+
+
+def _is_str(v: object) -> str | None:
+    return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
+
+
+def _is_bool(v: object) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _is_str_list(v: object) -> str | None:
+    return None if isinstance(v, list) and all(isinstance(x, str) for x in v) else "must be a list of names"
+
+
+def _one_of(*options: object) -> Callable[[object], str | None]:
+    return lambda v: None if v in options else f"must be one of {list(options)}"
+
+
+def _is_metrics(v: object) -> str | None:
+    from .evaluation.metrics import parse_metrics
+
+    try:
+        parse_metrics(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _or_null(check: Callable[[object], str | None]) -> Callable[[object], str | None]:
+    return lambda v: None if v is None else check(v)
+
+
+TOP_SCHEMA: dict[str, Callable[[object], str | None]] = {
+    "name": _is_str, "metrics": _is_metrics, "baseline": _is_str, "test": _one_of(*TESTS), "alpha": _is_num(1e-9, 0.5),
+    "correction": _one_of(*CORRECTIONS), "tolerance": _is_num(0.0, 1.0), "latency_queries": _is_int(0, 100_000),
+    "output_dir": _is_str, "work_dir": _is_str, "precision": _one_of("auto", "float32", "bfloat16", "float16"),
+    "expected": lambda v: None if isinstance(v, dict) else "must be a mapping {data set: {system: {metric: value}}}",
+    "datasets": lambda v: None if isinstance(v, list) and v else "must be a non-empty list",
+    "systems": lambda v: None if isinstance(v, list) and v else "must be a non-empty list"}
+DATASET_SCHEMA: dict[str, Callable[[object], str | None]] = {
+    "name": _is_str, "path": _is_str, "split": _is_str, "max_queries": _is_int(1)}
+SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
+    "name": _is_str, "type": _one_of(*SYSTEM_TYPES), "k": _is_int(1, 100_000), "trained_on": _is_str_list,
+    "datasets": _is_str_list, "model": _is_str, "doc_maxlen": _is_int(3, 8192), "query_maxlen": _is_int(3, 8192),
+    "query_augment_len": _or_null(_is_int(3, 8192)), "dense_weight": _is_num(0, 100), "dense_length_power": _is_num(0, 10),
+    "nbits": _one_of(1, 2, 4), "ncells": _is_int(1), "centroid_score_threshold": _is_num(-1.0, 1.0), "ndocs": _is_int(1),
+    "exact": _is_bool, "preset": _is_str, "num_centroids": _or_null(_is_int(1)), "assignment": _is_str, "kmeans": _is_str,
+    "first_stage": _is_str, "depth": _is_int(1, 100_000), "split_documents": _is_bool, "kind": _one_of("colbert", "dense"),
+    "pooling": _is_str, "query_prefix": lambda v: None if isinstance(v, str) else "must be a string", "index": _is_str,
+    "runs": _is_str_list, "rrf_k": _is_int(1), "path": _is_str,
+    "weights": lambda v: None if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and x >= 0 for x in v) else "must be a list of numbers >= 0"}
+
+
+def _key_lines(path: Path) -> dict[tuple, int]:
+    """The line of every key (and list item) of a YAML file, by its path of keys and indexes."""
+    import yaml
+
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, at: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[at + (key.value,)] = key.start_mark.line + 1
+                walk(value, at + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[at + (i,)] = item.start_mark.line + 1
+                walk(item, at + (i,))
+
+    try:
+        walk(yaml.compose(path.read_text(encoding="utf-8")), ())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        pass   # the reader already reported what is wrong with the file
+    return lines
+
+
+def validate_schema(raw: dict, path: Path) -> None:
+    """Check every key of an experiment file against the schema: unknown keys, types and ranges, naming the line."""
+    lines = _key_lines(path)
+
+    def fail(at: tuple, message: str) -> None:
+        name = ".".join(f"[{k}]" if isinstance(k, int) else str(k) for k in at).replace(".[", "[")
+        raise DataError(f"{name} {message}", path, lines.get(at))
+
+    def check(mapping: object, schema: dict, at: tuple, what: str) -> None:
+        if not isinstance(mapping, dict):
+            fail(at, f"must be a mapping ({what})")
+        for key, value in mapping.items():  # type: ignore[union-attr]
+            if key not in schema:
+                fail(at + (key,), f"is not a known key of {what}; known: {sorted(schema)}")
+            problem = schema[key](value)
+            if problem:
+                fail(at + (key,), f"{problem}, got {value!r}")
+
+    check(raw, TOP_SCHEMA, (), "an experiment file")
+    for i, d in enumerate(raw.get("datasets") or []):
+        check(d, DATASET_SCHEMA, ("datasets", i), "a data set")
+    for i, s in enumerate(raw.get("systems") or []):
+        check(s, SYSTEM_SCHEMA, ("systems", i), "a system")
+        if isinstance(s, dict) and s.get("type") in SYSTEM_KEYS:
+            extra = sorted(set(s) - SYSTEM_KEYS[s["type"]])
+            if extra:
+                fail(("systems", i, extra[0]), f"is not a key of a {s['type']} system; accepted: "
+                                               f"{sorted(SYSTEM_KEYS[s['type']])}")
 
 
 class ExperimentDrift(MedColbertError):
@@ -77,6 +198,7 @@ class ExperimentConfig:
         known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "correction", "expected", "tolerance",
                  "latency_queries", "output_dir", "work_dir", "precision"}
         raw = read_yaml_mapping(path, known)
+        validate_schema(raw, path)
         raw.setdefault("name", path.stem)
         for key in ("datasets", "systems"):
             if not isinstance(raw.get(key), list) or not raw[key]:
@@ -139,11 +261,10 @@ class ExperimentConfig:
             raise DataError(f"baseline '{self.baseline}' is not a system", where)
         if self.test not in TESTS:
             raise DataError(f"test must be one of {TESTS}", where)
-        for m in self.metrics:
-            try:
-                parse_metric(m)
-            except ValueError as exc:
-                raise DataError(str(exc), where) from None
+        try:
+            parse_metrics(self.metrics)
+        except ValueError as exc:
+            raise DataError(str(exc), where) from None
 
     @property
     def out(self) -> Path:

@@ -29,6 +29,26 @@ def parse_metric(name: str) -> ir_measures.Measure:
         raise ValueError(f"unknown metric {name!r}; try ndcg@10, map@100, recall@100, mrr@10") from None
 
 
+def parse_metrics(value: object) -> list[str]:
+    """A metric list from 'ndcg@10,map@100' or a list of names: every name checked, at least one, no repeats."""
+    if isinstance(value, str):
+        names = [m.strip() for m in value.split(",")]
+        if any(not m for m in names) and any(names):
+            raise ValueError(f"metrics {value!r} has an empty name between commas")
+        names = [m for m in names if m]
+    elif isinstance(value, list) and all(isinstance(m, str) for m in value):
+        names = [m.strip() for m in value]
+    else:
+        raise ValueError(f"metrics must be a comma-separated string or a list of names, got {value!r}")
+    if not names or not all(names):
+        raise ValueError("no metric given; try ndcg@10, map@100, recall@100, mrr@10")
+    for name in names:
+        parse_metric(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"metric listed twice in {value!r}")
+    return names
+
+
 def per_query(run: Mapping[str, Mapping[str, float]], qrels: Qrels,
               metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, dict[str, float]]:
     """metric name -> {query id: value} over every query in the qrels (0 where the run has none)."""
@@ -68,9 +88,18 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
     return "\n".join(lines)
 
 
-def write_json(data: object, path: str | Path) -> Path:
-    """Write JSON (indented, keys in order) creating parent folders."""
+def write_json(data: object, path: str | Path) -> Path | None:
+    """Write JSON (indented, keys in order) creating parent folders, atomically; '-' prints it to stdout."""
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return None
+    from ..fsutil import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, text)
     return path
