@@ -82,3 +82,64 @@ def test_experiment_files_are_checked_at_every_level_with_the_line(tmp_path, cha
     message = str(info.value)
     assert key in message and f"e.yaml:" in message, message
     assert message.split("e.yaml:")[1].split(":")[0].isdigit()
+
+
+def _write_shard(folder, name, vectors, doclens, ids):
+    import numpy as np
+
+    np.save(folder / f"{name}.vectors.npy", np.asarray(vectors, dtype=np.float32))
+    np.save(folder / f"{name}.doclens.npy", np.asarray(doclens, dtype=np.int64))
+    (folder / f"{name}.ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    return folder / f"{name}.vectors.npy"
+
+
+def test_from_vectors_checks_the_dimension_against_the_model(built, tmp_path, capsys):
+    import numpy as np
+
+    root, checkpoint, _ = built   # the tiny model makes 16-dim vectors
+    shard = _write_shard(tmp_path, "s", np.random.default_rng(0).normal(size=(60, 8)), [20, 20, 20], ["a", "b", "c"])
+    assert main(["index", "--from-vectors", str(shard), "--model", str(checkpoint), "--index", str(tmp_path / "i")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "8-dim vectors but the model makes 16-dim" in err and "\n" not in err
+    assert not (tmp_path / "i").exists() and not (tmp_path / ".i.building").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "zero"])
+def test_a_rejected_from_vectors_build_leaves_nothing_behind(tmp_path, bad, capsys):
+    import numpy as np
+
+    vectors = np.random.default_rng(1).normal(size=(300, 16))
+    vectors[150] = np.nan if bad == "nan" else 0.0
+    shard = _write_shard(tmp_path, "s", vectors, [30] * 10, [f"d{i}" for i in range(10)])
+    assert main(["index", "--from-vectors", str(shard), "--index", str(tmp_path / "i"), "--num-centroids", "8"]) != 0
+    assert ("non-finite" if bad == "nan" else "all-zero") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.doclens.npy", "s.ids.txt", "s.vectors.npy"]
+
+
+def test_an_index_from_vectors_without_pooled_vectors_is_searched_by_maxsim_alone(built, tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from medcolbert import ColBERT
+    from medcolbert.search.plaid import Searcher
+    from medcolbert.search.exact import exact_search
+
+    root, checkpoint, _ = built
+    model = ColBERT.from_pretrained(checkpoint, device="cpu")
+    corpus = make_corpus(30, seed=5)
+    ids = list(corpus)
+    docs = model.encode_documents([corpus[d] for d in ids], show_progress=False)
+    shard = _write_shard(tmp_path, "s", torch.cat(docs).numpy(), [len(d) for d in docs], ids)
+    assert main(["index", "--from-vectors", str(shard), "--model", str(checkpoint), "--index", str(tmp_path / "i"),
+                 "--num-centroids", "16"]) == 0
+    index = Index.open(tmp_path / "i")
+    assert index.maxsim_only and index.pooled is None
+    pooled_model = ColBERT.from_pretrained(checkpoint, device="cpu", dense_weight=1.0)   # a model with a pooled head
+    with pytest.warns(UserWarning, match="scoring by MaxSim alone"):
+        searcher = Searcher(index, pooled_model)
+    query = " ".join(corpus[ids[3]].split()[:5])
+    got = searcher.search(query, k=5, exact=True)
+    q = model.encode_queries([query], show_progress=False)
+    want = exact_search(index, q, 5)[0]
+    assert [d for d, _ in got] == [d for d, _ in want]
+    assert main(["search", "--index", str(tmp_path / "i"), "--model", str(checkpoint), "--query", query, "--k", "3"]) == 0

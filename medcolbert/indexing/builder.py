@@ -460,6 +460,8 @@ def _finalize(work: Path, path: Path, model, codec: ResidualCodec, n_chunks: int
                           f"{model.config.doc_maxlen} tokens (longest {longest}) and were truncated; index with "
                           "split_documents=True (--split-documents) to keep their ends as passages", stacklevel=3)
     manifest = new_manifest(model, codec, build_info)
+    if getattr(model, "maxsim_only", False):   # vectors from elsewhere, without pooled vectors
+        manifest["scoring"] = "maxsim"
     if isinstance(source, PassageSource):
         manifest["passages"] = source.splitter.settings()
     files = {f"codec/{name}.npy": save_array(out / "codec" / f"{name}.npy", arr)

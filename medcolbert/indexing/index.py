@@ -341,10 +341,15 @@ class Index:
             out *= self.pooled_scale
         return torch.from_numpy(out)
 
+    @property
+    def maxsim_only(self) -> bool:
+        """Whether the index records that it is scored by MaxSim alone (built from vectors without pooled ones)."""
+        return self.manifest.get("scoring") == "maxsim"
+
     def check_model(self, model) -> None:  # type: ignore[no-untyped-def]
         """Refuse a model whose vectors cannot be compared with this index's."""
         built_with = self.manifest["model"]
-        if has_pooled_head(model) and self.pooled is None and len(self.doc_ids):
+        if has_pooled_head(model) and self.pooled is None and len(self.doc_ids) and not self.maxsim_only:
             raise MedColbertError(f"the model scores with a pooled single-vector head (dense_weight "
                                   f"{model.config.dense_weight}) but {self.path} holds no pooled vectors; rebuild the "
                                   "index with this model, or use model.reconfigure(dense_weight=0) for MaxSim alone")

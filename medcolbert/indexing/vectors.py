@@ -105,7 +105,11 @@ class PrecomputedEncoder:
                     raise DataError(f"document id '{doc_id}' is in two shards", shard.source)
                 self.where[doc_id] = (si, int(offsets[i]), int(offsets[i + 1]))
         self.name, self.source = name, source
+        if config is not None and config.dim != self.dim:
+            raise MedColbertError(f"the shards hold {self.dim}-dim vectors but the model makes {config.dim}-dim "
+                                  "vectors: they were not encoded by this model")
         self.config = (config or ModelConfig()).replace(dim=self.dim)
+        self.maxsim_only = True   # shards carry token vectors only: the index records MaxSim-alone scoring
         self._fingerprint = fingerprint or self._content_hash()
         self.tokenizer = self   # the builder asks tokenizer.document_lengths
 
@@ -134,6 +138,8 @@ class PrecomputedEncoder:
             v = torch.from_numpy(np.asarray(self.shards[si].vectors[a:b], dtype=np.float32))
             if not torch.isfinite(v).all():
                 raise DataError(f"document '{d}' has non-finite vectors", self.shards[si].source)
+            if len(v) and bool((v.abs().sum(dim=-1) == 0).any()):
+                raise DataError(f"document '{d}' has an all-zero vector (no direction to score by)", self.shards[si].source)
             out.append(torch.nn.functional.normalize(v, dim=-1))
             touched.add(si)
         for si in touched:
@@ -172,4 +178,12 @@ def build_from_vectors(path: str | Path, shards: Iterable[VectorShard] | Sequenc
     if any(s is None for s in opened):
         opened = read_shards([str(s) for s in items])
     encoder = PrecomputedEncoder(opened, model_name, model_fingerprint, config, model_source)  # type: ignore[arg-type]
-    return build_index(path, encoder, encoder.corpus(), store_documents=False, **options)
+    try:
+        return build_index(path, encoder, encoder.corpus(), store_documents=False, **options)
+    except DataError:
+        # Bad vectors will be as bad on a rerun: the staging folder (kept to resume interrupted builds) goes.
+        import shutil
+
+        target = Path(path)
+        shutil.rmtree(target.with_name(f".{target.name}.building"), ignore_errors=True)
+        raise

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -94,6 +96,12 @@ class Searcher:
         self.index = index if isinstance(index, Index) else Index.open(index)
         self.index.check_model(model)
         self.model = model
+        # An index built from vectors that carried no pooled vectors records that it is scored by MaxSim alone:
+        # a model with a pooled head then searches it without that term, and says so once.
+        self.maxsim_only = has_pooled_head(model) and self.index.pooled is None and self.index.maxsim_only
+        if self.maxsim_only:
+            warnings.warn(f"{self.index.path} holds no pooled vectors (built from vectors without them): scoring by "
+                          "MaxSim alone, without the model's pooled head", stacklevel=2)
         model.trace_queries = trace_queries
         # Query encoding is most of a search's time on a CPU: its precision is picked by measuring this machine
         # (cached per CPU model and weights; $MEDCOLBERT_QUERY_PRECISION forces one).
@@ -119,7 +127,7 @@ class Searcher:
     @property
     def hybrid(self) -> bool:
         """Whether scores add the model's pooled single-vector term (its dense_weight > 0)."""
-        return has_pooled_head(self.model)
+        return has_pooled_head(self.model) and not self.maxsim_only
 
     def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
                        q_pooled: torch.Tensor | None = None, **knobs: object) -> list[tuple[str, float]] | list[dict]:
@@ -144,6 +152,7 @@ class Searcher:
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
         Q, Q_pooled = encode_queries_pooled(self.model, texts, batch_size=batch_size, show_progress=show_progress)
         cfg = self._resolve(self._units(k), knobs)
+        Q_pooled = Q_pooled if self.hybrid else None
         if cfg.exact and not self.index.passages and Q_pooled is None:
             return {qid: {d: x for d, x, _ in self._documents_of(hits, k)} for qid, hits in zip(qids, exact_search(self.index, Q, k))}
         run: Run = {}
@@ -166,6 +175,7 @@ class Searcher:
                       q_pooled: torch.Tensor | None = None) -> list[tuple[str, float, str]]:
         """(document id, score, matching index entry) of the top-k documents for one encoded query."""
         fetch = self._units(k)
+        q_pooled = q_pooled if self.hybrid else None
         while True:
             # With a pooled head, MaxSim nominates at least HYBRID_DEPTH entries for the combined score.
             want = fetch if q_pooled is None else max(fetch, HYBRID_DEPTH)
