@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "0.005 nDCG@10 of exact MaxSim on the measured sets, 'colbert-ai' uses "
                                    "colbert-ai's faster knobs (a model with a pooled head searches with those "
                                    "under either preset: its pooled side's nearest 100 make up for them). "
-                                   "--exact scores every document (the brute-force ground truth).")
+                                   "--exact scores every document (the brute-force ground truth). Opening an index "
+                                   "checks that every file is there with its recorded size, not its contents: "
+                                   "`medcolbert check` verifies the checksums (a file altered in place is found there).")
     p.add_argument("--index", required=True)
     p.add_argument("--data", default=None, help="BEIR folder whose queries to search (or give --query)")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
