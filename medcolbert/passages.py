@@ -104,15 +104,6 @@ def join_passages(parts: Sequence[tuple[str, dict]]) -> tuple[str, dict]:
     return text, meta
 
 
-def best_per_document(scores: Sequence[float], sizes: Sequence[int]) -> list[float]:
-    """Each document's best score from the flat scores of its units, documents' units one after another."""
-    out, at = [], 0
-    for n in sizes:
-        out.append(max(scores[at:at + n]))
-        at += n
-    return out
-
-
 def aggregate(hits: Sequence[tuple[str, float]], k: int) -> list[tuple[str, float, str]]:
     """Passage hits (best first) as document hits: (document id, best passage score, best passage id), top k."""
     out: list[tuple[str, float, str]] = []

@@ -213,20 +213,20 @@ def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], dep
     scored by its best passage); ids the index does not hold are dropped. With q_pooled (a pooled-head
     model's query vector), each score gains dense_weight (a number, or a model config whose pooled_weight sets it
     by the query's length) x (query vectors) x cosine with the stored pooled ones."""
-    from .passages import best_per_document, parent_of
-    from .scoring import add_dense_term, maxsim_one
+    from .passages import parent_of
+    from .scoring import score_candidates
 
     ranked = sorted(hits.items(), key=lambda kv: -kv[1])
     # passages_of: a document's own position, or every passage of a split document (scored by the best).
     found = [(d, index.passages_of(d)) for d in list(dict.fromkeys(parent_of(u) for u, _ in ranked))[:depth]]
     cands, units = [d for d, u in found if u], [u for _, u in found if u]
     positions = [p for u in units for p in u]
-    flat_scores = maxsim_one(q, index.document_vectors(positions)) if cands else None
-    if flat_scores is not None and q_pooled is not None:
-        flat_scores = add_dense_term(flat_scores, q, index.pooled_vectors(positions) @ q_pooled, dense_weight)
-    flat = flat_scores.tolist() if flat_scores is not None else []
-    scores = best_per_document(flat, [len(u) for u in units])
-    return sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
+    if not cands:
+        return []
+    scores = score_candidates(q, index.document_vectors(positions), dense_weight, q_pooled,
+                              index.pooled_vectors(positions) if q_pooled is not None else None,
+                              units_per_document=[len(u) for u in units])
+    return sorted(zip(cands, scores.tolist()), key=lambda kv: -kv[1])[: k or depth]
 
 
 class RRF(Retriever):

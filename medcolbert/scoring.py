@@ -89,3 +89,29 @@ def add_dense_term(scores: torch.Tensor, query: torch.Tensor, cosines: torch.Ten
     # At least float32: with a length power the term reaches 10^5-10^6 for long queries, past float16's range.
     dtype = torch.promote_types(scores.dtype, torch.float32)
     return scores.to(dtype) + w * count * cosines.to(scores.device, dtype)
+
+
+def score_candidates(query: torch.Tensor, documents: Sequence[torch.Tensor] | None = None,
+                     weight: float | ModelConfig = 0.0, query_pooled: torch.Tensor | None = None,
+                     document_pooled: torch.Tensor | None = None, *, cosines: torch.Tensor | None = None,
+                     maxsim_scores: torch.Tensor | None = None,
+                     units_per_document: Sequence[int] | None = None) -> torch.Tensor:
+    """The one score of medcolbert: one query [Lq, dim] against candidates, [n].
+
+    MaxSim over each candidate's vectors (or `maxsim_scores` computed already, e.g. by the compiled engine), plus,
+    for a model with a pooled head, weight x (query vectors) x the pooled cosine (from `query_pooled` and the
+    candidates' `document_pooled` [n, hidden], or `cosines` given); weight is a number or the model's config (whose
+    pooled_weight sets it by the query's length). With `units_per_document`, candidates are passages of documents
+    laid one after another and each document scores as its best passage.
+    """
+    scores = maxsim_scores if maxsim_scores is not None else maxsim_one(query, documents if documents is not None else [])
+    if len(scores) and (cosines is not None or (query_pooled is not None and document_pooled is not None)):
+        if cosines is None:
+            cosines = document_pooled.float() @ query_pooled.float()  # type: ignore[union-attr]
+        scores = add_dense_term(scores, query, cosines, weight)
+    if units_per_document is not None:
+        if sum(units_per_document) != len(scores) or any(n < 1 for n in units_per_document):
+            raise ValueError(f"units_per_document {list(units_per_document)[:5]}... do not cover {len(scores)} scores")
+        scores = torch.stack([part.max() for part in torch.split(scores, list(units_per_document))]) \
+            if len(units_per_document) else scores[:0]
+    return scores

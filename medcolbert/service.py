@@ -447,9 +447,8 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
     @app.post("/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
-        from .passages import best_per_document
         from .modeling.encoder import encode_documents_pooled
-        from .scoring import add_dense_term, maxsim_one
+        from .scoring import score_candidates
 
         service.check_text(req.query, "query", L.max_query_chars)
         if (req.candidates is None) == (req.ids is None):
@@ -471,6 +470,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
         if req.candidates is not None:
             docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
+            scores = score_candidates(q, docs, weight, q_pooled, d_pooled)
             labels: list[Any] = list(range(len(req.candidates)))
         else:
             for i, d in enumerate(req.ids or []):
@@ -481,17 +481,10 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             if unknown:
                 raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
             positions = [p for g in groups for p in g]
-            flat_scores = maxsim_one(q, snap.index.document_vectors(positions))
-            if q_pooled is not None:
-                flat_scores = add_dense_term(flat_scores, q, snap.index.pooled_vectors(positions) @ q_pooled, weight)
-            flat = flat_scores.tolist()
+            scores = score_candidates(q, snap.index.document_vectors(positions), weight, q_pooled,
+                                      snap.index.pooled_vectors(positions) if q_pooled is not None else None,
+                                      units_per_document=[len(g) for g in groups])
             labels = list(req.ids or [])
-        if req.candidates is not None:
-            scores = maxsim_one(q, docs)
-            if q_pooled is not None and d_pooled is not None:
-                scores = add_dense_term(scores, q, d_pooled @ q_pooled, weight)
-        else:
-            scores = torch.tensor(best_per_document(flat, [len(g) for g in groups]))
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}

@@ -84,3 +84,47 @@ def test_the_pooled_term_of_a_long_query_stays_finite_from_half_precision_scores
     assert out.tolist() == pytest.approx([20.0 + weight * float(cosines[0]), 30.0 + weight * float(cosines[1])], rel=1e-6)
     assert add_dense_term(scores, query[:20], cosines, config).tolist() == pytest.approx(
         [20.0 + 20 * float(cosines[0]), 30.0 + 20 * float(cosines[1])], rel=1e-6)  # at most 32 vectors: weight 1
+
+
+def _reference_score(q, docs, weight, q_pooled=None, d_pooled=None, units=None, augment=None, power=0.0):
+    """Plain loops: sum over query rows of the best dot product, plus weight x rows x cosine, best unit per document."""
+    rows = [r for r in q.tolist() if any(x != 0 for x in r)]
+    out = []
+    for j, d in enumerate(docs):
+        s = sum(max(sum(a * b for a, b in zip(r, v)) for v in d.tolist()) for r in rows)
+        if q_pooled is not None:
+            w = weight if not power or len(rows) <= augment else weight * (len(rows) / augment) ** power
+            s += w * len(rows) * sum(a * b for a, b in zip(q_pooled.tolist(), d_pooled[j].tolist()))
+        out.append(s)
+    if units is not None:
+        grouped, at = [], 0
+        for n in units:
+            grouped.append(max(out[at:at + n]))
+            at += n
+        out = grouped
+    return out
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("units", [None, [2, 1, 3]])
+@pytest.mark.parametrize("power", [0.0, 2.0])
+def test_score_candidates_equals_a_plain_reference(pooled, units, power):
+    from medcolbert.config import ModelConfig
+    from medcolbert.scoring import score_candidates
+
+    g = torch.Generator().manual_seed(3)
+    unit = lambda t: torch.nn.functional.normalize(t, dim=-1)  # noqa: E731
+    q = unit(torch.randn(7, 8, generator=g))
+    q[5:] = 0                                     # padding rows count for nothing
+    docs = [unit(torch.randn(n, 8, generator=g)) for n in (3, 5, 1, 4, 2, 6)]
+    qp, dp = unit(torch.randn(12, generator=g)), unit(torch.randn(6, 12, generator=g))
+    config = ModelConfig(dim=8, query_augment_len=3, dense_weight=0.7, dense_length_power=power)
+    got = score_candidates(q, docs, config, qp if pooled else None, dp if pooled else None, units_per_document=units)
+    want = _reference_score(q, docs, 0.7, qp if pooled else None, dp, units, augment=3, power=power)
+    assert torch.allclose(got, torch.tensor(want), atol=1e-4)
+    # Precomputed MaxSim and cosines give the same scores as vectors do.
+    again = score_candidates(q, weight=config, maxsim_scores=score_candidates(q, docs),
+                             cosines=dp @ qp if pooled else None, units_per_document=units)
+    assert torch.allclose(again, got, atol=1e-5)
+    with pytest.raises(ValueError, match="do not cover"):
+        score_candidates(q, docs, units_per_document=[2, 2])

@@ -19,7 +19,7 @@ from ..indexing.index import Index
 from ..modeling.encoder import encode_queries_pooled, has_pooled_head
 from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
-from ..scoring import add_dense_term
+from ..scoring import score_candidates
 from .engine import PlaidEngine
 from .exact import exact_search
 
@@ -216,8 +216,8 @@ class Searcher:
             docs, scores = self._fresh_engine().exact(q, np.asarray(extra, dtype=np.int64))
             maxsim.update(zip(docs.tolist(), scores.tolist()))
         positions = list(maxsim)
-        scores = add_dense_term(torch.tensor([maxsim[p] for p in positions]), q, cosine[positions],
-                                self.model.config)
+        scores = score_candidates(q, weight=self.model.config, cosines=cosine[positions],
+                                  maxsim_scores=torch.tensor([maxsim[p] for p in positions]))
         if not torch.isfinite(scores).all():
             raise MedColbertError("the combined scores are not finite (NaN or inf vectors); no ranking can be made")
         order = torch.argsort(scores, descending=True, stable=True)[:depth].tolist()

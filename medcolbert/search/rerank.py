@@ -9,8 +9,8 @@ from tqdm.auto import tqdm
 
 from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT, encode_documents_pooled, encode_queries_pooled, has_pooled_head
-from ..passages import PassageSplitter, best_per_document, parent_of, split_records
-from ..scoring import add_dense_term, maxsim_one
+from ..passages import PassageSplitter, parent_of, split_records
+from ..scoring import score_candidates
 from ..validation import check_int, is_blank
 from ..vector_cache import VectorCache
 
@@ -61,9 +61,7 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         docs = list(candidates)  # type: ignore[arg-type]
     else:
         raise TypeError("candidates must be all strings, a dict {id: text}, or all precomputed [tokens, dim] tensors")
-    scores = maxsim_one(q.float(), docs)
-    if q_pooled is not None and d_pooled is not None:
-        scores = add_dense_term(scores, q, d_pooled @ q_pooled, model.config)
+    scores = score_candidates(q.float(), docs, model.config, q_pooled, d_pooled)
     if not torch.isfinite(scores).all():
         raise ValueError("MaxSim gave non-finite scores (NaN or inf vectors); no ranking can be made")
     labels = list(ids) if ids is not None else list(range(len(candidates)))
@@ -116,14 +114,13 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]
         cand_units = [u for d in cands for u in units[d]]
-        flat = maxsim_one(q_vectors[qi], [vectors[u] for u in cand_units])
-        if q_pooled is not None and cand_units:
-            flat = add_dense_term(flat, q_vectors[qi], torch.stack([pooled[u] for u in cand_units]) @ q_pooled[qi],
-                                  model.config)
-        if not torch.isfinite(flat).all():
-            raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
         # A document scores as its best passage (itself, when not split).
-        scores = best_per_document(flat.tolist(), [len(units[d]) for d in cands])
-        ranked = sorted(zip(cands, scores), key=lambda kv: -kv[1])[: k or depth]
+        scores = score_candidates(q_vectors[qi], [vectors[u] for u in cand_units], model.config,
+                                  None if q_pooled is None else q_pooled[qi],
+                                  torch.stack([pooled[u] for u in cand_units]) if q_pooled is not None and cand_units else None,
+                                  units_per_document=[len(units[d]) for d in cands])
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"query '{qid}': MaxSim gave non-finite scores (NaN or inf vectors)")
+        ranked = sorted(zip(cands, scores.tolist()), key=lambda kv: -kv[1])[: k or depth]
         out[qid] = dict(ranked)
     return out
