@@ -4,12 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/scifact
 SPLIT ?= test
-EXPERIMENT ?= experiments/flagship.yaml
+EXPERIMENT ?= experiments/panel.yaml
 # torch is pinned in the install step because 2.13.0 installs from a local file on the project machines;
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo rerank-demo test bench-encode compat-colbert-ai clean
+.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions
+
+# Issue 29's candidate recipes (experiments/real-questions/*.yaml), two at a time on one core each; resumable.
+train-real-questions: install
+	scripts/train_real_questions.sh f0-frozen f0-frozen-seed2 t2-top2-l2 t2-top2-l2-seed2
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +23,16 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job: the flagship experiment, every system side by side on SciFact test and MedQuAD dev.
+# The main job: the real-question panel (end to end, then reranking CHiQA's candidates on mediqa-qa), and the
+# report that tests every model against the untuned base on each set (experiments/panel-report/PANEL.md).
 demo: install
 	$(BIN)/medcolbert experiment $(EXPERIMENT)
+	$(BIN)/medcolbert experiment experiments/panel-rerank.yaml
+	$(BIN)/medcolbert panel experiments/panel experiments/panel-rerank --output experiments/panel-report
+
+# The earlier main job (v5's flagship: 12 systems on SciFact, MedQuAD and consumer-health dev; docs/studies.md).
+flagship: install
+	$(BIN)/medcolbert experiment experiments/flagship.yaml
 
 # BM25 -> ColBERT rerank on one BEIR folder, both evaluated side by side (a few minutes).
 rerank-demo: install
