@@ -31,6 +31,16 @@ _EXPORTS = {
     "Searcher": "medcolbert.search.plaid",
     "SearchConfig": "medcolbert.search.plaid",
     "ShardedSearcher": "medcolbert.search.sharded",
+    "Retriever": "medcolbert.retrievers",
+    "Reranker": "medcolbert.retrievers",
+    "Pipeline": "medcolbert.retrievers",
+    "RRF": "medcolbert.retrievers",
+    "BM25Retriever": "medcolbert.retrievers",
+    "DenseRetriever": "medcolbert.retrievers",
+    "PlaidRetriever": "medcolbert.retrievers",
+    "MaxSimReranker": "medcolbert.retrievers",
+    "CosineReranker": "medcolbert.retrievers",
+    "score_candidates": "medcolbert.scoring",
     "DataError": "medcolbert.errors",
     "MedColbertError": "medcolbert.errors",
 }
@@ -50,7 +60,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluation.datasets import load_beir, read_run, write_run
     from .evaluation.metrics import evaluate
     from .modeling.encoder import ColBERT
-    from .scoring import maxsim
+    from .retrievers import (RRF, BM25Retriever, CosineReranker, DenseRetriever, MaxSimReranker, Pipeline,
+                             PlaidRetriever, Reranker, Retriever)
+    from .scoring import maxsim, score_candidates
     from .search.rerank import rerank, rerank_run
     from .training.data import read_triplets, write_triplets
     from .vector_cache import VectorCache
