@@ -75,14 +75,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int_option(1, 4096), default=32, help="documents per encoder batch (default: 32)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="medcolbert",
-        description="Late-interaction (ColBERT) retrieval, reranking and evaluation for medical text.",
-        epilog="Run 'medcolbert COMMAND --help' for the options of one command.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parser_bm25(sub: argparse._SubParsersAction) -> None:
+    """The `bm25` command's options."""
     p = sub.add_parser("bm25", help="retrieve with BM25 over a BEIR corpus and evaluate",
                        description="Index a BEIR corpus with BM25 (bm25s, English stemming and stopwords), "
                                    "retrieve the top k for each query of a split, print the metrics and "
@@ -92,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     _add_output_args(p)
 
+
+def _parser_rerank(sub: argparse._SubParsersAction) -> None:
+    """The `rerank` command's options."""
     p = sub.add_parser("rerank", help="rerank a first-stage run with a ColBERT model and compare",
                        description="Rerank the top --depth documents of a first-stage run by exact MaxSim "
                                    "with a ColBERT model, evaluate the first stage and the reranked run, and "
@@ -111,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="encode documents without reading or writing the cache")
     _add_output_args(p)
 
+
+def _parser_index(sub: argparse._SubParsersAction) -> None:
+    """The `index` command's options."""
     p = sub.add_parser("index", help="build a compressed PLAID index of a corpus",
                        description="Encode a corpus (a BEIR folder or a corpus.jsonl) with a ColBERT model and "
                                    "write a compressed index: k-means centroids, 1/2/4-bit residuals, inverted "
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int_option(1, 100_000), default=None, help="Ray workers (default: the cluster's CPUs)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
 
+
+def _parser_search(sub: argparse._SubParsersAction) -> None:
+    """The `search` command's options."""
     p = sub.add_parser("search", help="search an index with PLAID and write/evaluate a run",
                        description="Search a PLAID index for every query of a BEIR split: candidates from the "
                                    "top --ncells centroids per query token, centroid-interaction pruning at "
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     _add_output_args(p)
 
+
+def _parser_update(sub: argparse._SubParsersAction) -> None:
+    """The `update` command's options."""
     p = sub.add_parser("update", help="add or delete documents in an index, or compact it",
                        description="Add documents (BEIR corpus.jsonl) as a new segment, delete documents by id "
                                    "(one per line), and/or compact the index to reclaim deleted space. Each "
@@ -188,12 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="rewrite live documents as one segment")
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
 
+
+def _parser_check(sub: argparse._SubParsersAction) -> None:
+    """The `check` command's options."""
     p = sub.add_parser("check", help="verify an index: every file's size and sha256 against its manifest",
                        description="Open an index, check the manifest's keys and ranges, every file's size and "
                                    "sha256 checksum, and that the arrays agree with each other. Exit 0 when "
                                    "intact, 2 with the first problem found.")
     p.add_argument("--index", required=True)
 
+
+def _parser_interpolate(sub: argparse._SubParsersAction) -> None:
+    """The `interpolate` command's options."""
     p = sub.add_parser("interpolate", help="WiSE-FT: mix a fine-tuned ColBERT's weights with its starting weights "
                                            "(or with another run's: a model soup)",
                        description="Write ALPHA x fine-tuned + (1 - ALPHA) x start, weight by weight, as a new "
@@ -207,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="precision of the written weights (the mix itself is computed in float32)")
 
+
+def _parser_evaluate(sub: argparse._SubParsersAction) -> None:
+    """The `evaluate` command's options."""
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
                        description="Evaluate one or more TREC run files against qrels (a TREC qrels file, a "
                                    "BEIR qrels TSV, or --data/--split) and print one row per run. Queries "
@@ -218,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split, with --data (default: test)")
     _add_output_args(p)
 
+
+def _parser_mine(sub: argparse._SubParsersAction) -> None:
+    """The `mine` command's options."""
     p = sub.add_parser("mine", help="add hard negatives to training triplets or pairs",
                        description="Retrieve candidates for each training query (BM25, or a ColBERT model through "
                                    "a PLAID index), drop the positives and their near-duplicates, and sample "
@@ -237,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default=None, help="with --model: PLAID index folder to build or reuse")
     p.add_argument("--seed", type=int, default=0)
 
+
+def _parser_make_mix(sub: argparse._SubParsersAction) -> None:
+    """The `make-mix` command's options."""
     p = sub.add_parser("make-mix", help="build the medical training mix from ../shared/data",
                        description="MedQuAD train pairs, SciFact train qrels and Medical Question Pairs, with "
                                    "mined negatives (BM25 unless --miner); MedQuAD dev topics and SciFact test "
@@ -257,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first stage that ranks the negatives' candidates: bm25 (default) or a registered stage such "
                         "as dense or dense:PATH (one encoding of all the corpora)")
 
+
+def _parser_panel(sub: argparse._SubParsersAction) -> None:
+    """The `panel` command's options."""
     p = sub.add_parser("panel", help="the real-question panel from recorded experiments: each set, paired tests, release rule",
                        description="Reads results.json and perquery/ of experiment folders (e.g. experiments/panel and "
                                    "experiments/panel-rerank) and writes PANEL.md and panel.json: every system on each set "
@@ -266,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="dense-minilm-v2", help="second comparison (default: dense-minilm-v2)")
     p.add_argument("--output", default="experiments/panel-report", help="folder for PANEL.md and panel.json")
 
+
+def _parser_experiment(sub: argparse._SubParsersAction) -> None:
+    """The `experiment` command's options."""
     p = sub.add_parser("experiment", help="run an experiment file: systems x data sets, tables, significance, plots",
                        description="Run every system of the YAML file on every data set; write the results "
                                    "table (markdown + JSON), TREC runs, per-query scores, paired significance "
@@ -274,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (see experiments/*.yaml)")
     p.add_argument("--output-dir", default=None, help="override the output folder")
 
+
+def _parser_serve(sub: argparse._SubParsersAction) -> None:
+    """The `serve` command's options."""
     p = sub.add_parser("serve", help="serve search and rerank over HTTP (FastAPI + uvicorn)",
                        description="Serve POST /search, POST /rerank, POST /documents (add), POST /documents/delete, "
                                    "GET /health, GET /metrics and the OpenAPI document at /docs. Binds to "
@@ -291,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "\"first_stage\": its top \"depth\" documents reranked by exact MaxSim; repeatable; "
                         "needs an index that stores its documents")
 
+
+def _parser_train(sub: argparse._SubParsersAction) -> None:
+    """The `train` command's options."""
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
                        description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
                                    "resumes from its latest checkpoint when started again. Under torchrun every "
@@ -299,10 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=POSITIVE, default=None, help="override max_steps")
     p.add_argument("--output-dir", default=None, help="override output_dir")
 
+
+def _parser_info(sub: argparse._SubParsersAction) -> None:
+    """The `info` command's options."""
     p = sub.add_parser("info", help="what this install can use: versions, devices, compiled search stages, default model")
     p.add_argument("--precision", action="store_true",
                    help="measure the query encoder's precision choice on this CPU now (fp32 vs bf16; a few seconds)")
     p.add_argument("--model", default=None, help="the model to measure (default: the default model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medcolbert",
+        description="Late-interaction (ColBERT) retrieval, reranking and evaluation for medical text.",
+        epilog="Run 'medcolbert COMMAND --help' for the options of one command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check, _parser_interpolate, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment, _parser_serve, _parser_train, _parser_info):
+        add(sub)
     return parser
 
 
