@@ -342,8 +342,17 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         threading.Thread(target=service.load, name="medcolbert-loader", daemon=True).start()
     else:
         service.load()
-    L = service.limits
 
+    _add_guards(app, service, api_key)
+    _add_status_routes(app, service)
+    _add_search_route(app, service)
+    _add_rerank_route(app, service)
+    _add_document_routes(app, service)
+    return app
+
+
+def _add_guards(app: FastAPI, service: Service, api_key: str | None) -> None:
+    """Request checks (id, API key, body size and time limits), metrics, and the error handlers."""
     @app.middleware("http")
     async def guard(request: Request, call_next):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -375,6 +384,9 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         return JSONResponse({"detail": f"the server's index or model failed (request id {rid})", "request_id": rid},
                             status_code=503 if isinstance(exc, (IndexFormatError, CheckpointError)) else 500)
 
+
+def _add_status_routes(app: FastAPI, service: Service) -> None:
+    """GET /health and /metrics."""
     @app.get("/health")
     def health() -> JSONResponse:
         """200 when the index and model are loaded and the index is readable; 503 loading, failed or degraded."""
@@ -399,6 +411,10 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
             extra.update({"index_documents": float(len(snap.index)), "index_generation": float(snap.generation or 0)})
         return service.metrics.render(extra)
 
+
+def _add_search_route(app: FastAPI, service: Service) -> None:
+    """POST /search: PLAID, or a registered first stage reranked by MaxSim."""
+    L = service.limits
     @app.post("/search")
     def search(req: SearchRequest) -> dict[str, Any]:
         """Top-k documents for a query or a batch of queries."""
@@ -444,6 +460,10 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
         return body
 
+
+def _add_rerank_route(app: FastAPI, service: Service) -> None:
+    """POST /rerank: candidates (texts or indexed ids) ordered by the model's score."""
+    L = service.limits
     @app.post("/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
@@ -489,6 +509,10 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
 
+
+def _add_document_routes(app: FastAPI, service: Service) -> None:
+    """POST /documents and /documents/delete: committed, durable changes."""
+    L = service.limits
     @app.post("/documents")
     def add_documents(req: AddRequest) -> dict[str, Any]:
         """Add documents; the answer comes once they are committed (durable and searchable)."""
@@ -524,8 +548,6 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
         if unknown:
             raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
         return _write(service, lambda index: index.delete(list(dict.fromkeys(req.ids))), "deleted")
-
-    return app
 
 
 KNOWN_PATHS = {"/health", "/metrics", "/search", "/rerank", "/documents", "/documents/delete", "/openapi.json", "/docs"}
