@@ -145,12 +145,13 @@ def panel_markdown(sets: dict[str, dict], base: str, reference: str, rule: Panel
             continue
         v = judge(sets, system, base, rule)
         summary["verdicts"][system] = v
-        if v["missing"]:
-            lines.append(f"| {system} | not on every set (missing {', '.join(v['missing'])}) | | | | no |")
-            continue
+        on = [s for s in rule.decision_sets if s in v["gains"]]
+        if not on:
+            continue   # on none of the decision sets (a first stage, a set-specific baseline)
         floors = ", ".join(f"{s} {x[0]:.4f}" if x else f"{s} -" for s, x in v["floors"].items())
-        lines.append(f"| {system} | {v['mean_gain']:+.4f} | {v['p']:.3f} | {', '.join(v['below_base_on']) or '-'} | "
-                     f"{floors} | {'yes' if v['passes'] else 'no'} |")
+        gain = f"{v['mean_gain']:+.4f}" + ("" if len(on) == len(rule.decision_sets) else f" (on {', '.join(on)} only)")
+        verdict = "yes" if v["passes"] else "no" + (f" (not run on {', '.join(v['missing'])})" if v["missing"] else "")
+        lines.append(f"| {system} | {gain} | {v['p']:.3f} | {', '.join(v['below_base_on']) or '-'} | {floors} | {verdict} |")
     return "\n".join(lines) + "\n", summary
 
 
