@@ -13,8 +13,10 @@ EXAMPLE = """
 import json, medcolbert
 from medcolbert import ColBERT, rerank
 model = ColBERT.from_pretrained()
-hits = rerank(model, "statins and muscle pain", ["Statin therapy is associated with myopathy and muscle pain.",
-                                                 "Influenza vaccines reduce hospital admissions."], k=10)
+corpus = {"d1": "Statin therapy is associated with myopathy and muscle pain.",
+          "d2": "Influenza vaccines reduce hospital admissions in the elderly.",
+          "d3": "Metformin is a first-line treatment for type 2 diabetes."}
+hits = rerank(model, "statins and muscle pain", list(corpus.values()), k=2)
 print(json.dumps({"file": medcolbert.__file__, "model": model.name, "hits": hits}))
 """
 
@@ -35,6 +37,6 @@ def test_wheel_carries_the_released_model(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(site))           # the installed wheel, not the checkout
     assert result["model"] == "medcolbert-minilm-v5"
-    # The README's numbers: the released model's scores, not the untrained base's (15.48 / 7.11).
-    assert [h[0] for h in result["hits"]] == [0, 1]
-    assert result["hits"][0][1] == pytest.approx(56.89, abs=0.01) and result["hits"][1][1] == pytest.approx(13.34, abs=0.01)
+    # The README quick start's numbers: the released model's scores, not the untrained base's.
+    assert [h[0] for h in result["hits"]] == [0, 2]
+    assert result["hits"][0][1] == pytest.approx(56.85, abs=0.01) and result["hits"][1][1] == pytest.approx(23.74, abs=0.01)
