@@ -39,4 +39,4 @@ def test_wheel_carries_the_released_model(tmp_path):
     assert result["model"] == "medcolbert-minilm-v5"
     # The README quick start's numbers: the released model's scores, not the untrained base's.
     assert [h[0] for h in result["hits"]] == [0, 2]
-    assert result["hits"][0][1] == pytest.approx(56.85, abs=0.01) and result["hits"][1][1] == pytest.approx(23.74, abs=0.01)
+    assert result["hits"][0][1] == pytest.approx(56.89, abs=0.01) and result["hits"][1][1] == pytest.approx(23.66, abs=0.01)
