@@ -105,13 +105,12 @@ class TrainConfig:
     save_dtype: str | None = None           # e.g. float16 for the final model
     notes: dict = field(default_factory=dict)
 
-    KINDS = ("colbert", "dense")
     LOSSES = ("contrastive", "distill", "both")
     SCORE_NORMALIZATIONS = ("none", "query_length")
 
     def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise ValueError(f"kind must be one of {self.KINDS}, got {self.kind!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {tuple(MODEL_KINDS)}, got {self.kind!r}")
         if self.loss not in self.LOSSES:
             raise ValueError(f"loss must be one of {self.LOSSES}, got {self.loss!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "eval_every"):
@@ -310,35 +309,105 @@ def weight_sources(triplets: Sequence[Triplet], weights: dict, seed: int) -> lis
 
 
 # ---------------------------------------------------------------------------------------------------- models
-class _Encoders(nn.Module):
-    """The trainable part of either model kind, as one module DDP can wrap: (queries, docs) -> representations."""
+class _ColBERTKind:
+    """What training does that depends on the model kind, for a ColBERT (MaxSim over token vectors)."""
 
-    def __init__(self, model: nn.Module, kind: str, doc_len: int, pooled: bool = False) -> None:
-        super().__init__()
-        self.model, self.kind, self.doc_len, self.pooled = model, kind, doc_len, pooled
+    def load(self, c: "TrainConfig", device: torch.device) -> nn.Module:
+        """The model training starts from."""
+        from ..modeling.checkpoint import BASE_MODEL_ID
+        from ..modeling.encoder import ColBERT
 
-    def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int,
-                                                                    torch.Tensor | None, torch.Tensor | None]:
-        m = self.model
-        if self.kind == "dense":
-            qb, db = m.tokenize(queries, True), m.tokenize(docs, False)
-            tokens = int(qb["attention_mask"].sum() + db["attention_mask"].sum())
-            return m.forward_batch(qb), m.forward_batch(db), None, tokens, None, None
+        # None means the packaged base here: training starts from it, never from the release.
+        return ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=device, dtype="float32", query_maxlen=c.query_maxlen,
+                                       query_augment_len=c.query_augment_len, doc_maxlen=c.doc_maxlen,
+                                       **({"dim": c.dim} if c.dim else {}))
+
+    def encode(self, m: nn.Module, queries: list[str], docs: list[str], doc_len: int, pooled: bool) -> tuple:
+        """(queries, documents, document keep mask, tokens, pooled queries, pooled documents) of a batch."""
         qb = m.tokenizer.tokenize_queries(queries).to(m.device)
         db = m.tokenizer.tokenize_documents(docs).to(m.device)
         qp = dp = None
-        if self.pooled:  # one backbone pass gives both the token vectors and the pooled head
+        if pooled:  # one backbone pass gives both the token vectors and the pooled head
             q, qp = m.forward_queries_pooled(qb)
             d, keep, dp = m.forward_documents_pooled(db)
         else:
             q = m.forward_queries(qb)
             d, keep = m.forward_documents(db)
         # Pad every rank's documents to the same length so that they can be gathered.
-        pad = self.doc_len - d.shape[1]
+        pad = doc_len - d.shape[1]
         if pad > 0:
             d = nn.functional.pad(d, (0, 0, 0, pad))
             keep = nn.functional.pad(keep, (0, pad))
         return q, d, keep, int(qb.attention_mask.sum() + db.attention_mask.sum()), qp, dp
+
+    def scores(self, c: "TrainConfig", q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Every query's score with every document of the batch."""
+        scores = maxsim(q, d, document_mask=keep)
+        if c.score_normalization == "query_length":
+            # [PAD] positions are zero vectors; [MASK] augmentation positions count as tokens.
+            length = (q.detach().abs().sum(-1) > 0).sum(-1).clamp(min=1).to(scores.dtype)
+            scores = scores / length[:, None]
+        return scores
+
+    def rank(self, m: nn.Module, queries: list[str], docs: list[str]) -> torch.Tensor:
+        """Scores [queries, documents] of texts, for the dev evaluation."""
+        from ..scoring import maxsim_one
+
+        Q = m.encode_queries(queries, show_progress=False)
+        D = m.encode_documents(docs, show_progress=False)
+        return torch.stack([maxsim_one(Q[i], D) for i in range(len(Q))])
+
+    def set_lengths(self, m: nn.Module, c: "TrainConfig", saving: bool) -> None:
+        """The saved model encodes documents at the inference length (and scores with its pooled head when trained)."""
+        if saving:
+            m.reconfigure(doc_maxlen=c.inference_doc_maxlen, dense_weight=c.dense_weight if c.dense_loss_weight > 0 else 0.0)
+        else:
+            m.reconfigure(doc_maxlen=c.doc_maxlen, dense_weight=0.0)
+
+
+class _DenseKind:
+    """The same for a single-vector bi-encoder (cosine of pooled vectors)."""
+
+    def load(self, c: "TrainConfig", device: torch.device) -> nn.Module:
+        """The model training starts from."""
+        from ..baselines.dense import BiEncoder
+
+        return BiEncoder.from_pretrained(c.model, pooling=c.pooling, query_prefix=c.query_prefix,
+                                         max_length=c.doc_maxlen, device=device, dtype="float32")
+
+    def encode(self, m: nn.Module, queries: list[str], docs: list[str], doc_len: int, pooled: bool) -> tuple:
+        """(queries, documents, None, tokens, None, None) of a batch."""
+        qb, db = m.tokenize(queries, True), m.tokenize(docs, False)
+        tokens = int(qb["attention_mask"].sum() + db["attention_mask"].sum())
+        return m.forward_batch(qb), m.forward_batch(db), None, tokens, None, None
+
+    def scores(self, c: "TrainConfig", q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Every query's cosine with every document of the batch."""
+        return q @ d.T
+
+    def rank(self, m: nn.Module, queries: list[str], docs: list[str]) -> torch.Tensor:
+        """Cosines [queries, documents] of texts, for the dev evaluation."""
+        return m.encode(queries, is_query=True, show_progress=False) @ m.encode(docs, is_query=False, show_progress=False).T
+
+    def set_lengths(self, m: nn.Module, c: "TrainConfig", saving: bool) -> None:
+        """The saved model reads documents at the inference length."""
+        m.max_length = c.inference_doc_maxlen if saving else c.doc_maxlen
+
+
+# The model kinds a TrainConfig names, each dispatched once here rather than by tests of the name.
+MODEL_KINDS = {"colbert": _ColBERTKind(), "dense": _DenseKind()}
+
+
+class _Encoders(nn.Module):
+    """The trainable part of either model kind, as one module DDP can wrap: (queries, docs) -> representations."""
+
+    def __init__(self, model: nn.Module, kind: str, doc_len: int, pooled: bool = False) -> None:
+        super().__init__()
+        self.model, self.kind, self.doc_len, self.pooled = model, MODEL_KINDS[kind], doc_len, pooled
+
+    def forward(self, queries: list[str], docs: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int,
+                                                                    torch.Tensor | None, torch.Tensor | None]:
+        return self.kind.encode(self.model, queries, docs, self.doc_len, self.pooled)
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
@@ -415,18 +484,7 @@ class Trainer:
 
     def _load_model(self) -> nn.Module:
         c = self.cfg
-        if c.kind == "dense":
-            from ..baselines.dense import BiEncoder
-
-            model = BiEncoder.from_pretrained(c.model, pooling=c.pooling, query_prefix=c.query_prefix,
-                                              max_length=c.doc_maxlen, device=self.device, dtype="float32")
-        else:
-            from ..modeling.checkpoint import BASE_MODEL_ID
-            from ..modeling.encoder import ColBERT
-
-            # None means the packaged base here: training starts from it, never from the release.
-            model = ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=self.device, dtype="float32", query_maxlen=c.query_maxlen,
-                                            query_augment_len=c.query_augment_len, doc_maxlen=c.doc_maxlen, **({"dim": c.dim} if c.dim else {}))
+        model = MODEL_KINDS[c.kind].load(c, self.device)
         # The HF pooler head is loaded with the backbone but neither model kind uses it; frozen, it also keeps
         # DistributedDataParallel from waiting for gradients that never come.
         for name, p in model.named_parameters():
@@ -583,14 +641,7 @@ class Trainer:
         return loss, tokens
 
     def _scores(self, q: torch.Tensor, d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        if self.cfg.kind == "dense":
-            return q @ d.T
-        scores = maxsim(q, d, document_mask=keep)
-        if self.cfg.score_normalization == "query_length":
-            # [PAD] positions are zero vectors; [MASK] augmentation positions count as tokens.
-            length = (q.detach().abs().sum(-1) > 0).sum(-1).clamp(min=1).to(scores.dtype)
-            scores = scores / length[:, None]
-        return scores
+        return MODEL_KINDS[self.cfg.kind].scores(self.cfg, q, d, keep)
 
     def train_step(self) -> dict:
         """One optimizer step over batch_size queries; returns its metrics."""
@@ -649,16 +700,7 @@ class Trainer:
         queries, corpus, qrels = self._eval
         m = self.model
         ids = list(corpus)
-        if self.cfg.kind == "dense":
-            Q = m.encode(list(queries.values()), is_query=True, show_progress=False)
-            D = m.encode([corpus[d] for d in ids], is_query=False, show_progress=False)
-            S = Q @ D.T
-        else:
-            from ..scoring import maxsim_one
-
-            Q = m.encode_queries(list(queries.values()), show_progress=False)
-            D = m.encode_documents([corpus[d] for d in ids], show_progress=False)
-            S = torch.stack([maxsim_one(Q[i], D) for i in range(len(Q))])
+        S = MODEL_KINDS[self.cfg.kind].rank(m, list(queries.values()), [corpus[d] for d in ids])
         m.train()
         top = torch.topk(S, min(100, len(ids)), dim=1)
         run = {q: {ids[j]: float(s) for s, j in zip(top.values[i], top.indices[i])} for i, q in enumerate(queries)}
@@ -695,17 +737,10 @@ class Trainer:
         final = self.out / "final"
         if self.rank == 0:
             # The saved model encodes documents at the inference length, not the (shorter) training one.
-            if c.kind == "colbert":
-                self.model.reconfigure(doc_maxlen=c.inference_doc_maxlen,
-                                       dense_weight=c.dense_weight if c.dense_loss_weight > 0 else 0.0)
-            else:
-                self.model.max_length = c.inference_doc_maxlen
+            MODEL_KINDS[c.kind].set_lengths(self.model, c, saving=True)
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(c.save_dtype or "", None)
             self.model.save_pretrained(final, dtype=dtype)
-            if c.kind == "colbert":
-                self.model.reconfigure(doc_maxlen=c.doc_maxlen, dense_weight=0.0)
-            else:
-                self.model.max_length = c.doc_maxlen
+            MODEL_KINDS[c.kind].set_lengths(self.model, c, saving=False)
         if self.distributed:
             dist.barrier()
         return final
