@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import DataError, MedColbertError
 from .evaluation.datasets import BeirDataset, Run, load_beir, read_yaml_mapping, write_run
-from .evaluation.metrics import parse_metrics, per_query
+from .evaluation.metrics import per_query
 
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf", "run")
 TESTS = ("paired-t", "bootstrap")
@@ -136,9 +136,15 @@ def _key_lines(path: Path) -> dict[tuple, int]:
     return lines
 
 
-def validate_schema(raw: dict, path: Path) -> None:
-    """Check every key of an experiment file against the schema: unknown keys, types and ranges, naming the line."""
-    lines = _key_lines(path)
+def system_inputs(spec: dict) -> list[str]:
+    """The systems a system reads: a rerank's first stage, an rrf's runs (none for the others)."""
+    return [spec.get("first_stage")] if spec.get("type") == "rerank" else list(spec.get("runs", [])) if spec.get("type") == "rrf" else []
+
+
+def validate_schema(raw: dict, path: Path | None = None) -> None:
+    """Check every key of an experiment against the schema: required and unknown keys, types and ranges, naming the
+    file's line when read from one."""
+    lines = _key_lines(path) if isinstance(path, Path) and path.is_file() else {}
 
     def fail(at: tuple, message: str) -> None:
         name = ".".join(f"[{k}]" if isinstance(k, int) else str(k) for k in at).replace(".[", "[")
@@ -157,8 +163,16 @@ def validate_schema(raw: dict, path: Path) -> None:
     check(raw, TOP_SCHEMA, (), "an experiment file")
     for i, d in enumerate(raw.get("datasets") or []):
         check(d, DATASET_SCHEMA, ("datasets", i), "a data set")
+        if not {"name", "path"} <= set(d):
+            fail(("datasets", i), "needs a name and a path (and a split)")
     for i, s in enumerate(raw.get("systems") or []):
         check(s, SYSTEM_SCHEMA, ("systems", i), "a system")
+        if not {"name", "type"} <= set(s):
+            fail(("systems", i), "needs a name and a type")
+        if s["type"] == "run" and "path" not in s:
+            fail(("systems", i), "is a run system and needs a path (a TREC run file)")
+        if s["type"] in ("rerank", "rrf") and not all(system_inputs(s)):
+            fail(("systems", i), f"is a {s['type']} and names its input system(s)")
         if isinstance(s, dict) and s.get("type") in SYSTEM_KEYS:
             extra = sorted(set(s) - SYSTEM_KEYS[s["type"]])
             if extra:
@@ -208,63 +222,34 @@ class ExperimentConfig:
         return cfg
 
     def check(self, where: object = None) -> None:
-        """Validate names, references and metrics before any work is done."""
-        if self.correction not in CORRECTIONS:
-            raise DataError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}", where)
+        """Validate keys, values, names and references before any work is done."""
+        fields = {"name": self.name, "datasets": self.datasets, "systems": self.systems, "metrics": self.metrics,
+                  "test": self.test, "alpha": self.alpha, "correction": self.correction, "tolerance": self.tolerance,
+                  "latency_queries": self.latency_queries, "precision": self.precision, "expected": self.expected}
+        if self.baseline is not None:
+            fields["baseline"] = self.baseline
+        validate_schema(fields, where if isinstance(where, Path) else None)   # types, ranges, required and unknown keys
         names: list[str] = []
         for i, s in enumerate(self.systems):
-            if not isinstance(s, dict) or "name" not in s or "type" not in s:
-                raise DataError(f"systems[{i}] needs a name and a type", where)
-            if s["type"] not in SYSTEM_TYPES:
-                raise DataError(f"systems[{i}] ({s['name']}): type must be one of {SYSTEM_TYPES}", where)
-            unknown = sorted(set(s) - SYSTEM_KEYS[s["type"]])
-            if unknown:
-                raise DataError(f"systems[{i}] ({s['name']}): unknown key(s) {unknown} for a {s['type']} system; "
-                                f"accepted: {sorted(SYSTEM_KEYS[s['type']])}", where)
-            trained = s.get("trained_on")
-            if trained is not None and (not isinstance(trained, list) or not all(isinstance(x, str) for x in trained)):
-                raise DataError(f"systems[{i}] ({s['name']}): trained_on must be a list of data set names", where)
-            if s["type"] == "rerank" and s.get("kind", "colbert") not in ("colbert", "dense"):
-                raise DataError(f"systems[{i}] ({s['name']}): kind must be 'colbert' or 'dense', got {s.get('kind')!r}", where)
-            if s["type"] == "run" and not isinstance(s.get("path"), str):
-                raise DataError(f"systems[{i}] ({s['name']}): a run system needs a path (a TREC run file)", where)
-            refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
-            if s["type"] in ("rerank", "rrf") and not all(refs):
-                raise DataError(f"systems[{i}] ({s['name']}): a {s['type']} names its input system(s)", where)
-            for ref in refs:
+            for ref in system_inputs(s):
                 if ref not in names:
                     raise DataError(f"systems[{i}] ({s['name']}) uses '{ref}', which is not a system listed before it", where)
             if s["name"] in names:
                 raise DataError(f"systems[{i}]: duplicate system name '{s['name']}'", where)
             names.append(s["name"])
-        for i, d in enumerate(self.datasets):
-            if not isinstance(d, dict) or not {"name", "path"} <= set(d):
-                raise DataError(f"datasets[{i}] needs a name and a path (and a split)", where)
-            mq = d.get("max_queries")
-            if mq is not None and (not isinstance(mq, int) or isinstance(mq, bool) or mq < 1):
-                raise DataError(f"datasets[{i}] ({d['name']}): max_queries must be a positive integer, got {mq!r}", where)
-        if self.precision not in ("auto", "float32", "bfloat16", "float16"):
-            raise DataError(f"precision must be auto, float32, bfloat16 or float16, got {self.precision!r}", where)
         sets = [d.get("name") for d in self.datasets]
         for i, s in enumerate(self.systems):
             only = s.get("datasets")
             if only is not None and (not isinstance(only, list) or not set(only) <= set(sets)):
                 raise DataError(f"systems[{i}] ({s['name']}): datasets must list data set names of this file {sets}, "
                                 f"got {only!r}", where)
-            refs = [s.get("first_stage")] if s["type"] == "rerank" else s.get("runs", []) if s["type"] == "rrf" else []
-            for ref in refs:
+            for ref in system_inputs(s):
                 inner = next(x for x in self.systems if x["name"] == ref).get("datasets")
                 if inner is not None and (only is None or not set(only) <= set(inner)):
                     raise DataError(f"systems[{i}] ({s['name']}) runs where '{ref}' does not: give it datasets "
                                     f"within {inner}", where)
         if self.baseline is not None and self.baseline not in names:
             raise DataError(f"baseline '{self.baseline}' is not a system", where)
-        if self.test not in TESTS:
-            raise DataError(f"test must be one of {TESTS}", where)
-        try:
-            parse_metrics(self.metrics)
-        except ValueError as exc:
-            raise DataError(str(exc), where) from None
 
     @property
     def out(self) -> Path:
@@ -459,7 +444,7 @@ def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None
     """Whether a system saw this data set's training split: its own `trained_on`, or its stages' (None: unstated)."""
     names = {s["name"]: s for s in cfg.systems}
     own = spec.get("trained_on")
-    parts = [names[spec["first_stage"]]] if spec["type"] == "rerank" else [names[n] for n in spec.get("runs", [])]
+    parts = [names[n] for n in system_inputs(spec)]
     if own is None and spec["type"] not in ("rerank", "rrf"):
         return None
     seen = [dataset in (own or [])] + [_in_domain(cfg, p, dataset) for p in parts]
