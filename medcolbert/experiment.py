@@ -323,15 +323,10 @@ class _Context:
         """Median milliseconds of search_one over the timed queries, one at a time, after a warm-up."""
         if not self.timed_qids:
             return None
+        from .bench import percentiles, time_each
+
         texts = [self.data.queries[q] for q in self.timed_qids]
-        for t in texts[:3]:
-            search_one(t)
-        times = []
-        for t in texts:
-            start = time.perf_counter()
-            search_one(t)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1000)
+        return percentiles(time_each(search_one, texts), (50,))["p50_ms"]
 
 
 def _run_system(ctx: _Context, spec: dict) -> Run:

@@ -76,11 +76,69 @@ async def level(port: int, queries: list[str], clients: int, requests: int, max_
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
+    from medcolbert.bench import percentiles
+
     return {"clients": clients, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
-            "wall_s": wall, "throughput_qps": len(latencies) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99))}
+            "wall_s": wall, "throughput_qps": len(latencies) / wall, **percentiles(np.array(latencies) * 1000)}
+
+
+async def mixed(port: int, queries: list[str], clients: int, seconds: float, k: int, writes: bool) -> dict:
+    """`clients` searchers for `seconds`, with (writes=True) one adder and one deleter running beside them."""
+    search_ms: list[float] = []
+    write_ms: dict[str, list[float]] = {"add": [], "delete": []}
+    errors: list[str] = []
+    added: list[str] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def searcher(http: httpx.AsyncClient, offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            r = await http.post("/search", json={"query": queries[i % len(queries)], "k": k})
+            search_ms.append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                errors.append(f"search {r.status_code} {r.text[:120]}")
+            i += clients
+
+    async def adder(http: httpx.AsyncClient) -> None:
+        n = 0
+        while time.perf_counter() < stop_at:
+            ids = [f"load-{n}-{j}" for j in range(2)]
+            t = time.perf_counter()
+            r = await http.post("/documents", json={"documents": {d: queries[(n + j) % len(queries)] + " (added)"
+                                                                   for j, d in enumerate(ids)}})
+            write_ms["add"].append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                errors.append(f"add {r.status_code} {r.text[:120]}")
+            else:
+                added.extend(ids)
+            n += 1
+
+    async def deleter(http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            if not added:
+                await asyncio.sleep(0.2)
+                continue
+            ids = [added.pop(0)]
+            t = time.perf_counter()
+            r = await http.post("/documents/delete", json={"ids": ids})
+            write_ms["delete"].append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                errors.append(f"delete {r.status_code} {r.text[:120]}")
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                                 limits=httpx.Limits(max_connections=clients + 2)) as http:
+        tasks = [searcher(http, i) for i in range(clients)] + ([adder(http), deleter(http)] if writes else [])
+        await asyncio.gather(*tasks)
+    from medcolbert.bench import percentiles
+
+    spread = percentiles(search_ms, (50, 95))
+    return {"clients": clients, "writes": writes, "seconds": seconds, "searches": len(search_ms),
+            "search_p50_ms": spread["p50_ms"], "search_p95_ms": spread["p95_ms"],
+            "adds": len(write_ms["add"]), "deletes": len(write_ms["delete"]),
+            "add_p50_ms": float(np.median(write_ms["add"])) if write_ms["add"] else None,
+            "delete_p50_ms": float(np.median(write_ms["delete"])) if write_ms["delete"] else None,
+            "errors": len(errors), "error_samples": errors[:5]}
 
 
 def main() -> None:
@@ -95,8 +153,13 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=120, help="time bound per level")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--compare-batching", action="store_true", help="also run with query batching off")
+    ap.add_argument("--mixed", type=float, default=0, metavar="SECONDS",
+                    help="instead: searches alone, then the same searches beside one adder and one deleter, each this "
+                         "long (the index is changed: give a copy)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.mixed:
+        return run_mixed(args)
 
     data = load_beir(args.data, args.split)
     queries = [data.queries[q] for q in sorted(data.queries)]
@@ -124,6 +187,42 @@ def main() -> None:
     print("\n".join(lines))
     if any(r["errors"] for r in results["runs"]):
         raise SystemExit("errors during the load test; see results.json")
+
+
+def run_mixed(args: argparse.Namespace) -> None:
+    """Search latency alone and under adds and deletes, in alternating rounds; results.json and results.md in --out."""
+    from medcolbert.bench import cpu_model
+
+    data = load_beir(args.data, args.split)
+    queries = [data.queries[q] for q in sorted(data.queries)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(args.index, args.model, port, batching=False)
+    rows = []
+    try:
+        asyncio.run(level(port, queries, 1, 10, 60, args.k))  # warm-up
+        clients = int(args.clients.split(",")[-1])
+        for rnd in range(2):
+            for writes in (False, True):
+                row = {"round": rnd + 1, **asyncio.run(mixed(port, queries, clients, args.mixed, args.k, writes))}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
+    finally:
+        server.kill()
+        server.wait()
+    results = {"index": args.index, "k": args.k, "cpu": cpu_model(), "machine_cores": os.cpu_count(), "runs": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"CPU: {results['cpu']}, {os.cpu_count()} cores; {rows[0]['clients']} searchers, k={args.k}, "
+             f"{args.mixed:.0f} s per run; query encoding included", "",
+             "| round | adds + deletes beside | searches | search p50 ms | search p95 ms | adds | deletes | add p50 ms | "
+             "delete p50 ms | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['round']} | {'yes' if r['writes'] else 'no'} | {r['searches']} | {r['search_p50_ms']:.1f} | "
+                     f"{r['search_p95_ms']:.1f} | {r['adds']} | {r['deletes']} | "
+                     f"{r['add_p50_ms'] or 0:.0f} | {r['delete_p50_ms'] or 0:.0f} | {r['errors']} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
