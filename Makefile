@@ -9,11 +9,21 @@ EXPERIMENT ?= experiments/panel.yaml
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions
+.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions real-questions
 
 # Issue 29's candidate recipes (experiments/real-questions/*.yaml), two at a time on one core each; resumable.
 train-real-questions: install
 	scripts/train_real_questions.sh f0-frozen f0-frozen-seed2 t2-top2-l2 t2-top2-l2-seed2
+	for r in f0-frozen t2-top2-l2; do test -d .cache/train/soup-$$r-2seeds-f16 || $(BIN)/medcolbert interpolate \
+		--model .cache/train/rq-$$r/final --start .cache/train/rq-$$r-seed2/final --alpha 0.5 --dtype float16 \
+		--output .cache/train/soup-$$r-2seeds-f16; done
+
+# The candidates on the panel beside every release (after `make demo` and `make train-real-questions`).
+real-questions: train-real-questions
+	$(BIN)/medcolbert experiment experiments/real-questions/panel.yaml
+	$(BIN)/medcolbert experiment experiments/real-questions/panel-rerank.yaml
+	$(BIN)/medcolbert panel experiments/panel experiments/panel-rerank experiments/real-questions/panel \
+		experiments/real-questions/panel-rerank --output experiments/real-questions/report
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -50,6 +50,10 @@ class Limits:
     max_body_bytes: int = 4_000_000
     header_timeout_s: float = 10.0   # a connection must finish its request headers within this
     body_timeout_s: float = 30.0     # and send each part of its body within this
+    # Requests encoding or scoring at once (None: cores / torch threads, at least 1). More than the cores can run
+    # only makes them share the CPU unfairly: with 16 clients on 2 cores the slowest twentieth waited 12x the median
+    # (experiments/service/mixed-load); the rest wait in arrival order instead.
+    concurrent_compute: int | None = None
 
 
 # ----------------------------------------------------------------------------------------- request models
@@ -221,6 +225,10 @@ class Service:
         self.load_error: str | None = None
         self._swap = threading.Lock()
         self._write = threading.Lock()
+        slots = self.limits.concurrent_compute
+        if slots is None:
+            slots = max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+        self.compute = threading.Semaphore(slots)   # waiters are woken in arrival order
         self.snapshot: _Snapshot | None = None
         self.model = None
         self.batcher: QueryBatcher | None = None
@@ -246,6 +254,8 @@ class Service:
             # Batching pays on a GPU; on a 2-core CPU the load test measured it at half the throughput of
             # encoding each request on its own thread (experiments/service/load), so auto = CUDA only.
             batching = self.model.device.type == "cuda" if self.batching is None else self.batching
+            if self.model.device.type == "cuda" and self.limits.concurrent_compute is None:
+                self.compute = threading.Semaphore(1_000)   # the GPU batches concurrent queries: let them all in
             self.batcher = QueryBatcher(self.model, max_batch=self.limits.max_batch) if batching else None
             self.ready.set()
         except Exception as exc:  # reported by /health, not raised into the server loop
@@ -440,21 +450,22 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
-        Q, Q_pooled = service.encode_for_search(texts)
-        weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
-        if req.first_stage is not None:
-            from .retrievers import rerank_encoded_from_index
+        with service.compute:
+            Q, Q_pooled = service.encode_for_search(texts)
+            weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
+            if req.first_stage is not None:
+                from .retrievers import rerank_encoded_from_index
 
-            stage = snap.first_stage(req.first_stage)
-            run = stage.retrieve({str(i): t for i, t in enumerate(texts)}, k=req.depth)
-            ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k,
-                                                None if Q_pooled is None else Q_pooled[i], weight)
-                      for i in range(len(texts))]
-            hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
-        else:
-            hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,
-                                                 q_pooled=None if Q_pooled is None else Q_pooled[i], **knobs)
-                    for i in range(len(texts))]
+                stage = snap.first_stage(req.first_stage)
+                run = stage.retrieve({str(i): t for i, t in enumerate(texts)}, k=req.depth)
+                ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k,
+                                                    None if Q_pooled is None else Q_pooled[i], weight)
+                          for i in range(len(texts))]
+                hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
+            else:
+                hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,
+                                                     q_pooled=None if Q_pooled is None else Q_pooled[i], **knobs)
+                        for i in range(len(texts))]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
@@ -485,26 +496,27 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
             service.check_text(c, f"candidates[{i}]", L.max_document_chars)
         snap = service.current()
         # With a pooled head the model's pooled vectors score too (q_pooled and d_pooled are None without one).
-        encoded_q, pooled_q = service.encode_for_search([req.query])
-        q, q_pooled = encoded_q[0], None if pooled_q is None else pooled_q[0]
-        weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
-        if req.candidates is not None:
-            docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
-            scores = score_candidates(q, docs, weight, q_pooled, d_pooled)
-            labels: list[Any] = list(range(len(req.candidates)))
-        else:
-            for i, d in enumerate(req.ids or []):
-                service.check_id(d, f"ids[{i}]")
-            # passages_of: a document's position, or all passages of a split document (scored by the best).
-            groups = [snap.index.passages_of(d) for d in req.ids or []]
-            unknown = [d for d, g in zip(req.ids or [], groups) if not g]
-            if unknown:
-                raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
-            positions = [p for g in groups for p in g]
-            scores = score_candidates(q, snap.index.document_vectors(positions), weight, q_pooled,
-                                      snap.index.pooled_vectors(positions) if q_pooled is not None else None,
-                                      units_per_document=[len(g) for g in groups])
-            labels = list(req.ids or [])
+        with service.compute:
+            encoded_q, pooled_q = service.encode_for_search([req.query])
+            q, q_pooled = encoded_q[0], None if pooled_q is None else pooled_q[0]
+            weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
+            if req.candidates is not None:
+                docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
+                scores = score_candidates(q, docs, weight, q_pooled, d_pooled)
+                labels: list[Any] = list(range(len(req.candidates)))
+            else:
+                for i, d in enumerate(req.ids or []):
+                    service.check_id(d, f"ids[{i}]")
+                # passages_of: a document's position, or all passages of a split document (scored by the best).
+                groups = [snap.index.passages_of(d) for d in req.ids or []]
+                unknown = [d for d, g in zip(req.ids or [], groups) if not g]
+                if unknown:
+                    raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+                positions = [p for g in groups for p in g]
+                scores = score_candidates(q, snap.index.document_vectors(positions), weight, q_pooled,
+                                          snap.index.pooled_vectors(positions) if q_pooled is not None else None,
+                                          units_per_document=[len(g) for g in groups])
+                labels = list(req.ids or [])
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
@@ -532,7 +544,8 @@ def _add_document_routes(app: FastAPI, service: Service) -> None:
 
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
         # so a delete never waits behind a large add.
-        vectors, pooled = encode_documents_pooled(service.model, list(docs.values()), show_progress=False)  # type: ignore[arg-type]
+        with service.compute:
+            vectors, pooled = encode_documents_pooled(service.model, list(docs.values()), show_progress=False)  # type: ignore[arg-type]
         return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata,
                                                           pooled=pooled)["added"], "added")
 

@@ -82,7 +82,8 @@ async def level(port: int, queries: list[str], clients: int, requests: int, max_
             "wall_s": wall, "throughput_qps": len(latencies) / wall, **percentiles(np.array(latencies) * 1000)}
 
 
-async def mixed(port: int, queries: list[str], clients: int, seconds: float, k: int, writes: bool) -> dict:
+async def mixed(port: int, queries: list[str], clients: int, seconds: float, k: int, writes: bool,
+                tag: str = "load") -> dict:
     """`clients` searchers for `seconds`, with (writes=True) one adder and one deleter running beside them."""
     search_ms: list[float] = []
     write_ms: dict[str, list[float]] = {"add": [], "delete": []}
@@ -103,7 +104,7 @@ async def mixed(port: int, queries: list[str], clients: int, seconds: float, k: 
     async def adder(http: httpx.AsyncClient) -> None:
         n = 0
         while time.perf_counter() < stop_at:
-            ids = [f"load-{n}-{j}" for j in range(2)]
+            ids = [f"{tag}-{n}-{j}" for j in range(2)]   # unique per run: a later run never re-adds an id
             t = time.perf_counter()
             r = await http.post("/documents", json={"documents": {d: queries[(n + j) % len(queries)] + " (added)"
                                                                    for j, d in enumerate(ids)}})
@@ -201,11 +202,13 @@ def run_mixed(args: argparse.Namespace) -> None:
     server = start_server(args.index, args.model, port, batching=False)
     rows = []
     try:
-        asyncio.run(level(port, queries, 1, 10, 60, args.k))  # warm-up
         clients = int(args.clients.split(",")[-1])
+        # Warm-up at full concurrency: traced query graphs per shape, page cache, the thread pool.
+        asyncio.run(mixed(port, queries, clients, min(args.mixed, 15), args.k, False))
         for rnd in range(2):
             for writes in (False, True):
-                row = {"round": rnd + 1, **asyncio.run(mixed(port, queries, clients, args.mixed, args.k, writes))}
+                row = {"round": rnd + 1, **asyncio.run(mixed(port, queries, clients, args.mixed, args.k, writes,
+                                                             tag=f"load-{int(time.time())}-r{rnd}"))}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "error_samples"}), flush=True)
     finally:

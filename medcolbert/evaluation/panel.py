@@ -35,7 +35,10 @@ def _slug(text: str) -> str:
 
 
 def load_panel(folders: list[str | Path]) -> dict[str, dict]:
-    """{set: {"results": results.json's block, "folder": Path}} from experiment output folders."""
+    """{set: {"block": its systems from every folder, "folders": {system: folder}}} from experiment output folders.
+
+    A set may be in several folders (the releases in one experiment, candidates in another): its systems are joined;
+    a system named in two folders of one set must have the same scores there (e.g. the base, run in both)."""
     sets: dict[str, dict] = {}
     for folder in map(Path, folders):
         path = folder / "results.json"
@@ -43,16 +46,23 @@ def load_panel(folders: list[str | Path]) -> dict[str, dict]:
             raise DataError("no results.json: run the experiment first", path)
         results = json.loads(path.read_text())
         for name, block in results["datasets"].items():
-            if name in sets:
-                raise DataError(f"set '{name}' is in more than one of the folders", path)
-            sets[name] = {"block": block, "folder": folder}
+            entry = sets.setdefault(name, {"block": {**block, "systems": {}}, "folders": {}})
+            for system, row in block["systems"].items():
+                known = entry["block"]["systems"].get(system)
+                if known is not None and abs(known.get("ndcg@10", 0) - row.get("ndcg@10", 0)) > 1e-9:
+                    raise DataError(f"set '{name}': system '{system}' has different scores in {entry['folders'][system]} "
+                                    f"and {folder}", path)
+                if known is None:
+                    entry["block"]["systems"][system] = row
+                    entry["folders"][system] = folder
     return sets
 
 
 def per_query(sets: dict[str, dict], set_name: str, system: str, metric: str) -> dict[str, float] | None:
     """A system's recorded per-query scores on a set (None when it was not run there)."""
-    path = sets[set_name]["folder"] / "perquery" / f"{set_name}.{_slug(system)}.json"
-    if not path.is_file():
+    folder = sets[set_name]["folders"].get(system)
+    path = None if folder is None else folder / "perquery" / f"{set_name}.{_slug(system)}.json"
+    if path is None or not path.is_file():
         return None
     return json.loads(path.read_text())[metric]
 
