@@ -61,15 +61,10 @@ def colbert_ai_job(work: Path, checkpoint: Path, corpus: dict[str, str], queries
 
 
 def latency(fn, queries: list[str], warmup: int = 5) -> list[float]:
-    """Seconds per call of fn(query), one query at a time, after a warm-up."""
-    for q in queries[:warmup]:
-        fn(q)
-    out = []
-    for q in queries:
-        t = time.perf_counter()
-        fn(q)
-        out.append(time.perf_counter() - t)
-    return out
+    """Seconds per call of fn(query), one query at a time, after a warm-up (medcolbert.bench's loop)."""
+    from medcolbert.bench import time_each
+
+    return [ms / 1000 for ms in time_each(fn, queries, warmup)]
 
 
 def write_log(path: Path, proc: subprocess.CompletedProcess) -> None:

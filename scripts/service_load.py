@@ -214,7 +214,7 @@ def run_mixed(args: argparse.Namespace) -> None:
     finally:
         server.kill()
         server.wait()
-    results = {"index": args.index, "k": args.k, "cpu": cpu_model(), "machine_cores": os.cpu_count(), "runs": rows}
+    results = {"index": Path(args.index).name, "k": args.k, "cpu": cpu_model(), "machine_cores": os.cpu_count(), "runs": rows}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"CPU: {results['cpu']}, {os.cpu_count()} cores; {rows[0]['clients']} searchers, k={args.k}, "
              f"{args.mixed:.0f} s per run; query encoding included", "",
