@@ -51,7 +51,7 @@ class Limits:
     header_timeout_s: float = 10.0   # a connection must finish its request headers within this
     body_timeout_s: float = 30.0     # and send each part of its body within this
     # Requests encoding or scoring at once (None: cores / torch threads, at least 1). More than the cores can run
-    # only makes them share the CPU unfairly: with 16 clients on 2 cores the slowest twentieth waited 12x the median
+    # only makes them share the CPU unfairly: with 16 clients on 2 cores the slowest twentieth waited about 14x the median
     # (experiments/service/mixed-load); the rest wait in arrival order instead.
     concurrent_compute: int | None = None
 
