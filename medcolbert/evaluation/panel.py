@@ -8,13 +8,13 @@ so a model is scored once and judged from its recorded per-query scores.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ..experiment import _slug, paired_test
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,6 @@ class PanelRule:
     alpha: float = 0.05             # paired t over all their questions
     floors: dict = field(default_factory=lambda: {"scifact": 0.71, "medquad": 0.88})
     metric: str = "ndcg@10"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def load_panel(folders: list[str | Path]) -> dict[str, dict]:
@@ -68,13 +64,12 @@ def per_query(sets: dict[str, dict], set_name: str, system: str, metric: str) ->
 
 
 def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int]:
-    from scipy import stats
-
+    """Mean difference a - b over the questions both have, its paired t-test p, and how many questions."""
     qids = sorted(set(a) & set(b))
     x, y = np.array([a[q] for q in qids]), np.array([b[q] for q in qids])
-    if len(qids) < 2 or np.allclose(x, y):
-        return float(x.mean() - y.mean()) if qids else 0.0, 1.0, len(qids)
-    return float(x.mean() - y.mean()), float(stats.ttest_rel(x, y).pvalue), len(qids)
+    if not qids:
+        return 0.0, 1.0, 0
+    return float(x.mean() - y.mean()), paired_test(x, y, "paired-t"), len(qids)
 
 
 def judge(sets: dict[str, dict], system: str, base: str, rule: PanelRule = PanelRule()) -> dict:
