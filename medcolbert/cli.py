@@ -476,13 +476,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         # The encoder is named, not loaded: --model is the checkpoint that made the vectors (recorded, and
         # checked by fingerprint when it can be loaded here).
-        fingerprint, config = None, None
+        fingerprint, config, pooled_dim = None, None, None
         if args.model is not None:
             named = ColBERT.from_pretrained(args.model, device="cpu")
-            fingerprint, config = named.fingerprint(weights_only=True), named.config
+            fingerprint, config, pooled_dim = named.fingerprint(weights_only=True), named.config, named.hidden_size
         t0 = time.perf_counter()
         build_from_vectors(args.index, args.from_vectors, model_name=Path(args.model).name if args.model else "unnamed",
-                           model_fingerprint=fingerprint, model_source=args.model, config=config,
+                           model_fingerprint=fingerprint, model_source=args.model, config=config, pooled_dim=pooled_dim,
                            num_centroids=args.num_centroids,
                            nbits=args.nbits, kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size,
                            overwrite=args.overwrite, assignment=args.assignment, kmeans=args.kmeans)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from medcolbert.cli import main
+from medcolbert.errors import MedColbertError
 from medcolbert.experiment import ExperimentConfig
 from medcolbert.indexing.index import Index
 from tests.conftest import make_tiny_model, write_beir
@@ -143,3 +144,33 @@ def test_an_index_from_vectors_without_pooled_vectors_is_searched_by_maxsim_alon
     want = exact_search(index, q, 5)[0]
     assert [d for d, _ in got] == [d for d, _ in want]
     assert main(["search", "--index", str(tmp_path / "i"), "--model", str(checkpoint), "--query", query, "--k", "3"]) == 0
+
+
+def test_shards_can_carry_pooled_vectors_for_a_pooled_head_model(built, tmp_path):
+    import numpy as np
+    import torch
+
+    from medcolbert import ColBERT
+    from medcolbert.search.plaid import Searcher
+
+    root, checkpoint, _ = built
+    model = ColBERT.from_pretrained(checkpoint, device="cpu", dense_weight=1.0)   # scores with its pooled head
+    corpus = make_corpus(30, seed=5)
+    ids = list(corpus)
+    docs, pooled = model.encode_documents([corpus[d] for d in ids], pooled=True, show_progress=False)
+    shard = _write_shard(tmp_path, "s", torch.cat(docs).numpy(), [len(d) for d in docs], ids)
+    np.save(tmp_path / "s.pooled.npy", pooled.numpy())
+    index = Index.build_from_vectors(tmp_path / "v", [shard], "tiny", model_fingerprint=model.fingerprint(weights_only=True),
+                                     pooled_dim=model.hidden_size, num_centroids=16, show_progress=False)
+    assert index.pooled is not None and not index.maxsim_only
+    from_texts = Index.build(tmp_path / "t", model, corpus, num_centroids=16, show_progress=False)
+    for d in ids[:8]:
+        query = " ".join(corpus[d].split()[:5])
+        got = Searcher(index, model).search(query, k=5, exact=True)
+        want = Searcher(from_texts, model).search(query, k=5, exact=True)
+        assert [h for h, _ in got] == [h for h, _ in want]
+    # Pooled vectors of the wrong width, or on some shards only, are refused with one line.
+    np.save(tmp_path / "s.pooled.npy", pooled.numpy()[:, :8])
+    with pytest.raises(MedColbertError, match="pooled vectors are"):
+        Index.build_from_vectors(tmp_path / "w", [shard], "tiny", pooled_dim=model.hidden_size, num_centroids=16,
+                                 show_progress=False)
