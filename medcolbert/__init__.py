@@ -32,6 +32,7 @@ _EXPORTS = {
     "SearchConfig": "medcolbert.search.plaid",
     "ShardedSearcher": "medcolbert.search.sharded",
     "Retriever": "medcolbert.retrievers",
+    "EncodedQueries": "medcolbert.retrievers",
     "Reranker": "medcolbert.retrievers",
     "Pipeline": "medcolbert.retrievers",
     "RRF": "medcolbert.retrievers",
@@ -60,8 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .evaluation.datasets import load_beir, read_run, write_run
     from .evaluation.metrics import evaluate
     from .modeling.encoder import ColBERT
-    from .retrievers import (RRF, BM25Retriever, CosineReranker, DenseRetriever, MaxSimReranker, Pipeline,
-                             PlaidRetriever, Reranker, Retriever)
+    from .retrievers import (RRF, BM25Retriever, CosineReranker, DenseRetriever, EncodedQueries, MaxSimReranker,
+                             Pipeline, PlaidRetriever, Reranker, Retriever)
     from .scoring import maxsim, score_candidates
     from .search.rerank import rerank, rerank_run
     from .training.data import read_triplets, write_triplets

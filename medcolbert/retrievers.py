@@ -8,12 +8,16 @@ adapters all take these objects, so any stage can stand wherever another one doe
     bm25 = BM25Retriever(corpus)
     pipeline = bm25 >> MaxSimReranker(model, corpus, depth=100)
     run = pipeline.retrieve(queries, k=10)
+
+Queries are texts ({query id: text}) or `EncodedQueries` (encoded once, e.g. by a service that already holds the
+model's vectors): model stages use the vectors, text stages (BM25, a single-vector model) the texts beside them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
 
 from .evaluation.datasets import Run
 from .validation import check_int
@@ -22,12 +26,57 @@ if TYPE_CHECKING:
     from .config import ModelConfig
 
 
+@dataclass
+class EncodedQueries:
+    """Queries encoded once: their ids and texts, token vectors [n, L, dim] and, for a model with a pooled head, the
+    pooled vectors [n, hidden] (None otherwise). Every stage takes them where it takes {query id: text}."""
+
+    ids: list[str]
+    texts: list[str]
+    vectors: Any
+    pooled: Any = None
+
+    @classmethod
+    def encode(cls, model: Any, queries: Mapping[str, str]) -> "EncodedQueries":
+        """Encode {query id: text} with a ColBERT model (its pooled vectors too when it has a pooled head)."""
+        from .modeling.encoder import encode_queries_pooled
+
+        ids = list(queries)
+        vectors, pooled = encode_queries_pooled(model, [queries[q] for q in ids], show_progress=False)
+        return cls(ids, [queries[q] for q in ids], vectors, pooled)
+
+    def text_map(self) -> dict[str, str]:
+        """{query id: text}, for the stages that read texts."""
+        return dict(zip(self.ids, self.texts))
+
+    def row(self, qid: str) -> tuple[Any, Any]:
+        """One query's (vectors, pooled vector or None)."""
+        i = self._at[qid]
+        return self.vectors[i], None if self.pooled is None else self.pooled[i]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.texts) or len(self.ids) != len(self.vectors):
+            raise ValueError(f"{len(self.ids)} ids, {len(self.texts)} texts and {len(self.vectors)} query vectors")
+        self._at = {q: i for i, q in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+Queries = Union[Mapping[str, str], EncodedQueries]
+
+
+def as_texts(queries: Queries) -> Mapping[str, str]:
+    """{query id: text} of either kind of queries."""
+    return queries.text_map() if isinstance(queries, EncodedQueries) else queries
+
+
 class Retriever:
     """A retrieval stage: `retrieve(queries, k)` -> run; `search(text, k)` -> [(doc id, score)]."""
 
     name = "retriever"
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """The top k documents of every query, as {query id: {doc id: score}}."""
         raise NotImplementedError
 
@@ -51,7 +100,7 @@ class Reranker:
     name = "reranker"
     depth = 100
 
-    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+    def rerank(self, queries: Queries, run: Run, k: int | None = None) -> Run:
         """The run's top `depth` documents of each query, rescored, best first."""
         raise NotImplementedError
 
@@ -63,7 +112,7 @@ class Pipeline(Retriever):
         self.first, self.reranker = first, reranker
         self.name = f"{first.name} >> {reranker.name}"
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """Retrieve `depth` candidates with the first stage, rerank them, keep k."""
         check_int("k", k, 1)
         candidates = self.first.retrieve(queries, k=max(k, self.reranker.depth))
@@ -80,9 +129,9 @@ class BM25Retriever(Retriever):
 
         self.bm25 = BM25(**options).index(corpus)
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """BM25's top k."""
-        return self.bm25.search(queries, k=k)
+        return self.bm25.search(as_texts(queries), k=k)
 
 
 class DenseRetriever(Retriever):
@@ -100,10 +149,10 @@ class DenseRetriever(Retriever):
         self.index = index
         self.name = name or f"dense ({index.model.name})"
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """The nearest k documents by inner product."""
         check_int("k", k, 1)
-        return self.index.search(queries, k=k)
+        return self.index.search(as_texts(queries), k=k)
 
 
 class PlaidRetriever(Retriever):
@@ -123,8 +172,14 @@ class PlaidRetriever(Retriever):
             model = index.load_model()
         return cls(Searcher(index, model), **knobs)
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """PLAID's top k for each query."""
+        if isinstance(queries, EncodedQueries):
+            run: Run = {}
+            for q in queries.ids:
+                vectors, pooled = queries.row(q)
+                run[q] = dict(self.searcher.search_encoded(vectors, k=k, q_pooled=pooled, **self.knobs))
+            return run
         return self.searcher.search_all(queries, k=k, show_progress=False, **self.knobs)
 
 
@@ -139,7 +194,7 @@ class CosineReranker(Reranker):
         self.known = {} if known is None else known
         self.name = name or f"cosine ({getattr(model, 'name', 'single-vector')})"
 
-    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+    def rerank(self, queries: Queries, run: Run, k: int | None = None) -> Run:
         """Rescore the top `depth` documents of each query by cosine; keep k (default depth)."""
         import torch
 
@@ -176,33 +231,35 @@ class MaxSimReranker(Reranker):
         self.cache = cache
         self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
 
-    def rerank(self, queries: Mapping[str, str], run: Run, k: int | None = None) -> Run:
+    def rerank(self, queries: Queries, run: Run, k: int | None = None) -> Run:
         """Rescore the top `depth` documents of each query by exact MaxSim; keep k (default depth)."""
         from .indexing.index import Index
         from .search.rerank import rerank_run
 
         if isinstance(self.documents, Index):
             return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k)
+        given = (queries.vectors, queries.pooled, queries.ids) if isinstance(queries, EncodedQueries) else None
         splitter = None
         if self.split_documents:
             from .passages import PassageSplitter
 
             splitter = PassageSplitter.for_model(self.model)
-        return rerank_run(self.model, queries, run, self.documents, depth=self.depth, k=k, cache=self.cache,
+        return rerank_run(self.model, as_texts(queries), run, self.documents, depth=self.depth, k=k, cache=self.cache,
                           # One query (a timed search) never draws bars: they would cost time and flood the log.
-                          show_progress=self.show_progress if len(queries) > 1 else False, splitter=splitter)
+                          show_progress=self.show_progress if len(queries) > 1 else False, splitter=splitter,
+                          encoded_queries=given)
 
 
-def _rerank_from_index(model: Any, index: Any, queries: Mapping[str, str], run: Run, depth: int,
+def _rerank_from_index(model: Any, index: Any, queries: Queries, run: Run, depth: int,
                        k: int | None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
-    qids = list(run)
-    from .modeling.encoder import encode_queries_pooled
-
-    Q, Q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=False)
-    return {qid: dict(rerank_encoded_from_index(index, Q[i], run[qid], depth, k,
-                                                None if Q_pooled is None else Q_pooled[i], model.config))
-            for i, qid in enumerate(qids)}
+    if not isinstance(queries, EncodedQueries):
+        queries = EncodedQueries.encode(model, {q: queries[q] for q in run})
+    out: Run = {}
+    for qid in run:
+        vectors, pooled = queries.row(qid)
+        out[qid] = dict(rerank_encoded_from_index(index, vectors, run[qid], depth, k, pooled, model.config))
+    return out
 
 
 def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int, k: int | None = None,
@@ -239,7 +296,7 @@ class RRF(Retriever):
         self.retrievers, self.k, self.depth, self.weights = retrievers, k, check_int("depth", depth, 1), weights
         self.name = "RRF(" + "; ".join(r.name for r in retrievers) + ")"
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """Fused top k."""
         from .search.fusion import rrf
 
@@ -254,7 +311,7 @@ class FunctionRetriever(Retriever):
     def __init__(self, fn: Callable[[Mapping[str, str], int], Run], name: str = "custom") -> None:
         self.fn, self.name = fn, name
 
-    def retrieve(self, queries: Mapping[str, str], k: int = 100) -> Run:
+    def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """Whatever the function returns, checked to be finite."""
         import math
 

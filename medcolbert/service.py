@@ -452,15 +452,14 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                                      "or to search from a first stage")
         with service.compute:
             Q, Q_pooled = service.encode_for_search(texts)
-            weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
             if req.first_stage is not None:
-                from .retrievers import rerank_encoded_from_index
+                from .retrievers import EncodedQueries, MaxSimReranker, Pipeline
 
-                stage = snap.first_stage(req.first_stage)
-                run = stage.retrieve({str(i): t for i, t in enumerate(texts)}, k=req.depth)
-                ranked = [rerank_encoded_from_index(snap.index, Q[i], run.get(str(i), {}), req.depth, req.k,
-                                                    None if Q_pooled is None else Q_pooled[i], weight)
-                          for i in range(len(texts))]
+                # The registered first stage reads the texts, the reranker the vectors encoded once above.
+                queries = EncodedQueries([str(i) for i in range(len(texts))], texts, Q, Q_pooled)
+                stage = Pipeline(snap.first_stage(req.first_stage), MaxSimReranker(service.model, snap.index, depth=req.depth))
+                run = stage.retrieve(queries, k=req.k)
+                ranked = [list(run.get(q, {}).items()) for q in queries.ids]
                 hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
             else:
                 hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,

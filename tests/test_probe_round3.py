@@ -81,7 +81,7 @@ def test_experiment_files_are_checked_at_every_level_with_the_line(tmp_path, cha
     with pytest.raises(ValueError) as info:
         ExperimentConfig.from_yaml(path)
     message = str(info.value)
-    assert key in message and f"e.yaml:" in message, message
+    assert key in message and "e.yaml:" in message, message
     assert message.split("e.yaml:")[1].split(":")[0].isdigit()
 
 
@@ -118,7 +118,6 @@ def test_a_rejected_from_vectors_build_leaves_nothing_behind(tmp_path, bad, caps
 
 
 def test_an_index_from_vectors_without_pooled_vectors_is_searched_by_maxsim_alone(built, tmp_path, capsys):
-    import numpy as np
     import torch
 
     from medcolbert import ColBERT

@@ -115,3 +115,26 @@ def test_langchain_retriever_and_compressor(setup):
     compressed = MaxSimCompressor(model=model, top_n=2).compress_documents(list(reversed(docs)), corpus["doc3"])
     assert len(compressed) == 2 and compressed[0].metadata["id"] == "doc3"
     assert compressed[0].metadata["relevance_score"] >= compressed[1].metadata["relevance_score"]
+
+
+@pytest.mark.parametrize("dense_weight", [0.0, 1.0])
+def test_encoded_queries_give_every_stage_the_same_runs_as_texts(setup, dense_weight):
+    from medcolbert import EncodedQueries
+
+    corpus, model, index, queries, _ = setup
+    model = model.reconfigure(dense_weight=dense_weight) if dense_weight == 0 else ColBERT.from_pretrained(
+        model.source, device="cpu", dense_weight=dense_weight)
+    if dense_weight:   # a pooled-head model needs an index with pooled vectors
+        index = Index.build(index.path.with_name(f"pooled-{dense_weight}"), model, corpus, num_centroids=8,
+                            show_progress=False)
+    encoded = EncodedQueries.encode(model, queries)
+    stages = [BM25Retriever(corpus) >> MaxSimReranker(model, corpus, depth=20),
+              BM25Retriever(corpus) >> MaxSimReranker(model, index, depth=20),
+              PlaidRetriever.from_index(index, model),
+              RRF(BM25Retriever(corpus), PlaidRetriever.from_index(index, model))]
+    for stage in stages:
+        by_text, by_vectors = stage.retrieve(queries, k=5), stage.retrieve(encoded, k=5)
+        assert list(by_text) == list(by_vectors)
+        for q in queries:
+            assert list(by_text[q]) == list(by_vectors[q]), stage
+            assert all(abs(by_text[q][d] - by_vectors[q][d]) < 1e-4 for d in by_text[q])

@@ -72,8 +72,11 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
 def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Mapping[str, float]],
                documents: Mapping[str, str], depth: int = 100, k: int | None = None,
                cache: VectorCache | None = None, batch_size: int = 32,
-               show_progress: bool | None = None, splitter: PassageSplitter | None = None) -> Run:
+               show_progress: bool | None = None, splitter: PassageSplitter | None = None,
+               encoded_queries: tuple[torch.Tensor, torch.Tensor | None, list[str]] | None = None) -> Run:
     """Rerank the top `depth` documents of every query of a run by exact MaxSim; keep the top k (default depth).
+
+    encoded_queries: the queries encoded already, as (vectors [n, L, dim], pooled [n, hidden] or None, their ids).
 
     splitter: split each document into passages and score it by its best passage (instead of truncating it).
     """
@@ -109,7 +112,13 @@ def rerank_run(model: ColBERT, queries: Mapping[str, str], run: Mapping[str, Map
         vectors = dict(zip(unit_ids, encoded))
         pooled = dict(zip(unit_ids, pooled_all)) if pooled_all is not None else {}
     qids = list(top)
-    q_vectors, q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=show_progress)
+    if encoded_queries is not None:
+        at = {q: i for i, q in enumerate(encoded_queries[2])}
+        rows = [at[q] for q in qids]
+        q_vectors = encoded_queries[0][rows]
+        q_pooled = None if encoded_queries[1] is None or not has_pooled_head(model) else encoded_queries[1][rows]
+    else:
+        q_vectors, q_pooled = encode_queries_pooled(model, [queries[q] for q in qids], show_progress=show_progress)
     out: Run = {}
     for qi, qid in enumerate(tqdm(qids, desc="Reranking", unit="query", disable=not show_progress)):
         cands = top[qid]
