@@ -43,6 +43,13 @@ def world(tmp_path_factory):
                "checkpoint": checkpoint, "searcher": Searcher(index, model)}
 
 
+def _post(client, path: str, body: dict):  # type: ignore[no-untyped-def]
+    """POST a JSON body as a client would send it: ASCII JSON, so lone surrogates travel as \\ud800 escapes."""
+    import json
+
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
 def _ranked(scores: list[float]) -> bool:
     return all(a >= b for a, b in zip(scores, scores[1:]))
 
@@ -50,7 +57,7 @@ def _ranked(scores: list[float]) -> bool:
 @SETTINGS
 @given(query=TEXT, k=K)
 def test_service_search(world, query, k):
-    r = world["client"].post("/search", json={"query": query, "k": k})
+    r = _post(world["client"], "/search", {"query": query, "k": k})
     assert r.status_code < 500, r.text
     if r.status_code == 200:
         hits = r.json()["results"]
@@ -67,7 +74,7 @@ def test_service_search(world, query, k):
 @given(query=TEXT, candidates=st.lists(TEXT, max_size=22), k=st.none() | K)
 def test_service_rerank(world, query, candidates, k):
     body = {"query": query, "candidates": candidates} | ({} if k is None else {"k": k})
-    r = world["client"].post("/rerank", json=body)
+    r = _post(world["client"], "/rerank", body)
     assert r.status_code < 500, r.text
     surrogate = any(0xD800 <= ord(c) <= 0xDFFF for t in [query, *candidates] for c in t)
     valid = (not is_blank(query) and candidates and all(not is_blank(c) for c in candidates)
