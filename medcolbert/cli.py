@@ -664,7 +664,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     """Mine hard negatives and write triplets."""
     from .evaluation.datasets import load_beir, load_corpus
     from .training.data import beir_to_triplets, pairs_to_triplets, write_triplets
-    from .training.mining import bm25_retriever, mine_negatives, model_retriever
+    from .training.mining import mine_negatives, plaid_stage
 
     try:
         window = tuple(int(x) for x in args.window.split(","))
@@ -685,9 +685,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
         if not args.index:
             raise MedColbertError("--model needs --index (where to build or reuse the PLAID index)")
-        retriever = model_retriever(ColBERT.from_pretrained(args.model), corpus, args.index)
+        retriever = plaid_stage(ColBERT.from_pretrained(args.model), corpus, args.index)
     else:
-        retriever = bm25_retriever(corpus)
+        from .retrievers import BM25Retriever
+
+        retriever = BM25Retriever(corpus)
     mined = mine_negatives(triplets, corpus, retriever, n_negatives=args.negatives, window=window,  # type: ignore[arg-type]
                            near_duplicate=args.near_duplicate, seed=args.seed)
     write_triplets(args.output, mined)

@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 
 from .data import Triplet
 
-# A retriever maps query texts to ranked document ids, best first.
-Retriever = Callable[[Sequence[str], int], list[list[str]]]
+# What mining runs: query texts -> ranked document ids, best first (a Retriever stage is wrapped into one).
+RankFn = Callable[[Sequence[str], int], list[list[str]]]
 _WORD = re.compile(r"\w+")
 
 
-def as_mining_retriever(stage) -> Retriever:  # type: ignore[no-untyped-def]
+def as_mining_retriever(stage) -> RankFn:  # type: ignore[no-untyped-def]
     """A medcolbert.retrievers.Retriever (or a plain callable) as the texts -> ranked ids function mining uses."""
     from ..retrievers import Retriever as Stage
 
@@ -30,34 +30,15 @@ def as_mining_retriever(stage) -> Retriever:  # type: ignore[no-untyped-def]
     return retrieve
 
 
-def bm25_retriever(corpus: Mapping[str, str]) -> Retriever:
-    """A BM25 retriever over {doc id: text}."""
-    from ..baselines.bm25 import BM25
-
-    bm25 = BM25().index(corpus)
-
-    def retrieve(queries: Sequence[str], depth: int) -> list[list[str]]:
-        run = bm25.search({str(i): q for i, q in enumerate(queries)}, k=depth)
-        return [list(run[str(i)]) for i in range(len(queries))]
-
-    return retrieve
-
-
-def model_retriever(model, corpus: Mapping[str, str], index_path: str) -> Retriever:  # type: ignore[no-untyped-def]
-    """A ColBERT retriever over {doc id: text}: a PLAID index built (or reused) at index_path."""
+def plaid_stage(model, corpus: Mapping[str, str], index_path: str):  # type: ignore[no-untyped-def]
+    """A PlaidRetriever over {doc id: text}: the index at index_path, built there first when it is not yet."""
     from pathlib import Path
 
     from ..indexing.index import Index
-    from ..search.plaid import Searcher
+    from ..retrievers import PlaidRetriever
 
     index = Index.open(index_path) if (Path(index_path) / "manifest.json").is_file() else Index.build(index_path, model, corpus)
-    searcher = Searcher(index, model)
-
-    def retrieve(queries: Sequence[str], depth: int) -> list[list[str]]:
-        run = searcher.search_all(list(queries), k=depth)
-        return [list(run[str(i)]) for i in range(len(queries))]
-
-    return retrieve
+    return PlaidRetriever.from_index(index, model)
 
 
 def _words(text: str) -> frozenset[str]:
@@ -69,10 +50,12 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
-def mine_negatives(triplets: Sequence[Triplet], corpus: Mapping[str, str], retriever: Retriever | None = None,
+def mine_negatives(triplets: Sequence[Triplet], corpus: Mapping[str, str], retriever: object = None,
                    n_negatives: int = 8, window: tuple[int, int] = (0, 50), near_duplicate: float = 0.7,
                    seed: int = 0, batch_size: int = 2048, show_progress: bool | None = None) -> list[Triplet]:
     """Triplets with up to n_negatives hard negatives each, sampled from ranks [window) of the retriever's list.
+
+    retriever: any medcolbert.retrievers.Retriever (default: BM25 over the corpus), or a texts -> ranked ids callable.
 
     Candidates that are a positive, or whose word overlap (Jaccard) with a positive reaches `near_duplicate`,
     are dropped before the window is applied: they are the false negatives mining must not create.
@@ -81,7 +64,11 @@ def mine_negatives(triplets: Sequence[Triplet], corpus: Mapping[str, str], retri
     lo, hi = window
     if not 0 <= lo < hi:
         raise ValueError(f"window must be 0 <= start < end, got {window}")
-    retriever = as_mining_retriever(retriever) if retriever is not None else bm25_retriever(corpus)
+    if retriever is None:
+        from ..retrievers import BM25Retriever
+
+        retriever = BM25Retriever(corpus)
+    retriever = as_mining_retriever(retriever)
     words: dict[str, frozenset[str]] = {}
     rng = random.Random(seed)
     out: list[Triplet] = []

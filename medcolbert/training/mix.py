@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..evaluation.datasets import load_beir
 from .data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
-from .mining import bm25_retriever, mine_negatives
+from .mining import mine_negatives
 
 MEDQUAD_PAIRS = "medquad/train_pairs.jsonl"
 MEDQUAD_DEV = "medquad/dev-retrieval"
@@ -179,7 +179,9 @@ def _miner(spec: str, union: Mapping[str, str]):  # type: ignore[no-untyped-def]
     union of all corpora once and keeps each source's own documents, so one encoding pass serves every source.
     """
     if spec == "bm25":
-        return lambda corpus, prefix: bm25_retriever(corpus)
+        from ..retrievers import BM25Retriever
+
+        return lambda corpus, prefix: BM25Retriever(corpus)
     from ..retrievers import make_retriever
     from .mining import as_mining_retriever
 
