@@ -11,6 +11,15 @@ from pathlib import Path
 import torch
 
 from medcolbert import ColBERT, load_beir
+from medcolbert.bench import cpu_model
+
+
+def _has_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists a CPU flag (AMX and AVX-512 BF16 decide whether bfloat16 pays)."""
+    try:
+        return f" {flag}" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -43,7 +52,8 @@ def main() -> None:
     result = {
         "model": model.name, "passages": len(texts), "tokens": tokens, "doc_maxlen": args.doc_maxlen,
         "batch_size": args.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "seconds": timings,
+        "cpu": cpu_model(), "machine": platform.machine(), "amx_bf16": _has_flag("amx_bf16"),
+        "avx512_bf16": _has_flag("avx512_bf16"), "seconds": timings,
         "passages_per_s": {k: len(texts) / s for k, s in best.items()},
         "tokens_per_s": {k: tokens / s for k, s in best.items()},
         "bf16_speedup": best["float32"] / best["bfloat16"],
