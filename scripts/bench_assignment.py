@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import cpu_name  # noqa: E402
-
-from medcolbert.indexing.codec import HNSWAssigner  # noqa: E402
-from medcolbert.indexing.index import Index  # noqa: E402
+from medcolbert.bench import cpu_model as cpu_name
+from medcolbert.indexing.codec import HNSWAssigner
+from medcolbert.indexing.index import Index
 
 
 class IVFAssigner:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import NOISE, cpu_name  # noqa: E402
+from bench_scale import NOISE  # noqa: E402
+from medcolbert.bench import cpu_model as cpu_name  # noqa: E402
 
 from medcolbert.indexing.builder import SAMPLE_POINTS_PER_CENTROID  # noqa: E402
 from medcolbert.indexing.kmeans import train_centroids  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_scale import cpu_name
+from medcolbert.bench import cpu_model as cpu_name
 
 
 def main() -> None:

@@ -34,11 +34,6 @@ SHARD_VECTORS = 2_000_000
 NOISE = 0.029   # per dimension: |noise|^2 = 128 * 0.029^2 = 0.108, so cos(v, v + noise) is about 0.95
 
 
-def cpu_name() -> str:
-    """lscpu's model name (the scripts' name for medcolbert's own cpu_model)."""
-    return cpu_model()
-
-
 def make_shards(source_index: str, size: int, folder: Path, seed: int = 0) -> dict:
     """Shards of about `size` vectors resampled from the source index's documents (skipped when present)."""
     done = folder / "done.json"
@@ -195,7 +190,7 @@ def main() -> None:
         np.save(qfile, model.encode_queries(texts, show_progress=False).numpy(), allow_pickle=False)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"runs": {}}
-    results.update({"cpu": cpu_name(), "source_index": Path(args.source_index).name,
+    results.update({"cpu": cpu_model(), "source_index": Path(args.source_index).name,
                     "source_documents": len(source), "model": model.name, "queries": args.num_queries,
                     "num_centroids_option": args.num_centroids or "default rule"})
     for size in args.sizes:

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import cpu_name  # noqa: E402
+from medcolbert.bench import cpu_model as cpu_name
 
-from medcolbert.indexing.index import Index  # noqa: E402
-from medcolbert.search.engine import PlaidEngine  # noqa: E402
-from medcolbert.search.plaid import SearchConfig  # noqa: E402
-from medcolbert.search.sharded import merge_top_k  # noqa: E402
+from medcolbert.indexing.index import Index
+from medcolbert.search.engine import PlaidEngine
+from medcolbert.search.plaid import SearchConfig
+from medcolbert.search.sharded import merge_top_k
 
 
 def build(path: Path, stems: list[Path], model: dict) -> tuple[Index, float]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyterrier as pt
-from bench_scale import cpu_name
+from medcolbert.bench import cpu_model as cpu_name
 
 from medcolbert.baselines.dense import BiEncoder, DenseIndex
 from medcolbert.evaluation.datasets import load_beir

@@ -30,13 +30,12 @@ import numpy as np
 import torch
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import cpu_name  # noqa: E402
+from medcolbert.bench import cpu_model as cpu_name
 
-from medcolbert import ColBERT  # noqa: E402
-from medcolbert.evaluation.datasets import load_beir, read_run  # noqa: E402
-from medcolbert.evaluation.metrics import per_query  # noqa: E402
-from medcolbert.vector_cache import VectorCache  # noqa: E402
+from medcolbert import ColBERT
+from medcolbert.evaluation.datasets import load_beir, read_run
+from medcolbert.evaluation.metrics import per_query
+from medcolbert.vector_cache import VectorCache
 
 
 def main() -> None:
