@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Late-interaction (ColBERT) retrieval, reranking and evaluation for medical text.",
         epilog="Run 'medcolbert COMMAND --help' for the options of one command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check, _parser_interpolate, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment, _parser_serve, _parser_train, _parser_info):
+    for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check,
+                _parser_interpolate, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment,
+                _parser_serve, _parser_train, _parser_info):
         add(sub)
     return parser
 

@@ -209,16 +209,13 @@ class ExperimentConfig:
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
         """Read and check an experiment file; errors name the file and the entry."""
         path = Path(path)
-        known = {"name", "datasets", "systems", "metrics", "baseline", "test", "alpha", "correction", "expected", "tolerance",
-                 "latency_queries", "output_dir", "work_dir", "precision"}
-        raw = read_yaml_mapping(path, known)
-        validate_schema(raw, path)
+        raw = read_yaml_mapping(path, set(TOP_SCHEMA))
         raw.setdefault("name", path.stem)
         for key in ("datasets", "systems"):
             if not isinstance(raw.get(key), list) or not raw[key]:
                 raise DataError(f"'{key}' must be a non-empty list", path)
         cfg = cls(**raw, source=path)
-        cfg.check(path)
+        cfg.check(path)   # the schema (with the file's lines), then names and references
         return cfg
 
     def check(self, where: object = None) -> None:
@@ -226,8 +223,8 @@ class ExperimentConfig:
         fields = {"name": self.name, "datasets": self.datasets, "systems": self.systems, "metrics": self.metrics,
                   "test": self.test, "alpha": self.alpha, "correction": self.correction, "tolerance": self.tolerance,
                   "latency_queries": self.latency_queries, "precision": self.precision, "expected": self.expected}
-        if self.baseline is not None:
-            fields["baseline"] = self.baseline
+        fields.update({key: getattr(self, key) for key in ("baseline", "output_dir", "work_dir")
+                       if getattr(self, key) is not None})
         validate_schema(fields, where if isinstance(where, Path) else None)   # types, ranges, required and unknown keys
         names: list[str] = []
         for i, s in enumerate(self.systems):
@@ -377,7 +374,7 @@ def _dense_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .retrievers import DenseRetriever
 
     model = ctx.model("dense", spec)
-    folder = ctx.cfg.work / f"dense-{ctx.name}-{spec.get('index', 'flat')}-{model.fingerprint()}"
+    folder = ctx.cfg.work / f"dense-{ctx.corpus_key}-{spec.get('index', 'flat')}-{model.fingerprint()}"
     # Data sets that share documents (consumer-health's corpus holds MedQuAD dev's) share their vectors.
     known = ctx.cfg.dense_vectors.setdefault(model.fingerprint(), {})
     if (folder / "manifest.json").is_file():

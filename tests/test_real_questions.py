@@ -62,7 +62,8 @@ def test_train_layers_is_validated(tmp_path, tiny_checkpoint):  # noqa: F811
 
 @pytest.mark.skipif(not (SHARED_DATA / "meqsum").is_dir(), reason="needs ../shared/data")
 def test_meqsum_pairs_join_the_mix_without_copies_of_evaluation_questions(tmp_path):
-    from medcolbert.training.mix import _near, _words, build_medical_mix, held_out, meqsum_triplets
+    from medcolbert.training.mining import _words
+    from medcolbert.training.mix import build_medical_mix, held_out, meqsum_triplets, near_copy
 
     pairs = meqsum_triplets(SHARED_DATA / "meqsum" / "questions.jsonl")
     assert len(pairs) == 867 and all(len(t.pos) == 1 and len(t.pos[0]) < len(t.query) for t in pairs[:50])
@@ -71,8 +72,8 @@ def test_meqsum_pairs_join_the_mix_without_copies_of_evaluation_questions(tmp_pa
     assert 0 < len(meq) < 867 and report["dropped"]["meqsum (near-copy of an evaluation question)"] == 867 - len(meq)
     held = [_words(q) for q in held_out(SHARED_DATA)["queries"]]
     mediqa = [json.loads(line)["text"] for line in (SHARED_DATA / "mediqa-qa" / "queries.jsonl").open()]
-    assert all(_words(q) in held or _near(_words(q), held) for q in mediqa)   # the panel's questions are held out
-    assert not any(_near(_words(text), held) for t in meq for text in (t.query, *t.pos))
+    assert all(_words(q) in held or near_copy(q, held) for q in mediqa)   # the panel's questions are held out
+    assert not any(near_copy(text, held) for t in meq for text in (t.query, *t.pos))
     assert all(t.neg and t.pos[0] not in t.neg for t in meq)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..evaluation.datasets import load_beir
 from .data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
-from .mining import mine_negatives
+from .mining import _words, jaccard, mine_negatives
 
 MEDQUAD_PAIRS = "medquad/train_pairs.jsonl"
 MEDQUAD_DEV = "medquad/dev-retrieval"
@@ -128,9 +128,9 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
         # MeQSum's own curation dropped near-copies of consumer-health dev; its summaries are short template
         # questions that can equal a MEDIQA question word for word, so near-copies of any held-out question go too.
         held_words = [_words(q) for q in held["queries"]]
-        pairs = [t for t in meqsum_triplets(root / MEQSUM)
-                 if not any(_near(_words(text), held_words) for text in (t.query, *t.pos))]
-        dropped["meqsum (near-copy of an evaluation question)"] = len(meqsum_triplets(root / MEQSUM)) - len(pairs)
+        rows = meqsum_triplets(root / MEQSUM)
+        pairs = [t for t in rows if not any(near_copy(text, held_words) for text in (t.query, *t.pos))]
+        dropped["meqsum (near-copy of an evaluation question)"] = len(rows) - len(pairs)
         summaries = {f"m{i}": text for i, text in enumerate(dict.fromkeys(p for t in pairs for p in t.pos))}
         mix += mine_negatives(pairs, summaries, rank(summaries, ""), n_negatives=n_negatives, window=window,
                               seed=seed, show_progress=show_progress)
@@ -163,13 +163,10 @@ def meqsum_triplets(path: str | Path) -> list[Triplet]:
     return out
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(re.findall(r"\w+", text.lower()))
-
-
-def _near(words: frozenset[str], others: list[frozenset[str]], threshold: float = 0.5) -> bool:
-    """Whether the word set overlaps any of `others` by more than `threshold` (Jaccard)."""
-    return any(len(words & o) > threshold * len(words | o) for o in others if o)
+def near_copy(text: str, others: list[frozenset[str]], threshold: float = 0.5) -> bool:
+    """Whether a text's words overlap any of `others` (word sets) by more than `threshold` (Jaccard)."""
+    words = _words(text)
+    return any(jaccard(words, o) > threshold for o in others)
 
 
 def _miner(spec: str, union: Mapping[str, str]):  # type: ignore[no-untyped-def]
