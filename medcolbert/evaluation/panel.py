@@ -74,7 +74,8 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> tuple[float, float, int
 
 def judge(sets: dict[str, dict], system: str, base: str, rule: PanelRule = PanelRule()) -> dict:
     """The rule's verdict on one system: mean gain over the decision sets, its p, losses, floors."""
-    gains, diffs, missing = {}, [], []
+    gains, missing = {}, []
+    mine, theirs = [], []   # paired scores over every question of the decision sets
     for s in rule.no_loss_sets:
         if s not in sets:
             missing.append(s)
@@ -85,14 +86,12 @@ def judge(sets: dict[str, dict], system: str, base: str, rule: PanelRule = Panel
             continue
         gains[s] = _paired(a, b)[0]
         if s in rule.decision_sets:
-            diffs += [a[q] - b[q] for q in sorted(set(a) & set(b))]
+            qids = sorted(set(a) & set(b))
+            mine += [a[q] for q in qids]
+            theirs += [b[q] for q in qids]
     decision = [gains[s] for s in rule.decision_sets if s in gains]
     mean_gain = float(np.mean(decision)) if decision else float("nan")
-    p = float("nan")
-    if len(diffs) > 1:
-        from scipy import stats
-
-        p = 1.0 if np.allclose(diffs, 0) else float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    p = paired_test(np.array(mine), np.array(theirs)) if len(mine) > 1 else float("nan")
     floors = {}
     for s, floor in rule.floors.items():
         row = sets.get(s, {}).get("block", {}).get("systems", {}).get(system)
@@ -100,7 +99,7 @@ def judge(sets: dict[str, dict], system: str, base: str, rule: PanelRule = Panel
     below = [s for s, g in gains.items() if g < 0]
     passes = (not missing and mean_gain >= rule.min_gain and p < rule.alpha and not below
               and all(v is not None and v[1] for v in floors.values()))
-    return {"system": system, "mean_gain": mean_gain, "p": p, "questions": len(diffs), "gains": gains,
+    return {"system": system, "mean_gain": mean_gain, "p": p, "questions": len(mine), "gains": gains,
             "below_base_on": below, "floors": floors, "missing": missing, "passes": passes}
 
 
