@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .modeling.precision import cpu_model
+from .machine import cpu_model
 
 __all__ = ["cpu_model", "time_each", "percentiles"]
 

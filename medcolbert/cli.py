@@ -339,6 +339,8 @@ def _parser_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", action="store_true",
                    help="measure the query encoder's precision choice on this CPU now (fp32 vs bf16; a few seconds)")
     p.add_argument("--model", default=None, help="the model to measure (default: the default model)")
+    p.add_argument("--index", default=None,
+                   help="measure the PLAID exact stage's choice for this index on this CPU now (a second or less)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -779,7 +781,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .modeling.checkpoint import BASE_MODEL_ID, release_model_path
-    from .modeling.precision import choose_query_precision, cpu_model
+    from .machine import cpu_model
+    from .modeling.precision import choose_query_precision
     from .search import cpu_kernel
 
     kernel = cpu_kernel.load()
@@ -815,10 +818,41 @@ def cmd_info(args: argparse.Namespace) -> int:
                                          f"query p50: {times}; min cosine to fp32: {cos})"))
     else:
         lines.append(("query precision", "chosen when a search starts; --precision measures it now"))
+    lines += _exact_stage_lines(args.index, kernel is not None)
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str, str]]:
+    """`info`'s lines on the PLAID exact stage: measured now for an index, else what this CPU has remembered."""
+    import os
+
+    from .machine import cpu_model, stored
+    from .search.engine import choose_exact_stage
+
+    def describe(entry: dict) -> str:
+        times = ", ".join(f"{k} {v} ms" for k, v in entry.get("p50_ms", {}).items())
+        return f"{entry['chosen']} ({entry.get('reason', 'measured')}" + (f"; p50 over {entry['vectors']} vectors: {times})"
+                                                                         if times else ")")
+
+    if not compiled:
+        return [("exact stage", "torch engine (the compiled stages are not in use)")]
+    if index_path is not None:
+        from .indexing.index import Index
+        from .search.engine import PlaidEngine
+
+        engine = PlaidEngine(Index.open(index_path), "cpu")
+        return [("exact stage", describe(choose_exact_stage(engine, remeasure=True)))]
+    forced = os.environ.get("MEDCOLBERT_EXACT_STAGE", "auto")
+    if forced != "auto":
+        return [("exact stage", f"{forced} (forced by MEDCOLBERT_EXACT_STAGE)")]
+    mine = {k: v for k, v in stored("exact-stage").items() if k.startswith(cpu_model() + "|") and isinstance(v, dict)}
+    if not mine:
+        return [("exact stage", "chosen when an index is first searched on this CPU; --index PATH measures it now")]
+    return [(f"exact stage ({key.rsplit('|', 2)[-2]}, {key.rsplit('|', 1)[-1]})", describe(entry))
+            for key, entry in sorted(mine.items())]
 
 
 COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,

@@ -21,7 +21,7 @@ import torch
 
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.modeling.encoder import encode_queries_pooled
-from medcolbert.modeling.precision import cpu_model
+from medcolbert.bench import cpu_model
 from medcolbert.search.plaid import Searcher
 
 

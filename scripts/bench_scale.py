@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcolbert.modeling.precision import cpu_model
+from medcolbert.bench import cpu_model
 
 SHARD_VECTORS = 2_000_000
 NOISE = 0.029   # per dimension: |noise|^2 = 128 * 0.029^2 = 0.108, so cos(v, v + noise) is about 0.95

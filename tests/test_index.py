@@ -175,7 +175,7 @@ def test_compiled_decompression_is_bit_identical_to_torch(nbits, dim):
                     reason="compiled PLAID stages not built")
 def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
     from medcolbert.search.cpu_kernel import load
-    from medcolbert.search.engine import PlaidEngine
+    from medcolbert.search.engine import EXACT_STAGES, PlaidEngine
 
     kernel = load()
     rows = np.arange(0, built.num_embeddings, 2)
@@ -213,9 +213,11 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
     idx.add(model, extra | {"new": "asthma steroid inhaler asthma"})
     idx.delete(["doc1", "doc2", "doc3", "new"])
     queries = ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly", "asthma steroid"]
-    for index in (built, idx):
-        compiled, reference = PlaidEngine(index, "cpu", compiled=True), PlaidEngine(index, "cpu", compiled=False)
-        compiled.SPLIT_ROWS = 2   # the two-thread decompression, which large exact stages take, on this tiny index
+    for index, stage in [(built, s) for s in EXACT_STAGES] + [(idx, s) for s in EXACT_STAGES]:
+        compiled = PlaidEngine(index, "cpu", compiled=True, exact_stage=stage)
+        reference = PlaidEngine(index, "cpu", compiled=False)
+        assert compiled.exact_stage == stage and compiled.exact_choice["reason"] == "forced"
+        compiled.SPLIT_ROWS = 2   # the two-thread exact stage, which large stages take, on this tiny index
         for query in queries:
             q = model.encode_queries([query])[0]
             for k, ncells, threshold, ndocs in [(10, 1, 0.5, 256), (3, 2, 0.0, 8), (5, 4, 0.3, 16), (100, 2, 0.4, 1024)]:

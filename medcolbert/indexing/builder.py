@@ -28,8 +28,8 @@ from ..passages import PassageSource, PassageSplitter
 from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
 from .index import new_manifest
 from .kmeans import KMEANS_METHODS, default_num_centroids, resolve_kmeans, train_centroids
-from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, write_manifest,
-                      write_segment)
+from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, store_metadata,
+                      write_fields, write_manifest, write_segment)
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
@@ -544,4 +544,10 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
     entry = {"name": name, "num_documents": len(ids),
              "num_embeddings": int(sum(e["num_embeddings"] for _, _, e in parts)),
              "num_escapes": int(sum(len(e) for e in escapes))}
+    if f"{rel}/meta.npy" in files:
+        # The metadata columns of the whole segment (a text column's codes are per segment, not per chunk).
+        metas = store_metadata({"meta": load_array(root, f"{rel}/meta.npy", files),
+                                "meta_offsets": load_array(root, f"{rel}/meta_offsets.npy", files)})
+        entry["fields"], field_files = write_fields(root, rel, metas)
+        files.update(field_files)
     return entry, files

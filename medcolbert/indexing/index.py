@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from ..errors import IndexFormatError, MedColbertError
+from ..filters import ID_FIELD, Condition, FilterError, WhereLike, check_fields, column_mask, parse_where
 from ..fsutil import failpoint, recover_replaced
 from ..modeling.encoder import has_pooled_head
 from ..validation import check_id, check_text
 from ..passages import SEPARATOR, SPAN_KEY, PassageSplitter, join_passages, parent_of, split_records
 from .codec import ResidualCodec
-from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_manifest, read_segment,
-                      save_array, sha256_file, write_manifest, write_segment)
+from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_fields, read_manifest,
+                      read_segment, save_array, sha256_file, write_manifest, write_segment)
 
 
 class Index:
@@ -79,6 +80,9 @@ class Index:
         ids: list[str] = []
         doclens, residuals = [], []
         self._stores: list = []
+        self._segment_fields: list = []
+        self._fields: list | None = None
+        self._matches: dict[str, np.ndarray] = {}
         pooled_parts: list = []
         scale_parts: list = []
         # One int32 array for every segment's codes, filled in place: no per-segment copies to concatenate.
@@ -93,6 +97,7 @@ class Index:
                     or data.residuals.shape != (n, self.codec.bytes_per_residual):
                 raise IndexFormatError(f"{self.path}: segment {seg['name']} arrays disagree in size (damaged index)")
             ids += data.doc_ids
+            self._segment_fields.append((f"segments/{seg['name']}", seg, data.store, len(data.doc_ids)))
             doclens.append(data.doclens)
             residuals.append(data.residuals)
             self._stores.append(data.store)
@@ -189,6 +194,58 @@ class Index:
         if not self.passages:
             return [self.position[doc_id]] if doc_id in self.position else []
         return self._passage_groups().get(doc_id, [])
+
+    # ------------------------------------------------------------------ metadata filters
+    def field_columns(self) -> list[dict | None]:
+        """Per segment, its metadata columns {field: FieldColumn} (None for a segment that keeps no documents)."""
+        if self._fields is None:
+            self._fields = [read_fields(self.path, rel, self.manifest["files"], entry, store, n)
+                            for rel, entry, store, n in self._segment_fields]
+        return self._fields
+
+    def field_kinds(self) -> dict[str, set[str]]:
+        """Every filterable metadata field and its kinds (number, date, text) across segments."""
+        kinds: dict[str, set[str]] = {}
+        for cols in self.field_columns():
+            for name, col in (cols or {}).items():
+                kinds.setdefault(name, set()).add(col.kind)
+        return kinds
+
+    def matching(self, where: WhereLike) -> np.ndarray | None:
+        """The live index entries that a filter matches, as a boolean mask over positions (None: no filter).
+
+        Raises FilterError for an unknown field, a value of the wrong type or a malformed expression."""
+        parsed = parse_where(where)
+        if parsed is None:
+            return None
+        key = str(parsed)
+        cached = self._matches.get(key)
+        if cached is not None:
+            return cached
+        check_fields(parsed, self.field_kinds())
+        mask = ~self.deleted
+        for c in parsed.conditions:
+            mask &= self._id_mask(c) if c.field == ID_FIELD else self._field_mask(c)
+        mask.flags.writeable = False
+        if len(self._matches) >= 64:   # repeated filters (a service's tenants) cost one evaluation
+            self._matches.pop(next(iter(self._matches)))
+        self._matches[key] = mask
+        return mask
+
+    def _field_mask(self, c: Condition) -> np.ndarray:
+        parts = []
+        for (_, _, _, n), cols in zip(self._segment_fields, self.field_columns()):
+            col = (cols or {}).get(c.field)
+            parts.append(column_mask(col, c) if col is not None else np.zeros(n, dtype=bool))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def _id_mask(self, c: Condition) -> np.ndarray:
+        if c.op not in ("eq", "in"):
+            raise FilterError(f"filter: document ids are compared with = or in, not {c.op}")
+        mask = np.zeros(len(self.doc_ids), dtype=bool)
+        for v in c.values:
+            mask[self.passages_of(str(v))] = True
+        return mask
 
     def _passage_groups(self) -> dict[str, list[int]]:
         """Document id -> positions of its live passages, built once per load of a split index."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexFormatError
+from ..filters import KINDS, FieldColumn, columns_from, field_columns
 
 FORMAT_NAME = "medcolbert-index"
 FORMAT_VERSION = 1
@@ -281,6 +282,10 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
     }
     for key, array in (store or {}).items():
         files[f"{rel}/{key}.npy"] = save_array(root / rel / f"{key}.npy", array)
+    fields: dict[str, dict] = {}
+    if store is not None:
+        fields, field_files = write_fields(root, rel, store_metadata(store))
+        files.update(field_files)
     if pooled is not None:
         if pooled.shape[0] != len(doc_ids):
             raise ValueError(f"{pooled.shape[0]} pooled vectors for {len(doc_ids)} documents")
@@ -289,7 +294,48 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
         files[f"{rel}/pooled_scale.npy"] = save_array(root / rel / "pooled_scale.npy", scale)
     entry = {"name": name, "num_documents": len(doc_ids), "num_embeddings": int(doclens.sum()),
              "num_escapes": int(len(escapes))}
+    if store is not None:
+        entry["fields"] = fields
     return entry, files
+
+
+def write_fields(root: Path, rel: str, metas: list[dict | None]) -> tuple[dict[str, dict], dict]:
+    """One column per metadata field under root/rel, the per-field index filtered searches read (filters.py);
+    returns (the segment entry's "fields", file entries)."""
+    fields, files = {}, {}
+    for i, (field, (kind, arrays)) in enumerate(field_columns(metas).items()):
+        for part, array in arrays.items():
+            files[f"{rel}/field-{i}.{part}.npy"] = save_array(root / rel / f"field-{i}.{part}.npy", array)
+        fields[field] = {"kind": kind, "file": f"field-{i}", "parts": sorted(arrays)}
+    return fields, files
+
+
+def store_metadata(store: dict[str, np.ndarray]) -> list[dict | None]:
+    """Every document's metadata in a store's arrays (as encode_store wrote them)."""
+    raw, offsets = bytes(store["meta"]), store["meta_offsets"]
+    return [json.loads(raw[offsets[i]:offsets[i + 1]]) if offsets[i + 1] > offsets[i] else None
+            for i in range(len(offsets) - 1)]
+
+
+def read_fields(root: Path, rel: str, files: dict, entry: dict, store: "DocumentStore | None",
+                n: int) -> dict[str, FieldColumn] | None:
+    """A segment's metadata columns (memory-mapped): as written with it, or made now from its document store
+    (a segment written before columns existed); None for a segment that keeps no documents."""
+    if "fields" in entry:
+        out = {}
+        for field, spec in entry["fields"].items():
+            if spec.get("kind") not in KINDS or not isinstance(spec.get("file"), str):
+                raise IndexFormatError(f"{root}: {rel}: field {field!r} has a damaged entry in the manifest")
+            arrays = {part: load_array(root, f"{rel}/{spec['file']}.{part}.npy", files, mmap=part == "data")
+                      for part in spec.get("parts", ["data"])}
+            if len(arrays["data"]) != n:
+                raise IndexFormatError(f"{root}: {rel}: field {field!r} has {len(arrays['data'])} rows for {n} documents")
+            out[field] = FieldColumn(spec["kind"], arrays["data"], arrays.get("values"), arrays.get("value_offsets"))
+        return out
+    if store is None:
+        return None
+    metas = [store.metadata(i) or None for i in range(len(store))]
+    return columns_from(field_columns(metas))
 
 
 def read_manifest(root: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION) -> dict:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..machine import cpu_model, remembered
 
 # A lower precision is used only when every probe vector stays this close to fp32's (cosine) ...
 MIN_COSINE = 0.999
@@ -22,25 +21,8 @@ PROBES = ("what are the side effects of metformin",
           "can the antibiotic my mother takes for a cough change how her warfarin works and what should we watch for")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (lscpu's "Model name"), for records and for the cache key."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _dtype(name: str) -> torch.dtype | None:
     return None if name == "float32" else getattr(torch, name)
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("MEDCOLBERT_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "medcolbert"
-    return base / "query-precision.json"
 
 
 def _key(model: Any) -> str:
@@ -117,22 +99,12 @@ def choose_query_precision(model: Any, force: str | None = None, remeasure: bool
     if choice != "auto":
         model.query_dtype = _dtype(choice)
         return {"chosen": choice, "reason": "forced"}
-    path, key = _cache_file(), _key(model)
-    try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        known = {}   # an unreadable cache is measured again
-    entry = None if remeasure else known.get(key)
-    if not isinstance(entry, dict) or entry.get("chosen") not in CHOICES:
+
+    def measured() -> dict:
         entry = measure(model)
         entry["chosen"] = decide(entry)
-        known[key] = entry
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass   # a read-only home still gets the measured choice, just not remembered
+        return entry
+
+    entry = remembered("query-precision", _key(model), measured, lambda e: e.get("chosen") in CHOICES, remeasure)
     model.query_dtype = _dtype(entry["chosen"])
     return {**entry, "reason": "measured"}

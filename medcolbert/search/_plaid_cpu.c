@@ -118,14 +118,16 @@ static inline float sum_of(const float *x, int64_t n) {
 
 /* Stages 1-3: candidates from the top ncells centroids per query token; if more than ndocs, the ndocs best
  * by MaxSim over their centroids that score >= threshold (others count 0); if more than n_exact, the n_exact
- * best by MaxSim over all their centroids (floored at 0, like the pruned stage). table is [C + 1, Lq] centroid
+ * best by MaxSim over all their centroids (floored at 0, like the pruned stage). With exact_share > 0, n_exact
+ * is a minimum and the target is the survivors' count / exact_share: the exact stage's size follows what the
+ * first stages found (colbert-ai's ndocs / 4 where stage 2 keeps ndocs; fewer where fewer were found). table is [C + 1, Lq] centroid
  * scores. slots is a [num_docs] scratch array of -1s, left as it was found. The survivors go to out (capacity
  * num_docs); returns their number, or -1 when out of memory. The helpers above are inlined into each
  * instruction-set clone of this function. */
 static inline __attribute__((always_inline)) int64_t
 candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,
            const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,
-           float threshold, int64_t ndocs, int64_t n_exact, int32_t *slots, int32_t *out) {
+           float threshold, int64_t ndocs, int64_t n_exact, int64_t exact_share, int32_t *slots, int32_t *out) {
     if (ncells > C) ncells = C;
     int32_t *cells = malloc(sizeof(int32_t) * Lq * ncells);
     float *best = malloc(sizeof(float) * Lq * ncells);
@@ -193,6 +195,7 @@ candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets
         free(ranked);
     }
 
+    if (exact_share > 0 && n / exact_share > n_exact) n_exact = n / exact_share;
     if (n > n_exact) {
         float *acc = malloc(sizeof(float) * Lq);
         scored_t *ranked = malloc(sizeof(scored_t) * n);
@@ -220,14 +223,15 @@ candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets
 MC_CLONES MC_NO_JAM
 int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,
                       const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,
-                      float threshold, int64_t ndocs, int64_t n_exact, int32_t *slots, int32_t *out) {
+                      float threshold, int64_t ndocs, int64_t n_exact, int64_t exact_share, int32_t *slots,
+                      int32_t *out) {
     /* A copy for the default 32 query tokens, where every per-row loop is a fixed two vectors long (stages
      * 1-3 measured 0.62 ms against 0.85 ms without it on SciFact). */
     if (Lq == 32)
         return candidates(table, C, 32, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells, threshold,
-                          ndocs, n_exact, slots, out);
+                          ndocs, n_exact, exact_share, slots, out);
     return candidates(table, C, Lq, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells, threshold,
-                      ndocs, n_exact, slots, out);
+                      ndocs, n_exact, exact_share, slots, out);
 }
 
 /* Centroid plus dequantized residual of n vectors into out [n, dim], and their norms (at least 1e-12) into
@@ -352,6 +356,100 @@ void mc_segment_maxsim(const float *sim, int64_t Lq, const float *norms, const i
         }
         out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;
     }
+}
+
+/* Exact MaxSim scored from the compressed vectors, without rebuilding them (WARP's idea, here exact): vector r's
+ * score for query token j is (table[codes[r]][j] + sum over its residual bytes b of lut[b][packed[r][b]][j]) / norms[r].
+ * table [C + 1, Lq] holds the centroids' scores (stage 1 computed it already); lut [nbytes, 256, Lq] each residual
+ * byte value's dot products with the query's dimensions it packs; norms the decompressed vectors' norms. The same
+ * value as decompress-then-multiply up to float rounding order. Document d is rows starts[d] .. starts[d] + lens[d]
+ * of codes/packed/norms; out [ndocs] gets the sum over tokens of the max over its rows. */
+static inline __attribute__((always_inline)) void
+exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,
+          const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,
+          float *out) {
+    float acc[Lq > 0 ? Lq : 1], s[Lq > 0 ? Lq : 1];
+    for (int64_t d = 0; d < ndocs; d++) {
+        for (int64_t j = 0; j < Lq; j++) acc[j] = -INFINITY;
+        for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
+            const float *c = table + (int64_t)codes[r] * Lq;
+            const uint8_t *pk = packed + r * nbytes;
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < Lq; j++) s[j] = c[j];
+            for (int64_t b = 0; b < nbytes; b++) {
+                const float *restrict t = lut + ((b << 8) + pk[b]) * Lq;
+                _Pragma("omp simd")
+                for (int64_t j = 0; j < Lq; j++) s[j] += t[j];
+            }
+            const float nr = norms[r];
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < Lq; j++) {
+                float x = s[j] / nr;
+                acc[j] = x > acc[j] ? x : acc[j];
+            }
+        }
+        out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;
+    }
+}
+
+#ifdef MC_AVX512
+/* exact_lut for 32 query tokens (two 16-lane halves) and an even number of residual bytes, with AVX-512: four
+ * independent sums per half, so that the adds of successive bytes do not wait on one another (the one-sum loop
+ * is bound by add latency, not by the table reads). */
+__attribute__((target("avx512f")))
+static void exact_lut32_avx512(const float *table, const float *lut, int64_t nbytes, const int32_t *codes,
+                               const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens,
+                               int64_t ndocs, float *out) {
+    for (int64_t d = 0; d < ndocs; d++) {
+        __m512 acc0 = _mm512_set1_ps(-INFINITY), acc1 = acc0;
+        for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
+            const float *c = table + (int64_t)codes[r] * 32;
+            const uint8_t *pk = packed + r * nbytes;
+            __m512 a0 = _mm512_loadu_ps(c), a1 = _mm512_loadu_ps(c + 16);
+            __m512 b0 = _mm512_setzero_ps(), b1 = b0, e0 = b0, e1 = b0, f0 = b0, f1 = b0;
+            int64_t b = 0;
+            for (; b + 4 <= nbytes; b += 4) {
+                const float *t0 = lut + ((b << 8) + pk[b]) * 32, *t1 = lut + (((b + 1) << 8) + pk[b + 1]) * 32;
+                const float *t2 = lut + (((b + 2) << 8) + pk[b + 2]) * 32, *t3 = lut + (((b + 3) << 8) + pk[b + 3]) * 32;
+                a0 = _mm512_add_ps(a0, _mm512_loadu_ps(t0));
+                a1 = _mm512_add_ps(a1, _mm512_loadu_ps(t0 + 16));
+                b0 = _mm512_add_ps(b0, _mm512_loadu_ps(t1));
+                b1 = _mm512_add_ps(b1, _mm512_loadu_ps(t1 + 16));
+                e0 = _mm512_add_ps(e0, _mm512_loadu_ps(t2));
+                e1 = _mm512_add_ps(e1, _mm512_loadu_ps(t2 + 16));
+                f0 = _mm512_add_ps(f0, _mm512_loadu_ps(t3));
+                f1 = _mm512_add_ps(f1, _mm512_loadu_ps(t3 + 16));
+            }
+            for (; b < nbytes; b++) {
+                const float *t = lut + ((b << 8) + pk[b]) * 32;
+                a0 = _mm512_add_ps(a0, _mm512_loadu_ps(t));
+                a1 = _mm512_add_ps(a1, _mm512_loadu_ps(t + 16));
+            }
+            const __m512 nr = _mm512_set1_ps(norms[r]);
+            __m512 s0 = _mm512_div_ps(_mm512_add_ps(_mm512_add_ps(a0, b0), _mm512_add_ps(e0, f0)), nr);
+            __m512 s1 = _mm512_div_ps(_mm512_add_ps(_mm512_add_ps(a1, b1), _mm512_add_ps(e1, f1)), nr);
+            acc0 = _mm512_max_ps(acc0, s0);
+            acc1 = _mm512_max_ps(acc1, s1);
+        }
+        float part[32];
+        _mm512_storeu_ps(part, acc0);
+        _mm512_storeu_ps(part + 16, acc1);
+        out[d] = lens[d] > 0 ? sum_of(part, 32) : -INFINITY;
+    }
+}
+#endif
+
+MC_CLONES
+void mc_exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,
+                  const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,
+                  float *out) {
+#ifdef MC_AVX512
+    if (Lq == 32 && __builtin_cpu_supports("avx512f")) {
+        exact_lut32_avx512(table, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+        return;
+    }
+#endif
+    exact_lut(table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
 }
 
 /* Dot products of one float vector q [dim] with n int8 rows [n, dim], each times its scale when scales is given,

@@ -23,25 +23,29 @@ class CpuKernel:
     def __init__(self, path: str) -> None:
         lib = ctypes.CDLL(path)
         lib.mc_candidates.restype = _I
-        lib.mc_candidates.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_float, _I, _I, _P, _P]
+        lib.mc_candidates.argtypes = [_P, _I, _I, _P, _P, _P, _P, _P, _I, ctypes.c_float, _I, _I, _I, _P, _P]
         lib.mc_decompress.restype = None
         lib.mc_decompress.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _I, _P, _P]
         lib.mc_segment_maxsim.restype = None
         lib.mc_segment_maxsim.argtypes = [_P, _I, _P, _P, _I, _P]
+        lib.mc_exact_lut.restype = None
+        lib.mc_exact_lut.argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _P]
         lib.mc_int8_rows_dot.restype = None
         lib.mc_int8_rows_dot.argtypes = [_P, _I, _I, _P, _P, _P]
         self.lib, self.path = lib, path
 
     def candidates(self, table: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, pair_offsets: np.ndarray,
                    pair_codes: np.ndarray, deleted: np.ndarray | None, ncells: int, threshold: float, ndocs: int,
-                   n_exact: int, slots: np.ndarray) -> np.ndarray:
-        """Stages 1-3 for one query's centroid scores table [C + 1, Lq]: the surviving document positions."""
+                   n_exact: int, slots: np.ndarray, exact_share: int = 0) -> np.ndarray:
+        """Stages 1-3 for one query's centroid scores table [C + 1, Lq]: the surviving document positions.
+
+        exact_share > 0: n_exact is a minimum, and stage 3 keeps the survivors' count / exact_share if more."""
         C, Lq = table.shape[0] - 1, table.shape[1]
         out = np.empty(len(slots), dtype=np.int32)
         n = self.lib.mc_candidates(_ptr(table, np.float32), C, Lq, _ptr(ivf_offsets, np.int64),
                                    _ptr(ivf_docs, np.int32), _ptr(pair_offsets, np.int64), _ptr(pair_codes, np.int32),
                                    None if deleted is None else _ptr(deleted, np.uint8), ncells, threshold, ndocs,
-                                   n_exact, _ptr(slots, np.int32), out.ctypes.data)
+                                   n_exact, exact_share, _ptr(slots, np.int32), out.ctypes.data)
         if n < 0:
             raise MemoryError("PLAID candidate stages: out of memory")
         return out[:n]
@@ -78,6 +82,28 @@ class CpuKernel:
         self.lib.mc_segment_maxsim(_ptr(sim, np.float32), sim.shape[1],
                                    None if norms is None else _ptr(norms, np.float32), _ptr(lens, np.int64), len(lens),
                                    out.ctypes.data)
+        return out
+
+    def exact_lut(self, table: np.ndarray, lut: np.ndarray, codes: np.ndarray, packed: np.ndarray, norms: np.ndarray,
+                  starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Exact MaxSim per document from compressed vectors: (centroid score + residual byte lookups) / norm, max, sum.
+
+        table [C', Lq] centroid scores indexed by codes; lut [nbytes, 256, Lq]; codes [n], packed [n, nbytes] and
+        norms [n] per vector; document d is rows starts[d] .. starts[d] + lens[d]. Returns float32 [len(lens)].
+        """
+        Lq, nbytes = table.shape[1], packed.shape[1]
+        if lut.shape != (nbytes, 256, Lq) or len(codes) != len(packed) or norms.shape != (len(codes),) \
+                or starts.shape != lens.shape:
+            raise ValueError(f"lookup table {lut.shape}, {len(codes)} codes, packed {packed.shape}, {len(norms)} norms "
+                             f"and {len(starts)} starts / {len(lens)} lengths do not fit together")
+        if len(lens) and (int((starts + lens).max()) > len(codes) or int(starts.min()) < 0):
+            raise IndexError(f"document rows out of range for {len(codes)} vectors")
+        if len(codes) and int(codes.max()) >= table.shape[0]:
+            raise IndexError(f"a code past the {table.shape[0]} rows of the centroid score table")
+        out = np.empty(len(lens), dtype=np.float32)
+        self.lib.mc_exact_lut(_ptr(table, np.float32), Lq, _ptr(lut, np.float32), nbytes, _ptr(codes, np.int32),
+                              _ptr(packed, np.uint8), _ptr(norms, np.float32), _ptr(starts, np.int64),
+                              _ptr(lens, np.int64), len(lens), out.ctypes.data)
         return out
 
     def int8_rows_dot(self, rows: np.ndarray, q: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:

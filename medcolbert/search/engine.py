@@ -2,13 +2,18 @@
 
 Every stage is written in plain torch, so the same code runs on CPU and on CUDA. On CPU, when the install
 built the optional compiled stages (search/_plaid_cpu.c, nothing is compiled at import or at first use),
-stages 1-3 and the exact stage's decompression and MaxSim run there instead: same results, several times
-faster. Per-query scratch space is per thread, so one engine can serve many threads.
+stages 1-3 and the exact stage run there instead: same results, several times faster. How the exact stage
+scores (from the compressed codes by lookups, or by rebuilding vectors and multiplying with torch's or numpy's
+BLAS) is chosen by timing each on this machine once (`choose_exact_stage`), since CPUs differ in which is
+fastest. Per-query scratch space is per thread, so one engine can serve many threads.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,7 +23,13 @@ from torch.nn import functional as F
 from ..indexing.codec import dequantize
 from ..indexing.index import Index
 from ..indexing.storage import ranges as np_ranges
+from ..machine import cpu_model, remembered
 from . import cpu_kernel
+
+# How the compiled path scores its exact stage, fastest first on the machine that chose the order:
+# "lut" scores from the compressed vectors (centroid score + one lookup per residual byte, WARP's idea), the
+# others rebuild each vector (C loop) and multiply with torch's or numpy's BLAS, or do both in torch.
+EXACT_STAGES = ("lut", "decompress+torch", "decompress+numpy", "torch")
 
 
 def ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -60,9 +71,15 @@ class PlaidEngine:
 
     SCRATCH_LIMIT = 4 << 20   # floats (16 MB) per reused per-thread buffer
     SPLIT_ROWS = 32768        # exact stages this large decompress on two threads (smaller ones: the hand-off costs more)
+    EXACT_SHARE = 4           # the exact stage scores a quarter of the candidates stages 1-2 kept ...
+    EXACT_FLOOR = 64          # ... and at least this many (colbert-ai's fewest), or all: a handful of coarse
+                              # centroids cannot rank a small collection's documents on their own
 
-    def __init__(self, index: Index, device: str | torch.device = "cpu", compiled: bool | None = None) -> None:
-        """compiled: use the compiled CPU stages (None: where built and the device is the CPU)."""
+    def __init__(self, index: Index, device: str | torch.device = "cpu", compiled: bool | None = None,
+                 exact_stage: str | None = None) -> None:
+        """compiled: use the compiled CPU stages (None: where built and the device is the CPU); exact_stage: how
+        the compiled path scores its exact stage, one of EXACT_STAGES (None: $MEDCOLBERT_EXACT_STAGE, else the
+        fastest measured on this machine)."""
         self.index = index
         self.device = torch.device(device)
         d = self.device
@@ -77,8 +94,10 @@ class PlaidEngine:
         self.centroids = codec.centroids_f32.to(d)
         self.num_centroids = self.centroids.shape[0]
         if self.kernel is not None:
-            self._init_kernel(index)
+            self._init_kernel(index, exact_stage)
             return
+        self.exact_choice = {"chosen": "torch engine", "reason": "no compiled stages" if d.type == "cpu" else d.type}
+        self.exact_stage = "torch engine"
 
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(d)
@@ -95,7 +114,7 @@ class PlaidEngine:
         self._byte_table = codec._byte_table.to(d)
         self._row_base = codec._row_base.to(d)
 
-    def _init_kernel(self, index: Index) -> None:
+    def _init_kernel(self, index: Index, exact_stage: str | None) -> None:
         """The arrays the compiled stages read, as the index holds them (no int64 copies)."""
         codec = index.codec
         self._np = {
@@ -114,6 +133,29 @@ class PlaidEngine:
         parts = index._residual_parts
         self._packed = parts[0] if len(parts) == 1 and parts[0].flags.c_contiguous else None
         self._deleted = index.deleted.view(np.uint8) if bool(index.deleted.any()) else None
+        bt = self._np["byte_table"]
+        self._byte_table3 = np.ascontiguousarray(bt.reshape(-1, 256, bt.shape[1]))   # [byte position, value, dims]
+        self.exact_choice = choose_exact_stage(self, force=exact_stage)
+        self.exact_stage = self.exact_choice["chosen"]
+        self._norms = self._vector_norms() if self.exact_stage == "lut" else None
+
+    def _vector_norms(self) -> np.ndarray:
+        """Every stored vector's norm once rebuilt (the lookup stage divides by it, as decompression does)."""
+        a, kernel = self._np, self.kernel
+        assert kernel is not None
+        n, dim = len(a["codes"]), a["centroids8"].shape[1]
+        norms = np.empty(n, dtype=np.float32)
+        step = 1 << 16
+        scratch = np.empty((min(step, max(n, 1)), dim), dtype=np.float32)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            rows = np.arange(lo, hi, dtype=np.int64)
+            packed = self._packed if self._packed is not None else np.ascontiguousarray(self.index.residual_rows(rows))
+            codes = a["codes"] if self._packed is not None else a["codes"][lo:hi]
+            which = rows if self._packed is not None else np.arange(hi - lo, dtype=np.int64)
+            kernel.decompress(codes, packed, a["centroids8"], a["scales"], a["byte_table"], which,
+                              scratch[:hi - lo], norms[lo:hi])
+        return norms
 
     # ------------------------------------------------------------------ helpers
     def _residual_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -138,15 +180,21 @@ class PlaidEngine:
 
     # ------------------------------------------------------------------ search
     def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int,
-               stats: dict | None = None, exact_docs: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               stats: dict | None = None, exact_docs: int | None = None,
+               allowed: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first.
 
+        allowed: a boolean mask over positions (a metadata filter's matches, deletions already out): only those
+        documents become candidates, so every stage works on matching documents alone (pre-filtering).
+
         stats, if given, receives the candidate count after each stage (the compiled path reports the last two).
-        exact_docs: how many of the ndocs survivors are scored exactly (default ndocs // 4, colbert-ai's rule).
+        exact_docs: how many of the survivors are scored exactly (default a quarter of those that stages 1-2
+        kept, at least max(k, EXACT_FLOOR): colbert-ai's ndocs / 4 where stage 2 keeps ndocs, fewer where stage 1
+        found fewer).
         """
-        n_exact = max(k, ndocs // 4 if exact_docs is None else exact_docs)
+        n_exact, share = (max(k, self.EXACT_FLOOR), self.EXACT_SHARE) if exact_docs is None else (max(k, exact_docs), 0)
         if self.kernel is not None:
-            return self._search_compiled(q, k, ncells, threshold, ndocs, stats, n_exact)
+            return self._search_compiled(q, k, ncells, threshold, ndocs, stats, n_exact, share, allowed)
         q = q.to(self.device, torch.float32)
         C = self.num_centroids
         # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
@@ -161,7 +209,9 @@ class PlaidEngine:
         else:
             cells = torch.unique(torch.topk(scores, min(ncells, C), dim=0).indices)
         cand = torch.unique(self.ivf_docs[ranges(self.ivf_offsets[cells], self.ivf_offsets[cells + 1])])
-        if self.any_deleted:
+        if allowed is not None:
+            cand = cand[torch.tensor(allowed, device=self.device)[cand]]
+        elif self.any_deleted:
             cand = cand[~self.deleted[cand]]
         if stats is not None:
             stats["cells"], stats["candidates"] = int(cells.numel()), int(cand.numel())
@@ -175,6 +225,8 @@ class PlaidEngine:
         if stats is not None:
             stats["after_pruning"] = int(cand.numel())
         # 3. full centroid interaction on the survivors; n_exact of them go on
+        if share:
+            n_exact = max(n_exact, cand.numel() // share)
         if cand.numel() > n_exact:
             starts, ends = self.pair_offsets[cand], self.pair_offsets[cand + 1]
             approx = segment_maxsim(table, self.pair_codes[ranges(starts, ends)], ends - starts, floor=0.0)
@@ -211,8 +263,8 @@ class PlaidEngine:
         sim = torch.cat([self.similarities(rows, q), torch.full((1, q.shape[0]), -1e4, device=self.device)])
         return cand, segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
 
-    def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float,
-                         ndocs: int, stats: dict | None, n_exact: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int, stats: dict | None,
+                         n_exact: int, share: int, allowed: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
@@ -224,25 +276,52 @@ class PlaidEngine:
         slots = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = np.full(len(a["doclens"]), -1, dtype=np.int32)
+        # A filter enters as the documents to skip, the way deletions do: the kernel never sees the others.
+        skip = self._deleted if allowed is None else self._excluded(allowed)
         cand = kernel.candidates(table, a["ivf_offsets"], a["ivf_docs"], a["pair_offsets"], a["pair_codes"],
-                                 self._deleted, ncells, threshold, ndocs, n_exact, slots)
+                                 skip, ncells, threshold, ndocs, n_exact, slots, share)
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
-        exact = self._exact_compiled(q, cand, stats)
+        exact = self._exact_compiled(q, cand, stats, table)
         order = np.argsort(-exact, kind="stable")[:k]
         return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
 
-    def _exact_compiled(self, q: torch.Tensor, cand: np.ndarray, stats: dict | None) -> np.ndarray:
-        """Exact MaxSim of q [Lq, dim] (float32, CPU) with documents cand (sorted positions), compiled stages."""
+    def _exact_compiled(self, q: torch.Tensor, cand: np.ndarray, stats: dict | None, table: np.ndarray | None = None,
+                        stage: str | None = None) -> np.ndarray:
+        """Exact MaxSim of q [Lq, dim] (float32, CPU) with documents cand (sorted positions), compiled stages.
+
+        table: the query's centroid scores [C + 1, Lq] where stage 1 computed them; stage: one of EXACT_STAGES
+        (default: the one chosen for this machine)."""
+        a = self._np
+        lens, starts = a["doclens"][cand], a["doc_offsets"][cand]
+        if stats is not None:
+            stats["exact_scored"], stats["vectors_decompressed"] = len(cand), int(lens.sum())
+        stage = stage or self.exact_stage
+        if stage == "lut":
+            return self._exact_lut(q, lens, starts, table)
+        rows = np_ranges(starts, starts + lens)
+        if stage == "torch":
+            vectors = dequantize(torch.from_numpy(a["codes"][rows].astype(np.int64)),
+                                 torch.from_numpy(np.ascontiguousarray(self.index.residual_rows(rows))),
+                                 self.centroids, self.index.codec._byte_table, self.index.codec._row_base)
+            norms = vectors.norm(dim=-1).clamp_min_(1e-12).numpy()
+            sim = (vectors @ q.T).numpy()
+            return self.kernel.segment_maxsim(np.ascontiguousarray(sim), lens, norms)  # type: ignore[union-attr]
+        vectors, norms = self._decompressed(rows)
+        sim = self._scratch("sim", len(rows) * q.shape[0]).reshape(len(rows), q.shape[0])
+        if stage == "decompress+numpy":
+            np.matmul(vectors, q.numpy().T, out=sim)
+        else:
+            torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
+        # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
+        return self.kernel.segment_maxsim(sim, lens, norms)  # type: ignore[union-attr]
+
+    def _decompressed(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rebuilt vectors [n, dim] (unnormalized) of global rows, and their norms, in per-thread buffers."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
-        Lq = q.shape[0]
-        lens, starts = a["doclens"][cand], a["doc_offsets"][cand]
-        rows = np_ranges(starts, starts + lens)
         n, dim = len(rows), a["centroids8"].shape[1]
-        if stats is not None:
-            stats["exact_scored"], stats["vectors_decompressed"] = len(cand), int(n)
         vectors, norms = self._scratch("vectors", n * dim).reshape(n, dim), self._scratch("norms", n)
         if self._packed is not None:
             codes, packed, which = a["codes"], self._packed, rows
@@ -254,16 +333,66 @@ class PlaidEngine:
             kernel.decompress(codes, packed, a["centroids8"], a["scales"], a["byte_table"], which[lo:hi],
                               vectors[lo:hi], norms[lo:hi])
 
-        # Two halves on two cores when torch may use two threads (the kernel call releases the GIL).
-        half = n // 2 if n >= self.SPLIT_ROWS and torch.get_num_threads() > 1 else n
-        helper = self._helper().submit(decompress, half, n) if half < n else None
-        decompress(0, half)
-        if helper is not None:
-            helper.result()
-        # Scores of unnormalized vectors divided by their norms, as the torch stages compute them.
-        sim = self._scratch("sim", n * Lq).reshape(n, Lq)
-        torch.mm(torch.from_numpy(vectors), q.T, out=torch.from_numpy(sim))
-        return kernel.segment_maxsim(sim, lens, norms)
+        self._on_two_threads(decompress, n)
+        return vectors, norms
+
+    def _exact_lut(self, q: torch.Tensor, lens: np.ndarray, starts: np.ndarray, table: np.ndarray | None) -> np.ndarray:
+        """The exact stage scored from the compressed vectors: centroid scores plus residual byte lookups."""
+        a, kernel = self._np, self.kernel
+        assert kernel is not None and self._norms is not None
+        qn = q.numpy()
+        if self._packed is not None and table is not None:
+            codes, packed, norms, first = a["codes"], self._packed, self._norms, starts
+        else:
+            # Rows gathered (an index of several segments, or documents chosen outside a search): the centroid
+            # scores are then computed for the centroids these rows use only.
+            rows = np_ranges(starts, starts + lens)
+            used, codes = np.unique(a["codes"][rows], return_inverse=True)
+            codes = codes.astype(np.int32).reshape(-1)
+            packed = np.ascontiguousarray(self.index.residual_rows(rows))
+            norms = self._norms[rows]
+            first = np.cumsum(lens) - lens
+            table = torch.mm(self.centroids[torch.from_numpy(used)], q.T).numpy()
+        bt = self._byte_table3
+        # lut[b, v, j]: the residual values byte value v packs at byte position b, dotted with query token j.
+        # torch, not numpy, multiplies: numpy's BLAS has its own thread pool, which fights torch's for the cores.
+        lut = self._scratch("lut", bt.shape[0] * 256 * qn.shape[0]).reshape(bt.shape[0], 256, qn.shape[0])
+        torch.bmm(torch.from_numpy(bt), q.T.reshape(bt.shape[0], bt.shape[2], qn.shape[0]), out=torch.from_numpy(lut))
+        out = np.empty(len(lens), dtype=np.float32)
+
+        def score(lo: int, hi: int) -> None:
+            out[lo:hi] = kernel.exact_lut(table, lut, codes, packed, norms, first[lo:hi], lens[lo:hi])
+
+        # Split by documents so that each half holds about half the vectors; worth a hand-off only for larger
+        # stages than decompression (the lookups are several times cheaper per vector).
+        self._on_two_threads(score, len(lens), int(lens.sum()) // 4,
+                             lambda half: int(np.searchsorted(np.cumsum(lens), 4 * half)))
+        return out
+
+    def _on_two_threads(self, fn, n: int, work: int | None = None, split=None) -> None:  # type: ignore[no-untyped-def]
+        """fn(0, n), as two halves on two cores when the work is large and torch may use two threads (the
+        kernel calls release the GIL; smaller stages cost more to hand off than they save)."""
+        work = n if work is None else work
+        if work < self.SPLIT_ROWS or torch.get_num_threads() < 2 or n < 2:
+            fn(0, n)
+            return
+        half = split(work // 2) if split is not None else n // 2
+        half = min(max(half, 1), n - 1)
+        helper = self._helper().submit(fn, half, n)
+        fn(0, half)
+        helper.result()
+
+    def _excluded(self, allowed: np.ndarray) -> np.ndarray:
+        """The uint8 skip mask of a filter's matches (kept for the last mask this thread used: a filter is
+        usually searched with many queries in a row)."""
+        last = getattr(self._local, "excluded", None)
+        if last is not None and last[0] is allowed:
+            return last[1]
+        if allowed.shape != (len(self._np["doclens"]),) or allowed.dtype != np.bool_:
+            raise ValueError(f"allowed must be a boolean mask over the {len(self._np['doclens'])} index entries")
+        excluded = (~allowed).view(np.uint8)
+        self._local.excluded = (allowed, excluded)
+        return excluded
 
     def _helper(self) -> ThreadPoolExecutor:
         """One worker thread that takes half of a query's decompression."""
@@ -308,3 +437,86 @@ class PlaidEngine:
         if codes.numel():
             best.scatter_reduce_(0, where[:, None].expand(-1, table.shape[1]), F.embedding(codes, table), "amax")
         return cand[_top(best.sum(dim=1), n)]
+
+
+def _stage_key(engine: PlaidEngine) -> str:
+    codec = engine.index.codec
+    return f"{cpu_model()}|torch {torch.__version__}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
+           f"dim {codec.dim}|nbits {codec.nbits}"
+
+
+def measure_exact_stages(engine: PlaidEngine, repeats: int = 5, docs: int = 96, doclen: int = 96,
+                         query_tokens: int = 32) -> dict:
+    """Time each exact stage on this machine over synthetic codes of the engine's codec (the kind of work a
+    search's exact stage does: `docs` documents of `doclen` vectors, one query), in turns."""
+    rng = np.random.default_rng(0)
+    codec = engine.index.codec
+    sample = _SyntheticIndex(codec, rng, docs * doclen)
+    probe = PlaidEngine.__new__(PlaidEngine)
+    probe.__dict__.update({k: v for k, v in engine.__dict__.items() if k not in ("_np", "_packed", "index", "_local")})
+    probe._local = threading.local()
+    probe.index = sample
+    probe._np = {**engine._np, "codes": sample.codes, "doc_offsets": np.arange(docs + 1, dtype=np.int64) * doclen,
+                 "doclens": np.full(docs, doclen, dtype=np.int64)}
+    probe._packed = sample.packed
+    probe._norms = None
+    probe._norms = probe._vector_norms()
+    q = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((query_tokens, codec.dim), dtype=np.float32)), dim=-1)
+    C = engine.num_centroids
+    table = np.empty((C + 1, query_tokens), dtype=np.float32)
+    table[:C] = (engine.centroids @ q.T).numpy()
+    table[C] = 0
+    cand = np.arange(docs, dtype=np.int64)
+    times: dict[str, list[float]] = {s: [] for s in EXACT_STAGES}
+    reference = probe._exact_compiled(q, cand, None, table, "decompress+torch")
+    agree = {}
+    for stage in EXACT_STAGES:
+        got = probe._exact_compiled(q, cand, None, table, stage)
+        agree[stage] = float(np.abs(got - reference).max())
+    # Blocks of calls per stage, in a rotating order over three rounds: a stage whose library keeps a thread
+    # pool of its own spinning (numpy's BLAS) would otherwise slow whichever stage came next. Each call is
+    # timed after a small torch product, as a search runs stage 1's centroid scores before it, so that such a
+    # stage pays for the cores it takes from torch's threads there; each block's first call is a warm-up.
+    wake = engine.centroids[:256]
+    for round_ in range(3):
+        for stage in EXACT_STAGES[round_:] + EXACT_STAGES[:round_]:
+            for i in range(repeats + 1):
+                t0 = time.perf_counter()
+                torch.mm(wake, q.T)
+                probe._exact_compiled(q, cand, None, table, stage)
+                if i:
+                    times[stage].append((time.perf_counter() - t0) * 1000)
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "vectors": docs * doclen,
+            "p50_ms": {s: round(statistics.median(t), 4) for s, t in times.items()},
+            "max_abs_diff": {s: round(v, 7) for s, v in agree.items()}}
+
+
+class _SyntheticIndex:
+    """Random codes and packed residuals of a codec: what the exact stage reads, for timing only."""
+
+    def __init__(self, codec, rng: np.random.Generator, n: int) -> None:  # type: ignore[no-untyped-def]
+        self.codec = codec
+        self.codes = rng.integers(0, codec.num_centroids, n, dtype=np.int32)
+        self.packed = rng.integers(0, 256, (n, codec.bytes_per_residual), dtype=np.uint8)
+
+    def residual_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Packed residuals of rows."""
+        return self.packed[rows]
+
+
+def choose_exact_stage(engine: PlaidEngine, force: str | None = None, remeasure: bool = False) -> dict:
+    """The compiled path's exact stage for this machine: force (or $MEDCOLBERT_EXACT_STAGE), else the fastest
+    measured, timed once per CPU model, library versions, thread count, dimension and nbits and remembered."""
+    choice = force or os.environ.get("MEDCOLBERT_EXACT_STAGE", "auto")
+    if choice not in ("auto", *EXACT_STAGES):
+        raise ValueError(f"MEDCOLBERT_EXACT_STAGE must be auto or one of {', '.join(EXACT_STAGES)}, got {choice!r}")
+    if choice != "auto":
+        return {"chosen": choice, "reason": "forced"}
+
+    def measured() -> dict:
+        entry = measure_exact_stages(engine)
+        entry["chosen"] = min(entry["p50_ms"], key=entry["p50_ms"].get)
+        return entry
+
+    entry = remembered("exact-stage", _stage_key(engine), measured, lambda e: e.get("chosen") in EXACT_STAGES, remeasure)
+    return {**entry, "reason": "measured"}

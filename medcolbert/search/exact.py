@@ -10,11 +10,13 @@ from ..indexing.index import Index
 BLOCK_TOKENS = 8192
 
 
-def exact_search(index: Index, queries: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-    """Top-k of each query [nq, Lq, dim] by exact MaxSim over all live documents of the index."""
+def exact_search(index: Index, queries: torch.Tensor, k: int,
+                 allowed: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+    """Top-k of each query [nq, Lq, dim] by exact MaxSim over all live documents of the index (or those of
+    the boolean mask `allowed`, a filter's matches)."""
     nq, lq, dim = queries.shape
     Q = queries.float().reshape(nq * lq, dim)
-    live = np.flatnonzero(~index.deleted)
+    live = np.flatnonzero(~index.deleted if allowed is None else allowed)
     best_scores = np.full((nq, 0), -np.inf, dtype=np.float32)
     best_docs = np.zeros((nq, 0), dtype=np.int64)
     # Blocks of whole documents of about BLOCK_TOKENS vectors: each block is decompressed once for all queries.

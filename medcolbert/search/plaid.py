@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MedColbertError
 from ..evaluation.datasets import Run
+from ..filters import WhereLike
 from ..validation import check_float, check_int, is_blank
 from ..indexing.index import Index
 from ..modeling.encoder import encode_queries_pooled, has_pooled_head
@@ -63,6 +64,8 @@ class SearchConfig:
     ndocs: int | None = None
     exact: bool = False
     preset: str = "quality"
+    # Documents scored exactly; None: a quarter of what the candidate stages kept, at least k (PlaidEngine.search).
+    exact_docs: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -83,11 +86,17 @@ class SearchConfig:
         check_int("ncells", ncells, 1)
         check_int("ndocs", ndocs, 1)
         check_float("centroid_score_threshold", threshold, -1.0, 1.0)
+        if self.exact_docs is not None:
+            check_int("exact_docs", self.exact_docs, 1)
         return replace(self, ncells=ncells, centroid_score_threshold=threshold, ndocs=max(ndocs, k))
 
 
 class Searcher:
     """Searches an index with a model: `search(query, k)` -> [(doc id, score), ...]; safe to share between threads."""
+
+    # A filter whose matching documents hold at most this many vectors is searched by exact MaxSim over them
+    # (faster than PLAID's stages there, and exact); larger ones by PLAID restricted to them.
+    FILTER_EXACT_VECTORS = 65536
 
     def __init__(self, index: Index | str | Path, model, config: SearchConfig | None = None,  # type: ignore[no-untyped-def]
                  trace_queries: bool = True, device: str | torch.device | None = None,
@@ -115,14 +124,19 @@ class Searcher:
         self._generation = self.index.manifest.get("generation")
 
     # ------------------------------------------------------------------ public
-    def search(self, query: str, k: int = 10, return_documents: bool = False,
+    def search(self, query: str, k: int = 10, return_documents: bool = False, where: WhereLike = None,
                **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """The top-k documents for one query, best first: (id, score) pairs, or with return_documents
-        {"id", "score", "text", "metadata"} dicts read from the index's document store."""
+        {"id", "score", "text", "metadata"} dicts read from the index's document store.
+
+        where: a metadata filter (see filters.py: "source in {a, b} and year >= 2015", or a mapping); only
+        matching documents are searched, so k hits come back whenever k documents match."""
         if not isinstance(query, str) or is_blank(query):
             raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
+        allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
         q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
-        return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0], **knobs)
+        return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0],
+                                   where=allowed if allowed is not None else None, **knobs)
 
     @property
     def hybrid(self) -> bool:
@@ -130,12 +144,16 @@ class Searcher:
         return has_pooled_head(self.model) and not self.maxsim_only
 
     def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
-                       q_pooled: torch.Tensor | None = None, **knobs: object) -> list[tuple[str, float]] | list[dict]:
-        """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector)."""
+                       q_pooled: torch.Tensor | None = None, where: WhereLike | np.ndarray = None,
+                       **knobs: object) -> list[tuple[str, float]] | list[dict]:
+        """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector).
+
+        where: a metadata filter, or the boolean mask Index.matching made of one."""
         if self.hybrid and q_pooled is None:
             raise MedColbertError("this model also scores with its pooled single-vector head: pass the query's "
                                   "pooled vector (encode_queries(..., pooled=True)), or search with its text")
-        hits = self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled)
+        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
+        hits = self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled, allowed)
         if return_documents:
             # The unit that matched: with split documents, the best passage is the snippet.
             return [{**self.index.document(unit), "score": score} for _, score, unit in hits]
@@ -146,19 +164,23 @@ class Searcher:
         return [{**self.index.document(doc_id), "score": score} for doc_id, score in hits]
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, batch_size: int = 128,
-                   show_progress: bool | None = None, **knobs: object) -> Run:
-        """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
+                   show_progress: bool | None = None, where: WhereLike = None, **knobs: object) -> Run:
+        """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list);
+        where: a metadata filter for every query."""
+        allowed = self.index.matching(where)
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
         Q, Q_pooled = encode_queries_pooled(self.model, texts, batch_size=batch_size, show_progress=show_progress)
         cfg = self._resolve(self._units(k), knobs)
         Q_pooled = Q_pooled if self.hybrid else None
         if cfg.exact and not self.index.passages and Q_pooled is None:
-            return {qid: {d: x for d, x, _ in self._documents_of(hits, k)} for qid, hits in zip(qids, exact_search(self.index, Q, k))}
+            return {qid: {d: x for d, x, _ in self._documents_of(hits, k)}
+                    for qid, hits in zip(qids, exact_search(self.index, Q, k, allowed))}
         run: Run = {}
         show = len(qids) > 1 if show_progress is None else show_progress
         for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show)):
-            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i])}
+            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i],
+                                                                 allowed)}
         return run
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
@@ -171,45 +193,58 @@ class Searcher:
         check_int("k", k, 1)
         return k * PASSAGE_FETCH if self.index.passages else k
 
-    def _search_units(self, q: torch.Tensor, k: int, cfg: SearchConfig,
-                      q_pooled: torch.Tensor | None = None) -> list[tuple[str, float, str]]:
-        """(document id, score, matching index entry) of the top-k documents for one encoded query."""
+    def _search_units(self, q: torch.Tensor, k: int, cfg: SearchConfig, q_pooled: torch.Tensor | None = None,
+                      allowed: np.ndarray | None = None) -> list[tuple[str, float, str]]:
+        """(document id, score, matching index entry) of the top-k documents for one encoded query
+        (among the entries of the boolean mask `allowed`, when a filter gave one)."""
         fetch = self._units(k)
         q_pooled = q_pooled if self.hybrid else None
+        available = len(self.index) if allowed is None else int(np.count_nonzero(allowed))
+        if available == 0:
+            return []
+        # A filter matching few vectors: exact MaxSim over its documents is cheaper than PLAID's stages, and
+        # exact (FILTER_EXACT_VECTORS: the switch point measured in experiments/filters/).
+        subset = allowed is not None and not cfg.exact and \
+            int(self.index.doclens[allowed].sum()) <= self.FILTER_EXACT_VECTORS
         while True:
             # With a pooled head, MaxSim nominates at least HYBRID_DEPTH entries for the combined score.
             want = fetch if q_pooled is None else max(fetch, HYBRID_DEPTH)
             if q_pooled is not None and not cfg.exact:
                 cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, want))
-            units = exact_search(self.index, q.unsqueeze(0), want)[0] if cfg.exact else self._plaid(q, want, cfg)
-            # Fewer entries than asked for while the index holds more (a small index, or a query whose best
-            # centroids list few documents): probe more centroids, up to all of them, rather than return
-            # fewer than k hits.
+            if cfg.exact:
+                units = exact_search(self.index, q.unsqueeze(0), want, allowed)[0]
+            elif subset:
+                units = self._subset(q, want, allowed)   # type: ignore[arg-type]
+            else:
+                units = self._plaid(q, want, cfg, allowed)
+            # Fewer entries than asked for while the index holds more (a small index, a selective filter, or a
+            # query whose best centroids list few documents): probe more centroids, up to all of them, rather
+            # than return fewer than k hits.
             centroids = self.index.codec.num_centroids
-            while not cfg.exact and len(units) < min(want, len(self.index)) and (cfg.ncells or 1) < centroids:
+            while not cfg.exact and not subset and len(units) < min(want, available) and (cfg.ncells or 1) < centroids:
                 cfg = replace(cfg, ncells=min((cfg.ncells or 1) * 4, centroids))
-                units = self._plaid(q, want, cfg)
+                units = self._plaid(q, want, cfg, allowed)
             if q_pooled is not None:
-                units = self._hybrid(q, q_pooled, units, want)
+                units = self._hybrid(q, q_pooled, units, want, allowed)
             hits = self._documents_of(units, k)
             # A few long documents can fill the fetched passages: fetch more until k documents are found.
-            if len(hits) >= k or len(units) < fetch or fetch >= len(self.index):
+            if len(hits) >= k or len(units) < fetch or fetch >= available:
                 return hits
             fetch *= PASSAGE_FETCH
             cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, fetch))
 
     def _hybrid(self, q: torch.Tensor, q_pooled: torch.Tensor, units: list[tuple[str, float]],
-                depth: int) -> list[tuple[str, float]]:
+                depth: int, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
         """MaxSim's candidates joined by the pooled vectors' nearest entries, all scored MaxSim + weighted cosine."""
         index = self.index
         if index.pooled is None:
             raise MedColbertError(f"{index.path} holds no pooled vectors for this model's pooled head; rebuild it")
         q = q[q.abs().sum(dim=-1) > 0]
         cosine = index.pooled_cosines(q_pooled)
-        cosine[torch.from_numpy(index.deleted)] = float("-inf")
+        cosine[torch.from_numpy(index.deleted if allowed is None else ~allowed)] = float("-inf")
         nearest = torch.topk(cosine, min(depth, len(index.doc_ids))).indices.tolist()
         maxsim = {index.position[u]: x for u, x in units}
-        extra = [p for p in nearest if p not in maxsim and not index.deleted[p]]
+        extra = [p for p in nearest if p not in maxsim and not index.deleted[p] and (allowed is None or allowed[p])]
         if extra:
             # Entries only the pooled side nominated: their MaxSim from the stored vectors, by PLAID's own
             # exact stage (compiled on CPU), so both sides' entries are scored the same way.
@@ -248,13 +283,22 @@ class Searcher:
             self._generation = self.index.manifest.get("generation")
         return self.engine
 
-    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig) -> list[tuple[str, float]]:
+    def _subset(self, q: torch.Tensor, k: int, allowed: np.ndarray) -> list[tuple[str, float]]:
+        """The top-k entries of a filter's few matches by exact MaxSim over all of them (PLAID's exact stage)."""
+        q = q[q.abs().sum(dim=-1) > 0]
+        docs, scores = self._fresh_engine().exact(q, np.flatnonzero(allowed))
+        order = torch.argsort(scores, descending=True, stable=True)[:k].tolist()
+        ids = self.index.doc_ids
+        return [(ids[int(docs[i])], float(scores[i])) for i in order]
+
+    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
         self._fresh_engine()
         # Queries of a batch share one length; the zero rows past a query's own vectors would only add
         # candidates from arbitrary centroids, so PLAID sees the query's real vectors alone.
         q = q[q.abs().sum(dim=-1) > 0]
         if not torch.isfinite(q).all():
             raise MedColbertError("the model produced non-finite query vectors (NaN or inf); no ranking can be made")
-        docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # type: ignore[arg-type]
+        docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs,  # type: ignore[arg-type]
+                                          exact_docs=cfg.exact_docs, allowed=allowed)
         ids = self.index.doc_ids
         return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]
