@@ -176,6 +176,9 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exact", action="store_true", help="brute-force MaxSim over every document")
     p.add_argument("--preset", choices=["quality", "colbert-ai"], default="quality",
                    help="defaults for unset knobs (see docs/reference.md)")
+    p.add_argument("--where", default=None, metavar="EXPR",
+                   help="search only documents whose metadata match, e.g. \"source in {medlineplus, ghr} and "
+                        "year >= 2015\" or \"id in {d1, d2}\" (syntax: docs/reference.md)")
     p.add_argument("--all-queries", action="store_true",
                    help="search every query of queries.jsonl without evaluating (no qrels needed)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
@@ -533,6 +536,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.data is None):
         raise MedColbertError("give --data (a BEIR folder's queries) or --query (one query), not both")
     index = Index.open(args.index)
+    index.matching(args.where)   # a bad filter fails here, before the model loads
     if args.query is not None:
         return _search_one(args, index)
     args.k = args.k or 100
@@ -557,7 +561,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
     searcher = Searcher(index, model, config)
     t0 = time.perf_counter()
-    run = searcher.search_all(queries, k=args.k)
+    run = searcher.search_all(queries, k=args.k, where=args.where)
     elapsed = time.perf_counter() - t0
     _log(f"searched {len(queries)} queries in {elapsed:.1f}s ({1000 * elapsed / len(queries):.1f} ms/query, "
          f"query encoding included)")
@@ -569,7 +573,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(format_table(rows, metrics), file=_human(args))
         if args.json:
             write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
-                        "config": searcher.resolved_config(args.k).__dict__, "results": rows,
+                        "config": searcher.resolved_config(args.k).__dict__, "where": args.where, "results": rows,
                         "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
     return 0
 
@@ -583,7 +587,7 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     k = args.k or 10
     searcher = Searcher(index, index.load_model(args.model, args.device),
                         SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset))
-    hits = searcher.search(args.query, k=k)
+    hits = searcher.search(args.query, k=k, where=args.where)
     rows = searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s in hits]
     if args.json:
         from .evaluation.metrics import write_json

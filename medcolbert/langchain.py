@@ -30,6 +30,9 @@ class MedColbertRetriever(BaseRetriever):
     documents: Mapping[str, str] | None = None   # texts by id (page_content); without it, page_content is the id
     metadata: Mapping[str, dict] | None = None   # extra metadata by id
     k: int = 10
+    # Only documents whose index metadata match: "source in {a, b} and year >= 2015" or {"source": ["a", "b"]};
+    # `invoke(query, filter=...)` sets one for a single call.
+    filter: str | dict | None = None
 
     @classmethod
     def from_index(cls, index: Any, model: Any = None, **kwargs: Any) -> "MedColbertRetriever":
@@ -38,8 +41,9 @@ class MedColbertRetriever(BaseRetriever):
 
         return cls(searcher=PlaidRetriever.from_index(index, model).searcher, **kwargs)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        hits = self.searcher.search(query, k=self.k)
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                filter: str | dict | None = None) -> list[Document]:  # noqa: A002 - LangChain's name
+        hits = self.searcher.search(query, k=self.k, where=filter if filter is not None else self.filter)
         out = []
         for rank, (doc_id, score) in enumerate(hits):
             meta = {"id": doc_id, "score": float(score), "rank": rank, **dict((self.metadata or {}).get(doc_id, {}))}

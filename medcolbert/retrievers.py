@@ -222,9 +222,16 @@ class MaxSimReranker(Reranker):
     """Exact MaxSim reranking with a ColBERT model; documents are texts ({id: text}, vectors cached) or an index."""
 
     def __init__(self, model: Any, documents: Mapping[str, str] | Any, depth: int = 100, cache: Any = None,
-                 name: str | None = None, split_documents: bool = False, show_progress: bool | None = False) -> None:
+                 name: str | None = None, split_documents: bool = False, show_progress: bool | None = False,
+                 where: Any = None) -> None:
         """split_documents: score texts longer than the model's doc_maxlen by their best passage (not truncated);
-        show_progress: bars for document encoding and scoring (batch runs; off by default for per-query use)."""
+        show_progress: bars for document encoding and scoring (batch runs; off by default for per-query use);
+        where: with an index, rank only candidates whose metadata match this filter (filters.py)."""
+        from .indexing.index import Index
+
+        if where is not None and not isinstance(documents, Index):
+            raise ValueError("where filters an index's documents by their metadata: pass an Index as documents")
+        self.where = where
         self.model, self.documents = model, documents
         self.split_documents, self.show_progress = split_documents, show_progress
         self.depth = check_int("depth", depth, 1)
@@ -237,7 +244,8 @@ class MaxSimReranker(Reranker):
         from .search.rerank import rerank_run
 
         if isinstance(self.documents, Index):
-            return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k)
+            return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k,
+                                      self.documents.matching(self.where))
         given = (queries.vectors, queries.pooled, queries.ids) if isinstance(queries, EncodedQueries) else None
         splitter = None
         if self.split_documents:
@@ -251,31 +259,36 @@ class MaxSimReranker(Reranker):
 
 
 def _rerank_from_index(model: Any, index: Any, queries: Queries, run: Run, depth: int,
-                       k: int | None) -> Run:
+                       k: int | None, allowed: Any = None) -> Run:
     """Rerank with the vectors an index stores (decompressed), no document encoding."""
     if not isinstance(queries, EncodedQueries):
         queries = EncodedQueries.encode(model, {q: queries[q] for q in run})
     out: Run = {}
     for qid in run:
         vectors, pooled = queries.row(qid)
-        out[qid] = dict(rerank_encoded_from_index(index, vectors, run[qid], depth, k, pooled, model.config))
+        out[qid] = dict(rerank_encoded_from_index(index, vectors, run[qid], depth, k, pooled, model.config, allowed))
     return out
 
 
 def rerank_encoded_from_index(index: Any, q: Any, hits: Mapping[str, float], depth: int, k: int | None = None,
-                              q_pooled: Any = None, dense_weight: float | ModelConfig = 0.0) -> list[tuple[str, float]]:
+                              q_pooled: Any = None, dense_weight: float | ModelConfig = 0.0,
+                              allowed: Any = None) -> list[tuple[str, float]]:
     """An encoded query's top `depth` hits rescored by MaxSim with the index's stored vectors, best first.
 
     Hits may name documents or passages of a split index (a passage stands for its document, which is then
-    scored by its best passage); ids the index does not hold are dropped. With q_pooled (a pooled-head
-    model's query vector), each score gains dense_weight (a number, or a model config whose pooled_weight sets it
-    by the query's length) x (query vectors) x cosine with the stored pooled ones."""
+    scored by its best passage); ids the index does not hold are dropped, and so are those outside the boolean
+    mask `allowed` (a filter's matches) when given. With q_pooled (a pooled-head model's query vector), each
+    score gains dense_weight (a number, or a model config whose pooled_weight sets it by the query's length) x
+    (query vectors) x cosine with the stored pooled ones."""
     from .passages import parent_of
     from .scoring import score_candidates
 
     ranked = sorted(hits.items(), key=lambda kv: -kv[1])
     # passages_of: a document's own position, or every passage of a split document (scored by the best).
-    found = [(d, index.passages_of(d)) for d in list(dict.fromkeys(parent_of(u) for u, _ in ranked))[:depth]]
+    found = [(d, index.passages_of(d)) for d in list(dict.fromkeys(parent_of(u) for u, _ in ranked))]
+    if allowed is not None:
+        found = [(d, u) for d, u in found if u and allowed[u].any()]
+    found = found[:depth]
     cands, units = [d for d, u in found if u], [u for _, u in found if u]
     positions = [p for u in units for p in u]
     if not cands:

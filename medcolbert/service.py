@@ -76,6 +76,9 @@ class SearchRequest(_Strict):
     # `depth` documents reranked by exact MaxSim with the index's stored vectors.
     first_stage: str | None = None
     depth: int = Field(default=100, ge=1, le=1_000)
+    # Only documents whose metadata match: an expression ("source in {a, b} and year >= 2015") or a mapping
+    # ({"source": ["a", "b"], "year": {"$gte": 2015}}); syntax in docs/reference.md.
+    where: str | dict[str, Any] | None = None
 
 
 class RerankRequest(_Strict):
@@ -85,6 +88,7 @@ class RerankRequest(_Strict):
     candidates: list[str] | None = None
     ids: list[str] | None = None
     k: int | None = None
+    where: str | dict[str, Any] | None = None   # with ids: only those whose metadata match are ranked
 
 
 class AddRequest(_Strict):
@@ -447,6 +451,9 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
             if knobs:
                 raise HTTPException(422, f"{', '.join(sorted(knobs))} tune PLAID search and cannot be given with first_stage")
         snap = service.current()
+        allowed = _matching(snap.index, req.where)
+        if allowed is not None and req.first_stage is not None:
+            raise HTTPException(422, "'where' filters PLAID search; it cannot be given with first_stage")
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
@@ -463,12 +470,23 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                 hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
             else:
                 hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,
-                                                     q_pooled=None if Q_pooled is None else Q_pooled[i], **knobs)
+                                                     q_pooled=None if Q_pooled is None else Q_pooled[i],
+                                                     where=allowed, **knobs)
                         for i in range(len(texts))]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
         return body
+
+
+def _matching(index, where: str | dict[str, Any] | None):  # type: ignore[no-untyped-def]
+    """A request's filter as the index's boolean mask of matches (None: no filter); a bad one is the client's: 422."""
+    from .filters import FilterError
+
+    try:
+        return index.matching(where)
+    except FilterError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def _add_rerank_route(app: FastAPI, service: Service) -> None:
@@ -494,6 +512,9 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
         for i, c in enumerate(req.candidates or []):
             service.check_text(c, f"candidates[{i}]", L.max_document_chars)
         snap = service.current()
+        if req.where is not None and req.candidates is not None:
+            raise HTTPException(422, "'where' filters indexed documents: give their 'ids', not candidate texts")
+        allowed = _matching(snap.index, req.where)
         # With a pooled head the model's pooled vectors score too (q_pooled and d_pooled are None without one).
         with service.compute:
             encoded_q, pooled_q = service.encode_for_search([req.query])
@@ -511,11 +532,16 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
                 unknown = [d for d, g in zip(req.ids or [], groups) if not g]
                 if unknown:
                     raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+                labels = list(req.ids or [])
+                if allowed is not None:   # the ids whose metadata match (a split document's: any passage)
+                    kept = [i for i, g in enumerate(groups) if allowed[g].any()]
+                    groups, labels = [groups[i] for i in kept], [labels[i] for i in kept]
+                    if not groups:
+                        return {"results": []}
                 positions = [p for g in groups for p in g]
                 scores = score_candidates(q, snap.index.document_vectors(positions), weight, q_pooled,
                                           snap.index.pooled_vectors(positions) if q_pooled is not None else None,
                                           units_per_document=[len(g) for g in groups])
-                labels = list(req.ids or [])
         order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
         key = "index" if req.candidates is not None else "id"
         return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}

@@ -295,6 +295,9 @@ class Worker:
             self.proc.stdin.close()
         self.proc.wait(timeout=60)
         self.log.close()
+        # The engines log absolute paths of this machine: kept relative, since the logs are committed.
+        path = Path(self.log.name)
+        path.write_text(path.read_text(errors="replace").replace(str(Path.cwd().resolve()) + "/", ""))
 
 
 def python_of(engine: str) -> str:
