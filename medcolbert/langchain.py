@@ -27,7 +27,8 @@ class MedColbertRetriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     searcher: Any
-    documents: Mapping[str, str] | None = None   # texts by id (page_content); without it, page_content is the id
+    documents: Mapping[str, str] | None = None   # texts by id (page_content); default: the index's stored texts
+                                                 # (or the id, for an index that stores none)
     metadata: Mapping[str, dict] | None = None   # extra metadata by id
     k: int = 10
     # Only documents whose index metadata match: "source in {a, b} and year >= 2015" or {"source": ["a", "b"]};
@@ -43,11 +44,17 @@ class MedColbertRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 filter: str | dict | None = None) -> list[Document]:  # noqa: A002 - LangChain's name
-        hits = self.searcher.search(query, k=self.k, where=filter if filter is not None else self.filter)
+        where = filter if filter is not None else self.filter
+        # Without texts given, an index that stores its documents supplies their texts and metadata.
+        stored = self.documents is None and self.searcher.index.has_documents
+        hits = self.searcher.search(query, k=self.k, where=where, return_documents=stored)
         out = []
-        for rank, (doc_id, score) in enumerate(hits):
-            meta = {"id": doc_id, "score": float(score), "rank": rank, **dict((self.metadata or {}).get(doc_id, {}))}
-            text = self.documents[doc_id] if self.documents is not None and doc_id in self.documents else doc_id
+        for rank, hit in enumerate(hits):
+            doc_id, score = (hit["id"], hit["score"]) if stored else hit
+            meta = {"id": doc_id, "score": float(score), "rank": rank, **(hit.get("metadata") or {} if stored else {}),
+                    **dict((self.metadata or {}).get(doc_id, {}))}
+            text = hit["text"] if stored else (self.documents[doc_id] if self.documents is not None
+                                               and doc_id in self.documents else doc_id)
             out.append(Document(page_content=text, metadata=meta, id=str(doc_id)))
         return out
 

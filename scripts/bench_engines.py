@@ -238,8 +238,11 @@ def worker(name: str, work: Path) -> None:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     engine = WORKERS[name](work)
-    out = sys.stdout
-    sys.stdout = sys.stderr   # engines print progress; stdout carries the answers only
+    # Answers go out on a copy of stdout; file descriptor 1 itself becomes stderr, so that what the engines
+    # print (colbert-ai's child processes too, which inherit it) never mixes with the answers.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "build":
@@ -293,7 +296,7 @@ class Worker:
         """End the process."""
         if self.proc.stdin:
             self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        self.proc.wait(timeout=600)
         self.log.close()
         # The engines log absolute paths of this machine: kept relative, since the logs are committed.
         path = Path(self.log.name)

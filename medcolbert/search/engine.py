@@ -268,11 +268,13 @@ class PlaidEngine:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
+        t0 = time.perf_counter()
         q = q.to("cpu", torch.float32).contiguous()
         C, Lq = self.num_centroids, q.shape[0]
         table = self._scratch("table", (C + 1) * Lq).reshape(C + 1, Lq)
         torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:C]))
         table[C] = 0
+        t1 = time.perf_counter()
         slots = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = np.full(len(a["doclens"]), -1, dtype=np.int32)
@@ -283,8 +285,13 @@ class PlaidEngine:
         if len(cand) == 0:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
+        t2 = time.perf_counter()
         exact = self._exact_compiled(q, cand, stats, table)
         order = np.argsort(-exact, kind="stable")[:k]
+        if stats is not None:   # where a search's time goes, per stage
+            t3 = time.perf_counter()
+            stats.update({"centroid_scores_ms": (t1 - t0) * 1000, "candidates_ms": (t2 - t1) * 1000,
+                          "exact_ms": (t3 - t2) * 1000})
         return torch.from_numpy(cand[order]), torch.from_numpy(exact[order])
 
     def _exact_compiled(self, q: torch.Tensor, cand: np.ndarray, stats: dict | None, table: np.ndarray | None = None,
