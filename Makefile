@@ -9,7 +9,9 @@ EXPERIMENT ?= experiments/panel.yaml
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions real-questions
+.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions real-questions \
+	bench-search bench-latency bench-scale bench-engines bench-exact-stage bench-filters bench-ray bench-service \
+	probe-cli pyterrier-experiment
 
 # Issue 29's candidate recipes (experiments/real-questions/*.yaml), two at a time on one core each; resumable.
 train-real-questions: install
@@ -62,3 +64,38 @@ clean:
 # Round trip with colbert-ai 0.2.22 (installed into .cache/colbert-ai-venv on first use).
 compat-colbert-ai: install
 	$(BIN)/python scripts/colbert_ai_compat.py --out experiments/colbert-ai-compat
+
+# Benchmarks (scripts/; each script's docstring says what it measures and where it records it). The engines and
+# filters need the 1M and 10M vector indexes of bench-scale (SCALE_SOURCE: a PLAID index of real documents).
+SCALE_SOURCE ?= .cache/experiments/panel/plaid-2988df7a4234-nbits2-centroids16sqrt-7ee552d2f71347efad7ba367
+SCALE_WORK ?= .cache/scale-v5
+bench-search: install   # PLAID vs exact vs colbert-ai on one collection (build, size, quality, latency)
+	$(BIN)/python scripts/bench_search.py --data $(DATA) --split $(SPLIT) --colbert-ai --out experiments/plaid-scifact
+bench-latency: bench-search   # medcolbert vs colbert-ai latency in alternating rounds
+	$(BIN)/python scripts/bench_latency.py --data $(DATA) --split $(SPLIT) --work .cache/bench/plaid-scifact \
+		--out experiments/plaid-scifact/latency
+bench-scale: install   # 1M and 10M vector indexes resampled from real vectors: build and search
+	$(BIN)/python scripts/bench_scale.py --source-index $(SCALE_SOURCE) --queries ../shared/data/medquad/dev-retrieval \
+		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale
+bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side by side (peers in .cache venvs)
+	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/scifact
+	$(BIN)/python scripts/bench_engines.py --from-index $(SCALE_WORK)/index-1000000 \
+		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/engines/scale-1m
+bench-exact-stage: install   # the exact stage before/after scoring from residual codes, per stage
+	for n in 1000000 10000000; do $(BIN)/python scripts/bench_exact_stage.py --index $(SCALE_WORK)/index-$$n \
+		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/engines/exact-stage-$$n; done
+bench-filters: install   # filtered search per selectivity vs unfiltered and post-filtering
+	for n in 1000000 10000000; do $(BIN)/python scripts/bench_filters.py --index $(SCALE_WORK)/index-$$n \
+		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/filters/scale-$$n; done
+bench-ray: install   # distributed indexing on Ray actors vs one process
+	$(BIN)/python scripts/bench_ray.py --data ../shared/data/medquad/dev-retrieval --split dev --docs 600 \
+		--workers 2 --out experiments/ray/medquad-600
+bench-service: install   # the service under load (INDEX=...), then the crash test
+	$(BIN)/python scripts/service_load.py --index $(INDEX) --compare-batching --out experiments/service/load
+	$(BIN)/python scripts/service_crash.py --rounds 5 --out experiments/service/crash
+probe-cli: install   # every CLI command with bad input: one line, exit 2, no traceback
+	$(BIN)/python scripts/probe_cli.py --out experiments/reliability
+pyterrier-experiment: install   # medcolbert's stages in pt.Experiment beside BM25 (INDEX=..., DENSE_INDEX=...)
+	$(BIN)/python scripts/pyterrier_experiment.py --data ../shared/data/consumer-health/dev-retrieval --split dev \
+		--index $(INDEX) --dense-index $(DENSE_INDEX) --out experiments/pyterrier/consumer-health
+

@@ -3,7 +3,7 @@
 # run, then the out-of-domain (consumer-health dev) and in-domain (SciFact, MedQuAD) comparisons.
 # Rerunning resumes every run from its last checkpoint. Logs: .cache/train/rs-NAME.log
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 # seed_from SRC STEP DST: a continuation run DST starts from run SRC's checkpoint at STEP (unless DST has its own).
 seed_from() {
   if [ ! -d ".cache/train/rs-$3/checkpoints" ]; then

@@ -3,7 +3,7 @@
 Reads the per-query files an experiment wrote (OUTPUT_DIR/perquery/DATASET.SYSTEM.json) and the dataset's queries,
 counts each query's word pieces with MODEL's tokenizer (markers included, as the encoder reads it) and prints
 one row per system with the mean of METRIC in each length bucket and the bucket sizes, as a markdown table.
-Usage: python scripts/perquery_by_length.py OUTPUT_DIR DATASET BEIR_FOLDER [--model M] [--metric ndcg@10]
+Usage: python experiments/recipe-studies/perquery_by_length.py OUTPUT_DIR DATASET BEIR_FOLDER [--model M] [--metric ndcg@10]
        [--edges 32,64] [--out FILE]
 """
 

@@ -4,7 +4,7 @@ exact search, and per-query milliseconds (queries encoded once beforehand, compi
 Each setting is "ncells,threshold,ndocs[,exact_docs]" (exact_docs: how many of the ndocs survivors are scored
 exactly; default ndocs // 4, colbert-ai's rule). Records OUT.json / OUT.md with lscpu's model name:
 
-  .venv/bin/python scripts/bench_plaid_knobs.py --data ../shared/data/medquad/dev-retrieval --split dev \
+  .venv/bin/python experiments/plaid-knobs-v2/bench_plaid_knobs.py --data ../shared/data/medquad/dev-retrieval --split dev \
       --index .cache/experiments/flagship/plaid-medquad-nbits2-e5788db7db3657701e20648f --max-queries 500 \
       --k 10 --settings 1,0.5,256 2,0.45,1024,512 4,0.4,4096@100 --out experiments/plaid-knobs-v2/grid-medquad
 """

@@ -1,6 +1,6 @@
 """The README's results table and the experiment file's `expected:` block, from a recorded flagship run.
 
-Usage: python scripts/flagship_table.py [experiments/flagship/results.json] [--expected]
+Usage: python experiments/flagship/flagship_table.py [experiments/flagship/results.json] [--expected]
 The table: nDCG@10 per set (▲/▼ = significantly better/worse than the run's baseline after its correction),
 consumer-health's 95% bootstrap interval and Recall@100, whether each set is in domain, and p50 latency.
 --expected prints the YAML block experiments/flagship.yaml checks later runs against (nDCG@10, Recall@100).

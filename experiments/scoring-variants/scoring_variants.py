@@ -13,7 +13,7 @@ full-precision document vectors (the flagship's vector cache) and scores each va
   token, alone or added to the whole message's.
 Records experiments/scoring-variants/.
 
-  .venv/bin/python scripts/scoring_variants.py --depth 100
+  .venv/bin/python experiments/scoring-variants/scoring_variants.py --depth 100
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": cpu_name(), "model": model.name, "data": args.data, "first_stage": args.first_stage,
-            "depth": args.depth, "queries": len(qids), "command": " ".join(["scripts/scoring_variants.py", *sys.argv[1:]])}
+            "depth": args.depth, "queries": len(qids), "command": " ".join(["experiments/scoring-variants/scoring_variants.py", *sys.argv[1:]])}
     (out / f"results-depth{args.depth}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"consumer-health dev ({len(qids)} queries), {model.name} reranking the untuned single-vector model's "
              f"top {args.depth} with full-precision document vectors; p: paired t-test against plain MaxSim "

@@ -5,7 +5,7 @@ its [MASK] padding count as much as its medical terms. Scaling query vector i by
 sum_i w_i max_j q_i . d_j, so each weighting is tried by scaling rows, with no new index. Prints nDCG@10 of a
 run's top 100 reranked by: plain MaxSim, without [MASK] rows, with word-piece IDF weights (from the dataset's
 corpus) at several powers, and each of those plus the pooled head (w = 1 rule) for a pooled-head model.
-Usage: python scripts/query_weight_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL
+Usage: python experiments/recipe-studies/query_weight_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Prints nDCG@10 for MaxSim + w x (query vectors) x pooled cosine at several w (w = 1 is the release's rule), for
 z-scored and rank-fused (RRF) combinations, and the per-query mean by query length (in vectors) for w = 0, 1, 100.
-Usage: python scripts/fusion_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL [--int8-pooled]
+Usage: python experiments/recipe-studies/fusion_sweep.py BEIR_FOLDER SPLIT RUN.trec VECTOR_CACHE MODEL [--int8-pooled]
 (document vectors come from the experiment harness's cache folder, encoded into it when missing; --int8-pooled
 rounds the documents' pooled vectors as an index stores them).
 """

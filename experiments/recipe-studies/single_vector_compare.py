@@ -4,7 +4,7 @@ Each model reranks the same top 100 of RUN by the cosine of its single vectors a
 a pooled head: its pooled vectors, MaxSim not used at all; a bi-encoder folder: its embeddings), so differences
 come from the models, not from candidate sets. Prints nDCG@10 per model with a paired t-test against the run's
 own order (for a run of a single-vector model: that model), plus any pairs named with --pair A,B.
-Usage: python scripts/single_vector_compare.py BEIR_FOLDER SPLIT RUN.trec --vector-cache DIR
+Usage: python experiments/recipe-studies/single_vector_compare.py BEIR_FOLDER SPLIT RUN.trec --vector-cache DIR
        [--colbert NAME=PATH ...] [--dense NAME=PATH ...] [--pair A,B ...] [--out FILE]
 """
 

@@ -6,7 +6,7 @@ head: PLAID's top max(k, 100) on colbert-ai's knobs joined with the pooled neare
 exactly) and for the same model with dense_weight 0 (MaxSim only on the quality preset, v2's search). Each time
 is split into query encoding and the search after it. nDCG@10 of the very results timed. Raw latencies to
 OUT/latency.json, a table to OUT/latency.md.
-Usage: python scripts/bench_pooled_head.py --index FOLDER --data BEIR_FOLDER --split dev --out OUT [--k 100]
+Usage: python experiments/pooled-head-latency/bench_pooled_head.py --index FOLDER --data BEIR_FOLDER --split dev --out OUT [--k 100]
 """
 
 from __future__ import annotations

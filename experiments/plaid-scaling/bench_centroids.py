@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from bench_search import subset
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))   # bench_search lives in scripts/
+from bench_search import subset  # noqa: E402
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.indexing.kmeans import default_num_centroids
