@@ -206,6 +206,7 @@ def _condition(name: str, op: str, value: Any) -> Condition:
 def field_columns(metas: Sequence[dict | None]) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
     """Per metadata field: (kind, arrays) for a segment's documents. Fields holding lists or objects are left out
     (not filterable); a field of numbers and text mixed is text."""
+    from .indexing.storage import pack_strings   # here: storage reads columns through this module
     names: dict[str, None] = {}
     for m in metas:
         for key in (m or {}):
@@ -226,7 +227,7 @@ def field_columns(metas: Sequence[dict | None]) -> dict[str, tuple[str, dict[str
             texts = [None if v is None else _as_text(v) for v in values]
             distinct = sorted({t for t in texts if t is not None})
             code = {t: i for i, t in enumerate(distinct)}
-            packed, offsets = _pack([t.encode("utf-8") for t in distinct])
+            packed, offsets = pack_strings([t.encode("utf-8") for t in distinct])
             out[name] = ("text", {"data": np.array([-1 if t is None else code[t] for t in texts], np.int32),
                                   "values": packed, "value_offsets": offsets})
     return out
@@ -238,12 +239,6 @@ def _as_text(v: object) -> str:
 
 def _seconds(v: str) -> int:
     return int(np.datetime64(v.replace(" ", "T"), "s").astype(np.int64))
-
-
-def _pack(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.zeros(len(items) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(b) for b in items]) if items else []
-    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), offsets
 
 
 # ------------------------------------------------------------------------------------------- columns (read)
