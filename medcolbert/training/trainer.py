@@ -687,10 +687,10 @@ class Trainer:
             if self.cfg.eval_distractors == "bm25":
                 # Random distractors make the sample too easy to show progress (nDCG@10 > 0.9 untrained on
                 # MedQuAD); BM25's own top hits are the documents a model must learn to rank below the answer.
-                from ..baselines.bm25 import BM25
+                from ..retrievers import BM25Retriever
 
-                bm25 = BM25().index({d: doc.full_text for d, doc in data.corpus.items()})
-                hits = bm25.search({q: data.queries[q] for q in qids}, k=max(1, self.cfg.eval_docs // max(1, len(qids))))
+                bm25 = BM25Retriever({d: doc.full_text for d, doc in data.corpus.items()})
+                hits = bm25.retrieve({q: data.queries[q] for q in qids}, k=max(1, self.cfg.eval_docs // max(1, len(qids))))
                 hard = [d for d in dict.fromkeys(d for q in qids for d in hits[q]) if d not in set(judged)]
             rest = sorted(set(data.corpus) - set(judged) - set(hard))
             need = max(0, self.cfg.eval_docs - len(hard))
