@@ -71,6 +71,7 @@ class PlaidEngine:
 
     SCRATCH_LIMIT = 4 << 20   # floats (16 MB) per reused per-thread buffer
     SPLIT_ROWS = 32768        # exact stages this large decompress on two threads (smaller ones: the hand-off costs more)
+    EXACT_SLICE_ROWS = 1 << 18  # exact() over many documents scores them this many vectors at a time
     EXACT_SHARE = 4           # the exact stage scores a quarter of the candidates stages 1-2 kept ...
     EXACT_FLOOR = 64          # ... and at least this many (colbert-ai's fewest), or all: a handful of coarse
                               # centroids cannot rank a small collection's documents on their own
@@ -246,8 +247,19 @@ class PlaidEngine:
             q = q.to("cpu", torch.float32).contiguous()
             if len(docs) == 0:
                 return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
-            scores = self._exact_compiled(q, docs, None)
-            return torch.from_numpy(docs), torch.from_numpy(scores)
+            table = None
+            if int(self._np["doclens"][docs].sum()) > self.num_centroids:
+                # Many documents (a broad filter, brute-force search): every centroid's score costs less than
+                # gathering the rows' own, and lets the lookup stage read the index's arrays in place.
+                table = self._scratch("table", (self.num_centroids + 1) * q.shape[0]).reshape(-1, q.shape[0])
+                torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:-1]))
+                table[-1] = 0
+            # In slices of about EXACT_SLICE_ROWS vectors: memory stays bounded whatever the number of documents.
+            ends = np.searchsorted(np.cumsum(self._np["doclens"][docs]),
+                                   np.arange(self.EXACT_SLICE_ROWS, int(self._np["doclens"][docs].sum()),
+                                             self.EXACT_SLICE_ROWS), side="right")
+            parts = [self._exact_compiled(q, part, None, table) for part in np.split(docs, ends) if len(part)]
+            return torch.from_numpy(docs), torch.from_numpy(np.concatenate(parts))
         docs = torch.as_tensor(docs, dtype=torch.int64, device=self.device)
         if docs.numel() == 0:
             return docs, torch.zeros(0, device=self.device)

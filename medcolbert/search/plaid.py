@@ -212,7 +212,7 @@ class Searcher:
             if q_pooled is not None and not cfg.exact:
                 cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, want))
             if cfg.exact:
-                units = exact_search(self.index, q.unsqueeze(0), want, allowed)[0]
+                units = self._exhaustive(q, want, allowed)
             elif subset:
                 units = self._subset(q, want, allowed)   # type: ignore[arg-type]
             else:
@@ -282,6 +282,13 @@ class Searcher:
             self.engine = PlaidEngine(self.index, self._device, self._compiled)
             self._generation = self.index.manifest.get("generation")
         return self.engine
+
+    def _exhaustive(self, q: torch.Tensor, k: int, allowed: np.ndarray | None) -> list[tuple[str, float]]:
+        """Exact MaxSim over every live (and matching) entry: through PLAID's exact stage where the compiled
+        stages run (one pass over the codes), else brute force over decompressed vectors."""
+        if self._fresh_engine().kernel is not None:
+            return self._subset(q, k, ~self.index.deleted if allowed is None else allowed)
+        return exact_search(self.index, q.unsqueeze(0), k, allowed)[0]
 
     def _subset(self, q: torch.Tensor, k: int, allowed: np.ndarray) -> list[tuple[str, float]]:
         """The top-k entries of a filter's few matches by exact MaxSim over all of them (PLAID's exact stage)."""
