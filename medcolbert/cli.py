@@ -837,8 +837,8 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
     from .search.engine import choose_exact_stage
 
     def describe(entry: dict) -> str:
-        times = ", ".join(f"{k} {v} ms" for k, v in entry.get("p50_ms", {}).items())
-        return f"{entry['chosen']} ({entry.get('reason', 'measured')}" + (f"; p50 over {entry['vectors']} vectors: {times})"
+        times = ", ".join(f"{k} {v} ms" for k, v in entry.get("best_ms", {}).items())
+        return f"{entry['chosen']} ({entry.get('reason', 'measured')}" + (f"; best of 21 calls over {entry['vectors']} vectors: {times})"
                                                                          if times else ")")
 
     if not compiled:

@@ -80,6 +80,10 @@ class _Engine:
     def reset(self) -> None:
         """Before each batch of searches: forget knobs an engine set for an earlier k."""
 
+    def built(self) -> Path | None:
+        """The folder of an index built before in WORK, if any."""
+        return self.index_dir if self.index_dir.is_dir() and any(self.index_dir.iterdir()) else None
+
 
 class _FastPlaid(_Engine):
     name = "fast-plaid"
@@ -166,6 +170,11 @@ class _ColbertAi(_Engine):
                                    collection=str((self.work / "collection.tsv").resolve()))
         self.texts = json.loads((self.work / "meta.json").read_text())["query_texts"]
 
+    def built(self) -> Path | None:
+        """colbert-ai's index folder, if an earlier run made it."""
+        path = self.work / "colbert-ai" / "engines" / "indexes" / "engines"
+        return path if (path / "metadata.json").is_file() else None
+
     def reset(self) -> None:
         """colbert-ai writes the knobs of the first k it serves into its config and keeps them for later k's:
         clear them, so that each k gets its own defaults."""
@@ -246,7 +255,16 @@ def worker(name: str, work: Path) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "build":
-            answer = engine.build(req["nbits"])
+            record = work / f"build-{name}.json"
+            if req.get("reuse") and engine.built():
+                # An index an earlier run built: its recorded build, or, for one built before records were
+                # kept, its size alone (the build time is then not reported).
+                answer = json.loads(record.read_text()) if record.is_file() else \
+                    {"build_s": None, "bytes": _dir_bytes(engine.built()), "settings": "index of an earlier run"}
+                answer["reused"] = True
+            else:
+                answer = engine.build(req["nbits"])
+                record.write_text(json.dumps(answer))
         elif req["op"] == "load":
             engine.load()
             answer = {"ok": True}
@@ -427,6 +445,7 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     ap.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="keep indexes an earlier run built in WORK (and their build records)")
     ap.add_argument("--ks", default="10,100")
     ap.add_argument("--work", default=None, help="default .cache/engines/<out's name>")
     ap.add_argument("--out", default=None)
@@ -462,7 +481,7 @@ def main() -> None:
     try:
         for name, w in workers.items():
             print(f"{name}: build", flush=True)
-            built = w.call(op="build", nbits=args.nbits)
+            built = w.call(op="build", nbits=args.nbits, reuse=args.reuse)
             built["bytes_per_vector"] = built["bytes"] / n_vectors
             result["engines"][name] = {"build": built, "rounds": []}
             w.call(op="load")
@@ -510,7 +529,9 @@ def report(result: dict) -> str:
             cells.append(f"{p50:.2f} / {p95:.2f}" if p50 is not None else "-")
         qual = {k: v for k, v in e["rounds"][-1]["k10"].items() if not k.startswith("p") and k != "ms"}
         cells.append(", ".join(f"{k} {v:.4f}" for k, v in qual.items()))
-        cells += [f"{e['build']['build_s']:.0f}", f"{e['build']['bytes_per_vector']:.1f}", e["build"]["settings"]]
+        took = e["build"]["build_s"]
+        cells += ["not timed (reused)" if took is None else f"{took:.0f}" + (" (reused)" if e["build"].get("reused") else ""),
+                  f"{e['build']['bytes_per_vector']:.1f}", e["build"]["settings"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "medcolbert" in result["engines"]:
         lines += ["", "Ratios medcolbert / engine of p50, per round (same run):", ""]

@@ -464,7 +464,7 @@ def _stage_key(engine: PlaidEngine) -> str:
            f"dim {codec.dim}|nbits {codec.nbits}"
 
 
-def measure_exact_stages(engine: PlaidEngine, repeats: int = 5, docs: int = 96, doclen: int = 96,
+def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, doclen: int = 96,
                          query_tokens: int = 32) -> dict:
     """Time each exact stage on this machine over synthetic codes of the engine's codec (the kind of work a
     search's exact stage does: `docs` documents of `doclen` vectors, one query), in turns."""
@@ -496,17 +496,23 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 5, docs: int = 96, 
     # pool of its own spinning (numpy's BLAS) would otherwise slow whichever stage came next. Each call is
     # timed after a small torch product, as a search runs stage 1's centroid scores before it, so that such a
     # stage pays for the cores it takes from torch's threads there; each block's first call is a warm-up.
+    # Each timed unit is a small torch product, the stage, then torch ops on its scores, as in a search: a
+    # stage whose library keeps its own thread pool spinning (numpy's OpenBLAS) then pays for the torch work
+    # around it that it slows. The best of the calls counts: other work on the machine only adds time.
     wake = engine.centroids[:256]
     for round_ in range(3):
         for stage in EXACT_STAGES[round_:] + EXACT_STAGES[:round_]:
             for i in range(repeats + 1):
                 t0 = time.perf_counter()
                 torch.mm(wake, q.T)
-                probe._exact_compiled(q, cand, None, table, stage)
+                scores = probe._exact_compiled(q, cand, None, table, stage)
+                torch.topk(torch.from_numpy(scores), 10)
+                torch.mm(wake, q.T)
                 if i:
                     times[stage].append((time.perf_counter() - t0) * 1000)
     return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "vectors": docs * doclen,
             "p50_ms": {s: round(statistics.median(t), 4) for s, t in times.items()},
+            "best_ms": {s: round(min(t), 4) for s, t in times.items()},
             "max_abs_diff": {s: round(v, 7) for s, v in agree.items()}}
 
 
@@ -534,8 +540,9 @@ def choose_exact_stage(engine: PlaidEngine, force: str | None = None, remeasure:
 
     def measured() -> dict:
         entry = measure_exact_stages(engine)
-        entry["chosen"] = min(entry["p50_ms"], key=entry["p50_ms"].get)
+        entry["chosen"] = min(entry["best_ms"], key=entry["best_ms"].get)
         return entry
 
-    entry = remembered("exact-stage", _stage_key(engine), measured, lambda e: e.get("chosen") in EXACT_STAGES, remeasure)
+    entry = remembered("exact-stage", _stage_key(engine), measured,
+                       lambda e: e.get("chosen") in EXACT_STAGES and "best_ms" in e, remeasure)
     return {**entry, "reason": "measured"}
