@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = ("medcolbert", "colbert-ai", "fast-plaid", "xtr-warp")
+ENGINES = ("medcolbert", "medcolbert-maxsim", "colbert-ai", "fast-plaid", "xtr-warp")
 PEERS_VENV = Path(".cache/peers-venv")
 WARMUP = 5
 
@@ -238,7 +238,30 @@ class _Medcolbert(_Engine):
         return [(self.ids[d], s) for d, s in self.engine.search(text, k)]  # type: ignore[misc]
 
 
-WORKERS = {e.name: e for e in (_Medcolbert, _ColbertAi, _FastPlaid, _XtrWarp)}
+class _MedcolbertMaxSim(_Medcolbert):
+    """medcolbert scoring MaxSim alone, as the other engines do (a pooled-head model's term switched off), over
+    the same index as "medcolbert"."""
+
+    name = "medcolbert-maxsim"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.index_dir = work / "index-medcolbert"
+
+    def load(self) -> None:
+        from medcolbert.indexing.index import Index
+        from medcolbert.modeling.encoder import ColBERT
+        from medcolbert.search.plaid import Searcher
+
+        meta = json.loads((self.work / "meta.json").read_text())
+        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
+                                             dense_weight=0.0)
+        self.engine = Searcher(Index.open(self.index_dir), self.model)
+        self.pooled = None
+        self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
+
+
+WORKERS = {e.name: e for e in (_Medcolbert, _MedcolbertMaxSim, _ColbertAi, _FastPlaid, _XtrWarp)}
 
 
 def worker(name: str, work: Path) -> None:
