@@ -80,13 +80,21 @@ bench-scale: install   # 1M and 10M vector indexes resampled from real vectors: 
 bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side by side (peers in .cache venvs)
 	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/scifact
 	$(BIN)/python scripts/bench_engines.py --from-index $(SCALE_WORK)/index-1000000 \
-		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/engines/scale-1m
+		--queries-npy $(SCALE_WORK)/queries.npy --engines medcolbert,xtr-warp --out experiments/engines/scale-1m
+# (these two read the indexes bench-scale and bench-engines leave in .cache)
 bench-exact-stage: install   # the exact stage before/after scoring from residual codes, per stage
 	for n in 1000000 10000000; do $(BIN)/python scripts/bench_exact_stage.py --index $(SCALE_WORK)/index-$$n \
-		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/engines/exact-stage-$$n; done
+		--queries-npy $(SCALE_WORK)/queries.npy --num-queries 60 --out experiments/engines/exact-stage-$$n; done
+	$(BIN)/python scripts/bench_exact_stage.py --index .cache/engines/scifact/index-medcolbert \
+		--queries-npy .cache/engines/scifact/queries.npy --num-queries 100 --out experiments/engines/exact-stage-scifact
 bench-filters: install   # filtered search per selectivity vs unfiltered and post-filtering
-	for n in 1000000 10000000; do $(BIN)/python scripts/bench_filters.py --index $(SCALE_WORK)/index-$$n \
-		--queries-npy $(SCALE_WORK)/queries.npy --out experiments/filters/scale-$$n; done
+	$(BIN)/python scripts/bench_filters.py --index $(SCALE_WORK)/index-1000000 --queries-npy $(SCALE_WORK)/queries.npy \
+		--num-queries 30 --seeds 2 --out experiments/filters/scale-1m
+	$(BIN)/python scripts/bench_filters.py --index $(SCALE_WORK)/index-10000000 --queries-npy $(SCALE_WORK)/queries.npy \
+		--num-queries 20 --seeds 1 --out experiments/filters/scale-10m
+	$(BIN)/python scripts/bench_filters.py --index .cache/engines/scifact/index-medcolbert \
+		--queries-npy .cache/engines/scifact/queries.npy --pooled-npy .cache/engines/scifact/queries_pooled.npy \
+		--num-queries 60 --seeds 2 --out experiments/filters/scifact
 bench-ray: install   # distributed indexing on Ray actors vs one process
 	$(BIN)/python scripts/bench_ray.py --data ../shared/data/medquad/dev-retrieval --split dev --docs 600 \
 		--workers 2 --out experiments/ray/medquad-600
