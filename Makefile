@@ -76,7 +76,7 @@ bench-latency: bench-search   # medcolbert vs colbert-ai latency in alternating 
 		--out experiments/plaid-scifact/latency
 bench-scale: install   # 1M and 10M vector indexes resampled from real vectors: build and search
 	$(BIN)/python scripts/bench_scale.py --source-index $(SCALE_SOURCE) --queries ../shared/data/medquad/dev-retrieval \
-		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale
+		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale-v5
 bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side by side (peers in .cache venvs)
 	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/scifact
 	$(BIN)/python scripts/bench_engines.py --from-index $(SCALE_WORK)/index-1000000 \
