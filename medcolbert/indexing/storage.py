@@ -334,8 +334,7 @@ def read_fields(root: Path, rel: str, files: dict, entry: dict, store: "Document
         return out
     if store is None:
         return None
-    metas = [store.metadata(i) or None for i in range(len(store))]
-    return columns_from(field_columns(metas))
+    return columns_from(field_columns(store_metadata({"meta": store.meta, "meta_offsets": store.meta_offsets})))
 
 
 def read_manifest(root: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION) -> dict:

@@ -247,17 +247,18 @@ class PlaidEngine:
             q = q.to("cpu", torch.float32).contiguous()
             if len(docs) == 0:
                 return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+            lens = self._np["doclens"][docs]
+            total = int(lens.sum())
             table = None
-            if int(self._np["doclens"][docs].sum()) > self.num_centroids:
+            if total > self.num_centroids:
                 # Many documents (a broad filter, brute-force search): every centroid's score costs less than
                 # gathering the rows' own, and lets the lookup stage read the index's arrays in place.
                 table = self._scratch("table", (self.num_centroids + 1) * q.shape[0]).reshape(-1, q.shape[0])
                 torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:-1]))
                 table[-1] = 0
             # In slices of about EXACT_SLICE_ROWS vectors: memory stays bounded whatever the number of documents.
-            ends = np.searchsorted(np.cumsum(self._np["doclens"][docs]),
-                                   np.arange(self.EXACT_SLICE_ROWS, int(self._np["doclens"][docs].sum()),
-                                             self.EXACT_SLICE_ROWS), side="right")
+            ends = np.searchsorted(np.cumsum(lens), np.arange(self.EXACT_SLICE_ROWS, total, self.EXACT_SLICE_ROWS),
+                                   side="right")
             parts = [self._exact_compiled(q, part, None, table) for part in np.split(docs, ends) if len(part)]
             return torch.from_numpy(docs), torch.from_numpy(np.concatenate(parts))
         docs = torch.as_tensor(docs, dtype=torch.int64, device=self.device)
@@ -478,7 +479,6 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
     probe._np = {**engine._np, "codes": sample.codes, "doc_offsets": np.arange(docs + 1, dtype=np.int64) * doclen,
                  "doclens": np.full(docs, doclen, dtype=np.int64)}
     probe._packed = sample.packed
-    probe._norms = None
     probe._norms = probe._vector_norms()
     q = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((query_tokens, codec.dim), dtype=np.float32)), dim=-1)
     C = engine.num_centroids

@@ -137,7 +137,7 @@ class Searcher:
         allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
         q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
         return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0],
-                                   where=allowed if allowed is not None else None, **knobs)
+                                   where=allowed, **knobs)
 
     @property
     def hybrid(self) -> bool:
