@@ -28,6 +28,7 @@ _EXPORTS = {
     "BiEncoder": "medcolbert.baselines.dense",
     "DenseIndex": "medcolbert.baselines.dense",
     "Index": "medcolbert.indexing.index",
+    "EncodedDocuments": "medcolbert.indexing.encoded",
     "Searcher": "medcolbert.search.plaid",
     "SearchConfig": "medcolbert.search.plaid",
     "ShardedSearcher": "medcolbert.search.sharded",
@@ -51,6 +52,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .baselines.bm25 import BM25
     from .baselines.dense import BiEncoder, DenseIndex
+    from .indexing.encoded import EncodedDocuments
     from .indexing.index import Index
     from .search.plaid import SearchConfig, Searcher
     from .search.sharded import ShardedSearcher

@@ -631,8 +631,12 @@ def cmd_update(args: argparse.Namespace) -> int:
             if meta:
                 metadata[doc_id] = meta
     if ids or documents:
-        model = _index_model(index, args.model) if documents else None
-        done = index.update(model, add=documents, delete=ids, metadata=metadata)
+        from .indexing.encoded import EncodedDocuments
+
+        # Encoding comes first and touches no index file; the delete and the add then commit together.
+        encoded = (EncodedDocuments.encode(_index_model(index, args.model), documents, metadata, index=index,
+                                           show_progress=None) if documents else None)
+        done = index.update(add=encoded, delete=ids)
         if ids:
             print(f"deleted {done['deleted']} documents")
         if documents:

@@ -560,19 +560,21 @@ def _add_document_routes(app: FastAPI, service: Service) -> None:
         for doc_id, text in req.documents.items():
             service.check_id(doc_id, "document id")
             service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
-        service.current()  # 503 while loading
+        snap = service.current()  # 503 while loading
         docs = dict(req.documents)
         unknown = sorted(set(req.metadata or {}) - set(docs))
         if unknown:
             raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
-        from .modeling.encoder import encode_documents_pooled
+        from .indexing.encoded import EncodedDocuments
 
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
-        # so a delete never waits behind a large add.
+        # so a delete never waits behind a large add. Split like the index was built (passages), if it was.
         with service.compute:
-            vectors, pooled = encode_documents_pooled(service.model, list(docs.values()), show_progress=False)  # type: ignore[arg-type]
-        return _write(service, lambda index: index.update(add=docs, vectors=vectors, metadata=req.metadata,
-                                                          pooled=pooled)["added"], "added")
+            try:
+                encoded = EncodedDocuments.encode(service.model, docs, req.metadata, index=snap.index)
+            except MedColbertError as exc:   # the request's metadata (a reserved key)
+                raise HTTPException(422, str(exc)) from None
+        return _write(service, lambda index: index.add(encoded), "added")
 
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.filters import FilterError, parse_where
 from medcolbert.indexing.index import Index
 from medcolbert.scoring import maxsim_one
@@ -80,8 +81,8 @@ def test_columns_are_written_with_the_segment_and_kept_by_updates_deletes_and_co
     for spec in fields.values():
         for part in spec["parts"]:
             assert f"segments/00000/{spec['file']}.{part}.npy" in idx.manifest["files"]
-    idx.update(model, add={"n1": "statin muscle pain", "n2": "asthma steroid"},
-               metadata={"n1": {"source": "ghr", "year": 2031}, "n2": {"source": "new site"}})
+    idx.add(EncodedDocuments.encode(model, {"n1": "statin muscle pain", "n2": "asthma steroid"},
+                                    {"n1": {"source": "ghr", "year": 2031}, "n2": {"source": "new site"}}, index=idx))
     idx.delete(["d1", "d5"])
     again = Index.open(tmp_path / "i")
     ghr = {again.doc_ids[i] for i in np.flatnonzero(again.matching("source = ghr"))}
@@ -181,7 +182,8 @@ def test_property_random_filters_and_updates(tmp_path_factory, model, data):
                                 "metadata": {"source": data.draw(st.sampled_from(SOURCES)), "year": 2000 + j}}
                for j in range(data.draw(st.integers(0, 3)))}
         if new:
-            idx.update(model, add={d: v["text"] for d, v in new.items()}, metadata={d: v["metadata"] for d, v in new.items()})
+            idx.add(EncodedDocuments.encode(model, {d: v["text"] for d, v in new.items()},
+                                            {d: v["metadata"] for d, v in new.items()}, index=idx))
             live.update(new)
     source = data.draw(st.sampled_from(SOURCES))
     year = data.draw(st.integers(1985, 2025))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.errors import DataError, IndexFormatError, MedColbertError
 from medcolbert.indexing import builder
 from medcolbert.indexing.codec import ResidualCodec
@@ -210,7 +211,7 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
     shutil.copytree(built.path, tmp_path / "idx")
     idx = Index.open(tmp_path / "idx")
     extra = {f"x{d}": text for d, text in make_corpus(30, seed=7).items()}
-    idx.add(model, extra | {"new": "asthma steroid inhaler asthma"})
+    idx.add(EncodedDocuments.encode(model, extra | {"new": "asthma steroid inhaler asthma"}, index=idx))
     idx.delete(["doc1", "doc2", "doc3", "new"])
     queries = ["statin muscle pain", "insulin diabetes kidney", "vaccine influenza elderly", "asthma steroid"]
     for index, stage in [(built, s) for s in EXACT_STAGES] + [(idx, s) for s in EXACT_STAGES]:
@@ -266,14 +267,14 @@ def test_add_delete_compact(tmp_path, model, corpus):
     def everything(index, exact=False):
         return dict(Searcher(index, model, wide).search_vectors(q, k=100, exact=exact))
 
-    idx.add(model, {"new1": "leukemia chemotherapy cancer leukemia", "new2": "kidney dialysis"})
+    idx.add(EncodedDocuments.encode(model, {"new1": "leukemia chemotherapy cancer leukemia", "new2": "kidney dialysis"}, index=idx))
     assert len(idx) == 42 and len(idx.manifest["segments"]) == 2
     found = everything(idx)
     assert {"new1", "new2"} <= found.keys()
     own = maxsim_one(q, idx.document_vectors([idx.position["new1"]]))[0].item()
     assert found["new1"] == pytest.approx(own, abs=1e-4)
     with pytest.raises(MedColbertError, match="already in the index"):
-        idx.add(model, {"new1": "again"})
+        idx.add(EncodedDocuments.encode(model, {"new1": "again"}, index=idx))
     with pytest.raises(MedColbertError, match="not in the index"):
         idx.delete(["nope"])
     idx.delete(["new1", "doc0"])
@@ -291,7 +292,7 @@ def test_add_delete_compact(tmp_path, model, corpus):
     after = everything(compacted, exact=True)
     assert after.keys() == before.keys() and all(after[d] == pytest.approx(before[d], abs=1e-5) for d in after)
     # a deleted id can be added again and is found again
-    compacted.add(model, {"new1": "leukemia chemotherapy cancer leukemia"})
+    compacted.add(EncodedDocuments.encode(model, {"new1": "leukemia chemotherapy cancer leukemia"}, index=compacted))
     assert "new1" in everything(compacted)
 
 
@@ -303,8 +304,8 @@ def test_writers_see_each_other_and_survive_a_crashed_writer(tmp_path, model, co
     shutil.copytree(idx.path / "segments" / "00000", orphan)
     (idx.path / ".tmp-00001-999").mkdir()
     other = Index.open(idx.path)          # a second writer, e.g. another process
-    other.add(model, {"a": "kidney dialysis failure"})
-    idx.add(model, {"b": "asthma steroid inhaler"})   # idx is behind by one commit; the lock brings it up to date
+    other.add(EncodedDocuments.encode(model, {"a": "kidney dialysis failure"}, index=other))
+    idx.add(EncodedDocuments.encode(model, {"b": "asthma steroid inhaler"}, index=idx))   # idx is behind by one commit; the lock brings it up to date
     final = Index.open(idx.path, verify=True)
     assert {"a", "b"} <= final.position.keys() and len(final) == 32
     assert not list(idx.path.glob(".tmp-*"))
@@ -412,7 +413,8 @@ def test_index_stores_texts_and_metadata_and_search_returns_them(tmp_path, model
                                                              "metadata": {"year": 2003}}
     hits = Searcher(index, model).search(records[7]["text"], k=3, return_documents=True)
     assert hits[0]["id"] == "r7" and hits[0]["text"] == records[7]["text"] and hits[0]["metadata"] == {"year": 2007}
-    index.update(model, add={"new": "kidney dialysis"}, metadata={"new": {"source": "api"}}, delete=["r0"])
+    index.update(add=EncodedDocuments.encode(model, {"new": "kidney dialysis"}, {"new": {"source": "api"}}, index=index),
+                 delete=["r0"])
     index.compact()
     reopened = Index.open(tmp_path / "docs", verify=True)
     assert reopened.document("new")["metadata"] == {"source": "api"} and reopened.document("r11")["text"] == records[11]["text"]
@@ -647,7 +649,7 @@ def test_an_index_of_a_pooled_head_model_keeps_its_pooled_vectors_through_add_de
         return {index.doc_ids[p]: float(x) for p, x in zip(live, scores)}
 
     added = {"new1": "leukemia chemotherapy cancer leukemia", "new2": "kidney dialysis"}
-    idx.add(model, added)
+    idx.add(EncodedDocuments.encode(model, added, index=idx))
     idx.delete(["doc0"])
     for index in (idx, Index.open(idx.path)):
         want = expected(index)

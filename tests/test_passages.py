@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.errors import MedColbertError
 from medcolbert.indexing.index import Index
 from medcolbert.passages import SEPARATOR, PassageSplitter, aggregate, join_passages, split_records
@@ -100,20 +101,22 @@ def test_split_index_updates_whole_documents(tiny_model, tmp_path):
     index = Index.build(path, tiny_model, corpus(), split_documents=True, num_centroids=16, show_progress=False)
     before = len(index)
     n_long0 = len(index.passages_of("long0"))
-    done = index.update(tiny_model, delete=["long0"])
+    done = index.update(delete=["long0"])
     assert done["deleted"] == 1 and done["passages_deleted"] == n_long0 and len(index) == before - n_long0
     assert index.passages_of("long0") == []
     with pytest.raises(MedColbertError, match="not in the index"):
         index.delete(["long0"])
     text = long_text(200, 42)
-    done = index.update(tiny_model, add={"new": text}, metadata={"new": {"source": "test"}})
+    done = index.update(add=EncodedDocuments.encode(tiny_model, {"new": text}, {"new": {"source": "test"}}, index=index))
     assert done["added"] == 1 and done["passages_added"] > 1
     reopened = Index.open(path)
     assert reopened.document("new") == {"id": "new", "text": text, "metadata": {"source": "test"}}
     with pytest.raises(MedColbertError, match="already in the index"):
-        reopened.update(tiny_model, add={"new": "again"})
-    with pytest.raises(MedColbertError, match="passages"):
-        reopened.update(tiny_model, add={"v": "x"}, vectors=[torch.zeros(3, 16)])
+        reopened.add(EncodedDocuments.encode(tiny_model, {"new": "again"}, index=reopened))
+    with pytest.raises(MedColbertError, match="passages"):   # vectors made without the index's split
+        reopened.add(EncodedDocuments({"v": "x"}, [torch.zeros(3, 16)]))
+    with pytest.raises(TypeError, match="EncodedDocuments"):   # texts straight in: the index runs no model
+        reopened.update(add={"v": "x"})
 
 
 def test_truncation_is_counted_and_warned(tiny_model, tmp_path):

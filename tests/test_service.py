@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.indexing.index import Index
 from medcolbert.service import Limits, create_app
 from tests.conftest import make_tiny_model
@@ -98,7 +99,7 @@ def test_a_write_by_another_process_is_picked_up(served):
     client, _, root = served
     text = "walrus narwhal beluga arctic mammals rarely mentioned"
     model = make_tiny_model(seed=31)
-    Index.open(root / "index").add(model, {"outside": text})   # as another process would, straight on disk
+    (idx := Index.open(root / "index")).add(EncodedDocuments.encode(model, {"outside": text}, index=idx))   # as another process would, straight on disk
     assert client.post("/search", json={"query": text, "k": 1}).json()["results"][0]["id"] == "outside"
     metrics = client.get("/metrics").text
     assert 'medcolbert_requests_total{endpoint="/search",status="200"}' in metrics

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,10 @@ from ..errors import IndexFormatError, MedColbertError
 from ..filters import ID_FIELD, Condition, FilterError, WhereLike, check_fields, column_mask, parse_where
 from ..fsutil import failpoint, recover_replaced
 from ..modeling.encoder import has_pooled_head
-from ..validation import check_id, check_text
-from ..passages import SEPARATOR, SPAN_KEY, PassageSplitter, join_passages, parent_of, split_records
+from ..validation import check_id
+from ..passages import SEPARATOR, SPAN_KEY, join_passages, parent_of
 from .codec import ResidualCodec
+from .encoded import EncodedDocuments, check_vectors
 from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_fields, read_manifest,
                       read_segment, save_array, sha256_file, write_manifest, write_segment)
 
@@ -434,73 +435,37 @@ class Index:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def add(self, model, documents: Mapping[str, str], batch_size: int = 32) -> int:  # type: ignore[no-untyped-def]
-        """Encode and append documents as a new segment; returns how many were added."""
-        self.check_model(model)
-        return self.update(model, add=documents, batch_size=batch_size)["added"]
+    def add(self, documents: EncodedDocuments) -> int:
+        """Append encoded documents (`EncodedDocuments.encode(model, texts, index=index)`) as a new segment;
+        returns how many documents were added."""
+        return self.update(add=documents)["added"]
 
-    def update(self, model=None, add: Mapping[str, str] | None = None, delete: Sequence[str] = (),  # type: ignore[no-untyped-def]
-               batch_size: int = 32, vectors: Sequence[torch.Tensor] | None = None,
-               metadata: Mapping[str, dict] | None = None, pooled: torch.Tensor | None = None) -> dict:
+    def update(self, add: EncodedDocuments | None = None, delete: Sequence[str] = ()) -> dict:
         """Delete and add documents in one commit: either both happen or neither does.
 
-        vectors: the added documents' vectors when the caller encoded them already (in the order of `add`);
-        pooled: with them, their pooled single vectors [n, hidden], which an index of a pooled-head model needs.
-        """
-        add = dict(add or {})
+        add: documents encoded by the caller (`EncodedDocuments.encode(model, texts, metadata, index=self)`, which
+        splits them into passages as this index was built); the index itself never runs a model."""
+        if add is not None and not isinstance(add, EncodedDocuments):
+            raise TypeError("Index.update(add=) takes EncodedDocuments: encode texts with "
+                            "EncodedDocuments.encode(model, documents, metadata, index=index)")
+        add = add or EncodedDocuments({}, [])
         delete = list(delete)
-        for d, text in add.items():
-            try:
-                check_id(d, "document id")
-                check_text(text, f"text of document '{d}'")
-            except ValueError as exc:
-                raise MedColbertError(str(exc)) from None
         for d in delete:
             try:
                 check_id(d, "document id to delete")
             except ValueError as exc:
                 raise MedColbertError(str(exc)) from None
-        metadata = dict(metadata or {})
         if self.passages:
-            if vectors is not None:
-                raise MedColbertError("this index splits documents into passages; add texts, not precomputed vectors")
-            # Documents come and go whole: a delete removes every passage, an add is split like the build.
+            if add.texts and not add.split:
+                raise MedColbertError("this index splits documents into passages: encode the added documents with "
+                                      "EncodedDocuments.encode(model, documents, index=index)")
+            # Documents come and go whole: a delete removes every passage.
             delete = [p for d in delete for p in self._passage_ids(d)]
-            if add:
-                if model is None:
-                    raise MedColbertError("adding documents needs the model the index was built with")
-                splitter = PassageSplitter(model.tokenizer.tokenizer, self.passages["max_tokens"],
-                                           self.passages["overlap"])
-                units = list(split_records(splitter, ((d, t, metadata.get(d)) for d, t in add.items())))
-                add = {u: t for u, t, _ in units}
-                metadata = {u: m for u, _, m in units}
-        if vectors is not None:
-            if self.pooled is not None and add and pooled is None:
-                raise MedColbertError("this index keeps pooled single vectors beside the token vectors; pass the added "
-                                      "documents' pooled vectors too (encode_documents(..., pooled=True)), or texts")
-            if pooled is not None and (pooled.ndim != 2 or len(pooled) != len(add) or not torch.isfinite(pooled).all()
-                                       or (self.pooled is not None and pooled.shape[1] != self.pooled.shape[1])):
-                raise MedColbertError(f"pooled vectors must be finite, [{len(add)}, hidden] (got {tuple(pooled.shape)})")
-            if pooled is not None and self.pooled is None and len(self.doc_ids):
-                raise MedColbertError("this index holds no pooled vectors (built with a model without a pooled head)")
-            if len(vectors) != len(add):
-                raise MedColbertError(f"{len(vectors)} vector sets for {len(add)} documents")
-            if any(v.ndim != 2 or v.shape[-1] != self.codec.dim for v in vectors):
-                raise MedColbertError(f"document vectors must be [tokens, {self.codec.dim}]")
-            vectors = list(vectors)
-        elif add:
-            if model is None:
-                raise MedColbertError("adding documents needs the model the index was built with")
-            self.check_model(model)
-            # Encoding happens before the lock is taken: it is the slow part and touches no index file,
-            # so a delete from another writer never waits behind it.
-            ids = list(add)
-            # An empty index takes whatever the model makes; otherwise new documents match the index's kind.
-            want_pooled = self.pooled is not None or (not self.doc_ids and has_pooled_head(model))
-            if want_pooled:
-                vectors, pooled = model.encode_documents([add[d] for d in ids], batch_size=batch_size, pooled=True)
-            else:
-                vectors = model.encode_documents([add[d] for d in ids], batch_size=batch_size)
+        elif add.split:
+            raise MedColbertError("these documents were split into passages for another index; this one keeps "
+                                  "documents whole")
+        check_vectors(add, self.codec.dim, None if self.pooled is None else self.pooled.shape[1], bool(len(self.doc_ids)))
+        vectors, pooled, metadata, add_texts = add.vectors, add.pooled, add.metadata, add.texts
         with self._writing():
             manifest = dict(self.manifest)
             if delete:
@@ -508,18 +473,18 @@ class Index:
             if add:
                 survivors = {d for d in self.position if d not in set(delete)}
                 # Named by document: a split document's passage 0 clashes whenever the document does.
-                clash = list(dict.fromkeys(parent_of(d) for d in add if d in survivors))
+                clash = list(dict.fromkeys(parent_of(d) for d in add_texts if d in survivors))
                 if clash:
                     raise MedColbertError(f"{len(clash)} document ids are already in the index, e.g. '{clash[0]}' "
                                           "(delete them first to replace them)")
-                manifest = self._append_manifest(manifest, list(add), list(vectors or []),
-                                                 [add[d] for d in add], [(metadata or {}).get(d) for d in add], pooled)
+                manifest = self._append_manifest(manifest, list(add_texts), vectors, list(add_texts.values()),
+                                                 [metadata.get(d) for d in add_texts], pooled)
             if delete or add:
                 self._commit(manifest)
         if self.passages:
-            return {"added": len({parent_of(u) for u in add}), "deleted": len({parent_of(u) for u in delete}),
-                    "passages_added": len(add), "passages_deleted": len(delete)}
-        return {"added": len(add), "deleted": len(delete)}
+            return {"added": len({parent_of(u) for u in add_texts}), "deleted": len({parent_of(u) for u in delete}),
+                    "passages_added": len(add_texts), "passages_deleted": len(delete)}
+        return {"added": len(add_texts), "deleted": len(delete)}
 
     def _passage_ids(self, doc_id: str) -> list[str]:
         """The ids of a document's live passages; refuses an unknown document."""
