@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+import numpy as np
+
 from .evaluation.datasets import Run
 from .validation import check_int
 
@@ -175,12 +177,19 @@ class PlaidRetriever(Retriever):
     def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """PLAID's top k for each query."""
         if isinstance(queries, EncodedQueries):
-            run: Run = {}
-            for q in queries.ids:
-                vectors, pooled = queries.row(q)
-                run[q] = dict(self.searcher.search_encoded(vectors, k=k, q_pooled=pooled, **self.knobs))
-            return run
+            return {q: {d: x for d, x, _ in hits} for q, hits in self.hits(queries, k).items()}
         return self.searcher.search_all(queries, k=k, show_progress=False, **self.knobs)
+
+    def hits(self, queries: Queries, k: int = 100) -> dict[str, list[tuple[str, float, str]]]:
+        """Each query's top k, best first, as (document id, score, stored id that matched): with split documents
+        the third is the best passage, which `searcher.documents` turns into the snippet."""
+        if not isinstance(queries, EncodedQueries):
+            queries = EncodedQueries.encode(self.searcher.model, queries)
+        out: dict[str, list[tuple[str, float, str]]] = {}
+        for q in queries.ids:
+            vectors, pooled = queries.row(q)
+            out[q] = self.searcher.search_hits(vectors, k=k, q_pooled=pooled, **self.knobs)
+        return out
 
 
 class CosineReranker(Reranker):
@@ -244,8 +253,9 @@ class MaxSimReranker(Reranker):
         from .search.rerank import rerank_run
 
         if isinstance(self.documents, Index):
-            return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k,
-                                      self.documents.matching(self.where))
+            # where: a filter, or the boolean mask Index.matching made of one (a service checks it first).
+            allowed = self.where if isinstance(self.where, np.ndarray) else self.documents.matching(self.where)
+            return _rerank_from_index(self.model, self.documents, queries, run, self.depth, k, allowed)
         given = (queries.vectors, queries.pooled, queries.ids) if isinstance(queries, EncodedQueries) else None
         splitter = None
         if self.split_documents:

@@ -457,22 +457,22 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
+        from .retrievers import EncodedQueries, MaxSimReranker, Pipeline, PlaidRetriever
+
         with service.compute:
             Q, Q_pooled = service.encode_for_search(texts)
+            # Encoded once: a first stage reads the texts beside the vectors, PLAID and MaxSim the vectors.
+            queries = EncodedQueries([str(i) for i in range(len(texts))], texts, Q, Q_pooled)
             if req.first_stage is not None:
-                from .retrievers import EncodedQueries, MaxSimReranker, Pipeline
-
-                # The registered first stage reads the texts, the reranker the vectors encoded once above.
-                queries = EncodedQueries([str(i) for i in range(len(texts))], texts, Q, Q_pooled)
                 stage = Pipeline(snap.first_stage(req.first_stage), MaxSimReranker(service.model, snap.index, depth=req.depth))
                 run = stage.retrieve(queries, k=req.k)
-                ranked = [list(run.get(q, {}).items()) for q in queries.ids]
-                hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else ranked
+                ranked: list[list] = [list(run.get(q, {}).items()) for q in queries.ids]
             else:
-                hits = [snap.searcher.search_encoded(Q[i], k=req.k, return_documents=req.return_documents,
-                                                     q_pooled=None if Q_pooled is None else Q_pooled[i],
-                                                     where=allowed, **knobs)
-                        for i in range(len(texts))]
+                per_query = PlaidRetriever(snap.searcher, where=allowed, **knobs).hits(queries, k=req.k)
+                ranked = [per_query[q] for q in queries.ids]
+            # A PLAID hit's third element is the stored entry that matched (a split document's best passage).
+            hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else \
+                [[(hit[0], hit[1]) for hit in h] for h in ranked]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
@@ -495,8 +495,7 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
     @app.post("/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
-        from .modeling.encoder import encode_documents_pooled
-        from .scoring import score_candidates
+        from .retrievers import EncodedQueries, MaxSimReranker
 
         service.check_text(req.query, "query", L.max_query_chars)
         if (req.candidates is None) == (req.ids is None):
@@ -515,36 +514,26 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
         if req.where is not None and req.candidates is not None:
             raise HTTPException(422, "'where' filters indexed documents: give their 'ids', not candidate texts")
         allowed = _matching(snap.index, req.where)
-        # With a pooled head the model's pooled vectors score too (q_pooled and d_pooled are None without one).
+        if req.candidates is not None:
+            documents: Any = {str(i): c for i, c in enumerate(req.candidates)}
+            order = list(documents)
+        else:
+            for i, d in enumerate(req.ids or []):
+                service.check_id(d, f"ids[{i}]")
+            unknown = [d for d in req.ids or [] if not snap.index.passages_of(d)]
+            if unknown:
+                raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+            documents, order = snap.index, list(dict.fromkeys(req.ids or []))
+        # The candidates in the order given (ties keep it); the reranker scores MaxSim plus, with a pooled head,
+        # the pooled term, a split document by its best passage, and only the ids a filter matches.
+        reranker = MaxSimReranker(service.model, documents, depth=len(order), where=allowed)
         with service.compute:
             encoded_q, pooled_q = service.encode_for_search([req.query])
-            q, q_pooled = encoded_q[0], None if pooled_q is None else pooled_q[0]
-            weight = service.model.config  # type: ignore[union-attr]  # its pooled_weight sets the weight per query
-            if req.candidates is not None:
-                docs, d_pooled = encode_documents_pooled(service.model, req.candidates, show_progress=False)  # type: ignore[arg-type]
-                scores = score_candidates(q, docs, weight, q_pooled, d_pooled)
-                labels: list[Any] = list(range(len(req.candidates)))
-            else:
-                for i, d in enumerate(req.ids or []):
-                    service.check_id(d, f"ids[{i}]")
-                # passages_of: a document's position, or all passages of a split document (scored by the best).
-                groups = [snap.index.passages_of(d) for d in req.ids or []]
-                unknown = [d for d, g in zip(req.ids or [], groups) if not g]
-                if unknown:
-                    raise HTTPException(404, f"{len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
-                labels = list(req.ids or [])
-                if allowed is not None:   # the ids whose metadata match (a split document's: any passage)
-                    kept = [i for i, g in enumerate(groups) if allowed[g].any()]
-                    groups, labels = [groups[i] for i in kept], [labels[i] for i in kept]
-                    if not groups:
-                        return {"results": []}
-                positions = [p for g in groups for p in g]
-                scores = score_candidates(q, snap.index.document_vectors(positions), weight, q_pooled,
-                                          snap.index.pooled_vectors(positions) if q_pooled is not None else None,
-                                          units_per_document=[len(g) for g in groups])
-        order = torch.argsort(scores, descending=True, stable=True).tolist()[:k]
-        key = "index" if req.candidates is not None else "id"
-        return {"results": [{key: labels[i], "score": float(scores[i])} for i in order]}
+            queries = EncodedQueries(["q"], [req.query], encoded_q, pooled_q)
+            ranked = reranker.rerank(queries, {"q": {d: -float(i) for i, d in enumerate(order)}}, k=k)["q"]
+        if req.candidates is not None:
+            return {"results": [{"index": int(d), "score": float(x)} for d, x in ranked.items()]}
+        return {"results": [{"id": d, "score": float(x)} for d, x in ranked.items()]}
 
 
 def _add_document_routes(app: FastAPI, service: Service) -> None:

@@ -183,3 +183,10 @@ def test_service_serves_a_split_index(tmp_path):
         assert r.status_code == 200, r.text
         r = client.post("/search", json={"query": "aspirin kidney", "k": 8})
         assert "long2" not in [h["id"] for h in r.json()["results"]]
+        # An added document is split like the build's (its passages each hold their place in it).
+        text = long_text(200, 77)
+        r = client.post("/documents", json={"documents": {"added": text}, "metadata": {"added": {"source": "api"}}})
+        assert r.status_code == 200 and r.json()["added"] == 1, r.text
+        reopened = Index.open(tmp_path / "index")
+        assert len(reopened.passages_of("added")) > 1
+        assert reopened.document("added") == {"id": "added", "text": text, "metadata": {"source": "api"}}

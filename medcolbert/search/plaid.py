@@ -150,19 +150,25 @@ class Searcher:
         """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector).
 
         where: a metadata filter, or the boolean mask Index.matching made of one."""
+        hits = self.search_hits(q, k, q_pooled, where, **knobs)
+        if return_documents:
+            return self.documents(hits)
+        return [(doc, score) for doc, score, _ in hits]
+
+    def search_hits(self, q: torch.Tensor, k: int = 10, q_pooled: torch.Tensor | None = None,
+                    where: WhereLike | np.ndarray = None, **knobs: object) -> list[tuple[str, float, str]]:
+        """An encoded query's top k as (document id, score, stored id that matched: with split documents, the
+        best passage's), best first; where: a metadata filter or Index.matching's mask of one."""
         if self.hybrid and q_pooled is None:
             raise MedColbertError("this model also scores with its pooled single-vector head: pass the query's "
                                   "pooled vector (encode_queries(..., pooled=True)), or search with its text")
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
-        hits = self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled, allowed)
-        if return_documents:
-            # The unit that matched: with split documents, the best passage is the snippet.
-            return [{**self.index.document(unit), "score": score} for _, score, unit in hits]
-        return [(doc, score) for doc, score, _ in hits]
+        return self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled, allowed)
 
-    def documents(self, hits: Sequence[tuple[str, float]]) -> list[dict]:
-        """Hits with their stored text and metadata."""
-        return [{**self.index.document(doc_id), "score": score} for doc_id, score in hits]
+    def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
+        """Hits with their stored text and metadata; a hit's third element (the stored id that matched, as
+        `search_hits` gives) makes the best passage of a split document its text."""
+        return [{**self.index.document(hit[-1] if len(hit) == 3 else hit[0]), "score": hit[1]} for hit in hits]
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, batch_size: int = 128,
                    show_progress: bool | None = None, where: WhereLike = None, **knobs: object) -> Run:
