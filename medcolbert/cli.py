@@ -362,17 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_bm25(args: argparse.Namespace) -> int:
     """Run BM25 over a BEIR split and print its metrics."""
-    from .baselines.bm25 import BM25
     from .evaluation.datasets import load_beir, write_run
     from .evaluation.metrics import evaluate, format_table, write_json
+    from .retrievers import BM25Retriever
 
     metrics = _metrics(args.metrics)
     _check_output(args.output)
     _check_output(args.json, "--json")
     data = load_beir(args.data, args.split)
     t0 = time.perf_counter()
-    bm25 = BM25().index({d: doc.full_text for d, doc in data.corpus.items()})
-    run = bm25.search(data.queries, k=args.k)
+    run = BM25Retriever({d: doc.full_text for d, doc in data.corpus.items()}).retrieve(data.queries, k=args.k)
     _log(f"BM25: {len(data.corpus)} documents, {len(run)} queries in {time.perf_counter() - t0:.1f}s")
     rows = {"BM25": evaluate(run, data.qrels, metrics)}
     print(format_table(rows, metrics), file=_human(args))
@@ -388,7 +387,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     from .evaluation.datasets import load_beir, read_run, write_run
     from .evaluation.metrics import evaluate, format_table, write_json
     from .modeling.encoder import ColBERT
-    from .search.rerank import rerank_run
+    from .retrievers import MaxSimReranker
     from .vector_cache import VectorCache
 
     metrics = _metrics(args.metrics)
@@ -423,8 +422,9 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     _log(f"{model.name}: {len(candidates)} candidate documents, {len(todo)} to encode"
          + (f" (cache: {cache.dir})" if cache else ""))
     t0 = time.perf_counter()
-    reranked = rerank_run(model, data.queries, first, texts, depth=args.depth, cache=cache,
-                          batch_size=args.batch_size, show_progress=True)
+    reranker = MaxSimReranker(model, texts, depth=args.depth, cache=cache, batch_size=args.batch_size,
+                              show_progress=True)
+    reranked = reranker.rerank(data.queries, first)
     elapsed = time.perf_counter() - t0
     speed = f", {len(todo) / elapsed:.1f} passages/s, {tokens / elapsed:.0f} tokens/s" if todo else ""
     _log(f"reranked {len(reranked)} queries in {elapsed:.1f}s{speed}")
@@ -528,6 +528,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .evaluation.datasets import load_qrels, load_queries, write_run
     from .evaluation.metrics import evaluate, format_table, write_json
     from .indexing.index import Index
+    from .retrievers import PlaidRetriever
     from .search.plaid import SearchConfig, Searcher
 
     metrics = _metrics(args.metrics)
@@ -561,7 +562,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
     searcher = Searcher(index, model, config)
     t0 = time.perf_counter()
-    run = searcher.search_all(queries, k=args.k, where=args.where)
+    run = PlaidRetriever(searcher, show_progress=None, where=args.where).retrieve(queries, k=args.k)
     elapsed = time.perf_counter() - t0
     _log(f"searched {len(queries)} queries in {elapsed:.1f}s ({1000 * elapsed / len(queries):.1f} ms/query, "
          f"query encoding included)")
@@ -582,13 +583,15 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     """Print one query's hits: rank, id, score and a text snippet (or JSON lines with --json -)."""
     import json
 
+    from .retrievers import PlaidRetriever
     from .search.plaid import SearchConfig, Searcher
 
     k = args.k or 10
     searcher = Searcher(index, index.load_model(args.model, args.device),
                         SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset))
-    hits = searcher.search(args.query, k=k, where=args.where)
-    rows = searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s in hits]
+    hits = PlaidRetriever(searcher, where=args.where).hits({"q": args.query}, k=k)["q"]
+    # The stored entry that matched (a split document's best passage) is the snippet.
+    rows = searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
     if args.json:
         from .evaluation.metrics import write_json
 

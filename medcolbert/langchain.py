@@ -44,14 +44,18 @@ class MedColbertRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 filter: str | dict | None = None) -> list[Document]:  # noqa: A002 - LangChain's name
+        from .retrievers import PlaidRetriever
+
         where = filter if filter is not None else self.filter
-        # Without texts given, an index that stores its documents supplies their texts and metadata.
+        hits = PlaidRetriever(self.searcher, where=where).hits({"q": query}, k=self.k)["q"]
+        # Without texts given, an index that stores its documents supplies their texts and metadata (a split
+        # document's best passage as its text).
         stored = self.documents is None and self.searcher.index.has_documents
-        hits = self.searcher.search(query, k=self.k, where=where, return_documents=stored)
+        rows = self.searcher.documents(hits) if stored else [{"id": d, "score": x} for d, x, _ in hits]
         out = []
-        for rank, hit in enumerate(hits):
-            doc_id, score = (hit["id"], hit["score"]) if stored else hit
-            meta = {"id": doc_id, "score": float(score), "rank": rank, **(hit.get("metadata") or {} if stored else {}),
+        for rank, hit in enumerate(rows):
+            doc_id, score = hit["id"], hit["score"]
+            meta = {"id": doc_id, "score": float(score), "rank": rank, **(hit.get("metadata") or {}),
                     **dict((self.metadata or {}).get(doc_id, {}))}
             text = hit["text"] if stored else (self.documents[doc_id] if self.documents is not None
                                                and doc_id in self.documents else doc_id)
@@ -68,13 +72,15 @@ class MaxSimCompressor(BaseDocumentCompressor):
 
     def compress_documents(self, documents: Sequence[Document], query: str, callbacks: Any = None) -> Sequence[Document]:
         """The top_n documents by MaxSim, best first."""
-        from .search.rerank import rerank
+        from .retrievers import MaxSimReranker, in_order
 
         if not documents:
             return []
-        ranked = rerank(self.model, query, [d.page_content for d in documents], k=self.top_n)
-        return [Document(page_content=documents[i].page_content, id=documents[i].id,
-                         metadata={**documents[i].metadata, "relevance_score": score}) for i, score in ranked]
+        texts = {str(i): d.page_content for i, d in enumerate(documents)}
+        ranked = MaxSimReranker(self.model, texts, depth=len(texts)).rerank({"q": query}, {"q": in_order(list(texts))},
+                                                                            k=self.top_n)["q"]
+        return [Document(page_content=documents[int(i)].page_content, id=documents[int(i)].id,
+                         metadata={**documents[int(i)].metadata, "relevance_score": score}) for i, score in ranked.items()]
 
 
 __all__ = ["MedColbertRetriever", "MaxSimCompressor"]

@@ -42,8 +42,12 @@ class EncodedQueries:
     def encode(cls, model: Any, queries: Mapping[str, str]) -> "EncodedQueries":
         """Encode {query id: text} with a ColBERT model (its pooled vectors too when it has a pooled head)."""
         from .modeling.encoder import encode_queries_pooled
+        from .validation import is_blank
 
         ids = list(queries)
+        blank = next((q for q in ids if not isinstance(queries[q], str) or is_blank(queries[q])), None)
+        if blank is not None:
+            raise ValueError(f"query '{blank}' is empty (nothing but whitespace, control or format characters)")
         vectors, pooled = encode_queries_pooled(model, [queries[q] for q in ids], show_progress=False)
         return cls(ids, [queries[q] for q in ids], vectors, pooled)
 
@@ -71,6 +75,11 @@ Queries = Union[Mapping[str, str], EncodedQueries]
 def as_texts(queries: Queries) -> Mapping[str, str]:
     """{query id: text} of either kind of queries."""
     return queries.text_map() if isinstance(queries, EncodedQueries) else queries
+
+
+def in_order(ids: Sequence[str]) -> dict[str, float]:
+    """A candidate list as one query's hits of a run, scored so that a reranker meets them in the given order."""
+    return {d: -float(i) for i, d in enumerate(dict.fromkeys(ids))}
 
 
 class Retriever:
@@ -160,8 +169,10 @@ class DenseRetriever(Retriever):
 class PlaidRetriever(Retriever):
     """PLAID search over a medcolbert index (`Searcher`); knobs as in `Searcher.search`."""
 
-    def __init__(self, searcher: Any, name: str = "medcolbert (PLAID)", **knobs: Any) -> None:
-        self.searcher, self.name, self.knobs = searcher, name, knobs
+    def __init__(self, searcher: Any, name: str = "medcolbert (PLAID)", show_progress: bool | None = False,
+                 **knobs: Any) -> None:
+        """knobs: Searcher.search's (ncells, ndocs, preset, where, ...); show_progress: a bar over many text queries."""
+        self.searcher, self.name, self.knobs, self.show_progress = searcher, name, knobs, show_progress
 
     @classmethod
     def from_index(cls, index: Any, model: Any = None, **knobs: Any) -> "PlaidRetriever":
@@ -178,7 +189,7 @@ class PlaidRetriever(Retriever):
         """PLAID's top k for each query."""
         if isinstance(queries, EncodedQueries):
             return {q: {d: x for d, x, _ in hits} for q, hits in self.hits(queries, k).items()}
-        return self.searcher.search_all(queries, k=k, show_progress=False, **self.knobs)
+        return self.searcher.search_all(queries, k=k, show_progress=self.show_progress, **self.knobs)
 
     def hits(self, queries: Queries, k: int = 100) -> dict[str, list[tuple[str, float, str]]]:
         """Each query's top k, best first, as (document id, score, stored id that matched): with split documents
@@ -232,7 +243,7 @@ class MaxSimReranker(Reranker):
 
     def __init__(self, model: Any, documents: Mapping[str, str] | Any, depth: int = 100, cache: Any = None,
                  name: str | None = None, split_documents: bool = False, show_progress: bool | None = False,
-                 where: Any = None) -> None:
+                 where: Any = None, batch_size: int = 32) -> None:
         """split_documents: score texts longer than the model's doc_maxlen by their best passage (not truncated);
         show_progress: bars for document encoding and scoring (batch runs; off by default for per-query use);
         where: with an index, rank only candidates whose metadata match this filter (filters.py)."""
@@ -243,7 +254,7 @@ class MaxSimReranker(Reranker):
         self.where = where
         self.model, self.documents = model, documents
         self.split_documents, self.show_progress = split_documents, show_progress
-        self.depth = check_int("depth", depth, 1)
+        self.depth, self.batch_size = check_int("depth", depth, 1), check_int("batch_size", batch_size, 1)
         self.cache = cache
         self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
 
@@ -263,6 +274,7 @@ class MaxSimReranker(Reranker):
 
             splitter = PassageSplitter.for_model(self.model)
         return rerank_run(self.model, as_texts(queries), run, self.documents, depth=self.depth, k=k, cache=self.cache,
+                          batch_size=self.batch_size,
                           # One query (a timed search) never draws bars: they would cost time and flood the log.
                           show_progress=self.show_progress if len(queries) > 1 else False, splitter=splitter,
                           encoded_queries=given)
@@ -379,5 +391,5 @@ register_retriever("dense", lambda corpus, arg: DenseRetriever(model=arg or "pac
 
 
 __all__ = ["Retriever", "Reranker", "Pipeline", "BM25Retriever", "DenseRetriever", "PlaidRetriever",
-           "MaxSimReranker", "RRF", "FunctionRetriever", "register_retriever", "registered_retrievers", "make_retriever",
+           "MaxSimReranker", "RRF", "FunctionRetriever", "in_order", "register_retriever", "registered_retrievers", "make_retriever",
            "check_retriever_spec", "rerank_encoded_from_index"]

@@ -495,7 +495,7 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
     @app.post("/rerank")
     def rerank(req: RerankRequest) -> dict[str, Any]:
         """Candidates (texts, or ids of indexed documents) ordered by exact MaxSim with the query."""
-        from .retrievers import EncodedQueries, MaxSimReranker
+        from .retrievers import EncodedQueries, MaxSimReranker, in_order
 
         service.check_text(req.query, "query", L.max_query_chars)
         if (req.candidates is None) == (req.ids is None):
@@ -530,7 +530,7 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
         with service.compute:
             encoded_q, pooled_q = service.encode_for_search([req.query])
             queries = EncodedQueries(["q"], [req.query], encoded_q, pooled_q)
-            ranked = reranker.rerank(queries, {"q": {d: -float(i) for i, d in enumerate(order)}}, k=k)["q"]
+            ranked = reranker.rerank(queries, {"q": in_order(order)}, k=k)["q"]
         if req.candidates is not None:
             return {"results": [{"index": int(d), "score": float(x)} for d, x in ranked.items()]}
         return {"results": [{"id": d, "score": float(x)} for d, x in ranked.items()]}

@@ -349,13 +349,11 @@ class _ColBERTKind:
             scores = scores / length[:, None]
         return scores
 
-    def rank(self, m: nn.Module, queries: list[str], docs: list[str]) -> torch.Tensor:
-        """Scores [queries, documents] of texts, for the dev evaluation."""
-        from ..scoring import maxsim_one
+    def reranker(self, m: nn.Module, documents: dict[str, str]) -> Any:
+        """Exact MaxSim over {doc id: text} as a Reranker, for the dev evaluation."""
+        from ..retrievers import MaxSimReranker
 
-        Q = m.encode_queries(queries, show_progress=False)
-        D = m.encode_documents(docs, show_progress=False)
-        return torch.stack([maxsim_one(Q[i], D) for i in range(len(Q))])
+        return MaxSimReranker(m, documents, depth=len(documents))
 
     def set_lengths(self, m: nn.Module, c: "TrainConfig", saving: bool) -> None:
         """The saved model encodes documents at the inference length (and scores with its pooled head when trained)."""
@@ -385,9 +383,11 @@ class _DenseKind:
         """Every query's cosine with every document of the batch."""
         return q @ d.T
 
-    def rank(self, m: nn.Module, queries: list[str], docs: list[str]) -> torch.Tensor:
-        """Cosines [queries, documents] of texts, for the dev evaluation."""
-        return m.encode(queries, is_query=True, show_progress=False) @ m.encode(docs, is_query=False, show_progress=False).T
+    def reranker(self, m: nn.Module, documents: dict[str, str]) -> Any:
+        """Cosine over {doc id: text} as a Reranker, for the dev evaluation."""
+        from ..retrievers import CosineReranker
+
+        return CosineReranker(m, documents, depth=len(documents))
 
     def set_lengths(self, m: nn.Module, c: "TrainConfig", saving: bool) -> None:
         """The saved model reads documents at the inference length."""
@@ -698,12 +698,10 @@ class Trainer:
             self._eval = ({q: data.queries[q] for q in qids}, {d: data.corpus[d].full_text for d in docs},
                           {q: data.qrels[q] for q in qids})
         queries, corpus, qrels = self._eval
-        m = self.model
-        ids = list(corpus)
-        S = MODEL_KINDS[self.cfg.kind].rank(m, list(queries.values()), [corpus[d] for d in ids])
-        m.train()
-        top = torch.topk(S, min(100, len(ids)), dim=1)
-        run = {q: {ids[j]: float(s) for s, j in zip(top.values[i], top.indices[i])} for i, q in enumerate(queries)}
+        # Every sampled document is a candidate of every query: the reranker scores them all exactly.
+        every = {q: dict.fromkeys(corpus, 0.0) for q in queries}
+        run = MODEL_KINDS[self.cfg.kind].reranker(self.model, corpus).rerank(queries, every, k=min(100, len(corpus)))
+        self.model.train()
         return {f"dev_{k}": v for k, v in evaluate(run, qrels, ["ndcg@10", "recall@100"]).items()}
 
     # ------------------------------------------------------------------ the loop
