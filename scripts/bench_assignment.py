@@ -12,7 +12,6 @@ assigning 100M vectors is extrapolated from the measured per-vector time. Record
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from medcolbert.bench import cpu_model as cpu_name
+from medcolbert.bench import write_results
 from medcolbert.indexing.codec import HNSWAssigner
 from medcolbert.indexing.index import Index
 
@@ -116,7 +116,6 @@ def main() -> None:
         result["settings"].append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"CPU: {result['cpu']}, {result['torch_threads']} torch threads; {result['query_vectors']} real token "
              f"vectors of {result['index']} assigned per setting.", "",
              "| centroids | exact µs/vector | exact, 100M vectors | approximate: efSearch (HNSW) or nprobe (IVF) | µs/vector | speed-up | same centroid | mean dot lost | p99 dot lost |",
@@ -126,7 +125,7 @@ def main() -> None:
             lines.append(f"| {row['centroids']} | {row['exact_us_per_vector']} | {row['exact_100M_vectors_hours']} h | "
                          f"{h.get('method', 'hnsw')} {h['ef_search']} | {h['us_per_vector']} | {h['speedup']}x | {h['same_centroid']} | "
                          f"{h['mean_dot_lost']} | {h['p99_dot_lost']} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", result, lines)
     print("\n".join(lines))
 
 

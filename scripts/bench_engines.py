@@ -487,7 +487,7 @@ def main() -> None:
     work = Path(args.work or f".cache/engines/{out.name}")
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    from medcolbert.bench import cpu_model, percentiles
+    from medcolbert.bench import cpu_model, percentiles, write_results
 
     meta_file = work / "meta.json"
     if not meta_file.exists():
@@ -527,8 +527,7 @@ def main() -> None:
     finally:
         for w in workers.values():
             w.close()
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(report(result) + "\n")
+    write_results(out / "results.json", result, report(result))
     print(report(result))
 
 

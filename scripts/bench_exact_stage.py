@@ -15,14 +15,13 @@ documents the exact stage scored. Ratios are per round (same run); the CPU's mod
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medcolbert.bench import cpu_model, percentiles
+from medcolbert.bench import cpu_model, percentiles, write_results
 from medcolbert.indexing.index import Index
 from medcolbert.search.engine import EXACT_STAGES, PlaidEngine, choose_exact_stage
 from medcolbert.search.plaid import SearchConfig
@@ -71,8 +70,7 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{key} {v['p50_ms']:.2f}" for key, v in row.items()), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(report(result, args.ks) + "\n")
+    write_results(out / "results.json", result, report(result, args.ks))
     print(report(result, args.ks))
 
 

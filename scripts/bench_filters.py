@@ -20,7 +20,6 @@ OUT/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcolbert.bench import cpu_model, percentiles
+from medcolbert.bench import cpu_model, percentiles, write_results
 from medcolbert.indexing.index import Index
 from medcolbert.search.plaid import Searcher
 
@@ -116,8 +115,7 @@ def main() -> None:
             print(f"{share:.3%} seed {seed}: " + ", ".join(
                 f"{n} p50 {row[n]['p50_ms']:.2f} ms" for n in ("pre-filter", "exact subset", "default", "post-filter")),
                 flush=True)
-            (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(report(result) + "\n")
+            write_results(out / "results.json", result, report(result))   # after each selectivity: a partial record
     print(report(result))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import NOISE  # noqa: E402
 from medcolbert.bench import cpu_model as cpu_name  # noqa: E402
+from medcolbert.bench import write_results
 
 from medcolbert.indexing.builder import SAMPLE_POINTS_PER_CENTROID  # noqa: E402
 from medcolbert.indexing.kmeans import train_centroids  # noqa: E402
@@ -87,13 +88,12 @@ def main() -> None:
     meta = {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "source_index": Path(args.source_index).name,
             "source_vectors": int(len(source)), "noise_per_dim": NOISE, "niter": args.niter,
             "held_out": HELD_OUT, "command": " ".join(["scripts/bench_kmeans.py", *sys.argv[1:]])}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"CPU: {meta['cpu']}; sample = {SAMPLE_POINTS_PER_CENTROID} vectors per centroid (the builder's), "
              f"resampled from {meta['source_index']} with noise; fit = mean cosine of {HELD_OUT} held-out vectors "
              f"to their nearest centroid; {args.niter} iterations.", "",
              "| centroids | sample vectors | method | seconds | fit (cosine) |", "|---|---|---|---|---|"]
     lines += [f"| {r['centroids']:,} | {r['sample']:,} | {r['method']} | {r['seconds']} | {r['fit_cosine']} |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", {"meta": meta, "rows": rows}, lines)
     print("\n".join(lines))
 
 

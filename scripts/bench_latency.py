@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_search import colbert_ai_job, latency, pct, subset, write_log
+from bench_search import colbert_ai_job, latency, subset, write_log
+from medcolbert.bench import percentiles, write_results
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
@@ -123,7 +124,7 @@ def main() -> None:
         row["systems"]["colbert-ai 0.2.22"] = {"latencies_s": theirs["latencies_s"],
                                               "ndcg@10": evaluate(their_run, qrels, ["ndcg@10"])["ndcg@10"]}
         for s in row["systems"].values():
-            s["p50_ms"], s["p95_ms"] = pct(s["latencies_s"], 50), pct(s["latencies_s"], 95)
+            s.update(percentiles(np.array(s["latencies_s"]) * 1000, (50, 95)))
         base = row["systems"]["colbert-ai 0.2.22"]
         for name in searchers:
             s = row["systems"][name]
@@ -137,7 +138,6 @@ def main() -> None:
                "median_ratios": {n: {"p50": float(np.median([r["systems"][n]["p50_ratio"] for r in rounds])),
                                      "p95": float(np.median([r["systems"][n]["p95_ratio"] for r in rounds]))}
                                  for n in searchers}}
-    (out / "latency.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# Latency at k=10, query encoding included: {len(qids)} queries, {len(doc_ids)} documents", "",
              "| round | system | p50 ms | p95 ms | p50 / colbert-ai | p95 / colbert-ai | nDCG@10 |",
              "|---|---|---|---|---|---|---|"]
@@ -148,7 +148,7 @@ def main() -> None:
             lines.append(f"| {r['round']} | {n} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {ratios} | {s['ndcg@10']:.4f} |")
     lines += [""] + [f"Median over rounds, {n} / colbert-ai: p50 ratio {m['p50']:.2f}, p95 ratio {m['p95']:.2f} "
                      "(lower is faster)." for n, m in summary["median_ratios"].items()]
-    (out / "latency.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "latency.json", summary, lines)
     print("\n".join(lines))
 
 

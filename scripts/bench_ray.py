@@ -12,7 +12,6 @@ one-thread workers (Ray's start-up included in its time). Records OUT.json / OUT
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from medcolbert.bench import cpu_model as cpu_name
+from medcolbert.bench import write_results
 
 
 def main() -> None:
@@ -68,16 +68,14 @@ def main() -> None:
               "identical_arrays": bool(same_arrays), "queries": len(queries), "identical_top10": int(same_top10),
               "ray_build": build_info, "model": model.name if hasattr(model, "name") else str(model.source)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    out.with_suffix(".md").write_text(
+    write_results(out.with_suffix(".json"), result, 
         f"Ray build vs single-process build on {result['cpu']}: {len(corpus)} documents of {Path(args.data).name}, "
         f"chunks of {args.chunk_size}, default model.\n\n"
         "| build | wall s |\n|---|---|\n"
         f"| single process ({threads} torch threads) | {times['local']:.1f} |\n"
         f"| Ray, local cluster of {args.workers} one-thread workers (start-up included) | {times['ray']:.1f} |\n\n"
         f"Ray / single process: {result['ray_over_local']:.2f}. Identical codes, residuals and ids: "
-        f"{result['identical_arrays']}; identical top-10 for {same_top10} of {len(queries)} queries.\n")
+        f"{result['identical_arrays']}; identical top-10 for {same_top10} of {len(queries)} queries.")
     print(out.with_suffix(".md").read_text())
 
 

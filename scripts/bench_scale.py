@@ -120,6 +120,7 @@ print(json.dumps({"build_s": time.perf_counter() - t, "bytes_per_vector": s["byt
 SEARCH = STATUS + r"""
 import json, sys, time
 import numpy as np, torch
+from medcolbert.bench import percentiles
 from medcolbert.indexing.index import Index
 from medcolbert.search.engine import PlaidEngine
 from medcolbert.search.plaid import SearchConfig
@@ -149,7 +150,7 @@ for engine_name, compiled, preset, ks in (("compiled", None, "quality", (10, 100
             times.append((time.perf_counter() - t0) * 1000)
             stats.append(st)
         times = times[3:]   # first calls allocate scratch buffers
-        row = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+        row = {**percentiles(times, (50, 95)),
                "engine": "compiled CPU stages" if engine.kernel is not None else "torch", "preset": preset,
                "knobs": [cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs]}
         for key in stats[0]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medcolbert import ColBERT, evaluate, load_beir
+from medcolbert.bench import percentiles, time_each, write_results
 from medcolbert.indexing.index import Index
 from medcolbert.search.plaid import Searcher
 from medcolbert.vector_cache import CachedEncoder, VectorCache
@@ -62,8 +63,6 @@ def colbert_ai_job(work: Path, checkpoint: Path, corpus: dict[str, str], queries
 
 def latency(fn, queries: list[str], warmup: int = 5) -> list[float]:
     """Seconds per call of fn(query), one query at a time, after a warm-up (medcolbert.bench's loop)."""
-    from medcolbert.bench import time_each
-
     return [ms / 1000 for ms in time_each(fn, queries, warmup)]
 
 
@@ -73,11 +72,6 @@ def write_log(path: Path, proc: subprocess.CompletedProcess) -> None:
     root = str(Path.cwd().resolve()) + "/"
     text = proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:]
     path.write_text(text.replace(root, "").replace(root.replace("/", "\\/"), ""))
-
-
-def pct(values: list[float], p: float) -> float:
-    """Percentile in milliseconds."""
-    return float(np.percentile(np.array(values) * 1000, p))
 
 
 def main() -> None:
@@ -127,7 +121,7 @@ def main() -> None:
         "ndcg@10": evaluate(run10, qrels, ["ndcg@10"])["ndcg@10"],
         "recall@100": evaluate(run100, qrels, ["recall@100"])["recall@100"],
         "ndcg@10 at k=100": evaluate(run100, qrels, ["ndcg@10"])["ndcg@10"],
-        "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), **index.stats()}
+        **percentiles(np.array(lat) * 1000, (50, 95)), **index.stats()}
     systems["medcolbert exact MaxSim (nbits 2)"] = {
         "ndcg@10": evaluate(exact100, qrels, ["ndcg@10"])["ndcg@10"],
         "recall@100": evaluate(exact100, qrels, ["recall@100"])["recall@100"]}
@@ -170,7 +164,7 @@ def main() -> None:
         systems["colbert-ai 0.2.22 (nbits 2)"] = {
             "ndcg@10": evaluate(run10, qrels, ["ndcg@10"])["ndcg@10"],
             "recall@100": evaluate(run, qrels, ["recall@100"])["recall@100"],
-            "p50_ms": pct(ca["latencies_s"], 50), "p95_ms": pct(ca["latencies_s"], 95),
+            **percentiles(np.array(ca["latencies_s"]) * 1000, (50, 95)),
             "build_seconds": ca["build_seconds"], "bytes_total": ca["index_bytes"],
             "bytes_per_embedding": ca["index_bytes"] / max(1, systems["medcolbert PLAID (nbits 2)"]["embeddings"])}
         ours = systems["medcolbert PLAID (nbits 2)"]
@@ -179,7 +173,6 @@ def main() -> None:
                             "p95_medcolbert_over_colbert_ai": ours["p95_ms"] / theirs["p95_ms"],
                             "build_colbert_ai_over_medcolbert": theirs["build_seconds"] / result["medcolbert_build_seconds"]}
     result["systems"] = systems
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# {Path(args.data).name} ({args.split}): {len(corpus)} documents, {len(queries)} queries", "",
              "| system | nDCG@10 | Recall@100 | p50 ms | p95 ms | bytes/vector | build s |", "|---|---|---|---|---|---|---|"]
     for name, s in systems.items():
@@ -190,7 +183,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "ratios" in result:
         lines += ["", "Ratios measured in this run: " + ", ".join(f"{k} = {v:.2f}" for k, v in result["ratios"].items())]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", result, lines)
     print("\n".join(lines))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medcolbert.bench import cpu_model as cpu_name
+from medcolbert.bench import percentiles, write_results
 
 from medcolbert.indexing.index import Index
 from medcolbert.search.engine import PlaidEngine
@@ -89,8 +90,8 @@ def main() -> None:
                 t_max.append(max(times))
                 t_sum.append(sum(times))
                 overlap.append(len(best & {doc for doc, _ in merged}) / k)
-            ms = lambda xs: round(float(np.percentile(np.array(xs[3:]) * 1000, 50)), 2)   # noqa: E731
-            ms95 = lambda xs: round(float(np.percentile(np.array(xs[3:]) * 1000, 95)), 2)  # noqa: E731
+            ms = lambda xs: round(percentiles(np.array(xs[3:]) * 1000, (50,))["p50_ms"], 2)   # noqa: E731
+            ms95 = lambda xs: round(percentiles(np.array(xs[3:]) * 1000, (95,))["p95_ms"], 2)  # noqa: E731
             rows.append({"preset": preset, "k": k, "one_index_p50_ms": ms(t_one), "one_index_p95_ms": ms95(t_one),
                          "shards_parallel_p50_ms": ms([a + b for a, b in zip(t_max, t_merge)]),
                          "shards_parallel_p95_ms": ms95([a + b for a, b in zip(t_max, t_merge)]),
@@ -105,7 +106,6 @@ def main() -> None:
             "centroids": {"one index": single.codec.num_centroids, "per shard": [ix.codec.num_centroids for ix in shards]},
             "build_s": {"one index": round(single_s, 1), "shards": [round(s, 1) for s in shard_s]},
             "queries": len(queries), "command": " ".join(["scripts/bench_sharded.py", *sys.argv[1:]])}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"CPU: {meta['cpu']}, {meta['torch_threads']} threads; {meta['vectors']:,} vectors ({meta['documents']:,} "
              f"documents) as one index ({meta['centroids']['one index']} centroids) and as {len(stems)} shards of about "
              f"{meta['vectors_per_shard'][0]:,} ({meta['centroids']['per shard'][0]} centroids each); {len(queries)} "
@@ -116,7 +116,7 @@ def main() -> None:
         lines.append(f"| {r['preset']} | {r['k']} | {r['one_index_p50_ms']} / {r['one_index_p95_ms']} | "
                      f"{r['shards_parallel_p50_ms']} / {r['shards_parallel_p95_ms']} | {r['shards_in_turn_p50_ms']} | "
                      f"{r['merge_p50_ms']} | {r['top_k_overlap_with_one_index']} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", {"meta": meta, "rows": rows}, lines)
     print("\n".join(lines))
 
 

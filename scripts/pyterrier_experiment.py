@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pyterrier as pt
 from medcolbert.bench import cpu_model as cpu_name
+from medcolbert.bench import write_results
 
 from medcolbert.baselines.dense import BiEncoder, DenseIndex
 from medcolbert.evaluation.datasets import load_beir
@@ -77,10 +78,9 @@ def main() -> None:
             f"first stages' depth {args.depth}; {setup_s:.0f} s to build the first stages, {wall:.0f} s for the "
             f"experiment on {cpu_name()}. Significance: PyTerrier's paired t-test against the first row, "
             "Holm-corrected (the `+`/`-` columns count queries better/worse).")
-    out.with_suffix(".md").write_text(head + "\n\n" + table.to_markdown(index=False, floatfmt=".4f") + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"cpu": cpu_name(), "queries": len(topics), "documents": len(corpus),
-                                                     "wall_s": wall, "table": table.to_dict(orient="records")},
-                                                    indent=1, default=str))
+    write_results(out.with_suffix(".json"), {"cpu": cpu_name(), "queries": len(topics), "documents": len(corpus),
+                                             "wall_s": wall, "table": table.to_dict(orient="records")},
+                  head + "\n\n" + table.to_markdown(index=False, floatfmt=".4f"))
     print(out.with_suffix(".md").read_text())
 
 

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from medcolbert import load_beir
+from medcolbert.bench import write_results
 
 
 def free_port() -> int:
@@ -179,12 +180,11 @@ def main() -> None:
         finally:
             server.kill()
             server.wait()
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["| batching | clients | requests | errors | queries/s | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         lines.append(f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests']} | {r['errors']} | "
                      f"{r['throughput_qps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", results, lines)
     print("\n".join(lines))
     if any(r["errors"] for r in results["runs"]):
         raise SystemExit("errors during the load test; see results.json")
@@ -215,7 +215,6 @@ def run_mixed(args: argparse.Namespace) -> None:
         server.kill()
         server.wait()
     results = {"index": Path(args.index).name, "k": args.k, "cpu": cpu_model(), "machine_cores": os.cpu_count(), "runs": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"CPU: {results['cpu']}, {os.cpu_count()} cores; {rows[0]['clients']} searchers, k={args.k}, "
              f"{args.mixed:.0f} s per run; query encoding included", "",
              "| round | adds + deletes beside | searches | search p50 ms | search p95 ms | adds | deletes | add p50 ms | "
@@ -224,7 +223,7 @@ def run_mixed(args: argparse.Namespace) -> None:
         lines.append(f"| {r['round']} | {'yes' if r['writes'] else 'no'} | {r['searches']} | {r['search_p50_ms']:.1f} | "
                      f"{r['search_p95_ms']:.1f} | {r['adds']} | {r['deletes']} | "
                      f"{r['add_p50_ms'] or 0:.0f} | {r['delete_p50_ms'] or 0:.0f} | {r['errors']} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(out / "results.json", results, lines)
     print("\n".join(lines))
 
 

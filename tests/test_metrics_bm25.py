@@ -42,3 +42,21 @@ def test_bm25_finds_the_relevant_document():
     assert evaluate(run, QRELS)["mrr@10"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="empty corpus"):
         BM25().index({})
+
+
+def test_benchmark_records_are_written_whole_with_their_table(tmp_path):
+    """medcolbert.bench: percentiles as numpy computes them; a record's JSON and table land together."""
+    import json
+
+    import numpy as np
+
+    from medcolbert.bench import percentiles, time_each, write_results
+
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentiles(values, (50, 95)) == {"p50_ms": 3.0, "p95_ms": float(np.percentile(values, 95))}
+    calls: list[int] = []
+    assert len(time_each(calls.append, [1, 2, 3, 4], warmup=2)) == 4 and calls == [1, 2, 1, 2, 3, 4]
+    path = write_results(tmp_path / "run" / "results.json", {"cpu": "x", "p50_ms": 1.5}, ["| a |", "|---|", "| 1 |"])
+    assert json.loads(path.read_text()) == {"cpu": "x", "p50_ms": 1.5}
+    assert (tmp_path / "run" / "results.md").read_text() == "| a |\n|---|\n| 1 |\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.json", "results.md"]   # no temporaries
