@@ -13,9 +13,11 @@ from medcolbert.search import cpu_kernel
 pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="compiled PLAID stages not built")
 
 
-@pytest.mark.parametrize("nbits,dim,lq", [(1, 32, 32), (2, 128, 32), (2, 128, 7), (2, 24, 32), (4, 32, 32), (4, 64, 13)])
+@pytest.mark.parametrize("nbits,dim,lq", [(1, 32, 32), (2, 128, 32), (2, 128, 7), (2, 24, 32), (4, 32, 32), (4, 64, 13),
+                                          (2, 128, 33), (2, 128, 48), (2, 128, 65), (1, 64, 128), (2, 128, 129)])
 def test_lookup_scores_equal_decompress_then_maxsim(nbits, dim, lq):
-    # Lq 32 takes the AVX-512 loop where the CPU has it (any number of residual bytes); other Lq the portable one.
+    # Where the CPU has AVX-512: Lq 32 takes its own loop, other Lq up to 128 the blocked one (a zero-padded lookup
+    # table, a masked last block of centroid scores); longer queries and other CPUs the portable loop.
     torch.manual_seed(dim + nbits + lq)
     vecs = torch.nn.functional.normalize(torch.randn(1200, dim), dim=-1)
     codec = ResidualCodec.fit(torch.nn.functional.normalize(vecs[:40] + 0.01, dim=-1).numpy(), vecs[600:].numpy(), nbits)
@@ -30,9 +32,14 @@ def test_lookup_scores_equal_decompress_then_maxsim(nbits, dim, lq):
     table = (codec.centroids_f32 @ q.T).numpy()
     per_byte = 8 // nbits
     bt = codec._byte_table.numpy().reshape(-1, 256, per_byte)
-    lut = np.ascontiguousarray(np.matmul(bt, q.numpy().T.reshape(-1, per_byte, lq)), dtype=np.float32)
+    kernel = cpu_kernel.load()
+    width = kernel.lut_width(lq)
+    assert width >= lq and (width == lq or width % 16 == 0)
+    padded = np.zeros((width, dim), dtype=np.float32)
+    padded[:lq] = q.numpy()
+    lut = np.ascontiguousarray(np.matmul(bt, padded.T.reshape(-1, per_byte, width)), dtype=np.float32)
     norms = full.norm(dim=-1).clamp_min(1e-12).numpy()
-    got = cpu_kernel.load().exact_lut(np.ascontiguousarray(table), lut, codes.astype(np.int32), packed, norms, starts, lens)
+    got = kernel.exact_lut(np.ascontiguousarray(table), lut, codes.astype(np.int32), packed, norms, starts, lens)
     assert np.allclose(got, want, atol=1e-5)
     with pytest.raises(IndexError):
         cpu_kernel.load().exact_lut(np.ascontiguousarray(table), lut, codes.astype(np.int32), packed, norms,
@@ -40,6 +47,10 @@ def test_lookup_scores_equal_decompress_then_maxsim(nbits, dim, lq):
     with pytest.raises(ValueError, match="do not fit"):
         cpu_kernel.load().exact_lut(np.ascontiguousarray(table), lut[:-1], codes.astype(np.int32), packed, norms,
                                     starts, lens)
+    if width != lq:
+        with pytest.raises(ValueError, match="do not fit"):   # a table of Lq columns where the loop reads `width`
+            kernel.exact_lut(np.ascontiguousarray(table), np.ascontiguousarray(lut[:, :, :lq]), codes.astype(np.int32),
+                             packed, norms, starts, lens)
 
 
 def test_the_choice_is_measured_once_remembered_and_can_be_forced(tmp_path, monkeypatch, tiny_model):

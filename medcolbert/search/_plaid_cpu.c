@@ -360,12 +360,13 @@ void mc_segment_maxsim(const float *sim, int64_t Lq, const float *norms, const i
 
 /* Exact MaxSim scored from the compressed vectors, without rebuilding them (WARP's idea, here exact): vector r's
  * score for query token j is (table[codes[r]][j] + sum over its residual bytes b of lut[b][packed[r][b]][j]) / norms[r].
- * table [C + 1, Lq] holds the centroids' scores (stage 1 computed it already); lut [nbytes, 256, Lq] each residual
- * byte value's dot products with the query's dimensions it packs; norms the decompressed vectors' norms. The same
- * value as decompress-then-multiply up to float rounding order. Document d is rows starts[d] .. starts[d] + lens[d]
- * of codes/packed/norms; out [ndocs] gets the sum over tokens of the max over its rows. */
+ * table [C + 1, Lq] holds the centroids' scores (stage 1 computed it already); lut [nbytes, 256, Lw] each residual
+ * byte value's dot products with the query's dimensions it packs, in rows of Lw >= Lq floats (the columns past Lq
+ * zero: the vector loops below read whole 16-float blocks); norms the decompressed vectors' norms. The same value as
+ * decompress-then-multiply up to float rounding order. Document d is rows starts[d] .. starts[d] + lens[d] of
+ * codes/packed/norms; out [ndocs] gets the sum over tokens of the max over its rows. */
 static inline __attribute__((always_inline)) void
-exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,
+exact_lut(const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t nbytes, const int32_t *codes,
           const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,
           float *out) {
     float acc[Lq > 0 ? Lq : 1], s[Lq > 0 ? Lq : 1];
@@ -377,7 +378,7 @@ exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, cons
             _Pragma("omp simd")
             for (int64_t j = 0; j < Lq; j++) s[j] = c[j];
             for (int64_t b = 0; b < nbytes; b++) {
-                const float *restrict t = lut + ((b << 8) + pk[b]) * Lq;
+                const float *restrict t = lut + ((b << 8) + pk[b]) * Lw;
                 _Pragma("omp simd")
                 for (int64_t j = 0; j < Lq; j++) s[j] += t[j];
             }
@@ -391,6 +392,67 @@ exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, cons
         out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;
     }
 }
+
+#ifdef MC_AVX512
+/* exact_lut with AVX-512 for any query length up to 128: NB blocks of 16 query tokens held in registers (the last
+ * block's centroid scores read under a mask; its lookup columns past Lq are zero), two independent sums per block
+ * so that successive bytes' adds do not wait on one another. The scalar loop above keeps its running sums in
+ * memory and took 4-5x longer for queries of 33-65 tokens (2-core Xeon, SciFact). NB is a constant at each call,
+ * so the arrays below live in registers (3 x NB of the 32). */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+exact_lut_blocks(const int NB, const float *table, int64_t Lq, const float *lut, int64_t nbytes,
+                 const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
+                 const int64_t *lens, int64_t ndocs, float *out) {
+    const int64_t Lw = 16 * NB;
+    const __mmask16 tail = (Lq % 16) ? (__mmask16)((1u << (Lq % 16)) - 1u) : (__mmask16)0xFFFF;
+    for (int64_t d = 0; d < ndocs; d++) {
+        __m512 acc[NB];
+        for (int i = 0; i < NB; i++) acc[i] = _mm512_set1_ps(-INFINITY);
+        for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
+            const float *c = table + (int64_t)codes[r] * Lq;
+            const uint8_t *pk = packed + r * nbytes;
+            __m512 s0[NB], s1[NB];
+            for (int i = 0; i < NB; i++) {
+                s0[i] = i == NB - 1 ? _mm512_maskz_loadu_ps(tail, c + 16 * i) : _mm512_loadu_ps(c + 16 * i);
+                s1[i] = _mm512_setzero_ps();
+            }
+            int64_t b = 0;
+            for (; b + 2 <= nbytes; b += 2) {
+                const float *t0 = lut + ((b << 8) + pk[b]) * Lw, *t1 = lut + (((b + 1) << 8) + pk[b + 1]) * Lw;
+                for (int i = 0; i < NB; i++) {
+                    s0[i] = _mm512_add_ps(s0[i], _mm512_loadu_ps(t0 + 16 * i));
+                    s1[i] = _mm512_add_ps(s1[i], _mm512_loadu_ps(t1 + 16 * i));
+                }
+            }
+            for (; b < nbytes; b++) {
+                const float *t = lut + ((b << 8) + pk[b]) * Lw;
+                for (int i = 0; i < NB; i++) s0[i] = _mm512_add_ps(s0[i], _mm512_loadu_ps(t + 16 * i));
+            }
+            const __m512 nr = _mm512_set1_ps(norms[r]);
+            for (int i = 0; i < NB; i++) acc[i] = _mm512_max_ps(acc[i], _mm512_div_ps(_mm512_add_ps(s0[i], s1[i]), nr));
+        }
+        float part[16 * NB];
+        for (int i = 0; i < NB; i++) _mm512_storeu_ps(part + 16 * i, acc[i]);
+        out[d] = lens[d] > 0 ? sum_of(part, Lq) : -INFINITY;
+    }
+}
+
+#define MC_LUT_BLOCKS(NB)                                                                                           \
+    __attribute__((target("avx512f"))) static void exact_lut_b##NB(                                                  \
+        const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,                    \
+        const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,     \
+        float *out) {                                                                                               \
+        exact_lut_blocks(NB, table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);              \
+    }
+MC_LUT_BLOCKS(1)
+MC_LUT_BLOCKS(2)
+MC_LUT_BLOCKS(3)
+MC_LUT_BLOCKS(4)
+MC_LUT_BLOCKS(5)
+MC_LUT_BLOCKS(6)
+MC_LUT_BLOCKS(7)
+MC_LUT_BLOCKS(8)
+#endif
 
 #ifdef MC_AVX512
 /* exact_lut for 32 query tokens (two 16-lane halves) and an even number of residual bytes, with AVX-512: four
@@ -439,17 +501,38 @@ static void exact_lut32_avx512(const float *table, const float *lut, int64_t nby
 }
 #endif
 
+/* lut's rows hold Lw floats: Lq rounded up to a multiple of 16 (zeros past Lq) where the AVX-512 loops run
+ * (mc_lut_width says which), else Lq. */
 MC_CLONES
-void mc_exact_lut(const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,
-                  const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,
-                  float *out) {
+void mc_exact_lookup(const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t nbytes,
+                     const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
+                     const int64_t *lens, int64_t ndocs, float *out) {
 #ifdef MC_AVX512
-    if (Lq == 32 && __builtin_cpu_supports("avx512f")) {
+    if (Lw == 32 && Lq == 32 && __builtin_cpu_supports("avx512f")) {
         exact_lut32_avx512(table, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
         return;
     }
+    if (Lw % 16 == 0 && Lw == 16 * ((Lq + 15) / 16) && __builtin_cpu_supports("avx512f")) {
+        typedef void (*blocks_fn)(const float *, int64_t, const float *, int64_t, const int32_t *, const uint8_t *,
+                                  const float *, const int64_t *, const int64_t *, int64_t, float *);
+        static const blocks_fn by_blocks[8] = {exact_lut_b1, exact_lut_b2, exact_lut_b3, exact_lut_b4,
+                                               exact_lut_b5, exact_lut_b6, exact_lut_b7, exact_lut_b8};
+        if (Lw / 16 >= 1 && Lw / 16 <= 8) {
+            by_blocks[Lw / 16 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+            return;
+        }
+    }
 #endif
-    exact_lut(table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+    exact_lut(table, Lq, lut, Lw, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+}
+
+/* The row width mc_exact_lookup wants for Lq query tokens on this CPU: a multiple of 16 where its AVX-512 loops
+ * run (Lq <= 128), else Lq. */
+int64_t mc_lut_width(int64_t Lq) {
+#ifdef MC_AVX512
+    if (Lq >= 1 && Lq <= 128 && __builtin_cpu_supports("avx512f")) return 16 * ((Lq + 15) / 16);
+#endif
+    return Lq;
 }
 
 /* Dot products of one float vector q [dim] with n int8 rows [n, dim], each times its scale when scales is given,

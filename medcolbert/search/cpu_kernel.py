@@ -28,8 +28,10 @@ class CpuKernel:
         lib.mc_decompress.argtypes = [_P, _P, _P, _I, _P, _P, _I, _P, _I, _P, _P]
         lib.mc_segment_maxsim.restype = None
         lib.mc_segment_maxsim.argtypes = [_P, _I, _P, _P, _I, _P]
-        lib.mc_exact_lut.restype = None
-        lib.mc_exact_lut.argtypes = [_P, _I, _P, _I, _P, _P, _P, _P, _P, _I, _P]
+        lib.mc_exact_lookup.restype = None
+        lib.mc_exact_lookup.argtypes = [_P, _I, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P]
+        lib.mc_lut_width.restype = _I
+        lib.mc_lut_width.argtypes = [_I]
         lib.mc_int8_rows_dot.restype = None
         lib.mc_int8_rows_dot.argtypes = [_P, _I, _I, _P, _P, _P]
         self.lib, self.path = lib, path
@@ -88,11 +90,12 @@ class CpuKernel:
                   starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """Exact MaxSim per document from compressed vectors: (centroid score + residual byte lookups) / norm, max, sum.
 
-        table [C', Lq] centroid scores indexed by codes; lut [nbytes, 256, Lq]; codes [n], packed [n, nbytes] and
-        norms [n] per vector; document d is rows starts[d] .. starts[d] + lens[d]. Returns float32 [len(lens)].
+        table [C', Lq] centroid scores indexed by codes; lut [nbytes, 256, lut_width(Lq)] (zeros past Lq); codes [n],
+        packed [n, nbytes] and norms [n] per vector; document d is rows starts[d] .. starts[d] + lens[d]. Returns
+        float32 [len(lens)].
         """
         Lq, nbytes = table.shape[1], packed.shape[1]
-        if lut.shape != (nbytes, 256, Lq) or len(codes) != len(packed) or norms.shape != (len(codes),) \
+        if lut.shape != (nbytes, 256, self.lut_width(Lq)) or len(codes) != len(packed) or norms.shape != (len(codes),) \
                 or starts.shape != lens.shape:
             raise ValueError(f"lookup table {lut.shape}, {len(codes)} codes, packed {packed.shape}, {len(norms)} norms "
                              f"and {len(starts)} starts / {len(lens)} lengths do not fit together")
@@ -101,10 +104,16 @@ class CpuKernel:
         if len(codes) and int(codes.max()) >= table.shape[0]:
             raise IndexError(f"a code past the {table.shape[0]} rows of the centroid score table")
         out = np.empty(len(lens), dtype=np.float32)
-        self.lib.mc_exact_lut(_ptr(table, np.float32), Lq, _ptr(lut, np.float32), nbytes, _ptr(codes, np.int32),
+        self.lib.mc_exact_lookup(_ptr(table, np.float32), Lq, _ptr(lut, np.float32), lut.shape[2], nbytes,
+                                 _ptr(codes, np.int32),
                               _ptr(packed, np.uint8), _ptr(norms, np.float32), _ptr(starts, np.int64),
                               _ptr(lens, np.int64), len(lens), out.ctypes.data)
         return out
+
+    def lut_width(self, Lq: int) -> int:
+        """The row width exact_lut's lookup table must have for Lq query tokens on this CPU (a multiple of 16
+        where its AVX-512 loops run, else Lq)."""
+        return int(self.lib.mc_lut_width(Lq))
 
     def int8_rows_dot(self, rows: np.ndarray, q: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         """rows (int8 [n, dim]) times q (float32 [dim]), each times its scale if given: float32 [n]."""
@@ -133,7 +142,7 @@ def _load_cached() -> CpuKernel | None:
         return None
     try:
         return CpuKernel(spec.origin)
-    except OSError:
+    except (OSError, AttributeError):   # AttributeError: a library built from an older source (reinstall)
         return None
 
 

@@ -374,10 +374,13 @@ class PlaidEngine:
             first = np.cumsum(lens) - lens
             table = torch.mm(self.centroids[torch.from_numpy(used)], q.T).numpy()
         bt = self._byte_table3
-        # lut[b, v, j]: the residual values byte value v packs at byte position b, dotted with query token j.
+        # lut[b, v, j]: the residual values byte value v packs at byte position b, dotted with query token j; rows
+        # padded with zero columns to the width the kernel's vector loops read (zero-padded query tokens).
         # torch, not numpy, multiplies: numpy's BLAS has its own thread pool, which fights torch's for the cores.
-        lut = self._scratch("lut", bt.shape[0] * 256 * qn.shape[0]).reshape(bt.shape[0], 256, qn.shape[0])
-        torch.bmm(torch.from_numpy(bt), q.T.reshape(bt.shape[0], bt.shape[2], qn.shape[0]), out=torch.from_numpy(lut))
+        width = kernel.lut_width(qn.shape[0])
+        qw = q if width == qn.shape[0] else torch.cat([q, q.new_zeros(width - qn.shape[0], q.shape[1])])
+        lut = self._scratch("lut", bt.shape[0] * 256 * width).reshape(bt.shape[0], 256, width)
+        torch.bmm(torch.from_numpy(bt), qw.T.reshape(bt.shape[0], bt.shape[2], width), out=torch.from_numpy(lut))
         out = np.empty(len(lens), dtype=np.float32)
 
         def score(lo: int, hi: int) -> None:
