@@ -35,7 +35,7 @@ _COLBERT_KEYS = {"model", *_COLBERT_OVERRIDES}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact_docs",
-                                                          "exact", "preset", "num_centroids", "assignment", "kmeans"},
+                                                          "hybrid_depth", "exact", "preset", "num_centroids", "assignment", "kmeans"},
                # kind: dense reranks by a single-vector model's cosine (model, pooling, query_prefix, doc_maxlen)
                "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents", "kind", "pooling",
                                                          "query_prefix"},
@@ -105,7 +105,7 @@ SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "datasets": _is_str_list, "model": _is_str, "doc_maxlen": _is_int(3, 8192), "query_maxlen": _is_int(3, 8192),
     "query_augment_len": _or_null(_is_int(3, 8192)), "dense_weight": _is_num(0, 100), "dense_length_power": _is_num(0, 10),
     "nbits": _one_of(1, 2, 4), "ncells": _is_int(1), "centroid_score_threshold": _is_num(-1.0, 1.0), "ndocs": _is_int(1),
-    "exact_docs": _is_int(1),
+    "exact_docs": _is_int(1), "hybrid_depth": _is_int(1),
     "exact": _is_bool, "preset": _is_str, "num_centroids": _or_null(_is_int(1)), "assignment": _is_str, "kmeans": _is_str,
     "first_stage": _is_str, "depth": _is_int(1, 100_000), "split_documents": _is_bool, "kind": _one_of("colbert", "dense"),
     "pooling": _is_str, "query_prefix": lambda v: None if isinstance(v, str) else "must be a string", "index": _is_str,
@@ -393,7 +393,8 @@ def _plaid_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     searcher = _colbert_searcher(ctx, spec)
     stats = searcher.index.stats()
     ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
-    knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact_docs", "exact", "preset")
+    knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact_docs", "hybrid_depth",
+                                        "exact", "preset")
              if key in spec}
     return PlaidRetriever(searcher, name=spec["name"], **knobs)
 

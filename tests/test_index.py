@@ -597,6 +597,27 @@ def test_a_pooled_head_searcher_resolves_its_knobs_for_the_entries_it_fetches(tm
     assert knobs(hybrid.resolved_config(500)) == (4, 0.4, 4096)
 
 
+@pytest.mark.parametrize("compiled", [None, False])
+def test_extra_documents_are_scored_in_the_same_pass_as_exact_maxsim(built, model, compiled):
+    """PlaidEngine.search(extra=...): documents chosen elsewhere (a hybrid search's pooled-side nearest) get the
+    scores `exact` gives them alone, in the same pass, and do not change the top k."""
+    from medcolbert.search.engine import PlaidEngine
+
+    engine = PlaidEngine(built, "cpu", compiled)
+    q = model.encode_queries(["statin muscle pain"])[0]
+    q = q[q.abs().sum(-1) > 0]
+    plain = engine.search(q, 5, 2, 0.0, 16)
+    extra = np.array([7, 3, 30, int(plain[0][0])], dtype=np.int64)   # one of them a survivor too
+    scored: dict = {}
+    joined = engine.search(q, 5, 2, 0.0, 16, extra=extra, scored=scored)
+    assert joined[0].tolist() == plain[0].tolist() and torch.allclose(joined[1], plain[1], atol=1e-5)
+    docs, alone = engine.exact(q, extra)
+    assert sorted(scored) == sorted(extra.tolist())
+    assert np.allclose([scored[d] for d in docs.tolist()], alone.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="scored"):
+        engine.search(q, 5, 2, 0.0, 16, extra=extra)
+
+
 def test_two_level_kmeans_matches_flat_quality_and_is_recorded(tiny_model, tmp_path):
     """Two-level k-means (for tens of thousands of centroids) gives every requested centroid, unit length, with
     a within-cluster fit close to flat k-means on clustered data; the index records which one trained it."""

@@ -182,7 +182,8 @@ class PlaidEngine:
     # ------------------------------------------------------------------ search
     def search(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int,
                stats: dict | None = None, exact_docs: int | None = None,
-               allowed: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               allowed: np.ndarray | None = None, extra: np.ndarray | None = None,
+               scored: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k document positions and their exact MaxSim scores for one query [Lq, dim], best first.
 
         allowed: a boolean mask over positions (a metadata filter's matches, deletions already out): only those
@@ -192,10 +193,19 @@ class PlaidEngine:
         exact_docs: how many of the survivors are scored exactly (default a quarter of those that stages 1-2
         kept, at least max(k, EXACT_FLOOR): colbert-ai's ndocs / 4 where stage 2 keeps ndocs, fewer where stage 1
         found fewer).
+        extra: positions of documents chosen elsewhere (a hybrid search's pooled-side nearest) whose exact MaxSim
+        `scored` receives ({position: score}), computed in the same pass as the survivors' where it can be (one
+        lookup table, one call); they do not compete for the top k.
         """
         n_exact, share = (max(k, self.EXACT_FLOOR), self.EXACT_SHARE) if exact_docs is None else (max(k, exact_docs), 0)
+        extra = None if extra is None or len(extra) == 0 else np.unique(np.asarray(extra, dtype=np.int64))
+        if extra is not None and scored is None:
+            raise ValueError("extra documents need a `scored` dict to receive their scores")
         if self.kernel is not None:
-            return self._search_compiled(q, k, ncells, threshold, ndocs, stats, n_exact, share, allowed)
+            return self._search_compiled(q, k, ncells, threshold, ndocs, stats, n_exact, share, allowed, extra, scored)
+        if extra is not None:
+            docs, scores = self.exact(q, extra)
+            scored.update(zip(docs.tolist(), scores.tolist()))  # type: ignore[union-attr]
         q = q.to(self.device, torch.float32)
         C = self.num_centroids
         # Centroid scores laid out [C + 1, Lq], the layout every later gather wants, with one extra row
@@ -277,7 +287,8 @@ class PlaidEngine:
         return cand, segment_maxsim(sim, torch.arange(len(rows), device=self.device), lens)
 
     def _search_compiled(self, q: torch.Tensor, k: int, ncells: int, threshold: float, ndocs: int, stats: dict | None,
-                         n_exact: int, share: int, allowed: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+                         n_exact: int, share: int, allowed: np.ndarray | None, extra: np.ndarray | None = None,
+                         scored: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`search` through the compiled stages (CPU)."""
         a, kernel = self._np, self.kernel
         assert kernel is not None
@@ -295,11 +306,18 @@ class PlaidEngine:
         skip = self._deleted if allowed is None else self._excluded(allowed)
         cand = kernel.candidates(table, a["ivf_offsets"], a["ivf_docs"], a["pair_offsets"], a["pair_codes"],
                                  skip, ncells, threshold, ndocs, n_exact, slots, share)
-        if len(cand) == 0:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         cand = np.sort(cand).astype(np.int64)   # index order: sequential reads of the residuals
         t2 = time.perf_counter()
-        exact = self._exact_compiled(q, cand, stats, table)
+        if extra is not None:
+            # The survivors and the extra documents scored in one pass (one lookup table); only survivors rank.
+            joined = np.union1d(cand, extra)
+            every = self._exact_compiled(q, joined, stats, table)
+            scored.update(zip(extra.tolist(), every[np.searchsorted(joined, extra)].tolist()))  # type: ignore[union-attr]
+            exact = every[np.isin(joined, cand, assume_unique=True)]
+        elif len(cand):
+            exact = self._exact_compiled(q, cand, stats, table)
+        if len(cand) == 0:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         order = np.argsort(-exact, kind="stable")[:k]
         if stats is not None:   # where a search's time goes, per stage
             t3 = time.perf_counter()

@@ -67,6 +67,9 @@ class SearchConfig:
     preset: str = "quality"
     # Documents scored exactly; None: a quarter of what the candidate stages kept, at least k (PlaidEngine.search).
     exact_docs: int | None = None
+    # With a pooled head: entries each side nominates (MaxSim's PLAID top, the pooled vectors' nearest); None:
+    # HYBRID_DEPTH.
+    hybrid_depth: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -89,6 +92,8 @@ class SearchConfig:
         check_float("centroid_score_threshold", threshold, -1.0, 1.0)
         if self.exact_docs is not None:
             check_int("exact_docs", self.exact_docs, 1)
+        if self.hybrid_depth is not None:
+            check_int("hybrid_depth", self.hybrid_depth, 1)
         return replace(self, ncells=ncells, centroid_score_threshold=threshold, ndocs=max(ndocs, k))
 
 
@@ -219,25 +224,30 @@ class Searcher:
             boost = math.ceil(1 / math.sqrt(available / len(self.index)))
             cfg = replace(cfg, ncells=min(self.index.codec.num_centroids, cfg.ncells * boost))
         while True:
-            # With a pooled head, MaxSim nominates at least HYBRID_DEPTH entries for the combined score.
-            want = fetch if q_pooled is None else max(fetch, HYBRID_DEPTH)
-            if q_pooled is not None and not cfg.exact:
-                cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, want))
+            # With a pooled head, MaxSim nominates at least hybrid_depth entries for the combined score, and so
+            # does the pooled side (its nearest entries, scored by MaxSim in PLAID's exact stage beside its own).
+            want = fetch if q_pooled is None else max(fetch, cfg.hybrid_depth or HYBRID_DEPTH)
+            pooled_side, known = None, {}
+            if q_pooled is not None:
+                pooled_side = self._pooled_nearest(q_pooled, want, allowed)
+                if not cfg.exact:
+                    cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, want))
+            nearest = None if pooled_side is None else pooled_side[1]
             if cfg.exact:
                 units = self._exhaustive(q, want, allowed)
             elif subset:
                 units = self._subset(q, want, allowed)   # type: ignore[arg-type]
             else:
-                units = self._plaid(q, want, cfg, allowed)
+                units = self._plaid(q, want, cfg, allowed, nearest, known)
             # Fewer entries than asked for while the index holds more (a small index, a selective filter, or a
             # query whose best centroids list few documents): probe more centroids, up to all of them, rather
             # than return fewer than k hits.
             centroids = self.index.codec.num_centroids
             while not cfg.exact and not subset and len(units) < min(want, available) and (cfg.ncells or 1) < centroids:
                 cfg = replace(cfg, ncells=min((cfg.ncells or 1) * 4, centroids))
-                units = self._plaid(q, want, cfg, allowed)
-            if q_pooled is not None:
-                units = self._hybrid(q, q_pooled, units, want, allowed)
+                units = self._plaid(q, want, cfg, allowed, nearest, known)
+            if pooled_side is not None:
+                units = self._hybrid(q, units, want, *pooled_side, known)
             hits = self._documents_of(units, k)
             # A few long documents can fill the fetched passages: fetch more until k documents are found.
             if len(hits) >= k or len(units) < fetch or fetch >= available:
@@ -245,18 +255,29 @@ class Searcher:
             fetch *= PASSAGE_FETCH
             cfg = replace(cfg, ndocs=max(cfg.ndocs or 0, fetch))
 
-    def _hybrid(self, q: torch.Tensor, q_pooled: torch.Tensor, units: list[tuple[str, float]],
-                depth: int, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
-        """MaxSim's candidates joined by the pooled vectors' nearest entries, all scored MaxSim + weighted cosine."""
+    def _pooled_nearest(self, q_pooled: torch.Tensor, depth: int,
+                        allowed: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
+        """The pooled vectors' cosines with the query (-inf outside the filter and for deleted entries) and the
+        positions of the `depth` nearest live, allowed entries."""
         index = self.index
         if index.pooled is None:
             raise MedColbertError(f"{index.path} holds no pooled vectors for this model's pooled head; rebuild it")
-        q = q[q.abs().sum(dim=-1) > 0]
         cosine = index.pooled_cosines(q_pooled)
         cosine[torch.from_numpy(index.deleted if allowed is None else ~allowed)] = float("-inf")
-        nearest = torch.topk(cosine, min(depth, len(index.doc_ids))).indices.tolist()
+        nearest = torch.topk(cosine, min(depth, len(index.doc_ids))).indices
+        return cosine, nearest[torch.isfinite(cosine[nearest])].numpy().astype(np.int64)
+
+    def _hybrid(self, q: torch.Tensor, units: list[tuple[str, float]], depth: int, cosine: torch.Tensor,
+                nearest: np.ndarray, known: dict) -> list[tuple[str, float]]:
+        """MaxSim's candidates joined by the pooled vectors' nearest entries, all scored MaxSim + weighted cosine;
+        known: MaxSim scores of nearest entries that PLAID's exact stage computed already ({position: score})."""
+        index = self.index
+        q = q[q.abs().sum(dim=-1) > 0]
         maxsim = {index.position[u]: x for u, x in units}
-        extra = [p for p in nearest if p not in maxsim and not index.deleted[p] and (allowed is None or allowed[p])]
+        for p in nearest.tolist():
+            if p not in maxsim and p in known:
+                maxsim[p] = known[p]
+        extra = [p for p in nearest.tolist() if p not in maxsim]
         if extra:
             # Entries only the pooled side nominated: their MaxSim from the stored vectors, by PLAID's own
             # exact stage (compiled on CPU), so both sides' entries are scored the same way.
@@ -284,7 +305,7 @@ class Searcher:
         fetches at least HYBRID_DEPTH)."""
         cfg = replace(self.config, **knobs)  # type: ignore[arg-type]
         if self.hybrid:
-            return cfg.resolved(max(k, HYBRID_DEPTH), len(self.index), hybrid=True)
+            return cfg.resolved(max(k, cfg.hybrid_depth or HYBRID_DEPTH), len(self.index), hybrid=True)
         return cfg.resolved(k, len(self.index))
 
     # ------------------------------------------------------------------ PLAID
@@ -310,7 +331,9 @@ class Searcher:
         ids = self.index.doc_ids
         return [(ids[int(docs[i])], float(scores[i])) for i in order]
 
-    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig, allowed: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def _plaid(self, q: torch.Tensor, k: int, cfg: SearchConfig, allowed: np.ndarray | None = None,
+               extra: np.ndarray | None = None, scored: dict | None = None) -> list[tuple[str, float]]:
+        """PLAID's top k entries (id, exact MaxSim); extra: positions also scored exactly, into `scored`."""
         self._fresh_engine()
         # Queries of a batch share one length; the zero rows past a query's own vectors would only add
         # candidates from arbitrary centroids, so PLAID sees the query's real vectors alone.
@@ -318,6 +341,6 @@ class Searcher:
         if not torch.isfinite(q).all():
             raise MedColbertError("the model produced non-finite query vectors (NaN or inf); no ranking can be made")
         docs, scores = self.engine.search(q, k, cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs,  # type: ignore[arg-type]
-                                          exact_docs=cfg.exact_docs, allowed=allowed)
+                                          exact_docs=cfg.exact_docs, allowed=allowed, extra=extra, scored=scored)
         ids = self.index.doc_ids
         return [(ids[d], float(x)) for d, x in zip(docs.tolist(), scores.tolist())]
