@@ -593,6 +593,10 @@ def test_a_pooled_head_searcher_resolves_its_knobs_for_the_entries_it_fetches(tm
     knobs = lambda cfg: (cfg.ncells, cfg.centroid_score_threshold, cfg.ndocs)  # noqa: E731
     assert knobs(plain.resolved_config(10)) == (4, 0.4, 256)
     assert knobs(hybrid.resolved_config(10)) == knobs(hybrid.resolved_config(100)) == (2, 0.45, 1024)
+    # k <= 10: each side nominates 32 entries and 64 documents are scored exactly (plaid-knobs-v6); k=100: 100, auto.
+    small, large = hybrid.resolved_config(10), hybrid.resolved_config(100)
+    assert (small.hybrid_depth, small.exact_docs) == (32, 64) and (large.hybrid_depth, large.exact_docs) == (100, None)
+    assert hybrid.resolved_config(10, hybrid_depth=50).exact_docs is None and plain.resolved_config(10).hybrid_depth is None
     assert knobs(hybrid.resolved_config(10, preset="quality", ndocs=300)) == (2, 0.45, 300)
     assert knobs(hybrid.resolved_config(500)) == (4, 0.4, 4096)
 
