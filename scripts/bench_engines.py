@@ -346,7 +346,7 @@ class Worker:
 
 def python_of(engine: str) -> str:
     """The interpreter of the engine's environment (made on first use)."""
-    if engine == "medcolbert":
+    if engine.startswith("medcolbert"):   # medcolbert and medcolbert-maxsim: this environment
         return sys.executable
     if engine == "colbert-ai":
         return subprocess.run(["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True,

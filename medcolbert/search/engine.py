@@ -513,13 +513,11 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
     for stage in EXACT_STAGES:
         got = probe._exact_compiled(q, cand, None, table, stage)
         agree[stage] = float(np.abs(got - reference).max())
-    # Blocks of calls per stage, in a rotating order over three rounds: a stage whose library keeps a thread
-    # pool of its own spinning (numpy's BLAS) would otherwise slow whichever stage came next. Each call is
-    # timed after a small torch product, as a search runs stage 1's centroid scores before it, so that such a
-    # stage pays for the cores it takes from torch's threads there; each block's first call is a warm-up.
-    # Each timed unit is a small torch product, the stage, then torch ops on its scores, as in a search: a
-    # stage whose library keeps its own thread pool spinning (numpy's OpenBLAS) then pays for the torch work
-    # around it that it slows. The best of the calls counts: other work on the machine only adds time.
+    # Blocks of calls per stage in a rotating order over three rounds (each block's first call a warm-up), so
+    # that a library whose own thread pool keeps spinning (numpy's OpenBLAS) does not slow whichever stage
+    # comes next. Each timed unit is a small torch product, the stage, then torch ops on its scores, as in a
+    # search, so that such a stage pays for the torch work around it that it slows. The best of the calls
+    # counts: other work on the machine only adds time.
     wake = engine.centroids[:256]
     for round_ in range(3):
         for stage in EXACT_STAGES[round_:] + EXACT_STAGES[:round_]:
