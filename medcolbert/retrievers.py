@@ -218,6 +218,7 @@ class CosineReranker(Reranker):
         """Rescore the top `depth` documents of each query by cosine; keep k (default depth)."""
         import torch
 
+        queries = as_texts(queries)   # a single-vector model encodes the texts (of EncodedQueries too)
         tops = {q: sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:self.depth] for q in queries}
         texts = list(dict.fromkeys(self.documents[d] for hits in tops.values() for d, _ in hits))
         missing = [t for t in texts if t not in self.known]

@@ -513,3 +513,28 @@ def test_colbert_loss_weight_scales_maxsims_loss_and_zero_trains_the_pooled_head
         config(tmp_path, tiny_checkpoint, colbert_loss_weight=0.0)
     with pytest.raises(ValueError, match="colbert_loss_weight must be"):
         config(tmp_path, tiny_checkpoint, colbert_loss_weight=-1.0, dense_loss_weight=1.0)
+
+
+def test_cosine_reranker_scores_by_the_single_vector_cosine_from_texts_or_encoded_queries():
+    """CosineReranker (the dense kind's dev evaluation and the harness's dense reranking): each candidate's score
+    is the cosine of the BiEncoder's vectors, ranked best first; EncodedQueries give it their texts."""
+    from medcolbert.baselines.dense import BiEncoder
+    from medcolbert.retrievers import CosineReranker, EncodedQueries, in_order
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    torch.manual_seed(5)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=128))
+    model = BiEncoder(bert, tok, pooling="mean")
+    corpus = {"a": "aspirin after infarction", "b": "statins and muscle pain", "c": "flu vaccine", "d": "insulin"}
+    queries = {"q1": "muscle pain statin", "q2": "heart attack aspirin"}
+    run = {q: in_order(list(corpus)) for q in queries}
+    ranked = CosineReranker(model, corpus, depth=3).rerank(queries, run)
+    qv = model.encode(list(queries.values()), is_query=True, show_progress=False)
+    dv = model.encode(list(corpus.values())[:3], is_query=False, show_progress=False)
+    for i, q in enumerate(queries):
+        want = dict(zip(list(corpus)[:3], (torch.as_tensor(dv) @ torch.as_tensor(qv[i])).tolist()))
+        assert list(ranked[q]) == sorted(want, key=lambda d: -want[d])   # the top `depth` only, best first
+        assert all(abs(ranked[q][d] - want[d]) < 1e-5 for d in want)
+    encoded = EncodedQueries(list(queries), list(queries.values()), torch.zeros(2, 4, 8))
+    assert CosineReranker(model, corpus, depth=3).rerank(encoded, run) == ranked
