@@ -69,7 +69,7 @@ def test_the_choice_is_measured_once_remembered_and_can_be_forced(tmp_path, monk
     assert max(choice["max_abs_diff"].values()) < 1e-4
     stored = json.loads((tmp_path / "cache" / "exact-stage.json").read_text())
     (key, entry), = stored.items()
-    assert entry["chosen"] == choice["chosen"] and key.endswith("|dim 16|nbits 2")
+    assert entry["chosen"] == choice["chosen"] and key.endswith(f"|dim 16|nbits 2|kernel r{engine.kernel.revision}")
     # The remembered entry is used as it is: a different stored choice is taken without measuring again.
     other = next(s for s in EXACT_STAGES if s != choice["chosen"])
     (tmp_path / "cache" / "exact-stage.json").write_text(json.dumps({key: {**entry, "chosen": other}}))

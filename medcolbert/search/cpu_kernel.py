@@ -34,7 +34,11 @@ class CpuKernel:
         lib.mc_lut_width.argtypes = [_I]
         lib.mc_int8_rows_dot.restype = None
         lib.mc_int8_rows_dot.argtypes = [_P, _I, _I, _P, _P, _P]
+        lib.mc_revision.restype = _I
+        lib.mc_revision.argtypes = []
         self.lib, self.path = lib, path
+        # Which loops these are (bumped in the C source when one changes speed): keys remembered choices.
+        self.revision = int(lib.mc_revision())
 
     def candidates(self, table: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, pair_offsets: np.ndarray,
                    pair_codes: np.ndarray, deleted: np.ndarray | None, ncells: int, threshold: float, ndocs: int,

@@ -482,8 +482,9 @@ class PlaidEngine:
 
 def _stage_key(engine: PlaidEngine) -> str:
     codec = engine.index.codec
+    kernel = f"|kernel r{engine.kernel.revision}" if engine.kernel is not None else ""
     return f"{cpu_model()}|torch {torch.__version__}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
-           f"dim {codec.dim}|nbits {codec.nbits}"
+           f"dim {codec.dim}|nbits {codec.nbits}{kernel}"
 
 
 def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, doclen: int = 96,
