@@ -47,3 +47,30 @@ def test_overlapping_shards_are_refused(tmp_path):
         ShardedSearcher([a, b], model)
     with pytest.raises(ValueError, match="at least one index"):
         ShardedSearcher([], model)
+
+
+def test_a_sharded_searcher_stands_behind_the_retriever_interface(tmp_path):
+    """PlaidRetriever(ShardedSearcher(...)): runs from texts and from encoded queries equal per-query search,
+    documents come from the shard holding them, and filters apply in every shard."""
+    from medcolbert.retrievers import EncodedQueries, PlaidRetriever
+
+    model = make_tiny_model(seed=13)
+    corpus = make_corpus(40, seed=5)
+    ids = list(corpus)
+    records = [{"id": d, "text": corpus[d], "metadata": {"half": "a" if n < 20 else "b"}} for n, d in enumerate(ids)]
+    shards = [Index.build(tmp_path / f"s{i}", model, records[i::2], num_centroids=4, show_progress=False)
+              for i in range(2)]
+    sharded = ShardedSearcher(shards, model, SearchConfig(exact=True))
+    queries = {"q1": corpus["doc7"], "q2": "kidney dialysis", "q3": corpus["doc30"]}
+    retriever = PlaidRetriever(sharded)
+    by_text = retriever.retrieve(queries, k=5)
+    by_vectors = retriever.retrieve(EncodedQueries.encode(model, queries), k=5)
+    for q, text in queries.items():
+        want = sharded.search(text, k=5)
+        assert list(by_text[q]) == list(by_vectors[q]) == [d for d, _ in want]
+        assert all(abs(by_text[q][d] - s) < 1e-4 for d, s in want)
+    hits = retriever.hits({"q": corpus["doc30"]}, k=3)["q"]
+    assert sharded.documents(hits)[0] == {"id": "doc30", "text": corpus["doc30"], "metadata": {"half": "b"}, "score": hits[0][1]}
+    only_a = PlaidRetriever(sharded, where="half = a").retrieve(queries, k=5)
+    assert all(ids.index(d) < 20 for hits in only_a.values() for d in hits) and all(len(h) == 5 for h in only_a.values())
+    sharded.close()

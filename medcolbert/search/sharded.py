@@ -11,13 +11,18 @@ largest shard plus the merge.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from ..errors import MedColbertError
+from ..evaluation.datasets import Run
 from ..indexing.index import Index
+from ..passages import parent_of
 from ..validation import is_blank
 from .plaid import SearchConfig, Searcher
 
@@ -32,7 +37,8 @@ def merge_top_k(parts: Sequence[Sequence[Any]], k: int) -> list[Any]:
 
 
 class ShardedSearcher:
-    """`search(query, k)` over several indexes searched with one model, as if they were one."""
+    """`search(query, k)` over several indexes searched with one model, as if they were one; it stands wherever a
+    Searcher does, `PlaidRetriever(ShardedSearcher(...))` included."""
 
     def __init__(self, indexes: Sequence[Index | str | Path], model: Any, config: SearchConfig | None = None,
                  threads: int | None = None) -> None:
@@ -50,6 +56,7 @@ class ShardedSearcher:
                     raise MedColbertError(f"document id {doc_id!r} is in shard {owner[doc_id]} ({self.searchers[owner[doc_id]].index.path}) "
                                           f"and shard {s} ({index.path}); shards must hold disjoint documents")
                 owner[doc_id] = s
+        self.owner = owner
         self._pool = ThreadPoolExecutor(max_workers=threads or len(self.searchers), thread_name_prefix="shard")
 
     def __len__(self) -> int:
@@ -71,6 +78,32 @@ class ShardedSearcher:
         parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, q_pooled=q_pooled, **knobs),
                                     self.searchers))
         return merge_top_k(parts, k)
+
+    def search_hits(self, q: Any, k: int = 10, q_pooled: Any = None, where: Any = None,
+                    **knobs: object) -> list[tuple[str, float, str]]:
+        """`Searcher.search_hits` over every shard, merged: (document id, score, stored id that matched).
+        where: a metadata filter expression or mapping, applied by each shard to its own documents."""
+        if isinstance(where, np.ndarray):
+            raise ValueError("a sharded search takes a filter expression or mapping, not one index's mask")
+        parts = list(self._pool.map(lambda s: s.search_hits(q, k, q_pooled, where, **knobs), self.searchers))
+        return merge_top_k(parts, k)
+
+    def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
+                   where: Any = None, **knobs: object) -> Run:
+        """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
+        from ..modeling.encoder import encode_queries_pooled
+
+        qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
+        texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
+        Q, Q_pooled = encode_queries_pooled(self.model, texts, show_progress=show_progress)
+        show = len(qids) > 1 if show_progress is None else show_progress
+        return {qid: {d: x for d, x, _ in self.search_hits(Q[i], k, None if Q_pooled is None else Q_pooled[i], where,
+                                                           **knobs)}
+                for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show))}
+
+    def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
+        """Hits with their stored text and metadata, each read from the shard that holds it."""
+        return [self.searchers[self.owner[parent_of(hit[0])]].documents([hit])[0] for hit in hits]
 
     def close(self) -> None:
         """Stop the shard threads."""
