@@ -14,7 +14,7 @@ meta = json.loads((work / "meta.json").read_text())
 model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"])
 s = Searcher(Index.open(work / "index-medcolbert"), model)
 Q = torch.from_numpy(np.load(work / "queries.npy")); P = torch.from_numpy(np.load(work / "queries_pooled.npy"))
-variants = {"v5 default (depth 100, exact 256)": {"hybrid_depth": 100, "exact_docs": 256}, "depth 100, exact 64": {"hybrid_depth": 100, "exact_docs": 64}, "depth 50, exact 64": {"hybrid_depth": 50, "exact_docs": 64},
+variants = {"v5 default (depth 100, exact 256)": {"hybrid_depth": 100}, "depth 100, exact 64": {"hybrid_depth": 100, "exact_docs": 64}, "depth 50, exact 64": {"hybrid_depth": 50, "exact_docs": 64},
             "depth 32, exact 64": {"hybrid_depth": 32, "exact_docs": 64},
             "depth 32, exact 64, ncells 1, ndocs 256": {"hybrid_depth": 32, "exact_docs": 64, "ncells": 1, "ndocs": 256}}
 print(cpu_model())
