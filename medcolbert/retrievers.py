@@ -47,7 +47,8 @@ class EncodedQueries:
         ids = list(queries)
         blank = next((q for q in ids if not isinstance(queries[q], str) or is_blank(queries[q])), None)
         if blank is not None:
-            raise ValueError(f"query '{blank}' is empty (nothing but whitespace, control or format characters)")
+            which = "the query" if len(ids) == 1 else f"query '{blank}'"
+            raise ValueError(f"{which} is empty (nothing but whitespace, control or format characters)")
         vectors, pooled = encode_queries_pooled(model, [queries[q] for q in ids], show_progress=False)
         return cls(ids, [queries[q] for q in ids], vectors, pooled)
 
