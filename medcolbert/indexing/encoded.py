@@ -73,11 +73,6 @@ class EncodedDocuments:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
-    def documents(self) -> list[str]:
-        """The document ids, in order (a split document's once)."""
-        return list(dict.fromkeys(parent_of(u) for u in self.texts))
-
 
 def _check_inputs(texts: Mapping[str, str], metadata: Mapping[str, Any], split: bool = False) -> None:
     """Refuse a bad id or text, or metadata for a document that is not given (one-line MedColbertError);
