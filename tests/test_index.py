@@ -721,3 +721,29 @@ def test_pooled_vectors_are_stored_as_int8_rows_and_older_float16_segments_still
     files["segments/s/pooled.npy"] = save_array(tmp_path / "segments/s/pooled.npy", q8)
     with pytest.raises(IndexFormatError, match="no pooled_scale"):
         read_segment(tmp_path, "segments/s", files)
+
+
+def test_encoded_documents_refuse_what_an_index_cannot_take(tmp_path, model, corpus):
+    """EncodedDocuments and Index.update: each bad input is refused with one line naming it, before any write."""
+    from medcolbert.indexing.encoded import EncodedDocuments
+
+    idx = Index.build(tmp_path / "e", model, dict(list(corpus.items())[:12]), num_centroids=4, show_progress=False)
+    generation = idx.manifest.get("generation")
+    dim = idx.codec.dim
+    with pytest.raises(MedColbertError, match="document id"):
+        EncodedDocuments({"bad\nid": "text"}, [torch.zeros(2, dim)])
+    with pytest.raises(MedColbertError, match="text of document 'x' is empty"):
+        EncodedDocuments.encode(model, {"x": "   "}, index=idx)
+    with pytest.raises(MedColbertError, match="metadata for 1 id"):
+        EncodedDocuments.encode(model, {"x": "kidney"}, {"y": {"a": 1}}, index=idx)
+    with pytest.raises(MedColbertError, match="2 vector sets for 1 documents"):
+        EncodedDocuments({"x": "kidney"}, [torch.zeros(2, dim)] * 2)
+    with pytest.raises(MedColbertError, match=rf"document vectors must be \[tokens, {dim}\]"):
+        idx.add(EncodedDocuments({"x": "kidney"}, [torch.zeros(2, dim + 1)]))
+    with pytest.raises(MedColbertError, match="holds no pooled vectors"):
+        idx.add(EncodedDocuments({"x": "kidney"}, [torch.zeros(2, dim)], torch.zeros(1, 8)))
+    with pytest.raises(MedColbertError, match="another index"):   # passages made for a split index
+        idx.add(EncodedDocuments({"x\x1f0": "kidney"}, [torch.zeros(2, dim)], split=True))
+    assert Index.open(tmp_path / "e").manifest.get("generation") == generation   # nothing was written
+    added = idx.add(EncodedDocuments.encode(model, {"x": "kidney dialysis"}, {"x": {"s": 1}}, index=idx))
+    assert added == 1 and Index.open(tmp_path / "e").document("x")["metadata"] == {"s": 1}
