@@ -529,7 +529,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .evaluation.metrics import evaluate, format_table, write_json
     from .indexing.index import Index
     from .retrievers import PlaidRetriever
-    from .search.plaid import SearchConfig, Searcher
+    from .search.plaid import SearchConfig
 
     metrics = _metrics(args.metrics)
     _check_output(args.output)
@@ -560,9 +560,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   f"all be 0 (was the index built from another corpus?)")
     model = _index_model(index, args.model, args.device)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
-    searcher = Searcher(index, model, config)
+    retriever = PlaidRetriever.from_index(index, model, config, show_progress=None, where=args.where)
     t0 = time.perf_counter()
-    run = PlaidRetriever(searcher, show_progress=None, where=args.where).retrieve(queries, k=args.k)
+    run = retriever.retrieve(queries, k=args.k)
     elapsed = time.perf_counter() - t0
     _log(f"searched {len(queries)} queries in {elapsed:.1f}s ({1000 * elapsed / len(queries):.1f} ms/query, "
          f"query encoding included)")
@@ -574,7 +574,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(format_table(rows, metrics), file=_human(args))
         if args.json:
             write_json({"index": args.index, "data": args.data, "split": args.split, "k": args.k,
-                        "config": searcher.resolved_config(args.k).__dict__, "where": args.where, "results": rows,
+                        "config": retriever.searcher.resolved_config(args.k).__dict__, "where": args.where,
+                        "results": rows,
                         "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
     return 0
 
@@ -584,14 +585,14 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     import json
 
     from .retrievers import PlaidRetriever
-    from .search.plaid import SearchConfig, Searcher
+    from .search.plaid import SearchConfig
 
     k = args.k or 10
-    searcher = Searcher(index, index.load_model(args.model, args.device),
-                        SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset))
-    hits = PlaidRetriever(searcher, where=args.where).hits({"q": args.query}, k=k)["q"]
+    retriever = PlaidRetriever.from_index(index, index.load_model(args.model, args.device), SearchConfig(
+        args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where)
+    hits = retriever.hits({"q": args.query}, k=k)["q"]
     # The stored entry that matched (a split document's best passage) is the snippet.
-    rows = searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
+    rows = retriever.searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
     if args.json:
         from .evaluation.metrics import write_json
 

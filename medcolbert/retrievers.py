@@ -176,15 +176,17 @@ class PlaidRetriever(Retriever):
         self.searcher, self.name, self.knobs, self.show_progress = searcher, name, knobs, show_progress
 
     @classmethod
-    def from_index(cls, index: Any, model: Any = None, **knobs: Any) -> "PlaidRetriever":
-        """A retriever over an index folder (or Index); the model defaults to the one the index names."""
+    def from_index(cls, index: Any, model: Any = None, config: Any = None, compiled: bool | None = None,
+                   show_progress: bool | None = False, **knobs: Any) -> "PlaidRetriever":
+        """A retriever over an index folder (or Index); the model defaults to the one the index names; config: a
+        SearchConfig (the knobs every search starts from), compiled: as in Searcher."""
         from .indexing.index import Index
         from .search.plaid import Searcher
 
         index = index if isinstance(index, Index) else Index.open(index)
         if model is None:
             model = index.load_model()
-        return cls(Searcher(index, model), **knobs)
+        return cls(Searcher(index, model, config, compiled=compiled), show_progress=show_progress, **knobs)
 
     def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """PLAID's top k for each query."""
