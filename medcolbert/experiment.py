@@ -390,13 +390,13 @@ def _dense_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
 def _plaid_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .retrievers import PlaidRetriever
 
-    searcher = _colbert_searcher(ctx, spec)
-    stats = searcher.index.stats()
+    index, model = _colbert_index(ctx, spec)
+    stats = index.stats()
     ctx.extra[spec["name"]] = {"bytes_per_vector": stats["bytes_per_embedding"], "index_mb": stats["bytes_total"] / 1e6}
     knobs = {key: spec[key] for key in ("ncells", "centroid_score_threshold", "ndocs", "exact_docs", "hybrid_depth",
                                         "exact", "preset")
              if key in spec}
-    return PlaidRetriever(searcher, name=spec["name"], **knobs)
+    return PlaidRetriever.from_index(index, model, name=spec["name"], **knobs)
 
 
 def _rerank_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
@@ -448,11 +448,11 @@ def _in_domain(cfg: "ExperimentConfig", spec: dict, dataset: str) -> bool | None
     return None if any(x is None for x in seen[1:]) or (own is None and spec["type"] == "rerank") else False
 
 
-def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+def _colbert_index(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
+    """The ColBERT model a system names and its index over the data set's corpus (built on first use)."""
     from .indexing.index import Index
     from .indexing.kmeans import CENTROIDS_PER_SQRT
     from .modeling.encoder import has_pooled_head
-    from .search.plaid import Searcher
     from .vector_cache import CachedEncoder, VectorCache
 
     model = ctx.model("colbert", spec)
@@ -476,7 +476,7 @@ def _colbert_searcher(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def
     if index is None:
         cached = CachedEncoder(model, VectorCache(model, ctx.cfg.work / "vectors"), ctx.corpus)
         index = Index.build(folder, cached, ctx.corpus, nbits=nbits, show_progress=ctx.show, **build)
-    return Searcher(index, model)
+    return index, model
 
 
 # --------------------------------------------------------------------------------------------- statistics
