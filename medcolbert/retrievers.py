@@ -188,6 +188,10 @@ class PlaidRetriever(Retriever):
             model = index.load_model()
         return cls(Searcher(index, model, config, compiled=compiled), show_progress=show_progress, **knobs)
 
+    def with_knobs(self, **knobs: Any) -> "PlaidRetriever":
+        """This retriever with more knobs set (a request's filter, ncells, ...), sharing its searcher."""
+        return PlaidRetriever(self.searcher, self.name, self.show_progress, **{**self.knobs, **knobs})
+
     def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """PLAID's top k for each query."""
         if isinstance(queries, EncodedQueries):

@@ -1,7 +1,7 @@
 """An HTTP search and rerank service over one index: FastAPI app, request limits, live index updates, metrics.
 
 Start it with `medcolbert serve --index PATH`. Searches run in FastAPI's thread pool against an immutable
-(index, searcher) snapshot; a write, or another process's write seen through the manifest, builds a new
+(index, PLAID retriever) snapshot; a write, or another process's write seen through the manifest, builds a new
 snapshot and swaps it in, so no request ever sees a half-applied change. On CUDA, concurrent queries are
 encoded together in one batch by a small collector thread.
 """
@@ -178,17 +178,17 @@ class QueryBatcher:
 
 # ----------------------------------------------------------------------------------------- the service
 class _Snapshot:
-    """An opened index and its searcher, never modified after construction."""
+    """An opened index and its PLAID retriever, never modified after construction."""
 
     def __init__(self, path: Path, model) -> None:  # type: ignore[no-untyped-def]
         from .indexing.index import Index
-        from .search.plaid import Searcher
+        from .retrievers import PlaidRetriever
 
         # The manifest's stat is taken before the index is read: a commit that lands in between then shows as
         # a change at the next request (one extra reload), instead of hiding behind a newer stat forever.
         self.manifest_stat = _stat(path)
         self.index = Index.open(path)
-        self.searcher = Searcher(self.index, model)
+        self.plaid = PlaidRetriever.from_index(self.index, model)
         self.generation = self.index.manifest.get("generation")
         self._stages: dict[str, Any] = {}
         self._stages_lock = threading.Lock()
@@ -457,7 +457,7 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
-        from .retrievers import EncodedQueries, MaxSimReranker, Pipeline, PlaidRetriever
+        from .retrievers import EncodedQueries, MaxSimReranker, Pipeline
 
         with service.compute:
             Q, Q_pooled = service.encode_for_search(texts)
@@ -468,10 +468,10 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                 run = stage.retrieve(queries, k=req.k)
                 ranked: list[list] = [list(run.get(q, {}).items()) for q in queries.ids]
             else:
-                per_query = PlaidRetriever(snap.searcher, where=allowed, **knobs).hits(queries, k=req.k)
+                per_query = snap.plaid.with_knobs(where=allowed, **knobs).hits(queries, k=req.k)
                 ranked = [per_query[q] for q in queries.ids]
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).
-            hits = [snap.searcher.documents(h) for h in ranked] if req.return_documents else \
+            hits = [snap.plaid.searcher.documents(h) for h in ranked] if req.return_documents else \
                 [[(hit[0], hit[1]) for hit in h] for h in ranked]
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
         body: dict[str, Any] = {"generation": snap.generation}
