@@ -142,21 +142,21 @@ class PlaidEngine:
 
     def _vector_norms(self) -> np.ndarray:
         """Every stored vector's norm once rebuilt (the lookup stage divides by it, as decompression does)."""
-        a, kernel = self._np, self.kernel
-        assert kernel is not None
-        n, dim = len(a["codes"]), a["centroids8"].shape[1]
+        n = len(self._np["codes"])
         norms = np.empty(n, dtype=np.float32)
-        step = 1 << 16
-        scratch = np.empty((min(step, max(n, 1)), dim), dtype=np.float32)
+        step = self.SCRATCH_LIMIT // self._np["centroids8"].shape[1]   # rows whose vectors fit one scratch buffer
         for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            rows = np.arange(lo, hi, dtype=np.int64)
-            packed = self._packed if self._packed is not None else np.ascontiguousarray(self.index.residual_rows(rows))
-            codes = a["codes"] if self._packed is not None else a["codes"][lo:hi]
-            which = rows if self._packed is not None else np.arange(hi - lo, dtype=np.int64)
-            kernel.decompress(codes, packed, a["centroids8"], a["scales"], a["byte_table"], which,
-                              scratch[:hi - lo], norms[lo:hi])
+            norms[lo:lo + step] = self._decompressed(np.arange(lo, min(n, lo + step), dtype=np.int64))[1]
         return norms
+
+    def _centroid_table(self, q: torch.Tensor) -> np.ndarray:
+        """The query's centroid scores [C + 1, Lq] in this thread's scratch, with a last row of 0 standing for
+        padding and pruned centroids (as in colbert-ai)."""
+        C = self.num_centroids
+        table = self._scratch("table", (C + 1) * q.shape[0]).reshape(C + 1, q.shape[0])
+        torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:C]))
+        table[C] = 0
+        return table
 
     # ------------------------------------------------------------------ helpers
     def _residual_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -259,13 +259,9 @@ class PlaidEngine:
                 return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
             lens = self._np["doclens"][docs]
             total = int(lens.sum())
-            table = None
-            if total > self.num_centroids:
-                # Many documents (a broad filter, brute-force search): every centroid's score costs less than
-                # gathering the rows' own, and lets the lookup stage read the index's arrays in place.
-                table = self._scratch("table", (self.num_centroids + 1) * q.shape[0]).reshape(-1, q.shape[0])
-                torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:-1]))
-                table[-1] = 0
+            # Many documents (a broad filter, brute-force search): every centroid's score costs less than
+            # gathering the rows' own, and lets the lookup stage read the index's arrays in place.
+            table = self._centroid_table(q) if total > self.num_centroids else None
             # In slices of about EXACT_SLICE_ROWS vectors: memory stays bounded whatever the number of documents.
             ends = np.searchsorted(np.cumsum(lens), np.arange(self.EXACT_SLICE_ROWS, total, self.EXACT_SLICE_ROWS),
                                    side="right")
@@ -294,10 +290,7 @@ class PlaidEngine:
         assert kernel is not None
         t0 = time.perf_counter()
         q = q.to("cpu", torch.float32).contiguous()
-        C, Lq = self.num_centroids, q.shape[0]
-        table = self._scratch("table", (C + 1) * Lq).reshape(C + 1, Lq)
-        torch.mm(self.centroids, q.T, out=torch.from_numpy(table[:C]))
-        table[C] = 0
+        table = self._centroid_table(q)
         t1 = time.perf_counter()
         slots = getattr(self._local, "slots", None)
         if slots is None:
@@ -503,10 +496,7 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
     probe._packed = sample.packed
     probe._norms = probe._vector_norms()
     q = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((query_tokens, codec.dim), dtype=np.float32)), dim=-1)
-    C = engine.num_centroids
-    table = np.empty((C + 1, query_tokens), dtype=np.float32)
-    table[:C] = (engine.centroids @ q.T).numpy()
-    table[C] = 0
+    table = probe._centroid_table(q)
     cand = np.arange(docs, dtype=np.int64)
     times: dict[str, list[float]] = {s: [] for s in EXACT_STAGES}
     reference = probe._exact_compiled(q, cand, None, table, "decompress+torch")
