@@ -35,11 +35,7 @@ def remembered(name: str, key: str, measure: Callable[[], dict], valid: Callable
     measured entry, just not remembered.
     """
     path = cache_dir() / f"{name}.json"
-    try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        known = {}
-    known = known if isinstance(known, dict) else {}
+    known = stored(name)
     entry = None if remeasure else known.get(key)
     if isinstance(entry, dict) and valid(entry):
         return entry

@@ -109,9 +109,8 @@ class CpuKernel:
             raise IndexError(f"a code past the {table.shape[0]} rows of the centroid score table")
         out = np.empty(len(lens), dtype=np.float32)
         self.lib.mc_exact_lookup(_ptr(table, np.float32), Lq, _ptr(lut, np.float32), lut.shape[2], nbytes,
-                                 _ptr(codes, np.int32),
-                              _ptr(packed, np.uint8), _ptr(norms, np.float32), _ptr(starts, np.int64),
-                              _ptr(lens, np.int64), len(lens), out.ctypes.data)
+                                 _ptr(codes, np.int32), _ptr(packed, np.uint8), _ptr(norms, np.float32),
+                                 _ptr(starts, np.int64), _ptr(lens, np.int64), len(lens), out.ctypes.data)
         return out
 
     def lut_width(self, Lq: int) -> int:
