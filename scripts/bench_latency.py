@@ -3,8 +3,10 @@
 Uses the medcolbert index that scripts/bench_search.py left in WORK (same checkpoint, passages and queries)
 and builds colbert-ai's index there once if it is missing. Each round times every query one at a time at
 k=10, query encoding included: medcolbert with its compiled CPU stages, medcolbert with its torch engine
-(where the compiled stages are built), then colbert-ai (its own venv). Alternating rounds spread the
-machine's drift over the systems; ratios are reported per round, and nDCG@10 of the very results timed.
+(where the compiled stages are built), and colbert-ai (its own venv). Alternating rounds spread the
+machine's drift over the systems, and each round starts one system later (A B C D, B C D A, ...): the system timed
+right after colbert-ai's process measured up to 0.5 ms slower than an identically configured one timed next, so
+no system may hold that place in every round. Ratios are reported per round, and nDCG@10 of the very results timed.
 Raw latencies go to OUT/latency.json, a table to OUT/latency.md.
 """
 
@@ -21,12 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from bench_search import colbert_ai_job, latency, subset, write_log
-from medcolbert.bench import percentiles, write_results
+from medcolbert.bench import cpu_model, percentiles, write_results
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
 from medcolbert.search import cpu_kernel
 from medcolbert.search.plaid import SearchConfig, Searcher
+
+THEIRS = "colbert-ai 0.2.22"
 
 
 def main() -> None:
@@ -40,7 +44,8 @@ def main() -> None:
     ap.add_argument("--doc-maxlen", type=int, default=300)
     ap.add_argument("--model", default=None,
                     help="checkpoint both systems use (default: WORK/checkpoint if present, else the index's model)")
-    ap.add_argument("--rounds", type=int, default=3, help="A/B rounds (0: only build what is missing)")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="rounds; 4 gives every system every turn once (0: only build what is missing)")
     ap.add_argument("--colbert-ai-python", default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -116,16 +121,22 @@ def main() -> None:
     for r in range(args.rounds):
         t0 = time.perf_counter()
         row: dict = {"round": r + 1, "systems": {}}
-        for name, searcher in searchers.items():
-            times, run = timed(searcher)
+        order = [*searchers, THEIRS]
+        order = order[r % len(order):] + order[:r % len(order)]
+        row["order"] = order
+        for name in order:
+            if name == THEIRS:
+                theirs = colbert_ai("latency")
+                their_run = {q: {doc_ids[int(p)]: x for p, x in h.items()} for q, h in theirs["run10"].items()}
+                row["systems"][name] = {"latencies_s": theirs["latencies_s"],
+                                        "ndcg@10": evaluate(their_run, qrels, ["ndcg@10"])["ndcg@10"]}
+                continue
+            times, run = timed(searchers[name])
             row["systems"][name] = {"latencies_s": times, "ndcg@10": evaluate(run, qrels, ["ndcg@10"])["ndcg@10"]}
-        theirs = colbert_ai("latency")
-        their_run = {q: {doc_ids[int(p)]: x for p, x in h.items()} for q, h in theirs["run10"].items()}
-        row["systems"]["colbert-ai 0.2.22"] = {"latencies_s": theirs["latencies_s"],
-                                              "ndcg@10": evaluate(their_run, qrels, ["ndcg@10"])["ndcg@10"]}
+        row["systems"] = {n: row["systems"][n] for n in [*searchers, THEIRS]}   # table rows in a fixed order
         for s in row["systems"].values():
             s.update(percentiles(np.array(s["latencies_s"]) * 1000, (50, 95)))
-        base = row["systems"]["colbert-ai 0.2.22"]
+        base = row["systems"][THEIRS]
         for name in searchers:
             s = row["systems"][name]
             s["p50_ratio"], s["p95_ratio"] = s["p50_ms"] / base["p50_ms"], s["p95_ms"] / base["p95_ms"]
@@ -134,18 +145,19 @@ def main() -> None:
             f"{n} p50 {s['p50_ms']:.1f} ms nDCG@10 {s['ndcg@10']:.4f}" for n, s in row["systems"].items()), flush=True)
     names = list(rounds[0]["systems"])
     summary = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(doc_ids), "k": 10,
-               "rounds": rounds, "machine_cores": os.cpu_count(),
+               "rounds": rounds, "machine_cores": os.cpu_count(), "cpu": cpu_model(),
                "median_ratios": {n: {"p50": float(np.median([r["systems"][n]["p50_ratio"] for r in rounds])),
                                      "p95": float(np.median([r["systems"][n]["p95_ratio"] for r in rounds]))}
                                  for n in searchers}}
     lines = [f"# Latency at k=10, query encoding included: {len(qids)} queries, {len(doc_ids)} documents", "",
-             "| round | system | p50 ms | p95 ms | p50 / colbert-ai | p95 / colbert-ai | nDCG@10 |",
-             "|---|---|---|---|---|---|---|"]
+             f"CPU: {cpu_model()}, {os.cpu_count()} cores. Turn: the system's place in its round's order.", "",
+             "| round | system | turn | p50 ms | p95 ms | p50 / colbert-ai | p95 / colbert-ai | nDCG@10 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rounds:
         for n in names:
             s = r["systems"][n]
             ratios = f"{s['p50_ratio']:.2f} | {s['p95_ratio']:.2f}" if "p50_ratio" in s else " | "
-            lines.append(f"| {r['round']} | {n} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {ratios} | {s['ndcg@10']:.4f} |")
+            lines.append(f"| {r['round']} | {n} | {r['order'].index(n) + 1} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {ratios} | {s['ndcg@10']:.4f} |")
     lines += [""] + [f"Median over rounds, {n} / colbert-ai: p50 ratio {m['p50']:.2f}, p95 ratio {m['p95']:.2f} "
                      "(lower is faster)." for n, m in summary["median_ratios"].items()]
     write_results(out / "latency.json", summary, lines)
