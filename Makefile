@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions real-questions \
 	bench-search bench-latency bench-scale bench-engines bench-exact-stage bench-filters bench-ray bench-service \
-	probe-cli pyterrier-experiment
+	probe-cli pyterrier-experiment bench-cpu
 
 # Issue 29's candidate recipes (experiments/real-questions/*.yaml), two at a time on one core each; resumable.
 train-real-questions: install
@@ -78,9 +78,22 @@ bench-scale: install   # 1M and 10M vector indexes resampled from real vectors: 
 	$(BIN)/python scripts/bench_scale.py --source-index $(SCALE_SOURCE) --queries ../shared/data/medquad/dev-retrieval \
 		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale-v5
 bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side by side (peers in .cache venvs)
-	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/scifact
+	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 	$(BIN)/python scripts/bench_engines.py --from-index $(SCALE_WORK)/index-1000000 \
-		--queries-npy $(SCALE_WORK)/queries.npy --engines medcolbert,xtr-warp --out experiments/engines/scale-1m
+		--queries-npy $(SCALE_WORK)/queries.npy --engines medcolbert,xtr-warp --out $(CPU_RECORD)/scale-1m
+# Issue 30's record for the CPU at hand, in a folder named after lscpu's model name: the MedQuAD 1k latency
+# benchmark against colbert-ai (4 rounds) and the SciFact engines table. First run: builds the 1k index (about a
+# minute), colbert-ai's venv and index, the peers' venv (pulls torch 2.11, GBs, once).
+CPU_SLUG := $(shell lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1 | tr 'A-Z' 'a-z' | \
+	sed 's/(r)//g; s/(tm)//g; s/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$$//')
+CPU_RECORD ?= experiments/engines/cpu-$(or $(CPU_SLUG),unknown)
+bench-cpu: install
+	test -f .cache/bench/medquad-1k/medcolbert-nbits2/manifest.json || $(BIN)/python scripts/bench_search.py \
+		--data ../shared/data/medquad/dev-retrieval --split dev --max-docs 1000 --max-queries 200 --nbits-sizes 2 \
+		--work .cache/bench --out $(CPU_RECORD)/medquad-1k
+	$(BIN)/python scripts/bench_latency.py --data ../shared/data/medquad/dev-retrieval --split dev \
+		--work .cache/bench/medquad-1k --max-docs 1000 --max-queries 200 --out $(CPU_RECORD)/medquad-1k-latency
+	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 # (these two read the indexes bench-scale and bench-engines leave in .cache)
 bench-exact-stage: install   # the exact stage before/after scoring from residual codes, per stage
 	for n in 1000000 10000000; do $(BIN)/python scripts/bench_exact_stage.py --index $(SCALE_WORK)/index-$$n \

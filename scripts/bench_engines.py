@@ -11,9 +11,9 @@ k=10 and k=100 (one query at a time, queries encoded beforehand); with encoding,
 with exact MaxSim over medcolbert's index). Raw output and the CPU's model name go to OUT/results.json, a
 table to OUT/results.md.
 
-  .venv/bin/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/scifact
+  .venv/bin/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out experiments/engines/cpu-intel-xeon-processor/scifact
   .venv/bin/python scripts/bench_engines.py --from-index .cache/scale-v5/index-1000000 \\
-      --queries-npy .cache/scale-v5/queries.npy --out experiments/engines/scale-1m
+      --queries-npy .cache/scale-v5/queries.npy --out experiments/engines/cpu-intel-xeon-processor/scale-1m
 
 The peers' environments are made on first use (scripts/colbert_ai_venv.sh, and `make peers-venv`).
 """
