@@ -486,15 +486,8 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
     search's exact stage does: `docs` documents of `doclen` vectors, one query), in turns."""
     rng = np.random.default_rng(0)
     codec = engine.index.codec
-    sample = _SyntheticIndex(codec, rng, docs * doclen)
-    probe = PlaidEngine.__new__(PlaidEngine)
-    probe.__dict__.update({k: v for k, v in engine.__dict__.items() if k not in ("_np", "_packed", "index", "_local")})
-    probe._local = threading.local()
-    probe.index = sample
-    probe._np = {**engine._np, "codes": sample.codes, "doc_offsets": np.arange(docs + 1, dtype=np.int64) * doclen,
-                 "doclens": np.full(docs, doclen, dtype=np.int64)}
-    probe._packed = sample.packed
-    probe._norms = probe._vector_norms()
+    # An engine of its own over the synthetic codes, built the way any index's is (its norms for the lookup stage).
+    probe = PlaidEngine(_SyntheticIndex(codec, rng, docs, doclen), "cpu", compiled=True, exact_stage="lut")  # type: ignore[arg-type]
     q = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((query_tokens, codec.dim), dtype=np.float32)), dim=-1)
     table = probe._centroid_table(q)
     cand = np.arange(docs, dtype=np.int64)
@@ -509,7 +502,7 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
     # comes next. Each timed unit is a small torch product, the stage, then torch ops on its scores, as in a
     # search, so that such a stage pays for the torch work around it that it slows. The best of the calls
     # counts: other work on the machine only adds time.
-    wake = engine.centroids[:256]
+    wake = probe.centroids[:256]
     for round_ in range(3):
         for stage in EXACT_STAGES[round_:] + EXACT_STAGES[:round_]:
             for i in range(repeats + 1):
@@ -527,16 +520,25 @@ def measure_exact_stages(engine: PlaidEngine, repeats: int = 7, docs: int = 96, 
 
 
 class _SyntheticIndex:
-    """Random codes and packed residuals of a codec: what the exact stage reads, for timing only."""
+    """The arrays PlaidEngine reads from an Index, for `docs` documents of `doclen` random codes and packed
+    residuals of a codec and no inverted lists: what the exact stage reads, for timing only."""
 
-    def __init__(self, codec, rng: np.random.Generator, n: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, codec, rng: np.random.Generator, docs: int, doclen: int) -> None:  # type: ignore[no-untyped-def]
+        n = docs * doclen
         self.codec = codec
         self.codes = rng.integers(0, codec.num_centroids, n, dtype=np.int32)
-        self.packed = rng.integers(0, 256, (n, codec.bytes_per_residual), dtype=np.uint8)
+        self._residual_parts = [rng.integers(0, 256, (n, codec.bytes_per_residual), dtype=np.uint8)]
+        self.doc_offsets = np.arange(docs + 1, dtype=np.int64) * doclen
+        self.doclens = np.full(docs, doclen, dtype=np.int64)
+        self.deleted = np.zeros(docs, dtype=bool)
+        self.ivf_offsets = np.zeros(codec.num_centroids + 1, dtype=np.int64)
+        self.ivf_docs = np.zeros(0, dtype=np.int32)
+        self.pair_offsets = np.zeros(docs + 1, dtype=np.int64)
+        self.pair_codes = np.zeros(0, dtype=np.int32)
 
     def residual_rows(self, rows: np.ndarray) -> np.ndarray:
         """Packed residuals of rows."""
-        return self.packed[rows]
+        return self._residual_parts[0][rows]
 
 
 def choose_exact_stage(engine: PlaidEngine, force: str | None = None, remeasure: bool = False) -> dict:
