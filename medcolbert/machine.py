@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-from collections.abc import Callable
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +63,115 @@ def stored(name: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return got if isinstance(got, dict) else {}
+
+
+class ThreadChoice:
+    """Per call, the torch thread count that has been faster lately: the process's own setting, or one thread.
+
+    On a quiet 2-core machine two threads encode a query faster (3.2 vs 4.1 ms here); beside one other busy
+    process, OpenMP's second worker waits for a core at every parallel region and a search takes several times
+    longer at two threads than at one, with a p95 near 190 ms (experiments/engines/threads-under-load/). So the
+    recent times of each setting are kept per kind of call (per unit of work), and the faster one runs. The slower
+    one runs once every EXPLORE calls times how much slower it was (at most EXPLORE_MAX), so that a change of load
+    is noticed while trying costs about the same share of time whatever the gap, and again on the next calls while
+    it keeps winning; load that comes shows at once in the running setting's own times. The setting is changed around the call only; a call inside another governed
+    call (a search's query encoding) runs at the outer call's setting. Concurrent calls may see each other's
+    setting for their duration: a slower call, never a different result. $MEDCOLBERT_THREAD_CHOICE=off turns it
+    off."""
+
+    WINDOW = 9          # recent times kept per kind and setting (their median decides)
+    FILL = 3            # times of each setting before deciding (the first calls of a kind alternate)
+    EXPLORE = 40        # the slower setting runs once in EXPLORE x (its median / the faster one's) calls ...
+    EXPLORE_MAX = 400   # ... and at least once in this many
+    MARGIN = 1.1        # one thread is chosen only when this much faster (a near tie keeps the process's setting)
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        """clock: seconds, monotonic."""
+        self.clock = clock
+        self.enabled = os.environ.get("MEDCOLBERT_THREAD_CHOICE", "auto") != "off"
+        self._times: dict[tuple[str, int], deque[float]] = {}
+        self._since_other: dict[str, int] = {}
+        self._retry: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def pick(self, kind: str, full: int) -> int:
+        """The thread count for the next call of `kind`, where the process is set to `full` threads."""
+        if not self.enabled or full < 2:
+            return full
+        with self._lock:
+            many, one = self._times.get((kind, full), ()), self._times.get((kind, 1), ())
+            if len(many) < self.FILL or len(one) < self.FILL:
+                return full if len(many) <= len(one) else 1
+            at_full, at_one = statistics.median(many), statistics.median(one)
+            best, other = (1, full) if at_one * self.MARGIN < at_full else (full, 1)
+            since = self._since_other[kind] = self._since_other.get(kind, 0) + 1
+            if self._retry.get(kind) or since >= min(self.EXPLORE_MAX, self.EXPLORE * max(at_full, at_one) / max(min(at_full, at_one), 1e-12)):
+                self._since_other[kind] = 0
+                return other
+            return best
+
+    def record(self, kind: str, threads: int, seconds_per_unit: float) -> None:
+        """One call's time per unit of work at `threads`."""
+        with self._lock:
+            times = self._times.setdefault((kind, threads), deque(maxlen=self.WINDOW))
+            rival = next((v for (k, t), v in self._times.items() if k == kind and t != threads and v), None)
+            # A setting slower by its history that just beat the other one: the load may have changed, so it
+            # runs again on the next call, and again while it keeps winning, until its median shows the change
+            # (one lucky call costs one more trial, not a switch).
+            self._retry[kind] = bool(len(times) >= self.FILL and rival and statistics.median(times) > statistics.median(rival)
+                                     and seconds_per_unit * self.MARGIN < statistics.median(rival))
+            times.append(seconds_per_unit)
+
+    @contextlib.contextmanager
+    def run(self, kind: str, work: float = 1.0) -> Iterator[int | None]:
+        """Run the block at the thread count chosen for `kind` (restored after) and record its time per unit of
+        work; inside another governed (or fixed) block, just run it."""
+        if getattr(self._local, "active", False) or not self.enabled:
+            yield None
+            return
+        import torch   # here, so that reading the machine's name does not import torch
+
+        full = torch.get_num_threads()
+        threads = self.pick(kind, full)
+        if threads != full:
+            torch.set_num_threads(threads)
+        self._local.active, self._local.unusual = True, False
+        start = self.clock()
+        try:
+            yield threads
+        finally:
+            elapsed = self.clock() - start
+            self._local.active = False
+            if threads != full:
+                torch.set_num_threads(full)
+            if full >= 2 and not self._local.unusual:
+                self.record(kind, threads, elapsed / max(work, 1e-9))
+
+    def unusual(self) -> None:
+        """Leave the governed call in progress on this thread out of the times (it did one-off work: tracing a
+        query graph takes 0.3 s, and would make its setting look 40x slower for a long while)."""
+        self._local.unusual = True
+
+    @contextlib.contextmanager
+    def fixed(self) -> Iterator[None]:
+        """Governed calls inside run at the process's own thread count and are not recorded (for measurements)."""
+        was = getattr(self._local, "active", False)
+        self._local.active = True
+        try:
+            yield
+        finally:
+            self._local.active = was
+
+    def state(self) -> dict[str, dict[int, float]]:
+        """Per kind of call, each setting's recent median time per unit of work (for `medcolbert info`)."""
+        with self._lock:
+            out: dict[str, dict[int, float]] = {}
+            for (kind, threads), times in self._times.items():
+                if times:
+                    out.setdefault(kind, {})[threads] = statistics.median(times)
+            return out
+
+
+# One for the process: the load it measures is the machine's, whichever model or index a call uses.
+THREADS = ThreadChoice()

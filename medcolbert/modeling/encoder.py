@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import ModelConfig
+from ..machine import THREADS
 from .tokenization import ColBERTTokenizer, TokenBatch
 
 PROJECTION_SEED = 20240601
@@ -190,6 +191,7 @@ class ColBERT(nn.Module):
     def _query_graph(self, batch: TokenBatch, pooled: bool = False) -> torch.jit.ScriptModule | None:
         key = (*batch.input_ids.shape, self.query_dtype, pooled)
         if key not in self._query_graphs:
+            THREADS.unusual()   # this call's time is the tracing's, not the thread count's
             from transformers.utils import logging as hf_logging
 
             previous = hf_logging.get_verbosity()
@@ -263,12 +265,19 @@ class ColBERT(nn.Module):
                     batch = _pad_to(batch, _bucket(batch.input_ids.shape[1], self.config.augment_len),
                                     self.tokenizer.pad_token_id)
                     graph = self._query_graph(batch, pooled_out is not None)
-                if pooled_out is not None:
-                    vectors, pooled_vectors = (graph(batch.input_ids, batch.attention_mask) if graph is not None
-                                               else self.forward_queries_pooled(batch))
-                    pooled_out[idx] = pooled_vectors.float().cpu()
+                if graph is not None:
+                    # Latency-bound calls (a query or a few) run at the thread count measured faster lately: all
+                    # of torch's on a quiet machine, one beside other busy processes (machine.ThreadChoice).
+                    threads = THREADS.run("encode", batch.input_ids.numel()) if len(idx) <= 4 else contextlib.nullcontext()
+                    with threads:
+                        out_graph = graph(batch.input_ids, batch.attention_mask)
+                    vectors, pooled_vectors = out_graph if pooled_out is not None else (out_graph, None)
+                elif pooled_out is not None:
+                    vectors, pooled_vectors = self.forward_queries_pooled(batch)
                 else:
-                    vectors = graph(batch.input_ids, batch.attention_mask) if graph is not None else self.forward_queries(batch)
+                    vectors, pooled_vectors = self.forward_queries(batch), None
+                if pooled_out is not None:
+                    pooled_out[idx] = pooled_vectors.float().cpu()
                 width = min(vectors.shape[1], out.shape[1])
                 out[idx, :width] = vectors[:, :width].float().cpu()
         return (out, pooled_out) if pooled_out is not None else out

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..machine import cpu_model, remembered
+from ..machine import THREADS, cpu_model, remembered
 
 # A lower precision is used only when every probe vector stays this close to fp32's (cosine) ...
 MIN_COSINE = 0.999
@@ -31,6 +31,12 @@ def _key(model: Any) -> str:
 
 def measure(model: Any, repeats: int = 15) -> dict:
     """Time one-query encoding (traced graph) per precision and compare its vectors with fp32's."""
+    # Every candidate is timed at the process's own thread count (the thread choice learns from searches).
+    with THREADS.fixed():
+        return _measure(model, repeats)
+
+
+def _measure(model: Any, repeats: int) -> dict:
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "p50_ms": {}, "min_cosine": {}}
     previous, traced = model.query_dtype, model.trace_queries
     # A model with query_maxlen under the probes' length truncates them: that must neither warn nor use up

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ..filters import WhereLike
 from ..validation import check_float, check_int, is_blank
 from ..indexing.index import Index
 from ..modeling.encoder import encode_queries_pooled, has_pooled_head
+from ..machine import THREADS
 from ..modeling.precision import choose_query_precision
 from ..passages import aggregate
 from ..scoring import score_candidates
@@ -132,6 +133,9 @@ class Searcher:
         self._device = device if device is not None else model.device
         self._compiled = compiled
         self.engine = PlaidEngine(self.index, self._device, compiled)
+        # One query's search runs at the thread count measured faster lately (machine.ThreadChoice: all of
+        # torch's threads on a quiet machine, one beside other busy processes); CUDA work is not timed by it.
+        self._on_cpu = torch.device(self._device).type == "cpu"
         self._generation = self.index.manifest.get("generation")
 
     # ------------------------------------------------------------------ public
@@ -145,9 +149,10 @@ class Searcher:
         if not isinstance(query, str) or is_blank(query):
             raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
-        q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
-        return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0],
-                                   where=allowed, **knobs)
+        with self._threads("search"):
+            q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
+            return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0],
+                                       where=allowed, **knobs)
 
     @property
     def hybrid(self) -> bool:
@@ -173,7 +178,9 @@ class Searcher:
             raise MedColbertError("this model also scores with its pooled single-vector head: pass the query's "
                                   "pooled vector (encode_queries(..., pooled=True)), or search with its text")
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
-        return self._search_units(q, k, self._resolve(self._units(k), knobs), q_pooled, allowed)
+        cfg = self._resolve(self._units(k), knobs)
+        with self._threads("stages"):
+            return self._search_units(q, k, cfg, q_pooled, allowed)
 
     def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
         """Hits with their stored text and metadata; a hit's third element (the stored id that matched, as
@@ -196,13 +203,18 @@ class Searcher:
         run: Run = {}
         show = len(qids) > 1 if show_progress is None else show_progress
         for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show)):
-            run[qid] = {d: x for d, x, _ in self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i],
-                                                                 allowed)}
+            with self._threads("stages"):
+                hits = self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i], allowed)
+            run[qid] = {d: x for d, x, _ in hits}
         return run
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""
         return self.search_encoded(q, k, **knobs)  # type: ignore[return-value]
+
+    def _threads(self, kind: str) -> contextlib.AbstractContextManager:
+        """One query's work of `kind` at the thread count machine.THREADS chose (on CUDA: as it is)."""
+        return THREADS.run(kind) if self._on_cpu else contextlib.nullcontext()
 
     def _units(self, k: int) -> int:
         """How many index entries to fetch for k documents: with split documents, several passages of one
