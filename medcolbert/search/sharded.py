@@ -11,7 +11,7 @@ largest shard plus the merge.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import MedColbertError
 from ..evaluation.datasets import Run
 from ..indexing.index import Index
+from ..machine import THREADS
 from ..passages import parent_of
 from ..validation import is_blank
 from .plaid import SearchConfig, Searcher
@@ -59,6 +60,16 @@ class ShardedSearcher:
         self.owner = owner
         self._pool = ThreadPoolExecutor(max_workers=threads or len(self.searchers), thread_name_prefix="shard")
 
+    def _each(self, search: Callable[[Searcher], list]) -> list[list]:
+        """search(shard) for every shard on the pool's threads, as one call at the thread count machine.THREADS
+        chose (the shards' own searches run at that setting rather than each choosing and changing it)."""
+        def fixed(shard: Searcher) -> list:
+            with THREADS.fixed():
+                return search(shard)
+
+        with THREADS.run("sharded"):
+            return list(self._pool.map(fixed, self.searchers))
+
     def __len__(self) -> int:
         return sum(len(s.index) for s in self.searchers)
 
@@ -75,9 +86,7 @@ class ShardedSearcher:
     def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False, q_pooled: Any = None,
                        **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector)."""
-        parts = list(self._pool.map(lambda s: s.search_encoded(q, k, return_documents, q_pooled=q_pooled, **knobs),
-                                    self.searchers))
-        return merge_top_k(parts, k)
+        return merge_top_k(self._each(lambda s: s.search_encoded(q, k, return_documents, q_pooled=q_pooled, **knobs)), k)
 
     def search_hits(self, q: Any, k: int = 10, q_pooled: Any = None, where: Any = None,
                     **knobs: object) -> list[tuple[str, float, str]]:
@@ -85,8 +94,7 @@ class ShardedSearcher:
         where: a metadata filter expression or mapping, applied by each shard to its own documents."""
         if isinstance(where, np.ndarray):
             raise ValueError("a sharded search takes a filter expression or mapping, not one index's mask")
-        parts = list(self._pool.map(lambda s: s.search_hits(q, k, q_pooled, where, **knobs), self.searchers))
-        return merge_top_k(parts, k)
+        return merge_top_k(self._each(lambda s: s.search_hits(q, k, q_pooled, where, **knobs)), k)
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
                    where: Any = None, **knobs: object) -> Run:
