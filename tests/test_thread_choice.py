@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medcolbert.indexing.index import Index
@@ -25,6 +26,15 @@ class _Machine:
         return threads
 
 
+@pytest.fixture()
+def two_threads():
+    """torch set to two threads for the test (the setting a thread choice chooses against), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def _calls(choice: ThreadChoice, machine: _Machine, n: int) -> list[int]:
     ran = []
     for _ in range(n):
@@ -33,67 +43,52 @@ def _calls(choice: ThreadChoice, machine: _Machine, n: int) -> list[int]:
     return ran
 
 
-def test_one_thread_runs_while_it_is_faster_and_two_once_the_load_is_gone():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        machine = _Machine()
-        choice = ThreadChoice(clock=machine.clock)
-        quiet = _calls(choice, machine, 200)
-        assert torch.get_num_threads() == 2   # restored after every call
-        # After the first calls (alternating), two threads; one thread only now and then, to notice a change.
-        assert quiet[:6] == [2, 1, 2, 1, 2, 1]
-        assert quiet[6:].count(1) <= 200 // int(ThreadChoice.EXPLORE * 1.3) + 1
-        machine.cost = {2: 8.0, 1: 1.3}   # another process takes a core
-        busy = _calls(choice, machine, 400)
-        switched = busy.index(1)
-        assert switched <= ThreadChoice.WINDOW // 2 + 1   # seen in the running setting's own times
-        assert busy[switched + 1:].count(2) <= 400 // ThreadChoice.EXPLORE + 1
-        machine.cost = {2: 1.0, 1: 1.3}   # the other process ends
-        after = _calls(choice, machine, ThreadChoice.EXPLORE_MAX)
-        # Back to two threads at the first trial of them that beats one thread (once in EXPLORE x the gap calls).
-        back = next(i for i in range(len(after)) if after[i:i + ThreadChoice.EXPLORE // 2].count(1) == 0)
-        assert back <= ThreadChoice.EXPLORE * 8.0 / 1.3 + ThreadChoice.WINDOW
-        assert after[back:].count(1) <= (len(after) - back) // int(ThreadChoice.EXPLORE * 1.3) + 1
-    finally:
-        torch.set_num_threads(before)
+def test_one_thread_runs_while_it_is_faster_and_two_once_the_load_is_gone(two_threads):
+    machine = _Machine()
+    choice = ThreadChoice(clock=machine.clock)
+    quiet = _calls(choice, machine, 200)
+    assert torch.get_num_threads() == 2   # restored after every call
+    # After the first calls (alternating), two threads; one thread only now and then, to notice a change.
+    assert quiet[:6] == [2, 1, 2, 1, 2, 1]
+    assert quiet[6:].count(1) <= 200 // int(ThreadChoice.EXPLORE * 1.3) + 1
+    machine.cost = {2: 8.0, 1: 1.3}   # another process takes a core
+    busy = _calls(choice, machine, 400)
+    switched = busy.index(1)
+    assert switched <= ThreadChoice.WINDOW // 2 + 1   # seen in the running setting's own times
+    assert busy[switched + 1:].count(2) <= 400 // ThreadChoice.EXPLORE + 1
+    machine.cost = {2: 1.0, 1: 1.3}   # the other process ends
+    after = _calls(choice, machine, ThreadChoice.EXPLORE_MAX)
+    # Back to two threads at the first trial of them that beats one thread (once in EXPLORE x the gap calls).
+    back = next(i for i in range(len(after)) if after[i:i + ThreadChoice.EXPLORE // 2].count(1) == 0)
+    assert back <= ThreadChoice.EXPLORE * 8.0 / 1.3 + ThreadChoice.WINDOW
+    assert after[back:].count(1) <= (len(after) - back) // int(ThreadChoice.EXPLORE * 1.3) + 1
 
 
-def test_near_ties_keep_the_process_setting_and_one_off_work_is_left_out():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        machine = _Machine()
-        machine.cost = {2: 1.05, 1: 1.0}   # one thread 5% faster: within the margin
-        choice = ThreadChoice(clock=machine.clock)
-        assert _calls(choice, machine, 100)[6:].count(2) >= 90
-        with choice.run("search") as threads:
-            machine.now += 1000.0   # e.g. tracing a graph
-            choice.unusual()
-        assert max(choice.state()["search"].values()) < 2   # not recorded
-        assert threads in (1, 2)
-    finally:
-        torch.set_num_threads(before)
+def test_near_ties_keep_the_process_setting_and_one_off_work_is_left_out(two_threads):
+    machine = _Machine()
+    machine.cost = {2: 1.05, 1: 1.0}   # one thread 5% faster: within the margin
+    choice = ThreadChoice(clock=machine.clock)
+    assert _calls(choice, machine, 100)[6:].count(2) >= 90
+    with choice.run("search") as threads:
+        machine.now += 1000.0   # e.g. tracing a graph
+        choice.unusual()
+    assert max(choice.state()["search"].values()) < 2   # not recorded
+    assert threads in (1, 2)
 
 
-def test_inner_and_fixed_calls_run_at_the_outer_setting_unrecorded():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        choice = ThreadChoice()
-        with choice.run("search"):
-            outer = torch.get_num_threads()
-            with choice.run("encode") as inner:
-                assert inner is None and torch.get_num_threads() == outer
-        with choice.fixed():
-            with choice.run("encode") as inner:
-                assert inner is None and torch.get_num_threads() == 2
-        assert set(choice.state()) == {"search"}
-        choice.enabled = False
-        with choice.run("search") as off:
-            assert off is None
-    finally:
-        torch.set_num_threads(before)
+def test_inner_and_fixed_calls_run_at_the_outer_setting_unrecorded(two_threads):
+    choice = ThreadChoice()
+    with choice.run("search"):
+        outer = torch.get_num_threads()
+        with choice.run("encode") as inner:
+            assert inner is None and torch.get_num_threads() == outer
+    with choice.fixed():
+        with choice.run("encode") as inner:
+            assert inner is None and torch.get_num_threads() == 2
+    assert set(choice.state()) == {"search"}
+    choice.enabled = False
+    with choice.run("search") as off:
+        assert off is None
 
 
 def test_search_results_do_not_depend_on_the_thread_choice(tiny_model, tmp_path):
