@@ -71,18 +71,19 @@ class ThreadChoice:
     On a quiet 2-core machine two threads encode a query faster (3.2 vs 4.1 ms here); beside one other busy
     process, OpenMP's second worker waits for a core at every parallel region and a search takes several times
     longer at two threads than at one, with a p95 near 190 ms (experiments/engines/threads-under-load/). So the
-    recent times of each setting are kept per kind of call (per unit of work), and the faster one runs. The slower
-    one runs once every EXPLORE calls times how much slower it was (at most EXPLORE_MAX), so that a change of load
-    is noticed while trying costs about the same share of time whatever the gap, and again on the next calls while
-    it keeps winning; load that comes shows at once in the running setting's own times. The setting is changed around the call only; a call inside another governed
+    recent times of each setting are kept per kind of call (per unit of work), and the faster one runs. Load that
+    comes shows at once in the running setting's own times. At one thread, the process's setting is tried once
+    every EXPLORE calls times how much slower it was (at most EXPLORE_MAX), so that the load's going is noticed
+    while trying costs about the same share of time whatever the gap, and again on the next calls while it keeps
+    winning; at the process's setting, one thread is tried only once in EXPLORE_MAX calls. The setting is changed around the call only; a call inside another governed
     call (a search's query encoding) runs at the outer call's setting. Concurrent calls may see each other's
     setting for their duration: a slower call, never a different result. $MEDCOLBERT_THREAD_CHOICE=off turns it
     off."""
 
     WINDOW = 9          # recent times kept per kind and setting (their median decides)
     FILL = 3            # times of each setting before deciding (the first calls of a kind alternate)
-    EXPLORE = 40        # the slower setting runs once in EXPLORE x (its median / the faster one's) calls ...
-    EXPLORE_MAX = 400   # ... and at least once in this many
+    EXPLORE = 40        # at one thread, the process's setting runs once in EXPLORE x (its median / one thread's) calls
+    EXPLORE_MAX = 400   # ... and in any case once in this many
     MARGIN = 1.1        # one thread is chosen only when this much faster (a near tie keeps the process's setting)
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -106,7 +107,12 @@ class ThreadChoice:
             at_full, at_one = statistics.median(many), statistics.median(one)
             best, other = (1, full) if at_one * self.MARGIN < at_full else (full, 1)
             since = self._since_other[kind] = self._since_other.get(kind, 0) + 1
-            if self._retry.get(kind) or since >= min(self.EXPLORE_MAX, self.EXPLORE * max(at_full, at_one) / max(min(at_full, at_one), 1e-12)):
+            # Running at the process's setting, load that comes shows in its own times, and one thread's history
+            # already says when to switch: trying one thread is only a rare check of that history. Running at
+            # one thread, only trying the process's setting can show that the load has gone.
+            every = self.EXPLORE_MAX if best == full else \
+                min(self.EXPLORE_MAX, self.EXPLORE * at_full / max(at_one, 1e-12))
+            if self._retry.get(kind) or since >= every:
                 self._since_other[kind] = 0
                 return other
             return best
