@@ -81,10 +81,11 @@ class ThreadChoice:
     off."""
 
     WINDOW = 9          # recent times kept per kind and setting (their median decides)
-    FILL = 3            # times of each setting before deciding (the first calls of a kind alternate)
+    FILL = 5            # times of each setting before deciding (the first calls of a kind alternate)
     EXPLORE = 40        # at one thread, the process's setting runs once in EXPLORE x (its median / one thread's) calls
     EXPLORE_MAX = 400   # ... and in any case once in this many
-    MARGIN = 1.1        # one thread is chosen only when this much faster (a near tie keeps the process's setting)
+    MARGIN = 1.5        # one thread is chosen only when this much faster: calls differ in cost (queries of other
+                        # lengths, other candidate counts), and a busy machine makes the gap 2-25x
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         """clock: seconds, monotonic."""
@@ -105,7 +106,7 @@ class ThreadChoice:
             if len(many) < self.FILL or len(one) < self.FILL:
                 return full if len(many) <= len(one) else 1
             at_full, at_one = statistics.median(many), statistics.median(one)
-            best, other = (1, full) if at_one * self.MARGIN < at_full else (full, 1)
+            best, other = (1, full) if self._one_wins(at_full, at_one) else (full, 1)
             since = self._since_other[kind] = self._since_other.get(kind, 0) + 1
             # Running at the process's setting, load that comes shows in its own times, and one thread's history
             # already says when to switch: trying one thread is only a rare check of that history. Running at
@@ -122,12 +123,20 @@ class ThreadChoice:
         with self._lock:
             times = self._times.setdefault((kind, threads), deque(maxlen=self.WINDOW))
             rival = next((v for (k, t), v in self._times.items() if k == kind and t != threads and v), None)
-            # A setting slower by its history that just beat the other one: the load may have changed, so it
-            # runs again on the next call, and again while it keeps winning, until its median shows the change
-            # (one lucky call costs one more trial, not a switch).
-            self._retry[kind] = bool(len(times) >= self.FILL and rival and statistics.median(times) > statistics.median(rival)
-                                     and seconds_per_unit * self.MARGIN < statistics.median(rival))
+            if len(times) >= self.FILL and rival is not None and len(rival) >= self.FILL:
+                # A setting that is not running (the rule prefers the other) and whose time now would make the
+                # rule prefer it: the load may have changed, so it runs again on the next call, and again while
+                # it keeps winning, until its median shows the change (one lucky call costs one more trial).
+                mine, theirs = statistics.median(times), statistics.median(rival)
+                if threads == 1:
+                    self._retry[kind] = not self._one_wins(theirs, mine) and self._one_wins(theirs, seconds_per_unit)
+                else:
+                    self._retry[kind] = self._one_wins(mine, theirs) and not self._one_wins(seconds_per_unit, theirs)
             times.append(seconds_per_unit)
+
+    def _one_wins(self, at_full: float, at_one: float) -> bool:
+        """The rule: one thread runs when it is MARGIN times faster than the process's setting."""
+        return at_one * self.MARGIN < at_full
 
     @contextlib.contextmanager
     def run(self, kind: str, work: float = 1.0) -> Iterator[int | None]:
