@@ -6,10 +6,8 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,111 +64,85 @@ def stored(name: str) -> dict[str, Any]:
 
 
 class ThreadChoice:
-    """Per call, the torch thread count that has been faster lately: the process's own setting, or one thread.
+    """How many torch threads a latency-bound call uses: the process's setting, less the cores that other
+    processes keep busy.
 
-    On a quiet 2-core machine two threads encode a query faster (3.2 vs 4.1 ms here); beside one other busy
-    process, OpenMP's second worker waits for a core at every parallel region and a search takes several times
-    longer at two threads than at one, with a p95 near 190 ms (experiments/engines/threads-under-load/). So the
-    recent times of each setting are kept per kind of call (per unit of work), and the faster one runs. Load that
-    comes shows at once in the running setting's own times. At one thread, the process's setting is tried once
-    every EXPLORE calls times how much slower it was (at most EXPLORE_MAX), so that the load's going is noticed
-    while trying costs about the same share of time whatever the gap, and again on the next calls while it keeps
-    winning; at the process's setting, one thread is tried only once in EXPLORE_MAX calls. The setting is changed around the call only; a call inside another governed
-    call (a search's query encoding) runs at the outer call's setting. Concurrent calls may see each other's
-    setting for their duration: a slower call, never a different result. $MEDCOLBERT_THREAD_CHOICE=off turns it
-    off."""
+    On a quiet 2-core machine two threads encode a query faster than one (3.6 vs 4.6 ms here); beside one other busy
+    process, OpenMP's second worker waits for a core at every parallel region and a search took 19 ms at p50 and
+    170 ms at p95 at two threads against 6 / 7 ms at one (experiments/engines/threads-under-load/). The machine's
+    load is read from /proc/stat (the CPUs this process may run on) and this process's own CPU time, at most every
+    INTERVAL seconds; a call then runs at round(free cores) threads, at least one and at most the process's
+    setting. The setting is changed around the call only; a call inside another governed call (a search's query
+    encoding) runs at the outer call's setting. Concurrent calls may see each other's setting for their duration:
+    a slower call, never a different result. Where /proc/stat cannot be read, nothing changes.
+    $MEDCOLBERT_THREAD_CHOICE=off turns it off."""
 
-    WINDOW = 9          # recent times kept per kind and setting (their median decides)
-    FILL = 5            # times of each setting before deciding (the first calls of a kind alternate)
-    EXPLORE = 40        # at one thread, the process's setting runs once in EXPLORE x (its median / one thread's) calls
-    EXPLORE_MAX = 400   # ... and in any case once in this many
-    MARGIN = 1.5        # one thread is chosen only when this much faster: calls differ in cost (queries of other
-                        # lengths, other candidate counts), and a busy machine makes the gap 2-25x
+    INTERVAL = 0.25   # seconds between readings of the machine's load (jiffies are 10 ms: shorter is too coarse)
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
-        """clock: seconds, monotonic."""
+    def __init__(self, reader: Callable[[], tuple[float, float, int] | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """reader: () -> (CPU seconds spent so far by every process on this process's CPUs, by this process, how
+        many CPUs), or None where unknown (default: /proc/stat); clock: seconds, monotonic."""
+        self.reader = reader or _read_cpu_time
         self.clock = clock
         self.enabled = os.environ.get("MEDCOLBERT_THREAD_CHOICE", "auto") != "off"
-        self._times: dict[tuple[str, int], deque[float]] = {}
-        self._since_other: dict[str, int] = {}
-        self._retry: dict[str, bool] = {}
+        self._last: tuple[float, float, float] | None = None   # (clock, everyone's CPU seconds, ours)
+        self._others = 0.0
+        self._cpus: int | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def pick(self, kind: str, full: int) -> int:
-        """The thread count for the next call of `kind`, where the process is set to `full` threads."""
+    def __reduce__(self) -> tuple:
+        # A copied or pickled holder starts reading afresh (no lock to copy).
+        return (ThreadChoice, ())
+
+    def others(self) -> float:
+        """Cores kept busy by other processes over the last reading interval (0 until two readings)."""
+        now = self.clock()
+        with self._lock:
+            if self._last is not None and now - self._last[0] < self.INTERVAL:
+                return self._others
+            reading = self.reader()
+            if reading is None:
+                return 0.0
+            everyone, ours, self._cpus = reading
+            self._others = 0.0 if self._last is None else \
+                max(0.0, ((everyone - self._last[1]) - (ours - self._last[2])) / max(now - self._last[0], 1e-9))
+            self._last = (now, everyone, ours)
+            return self._others
+
+    def threads(self, full: int) -> int:
+        """The thread count for a call now, where the process is set to `full` threads."""
         if not self.enabled or full < 2:
             return full
-        with self._lock:
-            many, one = self._times.get((kind, full), ()), self._times.get((kind, 1), ())
-            if len(many) < self.FILL or len(one) < self.FILL:
-                return full if len(many) <= len(one) else 1
-            at_full, at_one = statistics.median(many), statistics.median(one)
-            best, other = (1, full) if self._one_wins(at_full, at_one) else (full, 1)
-            since = self._since_other[kind] = self._since_other.get(kind, 0) + 1
-            # Running at the process's setting, load that comes shows in its own times, and one thread's history
-            # already says when to switch: trying one thread is only a rare check of that history. Running at
-            # one thread, only trying the process's setting can show that the load has gone.
-            every = self.EXPLORE_MAX if best == full else \
-                min(self.EXPLORE_MAX, self.EXPLORE * at_full / max(at_one, 1e-12))
-            if self._retry.get(kind) or since >= every:
-                self._since_other[kind] = 0
-                return other
-            return best
-
-    def record(self, kind: str, threads: int, seconds_per_unit: float) -> None:
-        """One call's time per unit of work at `threads`."""
-        with self._lock:
-            times = self._times.setdefault((kind, threads), deque(maxlen=self.WINDOW))
-            rival = next((v for (k, t), v in self._times.items() if k == kind and t != threads and v), None)
-            if len(times) >= self.FILL and rival is not None and len(rival) >= self.FILL:
-                # A setting that is not running (the rule prefers the other) and whose time now would make the
-                # rule prefer it: the load may have changed, so it runs again on the next call, and again while
-                # it keeps winning, until its median shows the change (one lucky call costs one more trial).
-                mine, theirs = statistics.median(times), statistics.median(rival)
-                if threads == 1:
-                    self._retry[kind] = not self._one_wins(theirs, mine) and self._one_wins(theirs, seconds_per_unit)
-                else:
-                    self._retry[kind] = self._one_wins(mine, theirs) and not self._one_wins(seconds_per_unit, theirs)
-            times.append(seconds_per_unit)
-
-    def _one_wins(self, at_full: float, at_one: float) -> bool:
-        """The rule: one thread runs when it is MARGIN times faster than the process's setting."""
-        return at_one * self.MARGIN < at_full
+        others = self.others()
+        cpus = self._cpus or full
+        return max(1, min(full, int(cpus - others + 0.5)))
 
     @contextlib.contextmanager
-    def run(self, kind: str, work: float = 1.0) -> Iterator[int | None]:
-        """Run the block at the thread count chosen for `kind` (restored after) and record its time per unit of
-        work; inside another governed (or fixed) block, just run it."""
+    def run(self) -> Iterator[int | None]:
+        """Run the block at the thread count for now (restored after); inside another governed (or fixed) block,
+        just run it."""
         if getattr(self._local, "active", False) or not self.enabled:
             yield None
             return
         import torch   # here, so that reading the machine's name does not import torch
 
         full = torch.get_num_threads()
-        threads = self.pick(kind, full)
+        threads = self.threads(full)
         if threads != full:
             torch.set_num_threads(threads)
-        self._local.active, self._local.unusual = True, False
-        start = self.clock()
+        self._local.active = True
         try:
             yield threads
         finally:
-            elapsed = self.clock() - start
             self._local.active = False
             if threads != full:
                 torch.set_num_threads(full)
-            if full >= 2 and not self._local.unusual:
-                self.record(kind, threads, elapsed / max(work, 1e-9))
-
-    def unusual(self) -> None:
-        """Leave the governed call in progress on this thread out of the times (it did one-off work: tracing a
-        query graph takes 0.3 s, and would make its setting look 40x slower for a long while)."""
-        self._local.unusual = True
 
     @contextlib.contextmanager
     def fixed(self) -> Iterator[None]:
-        """Governed calls inside run at the process's own thread count and are not recorded (for measurements)."""
+        """Governed calls inside run at the process's own thread count (for measurements)."""
         was = getattr(self._local, "active", False)
         self._local.active = True
         try:
@@ -178,15 +150,28 @@ class ThreadChoice:
         finally:
             self._local.active = was
 
-    def state(self) -> dict[str, dict[int, float]]:
-        """Per kind of call, each setting's recent median time per unit of work (for `medcolbert info`)."""
-        with self._lock:
-            out: dict[str, dict[int, float]] = {}
-            for (kind, threads), times in self._times.items():
-                if times:
-                    out.setdefault(kind, {})[threads] = statistics.median(times)
-            return out
+
+def _read_cpu_time() -> tuple[float, float, int] | None:
+    """(CPU seconds spent by everyone on the CPUs this process may use, by this process, their count), from
+    /proc/stat (Linux); None elsewhere."""
+    try:
+        allowed = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu"):
+                    break
+                fields = line.split()
+                if fields[0] in allowed:
+                    # user nice system idle iowait irq softirq steal ...: all but idle and iowait is busy
+                    values = [int(v) for v in fields[1:9]]
+                    busy += sum(values) - values[3] - values[4]
+    except (OSError, AttributeError, ValueError):
+        return None
+    own = os.times()
+    return busy / tick, own.user + own.system, len(allowed)
 
 
-# One for the process: the load it measures is the machine's, whichever model or index a call uses.
+# One for the process: the load it reads is the machine's, whichever model or index a call uses.
 THREADS = ThreadChoice()

@@ -191,7 +191,6 @@ class ColBERT(nn.Module):
     def _query_graph(self, batch: TokenBatch, pooled: bool = False) -> torch.jit.ScriptModule | None:
         key = (*batch.input_ids.shape, self.query_dtype, pooled)
         if key not in self._query_graphs:
-            THREADS.unusual()   # this call's time is the tracing's, not the thread count's
             from transformers.utils import logging as hf_logging
 
             previous = hf_logging.get_verbosity()
@@ -266,9 +265,9 @@ class ColBERT(nn.Module):
                                     self.tokenizer.pad_token_id)
                     graph = self._query_graph(batch, pooled_out is not None)
                 if graph is not None:
-                    # Latency-bound calls (a query or a few) run at the thread count measured faster lately: all
-                    # of torch's on a quiet machine, one beside other busy processes (machine.ThreadChoice).
-                    threads = THREADS.run("encode", batch.input_ids.numel()) if len(idx) <= 4 else contextlib.nullcontext()
+                    # Latency-bound calls (a query or a few) run on the cores other processes leave free
+                    # (machine.ThreadChoice: torch's own setting on a quiet machine).
+                    threads = THREADS.run() if len(idx) <= 4 else contextlib.nullcontext()
                     with threads:
                         out_graph = graph(batch.input_ids, batch.attention_mask)
                     vectors, pooled_vectors = out_graph if pooled_out is not None else (out_graph, None)

@@ -133,8 +133,8 @@ class Searcher:
         self._device = device if device is not None else model.device
         self._compiled = compiled
         self.engine = PlaidEngine(self.index, self._device, compiled)
-        # One query's search runs at the thread count measured faster lately (machine.ThreadChoice: all of
-        # torch's threads on a quiet machine, one beside other busy processes); CUDA work is not timed by it.
+        # One query's search runs on the cores other processes leave free (machine.ThreadChoice: torch's own
+        # setting on a quiet machine); CUDA work is left as it is.
         self._on_cpu = torch.device(self._device).type == "cpu"
         self._generation = self.index.manifest.get("generation")
 
@@ -149,7 +149,7 @@ class Searcher:
         if not isinstance(query, str) or is_blank(query):
             raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
-        with self._threads("search"):
+        with self._threads():
             q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
             return self.search_encoded(q[0], k, return_documents, q_pooled=None if q_pooled is None else q_pooled[0],
                                        where=allowed, **knobs)
@@ -179,7 +179,7 @@ class Searcher:
                                   "pooled vector (encode_queries(..., pooled=True)), or search with its text")
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
         cfg = self._resolve(self._units(k), knobs)
-        with self._threads("stages"):
+        with self._threads():
             return self._search_units(q, k, cfg, q_pooled, allowed)
 
     def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
@@ -203,7 +203,7 @@ class Searcher:
         run: Run = {}
         show = len(qids) > 1 if show_progress is None else show_progress
         for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show)):
-            with self._threads("stages"):
+            with self._threads():
                 hits = self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i], allowed)
             run[qid] = {d: x for d, x, _ in hits}
         return run
@@ -212,9 +212,9 @@ class Searcher:
         """The top-k documents for one encoded query [Lq, dim]."""
         return self.search_encoded(q, k, **knobs)  # type: ignore[return-value]
 
-    def _threads(self, kind: str) -> contextlib.AbstractContextManager:
-        """One query's work of `kind` at the thread count machine.THREADS chose (on CUDA: as it is)."""
-        return THREADS.run(kind) if self._on_cpu else contextlib.nullcontext()
+    def _threads(self) -> contextlib.AbstractContextManager:
+        """One query's work at the thread count machine.THREADS gives now (on CUDA: as it is)."""
+        return THREADS.run() if self._on_cpu else contextlib.nullcontext()
 
     def _units(self, k: int) -> int:
         """How many index entries to fetch for k documents: with split documents, several passages of one

@@ -62,12 +62,12 @@ class ShardedSearcher:
 
     def _each(self, search: Callable[[Searcher], list]) -> list[list]:
         """search(shard) for every shard on the pool's threads, as one call at the thread count machine.THREADS
-        chose (the shards' own searches run at that setting rather than each choosing and changing it)."""
+        gives (the shards' own searches run at that setting rather than each choosing and changing it)."""
         def fixed(shard: Searcher) -> list:
             with THREADS.fixed():
                 return search(shard)
 
-        with THREADS.run("sharded"):
+        with THREADS.run():
             return list(self._pool.map(fixed, self.searchers))
 
     def __len__(self) -> int:
