@@ -438,14 +438,14 @@ class PlaidEngine:
     def _scratch(self, name: str, size: int) -> np.ndarray:
         """A float32 buffer of `size` for this thread, reused between queries (fresh pages cost more than the work)."""
         if size > self.SCRATCH_LIMIT:   # a rare large request does not leave every thread holding its memory
-            return np.empty(size, dtype=np.float32)
+            return _aligned_floats(size)
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
             buffers = self._local.buffers = {}
         buf = buffers.get(name)
         if buf is None or len(buf) < size:
             grown = min(self.SCRATCH_LIMIT, 2 * len(buf)) if buf is not None else 0
-            buf = buffers[name] = np.empty(max(size, grown), dtype=np.float32)
+            buf = buffers[name] = _aligned_floats(max(size, grown))
         return buf[:size]
 
     def _pruned_stage(self, table: torch.Tensor, cand: torch.Tensor, kept: torch.Tensor, n: int) -> torch.Tensor:
@@ -471,6 +471,17 @@ class PlaidEngine:
         if codes.numel():
             best.scatter_reduce_(0, where[:, None].expand(-1, table.shape[1]), F.embedding(codes, table), "amax")
         return cand[_top(best.sum(dim=1), n)]
+
+
+def _aligned_floats(n: int) -> np.ndarray:
+    """An empty float32 array of n that starts on a 64-byte (cache line) boundary.
+
+    The lookup loops read 16-float rows of these buffers with AVX-512 loads; numpy only promises 16-byte alignment
+    for smaller arrays, and two engines over the same index, one buffer on a boundary and one off it, took 0.61
+    and 1.0 ms a query in the exact stage (MedQuAD 1k)."""
+    raw = np.empty(n + 16, dtype=np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip:skip + n]
 
 
 def _stage_key(engine: PlaidEngine) -> str:
