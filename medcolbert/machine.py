@@ -1,4 +1,5 @@
-"""This machine: the CPU's name, and choices measured on it once and remembered (query precision, exact stage)."""
+"""This machine: the CPU's name, choices measured on it once and remembered (query precision, exact stage), and
+the thread count a latency-bound call gets under the machine's current load."""
 
 from __future__ import annotations
 
@@ -91,10 +92,6 @@ class ThreadChoice:
         self._cpus: int | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
-
-    def __reduce__(self) -> tuple:
-        # A copied or pickled holder starts reading afresh (no lock to copy).
-        return (ThreadChoice, ())
 
     def others(self) -> float:
         """Cores kept busy by other processes over the last reading interval (0 until two readings)."""

@@ -4,9 +4,8 @@ Uses the medcolbert index that scripts/bench_search.py left in WORK (same checkp
 and builds colbert-ai's index there once if it is missing. Each round times every query one at a time at
 k=10, query encoding included: medcolbert with its compiled CPU stages, medcolbert with its torch engine
 (where the compiled stages are built), and colbert-ai (its own venv). Alternating rounds spread the
-machine's drift over the systems, and each round starts one system later (A B C D, B C D A, ...): the system timed
-right after colbert-ai's process measured up to 0.5 ms slower than an identically configured one timed next, so
-no system may hold that place in every round. Ratios are reported per round, and nDCG@10 of the very results timed.
+machine's drift over the systems, and each round starts one system later (A B C D, B C D A, ...), so that no
+system holds the same place, e.g. right after colbert-ai's process, in every round. Ratios are reported per round, and nDCG@10 of the very results timed.
 Raw latencies go to OUT/latency.json, a table to OUT/latency.md.
 """
 

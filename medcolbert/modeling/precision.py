@@ -31,7 +31,7 @@ def _key(model: Any) -> str:
 
 def measure(model: Any, repeats: int = 15) -> dict:
     """Time one-query encoding (traced graph) per precision and compare its vectors with fp32's."""
-    # Every candidate is timed at the process's own thread count (the thread choice learns from searches).
+    # Every candidate is timed at the process's own thread count, not at what the machine's load would give a search.
     with THREADS.fixed():
         return _measure(model, repeats)
 
