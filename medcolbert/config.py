@@ -95,6 +95,20 @@ class ModelConfig:
     # short claims where it wins (experiments/v4-weights), so a positive power leans on the head for long
     # queries only; queries padded to the augmentation length keep dense_weight itself. colbert-ai ignores it.
     dense_length_power: float = 0.0
+    # How the [Q]/[D] marker enters a text: "replace" is colbert-ai's (tokenize ". " + text, then overwrite
+    # the "." at position 1), "insert" is PyLate's and Sentence Transformers' (tokenize the text, insert the
+    # marker after the first token). They agree on WordPiece vocabularies; byte-level BPE ones (ModernBERT)
+    # tokenize ". word" and "word" differently, so a checkpoint keeps the rule of the library that wrote it.
+    # An empty marker ("") means no marker at all (a plain Sentence Transformers MultiVectorEncoder).
+    marker_style: str = "replace"
+    # Pad queries with [MASK] at all (ColBERT's augmentation); False keeps only the query's own tokens.
+    query_expansion: bool = True
+    # Document tokens left out of MaxSim when mask_punctuation is on. None: colbert-ai's rule (the first
+    # sub-token of each ASCII punctuation mark); a list: these vocabulary tokens (PyLate's skiplist_words).
+    skiplist_words: tuple[str, ...] | None = None
+    # Text put before every query / document before tokenizing (a Sentence Transformers prompt, e.g. "query: ").
+    query_prompt: str = ""
+    document_prompt: str = ""
 
     def __post_init__(self) -> None:
         for name in ("dim", "query_maxlen", "doc_maxlen"):
@@ -113,6 +127,14 @@ class ModelConfig:
         if (isinstance(self.dense_length_power, bool) or not isinstance(self.dense_length_power, (int, float))
                 or not math.isfinite(self.dense_length_power) or not 0 <= self.dense_length_power <= 10):
             raise ValueError(f"ModelConfig.dense_length_power must be a number in [0, 10], got {self.dense_length_power!r}")
+        if self.marker_style not in ("replace", "insert"):
+            raise ValueError(f"ModelConfig.marker_style must be 'replace' or 'insert', got {self.marker_style!r}")
+        if not isinstance(self.query_expansion, bool):
+            raise ValueError(f"ModelConfig.query_expansion must be true or false, got {self.query_expansion!r}")
+        if self.skiplist_words is not None:
+            if isinstance(self.skiplist_words, str) or not all(isinstance(w, str) for w in self.skiplist_words):
+                raise ValueError("ModelConfig.skiplist_words must be a list of token strings or null")
+            object.__setattr__(self, "skiplist_words", tuple(self.skiplist_words))
         if self.similarity != "cosine":
             raise ValueError(f"similarity {self.similarity!r} is not supported; medcolbert scores with cosine (dot products of unit vectors)")
         if self.interaction != "colbert":
@@ -120,14 +142,16 @@ class ModelConfig:
 
     @property
     def augment_len(self) -> int:
-        """The length short queries are padded to with [MASK] (never past query_maxlen)."""
+        """The length short queries are padded to with [MASK] (never past query_maxlen; 0 without expansion)."""
+        if not self.query_expansion:
+            return 0
         return self.query_maxlen if self.query_augment_len is None else min(self.query_augment_len, self.query_maxlen)
 
     def pooled_weight(self, vectors: int) -> float:
         """The pooled term's weight for a query of this many vectors (dense_weight, grown past augment_len)."""
         if self.dense_length_power == 0 or vectors <= self.augment_len:
             return float(self.dense_weight)
-        return float(self.dense_weight) * (vectors / self.augment_len) ** self.dense_length_power
+        return float(self.dense_weight) * (vectors / max(self.augment_len, 1)) ** self.dense_length_power
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed."""
@@ -144,6 +168,15 @@ class ModelConfig:
         # colbert-ai builds its model class from `model_name` when set (a hub id it may try to download);
         # left None, it reads the checkpoint folder's own config.json, which is what we want.
         meta["model_name"] = None
+        if self.query_expansion and self.augment_len < self.query_maxlen:
+            # colbert-ai, PyLate and Sentence Transformers pad every query to `query_maxlen`; medcolbert pads to
+            # the augmentation length and lets longer queries run to its own limit. Telling them the padded
+            # length makes them encode every query of up to that many tokens as medcolbert does (longer ones
+            # they cut there); medcolbert reads its own limit back from `medcolbert_query_maxlen`.
+            meta["query_maxlen"] = self.augment_len
+            meta["medcolbert_query_maxlen"] = self.query_maxlen
+        if self.skiplist_words is not None:
+            meta["skiplist_words"] = list(self.skiplist_words)
         meta["meta"] = {"written_by": "medcolbert", "name": name, **(extra_meta or {})}
         return meta
 
@@ -157,6 +190,8 @@ class ModelConfig:
         # A checkpoint without the key was written by colbert-ai (or medcolbert before 0.2): it pads every
         # query to its query_maxlen, and keeps doing so here.
         values["query_augment_len"] = data.get("query_augment_len")
+        if isinstance(data.get("medcolbert_query_maxlen"), int):
+            values["query_maxlen"] = data["medcolbert_query_maxlen"]
         try:
             return cls(**values)
         except (TypeError, ValueError) as exc:

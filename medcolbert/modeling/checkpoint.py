@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..fsutil import replace_folder
 from .encoder import ColBERT
+from .layouts import MODULES_FILE, Layout, read_sentence_transformers
 
 METADATA_FILE = "artifact.metadata"
 WEIGHTS_FILE = "model.safetensors"
@@ -181,21 +182,29 @@ def _load_backbone(folder: Path) -> torch.nn.Module:
     return model
 
 
-def load_colbert(name_or_path: str | Path | None = None, **overrides: object) -> ColBERT:
-    """A ColBERT model from a colbert-ai checkpoint folder, a plain HF encoder, or the packaged default."""
+def load_colbert(name_or_path: str | Path | None = None, *, new_projection: bool = False,
+                 **overrides: object) -> ColBERT:
+    """A ColBERT model from a colbert-ai, PyLate or Sentence Transformers folder (or the packaged default).
+
+    A plain transformers encoder (no projection in any layout) gets a seeded random projection only when
+    `new_projection` is set, or when it is the packaged base named as such; otherwise it is refused.
+    """
     folder, display = resolve_model_folder(name_or_path, prefer_release=True)
     if name_or_path is None:  # record which default it was, by name: an index then names its model portably
         name_or_path = RELEASE_NAME if display == RELEASE_NAME else BASE_MODEL_ID
-    metadata = folder / METADATA_FILE
-    config = ModelConfig.read_metadata(metadata) if metadata.is_file() else ModelConfig()
-    projection = read_tensor(folder, LINEAR_KEY)
+    layout = read_layout(folder)
+    if layout.projection is None and not (new_projection or str(name_or_path) == BASE_MODEL_ID):
+        raise CheckpointError(f"{folder}: no ColBERT projection in a layout medcolbert reads (no linear.weight with "
+                              f"{METADATA_FILE}, no Dense module in modules.json); to start one from a seeded random "
+                              "projection pass new_projection=True (CLI: --new-projection)")
+    config = ModelConfig()
+    if layout.config:
+        try:
+            config = config.replace(**layout.config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{folder}: {exc}") from None
+    projection = layout.projection
     if projection is not None:
-        projection = projection.float()
-        if projection.ndim != 2:
-            raise CheckpointError(f"{folder}: {LINEAR_KEY} has shape {tuple(projection.shape)}, expected 2 dimensions")
-        if metadata.is_file() and projection.shape[0] != config.dim:
-            raise CheckpointError(f"{folder}: {LINEAR_KEY} projects to {projection.shape[0]} dims "
-                                  f"but {METADATA_FILE} says dim={config.dim}")
         config = config.replace(dim=int(projection.shape[0]))
     if overrides:
         if projection is not None and "dim" in overrides and overrides["dim"] != config.dim:
@@ -204,23 +213,49 @@ def load_colbert(name_or_path: str | Path | None = None, **overrides: object) ->
             config = config.replace(**overrides)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"bad model setting: {exc}") from None
-    backbone = _load_backbone(folder)
+    backbone = _load_backbone(layout.backbone)
     max_positions = getattr(backbone.config, "max_position_embeddings", None)
     if max_positions and max(config.doc_maxlen, config.query_maxlen) > max_positions:
         raise CheckpointError(f"doc_maxlen {config.doc_maxlen} / query_maxlen {config.query_maxlen} exceed the "
                               f"backbone's {max_positions} positions")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(layout.backbone))
     tokenizer, backbone = _ensure_markers(tokenizer, backbone, config)
     try:
-        return ColBERT(backbone, tokenizer, config, projection=projection, name=display, source=str(name_or_path))
+        model = ColBERT(backbone, tokenizer, config, projection=projection, bias=layout.bias, name=display,
+                        source=str(name_or_path))
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
+    model.layout = layout.kind
+    return model
+
+
+def read_layout(folder: Path) -> Layout:
+    """Which layout a model folder holds, with its projection and config (module docstring of layouts.py)."""
+    metadata = folder / METADATA_FILE
+    projection = read_tensor(folder, LINEAR_KEY)
+    if projection is not None or metadata.is_file() or not (folder / MODULES_FILE).is_file():
+        config = ModelConfig.read_metadata(metadata) if metadata.is_file() else None
+        if projection is None and (folder / MODULES_FILE).is_file():
+            return read_sentence_transformers(folder)  # colbert-ai's metadata without its weight: PyLate's Dense
+        layout = Layout("colbert-ai" if projection is not None else "transformers", folder)
+        if projection is not None:
+            projection = projection.float()
+            if projection.ndim != 2:
+                raise CheckpointError(f"{folder}: {LINEAR_KEY} has shape {tuple(projection.shape)}, expected 2 dimensions")
+            if config is not None and projection.shape[0] != config.dim:
+                raise CheckpointError(f"{folder}: {LINEAR_KEY} projects to {projection.shape[0]} dims "
+                                      f"but {METADATA_FILE} says dim={config.dim}")
+            layout.projection = projection
+        if config is not None:
+            layout.config = {k: v for k, v in config.to_dict().items() if k != "dim"}
+        return layout
+    return read_sentence_transformers(folder)
 
 
 def _ensure_markers(tokenizer, backbone, config: ModelConfig):  # type: ignore[no-untyped-def]
     """Add the [Q]/[D] marker tokens to vocabularies that lack them (e.g. RoBERTa-style tokenizers)."""
     vocab = tokenizer.get_vocab()
-    missing = [t for t in (config.query_token_id, config.doc_token_id) if t not in vocab]
+    missing = [t for t in (config.query_token_id, config.doc_token_id) if t and t not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
         backbone.resize_token_embeddings(len(tokenizer))

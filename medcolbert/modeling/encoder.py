@@ -44,19 +44,26 @@ class ColBERT(nn.Module):
 
     def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  config: ModelConfig | None = None, projection: torch.Tensor | None = None,
-                 name: str = "colbert", source: str | None = None) -> None:
+                 name: str = "colbert", source: str | None = None, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         self.backbone = backbone
         hidden = int(backbone.config.hidden_size)
-        self.linear = nn.Linear(hidden, self.config.dim, bias=False)
+        # A bias only where the checkpoint has one (a PyLate / Sentence Transformers Dense with bias=True).
+        self.linear = nn.Linear(hidden, self.config.dim, bias=bias is not None)
         weight = projection if projection is not None else fresh_projection(hidden, self.config.dim)
         if tuple(weight.shape) != (self.config.dim, hidden):
             raise ValueError(f"projection has shape {tuple(weight.shape)}, expected ({self.config.dim}, {hidden})")
         with torch.no_grad():
             self.linear.weight.copy_(weight.to(self.linear.weight.dtype))
+            if bias is not None:
+                if tuple(bias.shape) != (self.config.dim,):
+                    raise ValueError(f"projection bias has shape {tuple(bias.shape)}, expected ({self.config.dim},)")
+                self.linear.bias.copy_(bias.to(self.linear.bias.dtype))
         self.tokenizer = ColBERTTokenizer(tokenizer, self.config)
         self.name = name
+        # The checkpoint layout it was loaded from ("colbert-ai", "pylate", "sentence-transformers", ...).
+        self.layout = "colbert-ai"
         # What from_pretrained was given (None = the packaged default), so an index can name its model.
         self.source = source
         # Mixed precision for encoding: float16 on CUDA by default, full precision on CPU unless asked.
@@ -72,11 +79,15 @@ class ColBERT(nn.Module):
     # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = "auto", **config_overrides: object) -> "ColBERT":
-        """Load a colbert-ai checkpoint or a plain HF encoder (folder or hub name); None = packaged MiniLM."""
+                        dtype: str | torch.dtype | None = "auto", new_projection: bool = False,
+                        **config_overrides: object) -> "ColBERT":
+        """Load a colbert-ai, PyLate or Sentence Transformers checkpoint (folder or hub name); None = the release.
+
+        A plain transformers encoder needs new_projection=True (a seeded random projection, to train).
+        """
         from .checkpoint import load_colbert
 
-        model = load_colbert(name_or_path, **config_overrides)
+        model = load_colbert(name_or_path, new_projection=new_projection, **config_overrides)
         return model.to_device(device, dtype)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -123,6 +134,7 @@ class ColBERT(nn.Module):
 
     # The settings that change a document's vectors; query-side ones (query_maxlen, augmentation) do not.
     DOCUMENT_FIELDS = ("dim", "doc_maxlen", "doc_token_id", "mask_punctuation", "similarity", "interaction")
+    LATER_DOCUMENT_FIELDS = ("marker_style", "skiplist_words", "document_prompt")
 
     def fingerprint(self, weights_only: bool = False) -> str:
         """A hash of weights, vocabulary and (unless weights_only) the document-side config and precision,
@@ -130,7 +142,12 @@ class ColBERT(nn.Module):
         h = hashlib.sha256()
         if not weights_only:
             config = self.config.to_dict()
-            h.update(json.dumps({k: config[k] for k in self.DOCUMENT_FIELDS}, sort_keys=True).encode())
+            fields = {k: config[k] for k in self.DOCUMENT_FIELDS}
+            # Settings added later enter only when they differ from their default, so that the fingerprints
+            # of models (and the indexes and caches keyed by them) from before stay what they were.
+            defaults = ModelConfig()
+            fields.update({k: config[k] for k in self.LATER_DOCUMENT_FIELDS if config[k] != getattr(defaults, k)})
+            h.update(json.dumps(fields, sort_keys=True).encode())
             h.update(str(self.autocast_dtype).encode())
         h.update(json.dumps(sorted(self.tokenizer.tokenizer.get_vocab().items())).encode())
         for key, tensor in sorted(self.state_dict().items()):

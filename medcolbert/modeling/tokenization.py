@@ -33,19 +33,31 @@ class ColBERTTokenizer:
         self.config = config
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a [MASK] and a [PAD] token for ColBERT query augmentation")
-        self.query_marker_id = self._require_token(config.query_token_id)
-        self.doc_marker_id = self._require_token(config.doc_token_id)
+        self.query_marker_id = self._require_token(config.query_token_id) if config.query_token_id else None
+        self.doc_marker_id = self._require_token(config.doc_token_id) if config.doc_token_id else None
         self.mask_token_id = int(tokenizer.mask_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id)
-        # Punctuation marks and their first sub-token are skipped in documents, as colbert-ai does.
-        skip: set[int] = set()
-        if config.mask_punctuation:
-            for symbol in string.punctuation:
-                ids = tokenizer.encode(symbol, add_special_tokens=False)
-                if ids:
-                    skip.add(int(ids[0]))
-        self.skiplist_ids = torch.tensor(sorted(skip), dtype=torch.long)
+        if self.pad_token_id == self.mask_token_id:
+            # PyLate saves its tokenizer with [MASK] as the pad token. Padding positions are masked out of
+            # attention and zeroed, so any other id serves, and it keeps [PAD] apart from the [MASK] expansion.
+            self.pad_token_id = next(int(i) for i in (tokenizer.unk_token_id, tokenizer.cls_token_id, 0)
+                                     if i is not None and i != self.mask_token_id)
+        self.skiplist_ids = torch.tensor(sorted(self._skiplist(tokenizer, config)), dtype=torch.long)
         self._warned_truncation = False
+
+    @staticmethod
+    def _skiplist(tokenizer: PreTrainedTokenizerBase, config: ModelConfig) -> set[int]:
+        """The document token ids left out of MaxSim."""
+        if not config.mask_punctuation:
+            return set()
+        if config.skiplist_words is None:
+            # colbert-ai's rule: each ASCII punctuation mark's first sub-token.
+            ids = (tokenizer.encode(symbol, add_special_tokens=False) for symbol in string.punctuation)
+            return {int(i[0]) for i in ids if i}
+        # PyLate's and Sentence Transformers' rule: words that are single vocabulary tokens (others never match).
+        unk = tokenizer.unk_token_id
+        found = ((w, tokenizer.convert_tokens_to_ids(w)) for w in config.skiplist_words)
+        return {int(i) for w, i in found if i is not None and (i != unk or w == tokenizer.unk_token)}
 
     def _require_token(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -53,31 +65,41 @@ class ColBERTTokenizer:
             raise ValueError(f"marker token {token!r} is not in the tokenizer's vocabulary")
         return int(token_id)
 
-    def _encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        # The ". " prefix reserves position 1, which is then overwritten by the [Q]/[D] marker.
-        prefixed = [". " + t for t in texts]
-        out = self.tokenizer(prefixed, add_special_tokens=True, truncation=True, max_length=max_length,
-                             return_attention_mask=False, return_token_type_ids=False)
-        return out["input_ids"]
+    def _encode(self, texts: Sequence[str], max_length: int | None, is_query: bool) -> list[list[int]]:
+        """Token ids with special tokens and the marker at position 1, cut at max_length (None: not cut)."""
+        marker_id = self.query_marker_id if is_query else self.doc_marker_id
+        prompt = self.config.query_prompt if is_query else self.config.document_prompt
+        if prompt:
+            texts = [prompt + t for t in texts]
+        cut = {"truncation": True, "max_length": max_length} if max_length is not None else {"truncation": False}
+        options = {"add_special_tokens": True, "verbose": False, "return_attention_mask": False,
+                   "return_token_type_ids": False}
+        if marker_id is None:
+            return self.tokenizer(list(texts), **cut, **options)["input_ids"]
+        if self.config.marker_style == "replace":
+            # The ". " prefix reserves position 1, which the marker then overwrites (colbert-ai's way).
+            seqs = self.tokenizer([". " + t for t in texts], **cut, **options)["input_ids"]
+            for seq in seqs:
+                seq[1] = marker_id
+            return seqs
+        if max_length is not None:
+            cut["max_length"] = max_length - 1
+        seqs = self.tokenizer(list(texts), **cut, **options)["input_ids"]
+        return [seq[:1] + [marker_id] + seq[1:] for seq in seqs]
 
     def document_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each document after truncation (used to sort batches by length)."""
-        return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen)]
-
-    def _untruncated(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids as _encode makes them, but with nothing cut (to see and report what a limit drops)."""
-        return self.tokenizer([". " + t for t in texts], add_special_tokens=True, truncation=False, verbose=False,
-                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen, False)]
 
     def untruncated_document_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each document before truncation at doc_maxlen (special tokens included)."""
-        return [len(s) for s in self._untruncated(texts)]
+        return [len(s) for s in self._encode(texts, None, False)]
 
     def query_token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each query's token ids ([CLS], marker slot, tokens, [SEP]), cut at query_maxlen (reported once)."""
         limit = self.config.query_maxlen
         # Tokenized in full first, so that a cut is seen and reported rather than made silently.
-        seqs = self._untruncated(texts)
+        seqs = self._encode(texts, None, True)
         cut = sum(len(s) > limit for s in seqs)
         if cut and not self._warned_truncation:
             self._warned_truncation = True
@@ -108,7 +130,6 @@ class ColBERTTokenizer:
         for row, (seq, target) in enumerate(zip(seqs, targets)):
             ids[row, :target] = self.mask_token_id
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            ids[row, 1] = self.query_marker_id
             mask[row, : target if self.config.attend_to_mask_tokens else len(seq)] = 1
         return TokenBatch(ids, mask)
 
@@ -118,12 +139,11 @@ class ColBERTTokenizer:
 
     def tokenize_documents(self, texts: Sequence[str]) -> TokenBatch:
         """Documents with the [D] marker, truncated at doc_maxlen, padded to the longest."""
-        seqs = self._encode(texts, self.config.doc_maxlen)
+        seqs = self._encode(texts, self.config.doc_maxlen, False)
         length = max((len(s) for s in seqs), default=0)
         ids = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(texts), length), dtype=torch.long)
         for row, seq in enumerate(seqs):
-            seq[1] = self.doc_marker_id
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
         return TokenBatch(ids, mask)
