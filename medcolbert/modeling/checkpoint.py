@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..fsutil import replace_folder
 from .encoder import ColBERT
-from .layouts import MODULES_FILE, Layout, read_sentence_transformers
+from .layouts import MODULES_FILE, Layout, read_sentence_transformers, write_sentence_transformers
 
 METADATA_FILE = "artifact.metadata"
 WEIGHTS_FILE = "model.safetensors"
@@ -262,42 +262,81 @@ def _ensure_markers(tokenizer, backbone, config: ModelConfig):  # type: ignore[n
     return tokenizer, backbone
 
 
-def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write `model` as a colbert-ai checkpoint folder, atomically (temp folder, then rename)."""
+SAVE_FORMATS = ("colbert-ai", "pylate", "sentence-transformers")
+
+
+def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = None, format: str = "colbert-ai") -> Path:
+    """Write `model` in one of SAVE_FORMATS, atomically (temp folder, then rename)."""
+    if format not in SAVE_FORMATS:
+        raise CheckpointError(f"format {format!r} is not one medcolbert writes (choose from {', '.join(SAVE_FORMATS)})")
+    if format == "colbert-ai" and model.linear.bias is not None:
+        raise CheckpointError("this model's projection has a bias, which colbert-ai's layout cannot hold; "
+                              "save it with format='pylate' or 'sentence-transformers'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        prefix = model.backbone.base_model_prefix or "model"
-        tensors: dict[str, torch.Tensor] = {}
-        for key, value in model.backbone.state_dict().items():
-            tensors[f"{prefix}.{key}"] = value
-        tensors[LINEAR_KEY] = model.linear.weight
-        tensors = {k: _prepare(v, dtype) for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-
-        hf_config = model.backbone.config.to_dict()
-        hf_config["architectures"] = ["HF_ColBERT"]
-        if Path(str(hf_config.get("_name_or_path", ""))).is_absolute():
-            # Where the backbone was loaded from on this machine (e.g. the packaged base's site-packages folder)
-            # means nothing elsewhere; keep the model's name instead.
-            hf_config["_name_or_path"] = model.name
-        if dtype is not None:
-            hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        model.tokenizer.tokenizer.save_pretrained(str(tmp))
-        metadata = model.config.to_colbert_metadata(
-            name=model.name, extra_meta={"medcolbert_version": _version()})
-        # colbert-ai replaces `checkpoint` with the folder it loads from, so the folder's own name is enough;
-        # an absolute path would name a folder of the machine that wrote it.
-        metadata["checkpoint"] = path.name
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
-
+        if format == "colbert-ai":
+            _write_colbert_ai(model, tmp, path.name, dtype)
+        else:
+            model.backbone.save_pretrained(str(tmp), safe_serialization=True)
+            _write_hf_config(model, tmp, dtype, architectures=None)
+            _marker_tokenizer(model).save_pretrained(str(tmp))
+            dense = {"linear.weight": _prepare(model.linear.weight, dtype)}
+            if model.linear.bias is not None:
+                dense["linear.bias"] = _prepare(model.linear.bias, dtype)
+            write_sentence_transformers(tmp, model.config, dense, model.hidden_size, pylate=format == "pylate",
+                                        extra={"name": model.name, "medcolbert_version": _version()})
         replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _marker_tokenizer(model: ColBERT):  # type: ignore[no-untyped-def]
+    """The tokenizer with the [Q]/[D] markers marked special, so that a library that prepends them as text
+    (Sentence Transformers' prompts) gets one token each, as colbert-ai and PyLate insert them."""
+    import copy
+
+    from transformers import AddedToken
+
+    tokenizer = copy.deepcopy(model.tokenizer.tokenizer)
+    markers = [t for t in (model.config.query_token_id, model.config.doc_token_id) if t]
+    if markers:
+        tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(t, normalized=False, special=True)
+                                                                    for t in markers]})
+    return tokenizer
+
+
+def _write_hf_config(model: ColBERT, folder: Path, dtype: torch.dtype | None, architectures: list[str] | None) -> None:
+    """The backbone's config.json, without paths of this machine."""
+    hf_config = model.backbone.config.to_dict()
+    if architectures is not None:
+        hf_config["architectures"] = architectures
+    if Path(str(hf_config.get("_name_or_path", ""))).is_absolute():
+        # Where the backbone was loaded from on this machine (e.g. the packaged base's site-packages folder)
+        # means nothing elsewhere; keep the model's name instead.
+        hf_config["_name_or_path"] = model.name
+    if dtype is not None:
+        hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+def _write_colbert_ai(model: ColBERT, tmp: Path, name: str, dtype: torch.dtype | None) -> None:
+    """colbert-ai's layout: prefixed backbone weights + linear.weight, HF_ColBERT config, artifact.metadata."""
+    prefix = model.backbone.base_model_prefix or "model"
+    tensors: dict[str, torch.Tensor] = {f"{prefix}.{k}": v for k, v in model.backbone.state_dict().items()}
+    tensors[LINEAR_KEY] = model.linear.weight
+    tensors = {k: _prepare(v, dtype) for k, v in tensors.items()}
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    _write_hf_config(model, tmp, dtype, architectures=["HF_ColBERT"])
+    model.tokenizer.tokenizer.save_pretrained(str(tmp))
+    metadata = model.config.to_colbert_metadata(name=model.name, extra_meta={"medcolbert_version": _version()})
+    # colbert-ai replaces `checkpoint` with the folder it loads from, so the folder's own name is enough;
+    # an absolute path would name a folder of the machine that wrote it.
+    metadata["checkpoint"] = name
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=4) + "\n")
 
 
 def _prepare(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -90,11 +90,11 @@ class ColBERT(nn.Module):
         model = load_colbert(name_or_path, new_projection=new_projection, **config_overrides)
         return model.to_device(device, dtype)
 
-    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the model in colbert-ai's checkpoint layout."""
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, format: str = "colbert-ai") -> Path:
+        """Write the model in colbert-ai's layout, or format='pylate' / 'sentence-transformers' (modules.json)."""
         from .checkpoint import save_colbert
 
-        return save_colbert(self, path, dtype=dtype)
+        return save_colbert(self, path, dtype=dtype, format=format)
 
     def to_device(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto") -> "ColBERT":
         """Move to `device` (default: CUDA if present) and pick the encoding precision."""

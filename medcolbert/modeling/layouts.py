@@ -129,6 +129,10 @@ def read_sentence_transformers(folder: Path) -> Layout:
     dense: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     skiplist: list[str] | None = None
     pylate = "query_prefix" in st_config or "do_query_expansion" in st_config
+    if any(_short(m.get("type", "")) == "Pooling" for m in modules):
+        # A single-vector Sentence Transformers model: its Dense layers (if any) act on the pooled vector, so
+        # there is no token projection here; the encoder is a plain backbone for ColBERT's purposes.
+        return Layout("transformers", backbone, notes=["a single-vector Sentence Transformers model (Pooling)"])
     for module in modules[1:]:
         kind, path = _short(module.get("type", "")), folder / module.get("path", "")
         pylate = pylate or str(module.get("type", "")).startswith("pylate.")
@@ -154,6 +158,10 @@ def read_sentence_transformers(folder: Path) -> Layout:
                             if len(dense) > 1 else f"Dense {tuple(layout.projection.shape)}")
     layout.config = (_pylate_config(st_config, module_config, skiplist) if pylate
                      else _st_config(st_config, module_config, skiplist, backbone))
+    own = st_config.get("medcolbert")
+    if isinstance(own, dict):  # written by medcolbert: its own settings (the pooled head's weight above all)
+        layout.config.update({k: own[k] for k in _OWN_KEYS if k in own})
+        layout.notes.append("medcolbert settings read back")
     return layout
 
 
@@ -210,3 +218,74 @@ def _max_positions(backbone: Path) -> int:
     tok = backbone / "tokenizer_config.json"
     limit = _read_json(tok).get("model_max_length") if tok.is_file() else None
     return int(min(positions, limit)) if isinstance(limit, (int, float)) and limit > 0 else positions
+
+
+# The medcolbert settings no other library knows; kept in config_sentence_transformers.json so that medcolbert
+# reads a model back as it wrote it (the pooled head above all).
+_OWN_KEYS = ("dense_weight", "dense_length_power", "query_augment_len", "query_maxlen")
+
+
+def write_sentence_transformers(folder: Path, config: Any, dense: dict[str, torch.Tensor], hidden: int, pylate: bool,
+                                extra: dict[str, Any]) -> None:
+    """The modules.json side of a PyLate or Sentence Transformers 6 folder (the backbone files are already there).
+
+    PyLate (and Sentence Transformers reading PyLate's files) pads every query to `query_length`, so it is given
+    medcolbert's augmentation length: queries of up to that many tokens encode alike, longer ones it cuts there.
+    Sentence Transformers 6's own layout says "expand to the augmentation length, let longer queries run to
+    query_length" (strategy "min"), which is medcolbert's rule exactly.
+    """
+    skiplist = (list(config.skiplist_words) if config.skiplist_words is not None else list(string.punctuation)) \
+        if config.mask_punctuation else []
+    (folder / "1_Dense").mkdir()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in dense.items()}, str(folder / "1_Dense" / "model.safetensors"))
+    dim = int(dense["linear.weight"].shape[0])
+    dense_config = {"in_features": hidden, "out_features": dim, "bias": "linear.bias" in dense,
+                    "activation_function": "torch.nn.modules.linear.Identity"}
+    own = {"medcolbert": {**{k: getattr(config, k) for k in _OWN_KEYS}, **extra}}
+    if pylate:
+        modules = [("", "sentence_transformers.models.Transformer"), ("1_Dense", "pylate.models.Dense.Dense")]
+        module_config = {"max_seq_length": config.doc_maxlen, "do_lower_case": False}
+        st_config = {"prompts": {"query": config.query_prompt, "document": config.document_prompt},
+                     "default_prompt_name": None, "similarity_fn_name": "MaxSim",
+                     "query_prefix": config.query_token_id, "document_prefix": config.doc_token_id,
+                     "query_length": config.augment_len if config.query_expansion else config.query_maxlen,
+                     "document_length": config.doc_maxlen,
+                     "attend_to_expansion_tokens": config.attend_to_mask_tokens, "skiplist_words": skiplist,
+                     "do_query_expansion": config.query_expansion, **own}
+        dense_config["use_residual"] = False
+    else:
+        modules = [("", "sentence_transformers.base.modules.transformer.Transformer"),
+                   ("1_Dense", "sentence_transformers.base.modules.dense.Dense"),
+                   ("2_MultiVectorMask", "sentence_transformers.multi_vector_encoder.modules.multi_vector_mask.MultiVectorMask"),
+                   ("3_Normalize", "sentence_transformers.base.modules.normalize.Normalize")]
+        expansion = None
+        if config.query_expansion:
+            fixed = config.query_augment_len is None or config.augment_len >= config.query_maxlen
+            expansion = {"strategy": "fixed" if fixed else "min", "attend": config.attend_to_mask_tokens,
+                         "length": config.augment_len}
+        module_config = {"transformer_task": "feature-extraction",
+                         "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                         "module_output_name": "token_embeddings", "query_length": config.query_maxlen,
+                         "document_length": config.doc_maxlen, "query_expansion": expansion}
+        # Sentence Transformers prepends prompts as text: a marker token becomes the prompt, and the saved
+        # tokenizer keeps it whole (marked special), which is where colbert-ai and PyLate put it too.
+        st_config = {"model_type": "MultiVectorEncoder", "default_prompt_name": None, "similarity_fn_name": "maxsim",
+                     "prompts": {"query": config.query_token_id + config.query_prompt,
+                                 "document": config.doc_token_id + config.document_prompt}, **own}
+        dense_config.update(module_input_name="token_embeddings", module_output_name="token_embeddings")
+        (folder / "2_MultiVectorMask").mkdir()
+        _write_json(folder / "2_MultiVectorMask" / "config.json",
+                    {"skiplist_words": skiplist, "skiplist_tasks": ["document"], "keep_only_token_ids": None})
+        (folder / "3_Normalize").mkdir()
+        _write_json(folder / "3_Normalize" / "config.json",
+                    {"module_input_name": "token_embeddings", "module_output_name": "token_embeddings"})
+    _write_json(folder / "1_Dense" / "config.json", dense_config)
+    _write_json(folder / MODULES_FILE, [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)])
+    _write_json(folder / ST_MODULE_CONFIG, module_config)
+    _write_json(folder / ST_CONFIG_FILE, st_config)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
