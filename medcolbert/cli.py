@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -65,9 +66,11 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint folder (colbert-ai layout), HF encoder or hub id; default: the released "
-                        "checkpoints/medcolbert-minilm-v5 (the packaged base all-MiniLM-L6-v2 where the checkout "
-                        "has none; name the base with 'packaged:all-MiniLM-L6-v2')")
+                   help="checkpoint folder or hub id (colbert-ai, PyLate or Sentence Transformers layout); default: "
+                        "the released checkpoints/medcolbert-minilm-v5 (the packaged base all-MiniLM-L6-v2 where the "
+                        "checkout has none; name the base with 'packaged:all-MiniLM-L6-v2')")
+    p.add_argument("--new-projection", action="store_true",
+                   help="a plain transformers encoder (no ColBERT projection) gets a seeded random one")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="encoding precision; auto = float16 on CUDA, float32 on CPU")
@@ -223,6 +226,33 @@ def _parser_interpolate(sub: argparse._SubParsersAction) -> None:
                    help="precision of the written weights (the mix itself is computed in float32)")
 
 
+def _parser_convert(sub: argparse._SubParsersAction) -> None:
+    """The `convert` command's options."""
+    p = sub.add_parser("convert", help="write a checkpoint in colbert-ai's, PyLate's or Sentence Transformers' layout",
+                       description="Load a checkpoint in any layout medcolbert reads and write it in another, so that "
+                                   "colbert-ai / RAGatouille, PyLate or Sentence Transformers' MultiVectorEncoder load "
+                                   "it and encode as medcolbert does.")
+    p.add_argument("--model", required=True, help="checkpoint folder, release name or hub id")
+    p.add_argument("--format", required=True, choices=["colbert-ai", "pylate", "sentence-transformers"])
+    p.add_argument("--output", required=True, help="folder to write")
+
+
+def _parser_export_onnx(sub: argparse._SubParsersAction) -> None:
+    """The `export-onnx` command's options."""
+    p = sub.add_parser("export-onnx", help="export the encoder to ONNX in next-plaid's layout, checked with onnxruntime",
+                       description="Write model.onnx (backbone + projection + L2 norm; queries and documents share "
+                                   "it), the tokenizer and config_sentence_transformers.json, then compare onnxruntime "
+                                   "with torch on a data set's queries and documents. model_int8.onnx is kept only "
+                                   "if every token vector's cosine to float32's is at least 0.99.")
+    p.add_argument("--model", default=None, help="checkpoint (default: the released medcolbert-minilm-v5)")
+    p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument("--data", default=None, help="BEIR folder to check on (default: a few built-in sentences)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--check-docs", type=int_option(1, 100000), default=300, help="documents to check on (default 300)")
+    p.add_argument("--no-int8", action="store_true", help="do not try a dynamic int8 graph")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+
+
 def _parser_evaluate(sub: argparse._SubParsersAction) -> None:
     """The `evaluate` command's options."""
     p = sub.add_parser("evaluate", help="evaluate TREC run files against qrels",
@@ -354,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'medcolbert COMMAND --help' for the options of one command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check,
-                _parser_interpolate, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment,
+                _parser_interpolate, _parser_convert, _parser_export_onnx, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment,
                 _parser_serve, _parser_train, _parser_info):
         add(sub)
     return parser
@@ -412,7 +442,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         _log(f"{first_name} retrieval: {time.perf_counter() - t0:.1f}s")
 
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
-    model = ColBERT.from_pretrained(args.model, device=args.device, dtype=args.dtype, **overrides)
+    model = ColBERT.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                    new_projection=args.new_projection, **overrides)
     cache = None if args.no_cache else VectorCache(model, args.cache_dir)
 
     candidates = list(dict.fromkeys(d for hits in first.values()
@@ -504,7 +535,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     overrides = {"doc_maxlen": args.doc_maxlen} if args.doc_maxlen else {}
-    model = ColBERT.from_pretrained(args.model, device=device, dtype=args.dtype, **overrides)
+    model = ColBERT.from_pretrained(args.model, device=device, dtype=args.dtype, new_projection=args.new_projection,
+                                    **overrides)
     data = Path(args.data)
     corpus = data / "corpus.jsonl" if data.is_dir() else data
     t0 = time.perf_counter()
@@ -673,6 +705,51 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(args.dtype)
     print(f"wrote {interpolate_colbert(args.model, args.start, args.alpha, args.output, dtype=dtype)}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write a checkpoint in another layout."""
+    from . import ColBERT
+
+    model = ColBERT.from_pretrained(args.model, device="cpu", dtype="float32")
+    print(f"wrote {model.save_pretrained(args.output, format=args.format)} ({args.format} layout, from {model.layout})")
+    return 0
+
+
+_CHECK_TEXTS = ["do statins cause muscle pain?", "Statin therapy is associated with myopathy and muscle pain.",
+                "what is the first-line drug for type 2 diabetes in an adult with kidney disease and obesity?",
+                "Metformin (a biguanide) lowers hepatic glucose output; HbA1c falls by about 1%."]
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export the encoder to ONNX and check it against torch."""
+    from .modeling.onnx_export import export_onnx
+
+    if args.data:
+        from .evaluation.datasets import load_beir
+
+        data = load_beir(args.data, args.split)
+        queries = list(data.queries.values())
+        docs = data.texts(sorted(data.corpus)[: args.check_docs])
+    else:
+        queries, docs = _CHECK_TEXTS, _CHECK_TEXTS
+    from . import ColBERT
+
+    model = ColBERT.from_pretrained(args.model, device="cpu", dtype="float32")
+    figures = export_onnx(model, args.output, queries, docs, int8=not args.no_int8)
+    figures.update(model=model.name, queries=len(queries), documents=len(docs))
+    for kind in ("float32", "int8"):
+        if kind in figures:
+            f = figures[kind]
+            print(f"{kind}: max abs diff queries {f['queries_max_abs_diff']:.2e}, documents {f['documents_max_abs_diff']:.2e}; "
+                  f"lowest cosine {min(f['queries_min_cosine'], f['documents_min_cosine']):.4f}"
+                  + ("" if kind == "float32" else (" (kept)" if f["kept"] else " (below 0.99: not written)")))
+    if args.json:
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(figures, indent=1) + "\n")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -868,7 +945,8 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
 
 
 COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
-            "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
+            "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "convert": cmd_convert,
+            "export-onnx": cmd_export_onnx, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "panel": cmd_panel, "serve": cmd_serve}
 
 

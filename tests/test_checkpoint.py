@@ -81,7 +81,7 @@ def test_loads_a_checkpoint_written_by_colbert_ai(tmp_path, safe):
 
 
 def test_plain_hf_encoder_gets_a_reproducible_fresh_projection(tmp_path):
-    a = ColBERT.from_pretrained(default_model_path(), device="cpu", doc_maxlen=80)
+    a = ColBERT.from_pretrained(default_model_path(), device="cpu", doc_maxlen=80, new_projection=True)
     b = ColBERT.from_pretrained(BASE_MODEL_ID, device="cpu", doc_maxlen=80)
     assert a.config.doc_maxlen == 80 and a.config.dim == 128
     assert torch.equal(a.linear.weight, b.linear.weight)

@@ -68,10 +68,14 @@ def test_truncation_warns_once(model):
 def test_augmentation_rule_round_trips_and_colbert_ai_checkpoints_keep_theirs(model, tmp_path):
     path = model.save_pretrained(tmp_path / "m")
     meta = json.loads((path / "artifact.metadata").read_text())
-    assert meta["query_maxlen"] == 64 and meta["query_augment_len"] == 12
-    assert ColBERT.from_pretrained(path, device="cpu").config.augment_len == 12
-    # A checkpoint colbert-ai wrote has no query_augment_len: every query is padded to its query_maxlen.
-    del meta["query_augment_len"]
+    # colbert-ai, PyLate and Sentence Transformers pad every query to query_maxlen: they are told the padded
+    # length, and medcolbert keeps its own limit in a key of its own.
+    assert meta["query_maxlen"] == 12 and meta["medcolbert_query_maxlen"] == 64 and meta["query_augment_len"] == 12
+    back = ColBERT.from_pretrained(path, device="cpu").config
+    assert (back.augment_len, back.query_maxlen) == (12, 64)
+    # A checkpoint colbert-ai wrote has neither key: every query is padded to its query_maxlen.
+    del meta["query_augment_len"], meta["medcolbert_query_maxlen"]
+    meta["query_maxlen"] = 64
     (path / "artifact.metadata").write_text(json.dumps(meta))
     loaded = ColBERT.from_pretrained(path, device="cpu")
     assert loaded.config.query_augment_len is None and loaded.config.augment_len == 64

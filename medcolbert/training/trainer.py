@@ -318,7 +318,9 @@ class _ColBERTKind:
         from ..modeling.encoder import ColBERT
 
         # None means the packaged base here: training starts from it, never from the release.
-        return ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=device, dtype="float32", query_maxlen=c.query_maxlen,
+        # Training may start from a plain encoder (e.g. bert-base-uncased): its projection starts seeded and random.
+        return ColBERT.from_pretrained(c.model or BASE_MODEL_ID, device=device, dtype="float32", new_projection=True,
+                                       query_maxlen=c.query_maxlen,
                                        query_augment_len=c.query_augment_len, doc_maxlen=c.doc_maxlen,
                                        **({"dim": c.dim} if c.dim else {}))
 
