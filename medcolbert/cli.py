@@ -310,6 +310,15 @@ def _parser_make_mix(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--miner", default="bm25", metavar="NAME[:ARG]",
                    help="first stage that ranks the negatives' candidates: bm25 (default) or a registered stage such "
                         "as dense or dense:PATH (one encoding of all the corpora)")
+    p.add_argument("--triplets-dataset", action="append", default=[], metavar="SPEC",
+                   help="add a triplet data set in the Hugging Face layout: a hub id (e.g. "
+                        "abhinand/MedEmbed-training-triplets-v1) or a local copy (parquet / arrow / JSONL, columns "
+                        "query|anchor, pos|positive, neg|negative); repeatable")
+    p.add_argument("--triplets-limit", type=int_option(1, 100_000_000), default=None,
+                   help="at most this many rows of each triplet data set")
+    p.add_argument("--no-shared", action="store_true",
+                   help="leave out the data-root sources (MedQuAD, SciFact, Medical Question Pairs); held-out checks "
+                        "still read --data-root")
 
 
 def _parser_panel(sub: argparse._SubParsersAction) -> None:
@@ -799,7 +808,8 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
     _, report = build_medical_mix(args.data_root, args.output, n_negatives=args.negatives, seed=args.seed,
                                   consumer_health=args.consumer_health, teacher=args.teacher,
                                   teacher_max_length=args.teacher_max_length, miner=args.miner,
-                                  meqsum=args.meqsum)
+                                  meqsum=args.meqsum, shared=not args.no_shared, triplet_sets=args.triplets_dataset,
+                                  triplet_limit=args.triplets_limit)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -22,6 +22,17 @@ from ..modeling.encoder import resolve_autocast_dtype
 
 CONFIG_FILE = "medcolbert_dense.json"
 POOLINGS = ("mean", "cls")
+# BGE v1.5's query instruction for short-query-to-passage retrieval (its model card); passages get none.
+BGE_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+# Public single-vector baselines by short name: (hub id, pooling, query instruction) as their model cards give
+# them. MedEmbed v0.1 is fine-tuned from BGE v1.5 (CLS pooling); its card encodes queries without an instruction.
+PRESETS: dict[str, tuple[str, str, str]] = {
+    "bge-small": ("BAAI/bge-small-en-v1.5", "cls", BGE_INSTRUCTION),
+    "bge-base": ("BAAI/bge-base-en-v1.5", "cls", BGE_INSTRUCTION),
+    "medembed-small": ("abhinand/MedEmbed-small-v0.1", "cls", ""),
+    "medembed-base": ("abhinand/MedEmbed-base-v0.1", "cls", ""),
+    "medembed-large": ("abhinand/MedEmbed-large-v0.1", "cls", ""),
+}
 
 
 class BiEncoder(nn.Module):
@@ -41,7 +52,12 @@ class BiEncoder(nn.Module):
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, pooling: str | None = None,
                         query_prefix: str | None = None, max_length: int | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto") -> "BiEncoder":
-        """A bi-encoder from an HF or sentence-transformers folder or hub id; None = packaged MiniLM."""
+        """A bi-encoder from an HF or sentence-transformers folder, hub id or PRESETS name; None = packaged MiniLM."""
+        if isinstance(name_or_path, str) and name_or_path in PRESETS and not Path(name_or_path).exists():
+            hub_id, preset_pooling, preset_prefix = PRESETS[name_or_path]
+            name_or_path = hub_id
+            pooling = pooling or preset_pooling
+            query_prefix = preset_prefix if query_prefix is None else query_prefix
         folder, display = resolve_model_folder(name_or_path)
         saved = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
         with _quiet_transformers():

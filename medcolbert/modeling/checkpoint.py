@@ -83,8 +83,9 @@ def resolve_model_folder(name_or_path: str | Path | None, prefer_release: bool =
         return found, str(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: no config.json; not a Hugging Face model folder")
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise CheckpointError(f"{path}: no config.json or modules.json; not a Hugging Face or Sentence Transformers "
+                                  "model folder")
         return path, path.name
     if path.exists():
         raise CheckpointError(f"{path}: expected a model folder, found a file")

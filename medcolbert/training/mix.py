@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import DataError
 from ..evaluation.datasets import load_beir
 from .data import Triplet, beir_to_triplets, pairs_to_triplets, read_triplets, write_triplets
 from .mining import _words, jaccard, mine_negatives
+from .triplet_sets import read_triplet_set
 
 MEDQUAD_PAIRS = "medquad/train_pairs.jsonl"
 MEDQUAD_DEV = "medquad/dev-retrieval"
@@ -74,7 +75,8 @@ def check_no_leakage(triplets: list[Triplet], data_root: str | Path) -> dict[str
 def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n_negatives: int = 4,
                       window: tuple[int, int] = (0, 30), seed: int = 0, consumer_health: bool = False,
                       teacher: str | None = None, teacher_max_length: int = 128, miner: str = "bm25",
-                      meqsum: bool = False, show_progress: bool | None = None) -> tuple[list[Triplet], dict]:
+                      meqsum: bool = False, show_progress: bool | None = None, shared: bool = True,
+                      triplet_sets: Sequence[str] = (), triplet_limit: int | None = None) -> tuple[list[Triplet], dict]:
     """The medical mix with mined negatives (BM25 by default; written as JSONL when output is given), and a report.
 
     consumer_health adds the real consumer questions' train pairs (source 'consumer-health-train');
@@ -82,58 +84,71 @@ def build_medical_mix(data_root: str | Path, output: str | Path | None = None, n
     pos_scores / neg_scores for distillation. miner is the first stage that ranks the negatives' candidates
     ('bm25', or any registered 'NAME[:ARG]' such as 'dense' or 'dense:PATH'). meqsum adds MeQSum's real
     consumer questions, each paired with its expert summary question (source 'meqsum'; negatives are other
-    summaries): question-to-question pairs, so no answer style can be learnt from them.
+    summaries): question-to-question pairs, so no answer style can be learnt from them. triplet_sets adds
+    data sets in the Hugging Face layout (training.triplet_sets: MedEmbed's triplets), at most triplet_limit rows
+    each; shared=False leaves out the data-root sources (the held-out checks still read data_root).
     """
     from ..retrievers import check_retriever_spec
 
     check_retriever_spec(miner)
+    if not shared and not triplet_sets:
+        raise DataError("nothing to mix: shared=False (--no-shared) needs at least one triplet data set")
     root = Path(data_root)
     held = held_out(root)
     mix: list[Triplet] = []
     # MedQuAD is split by topic upstream, but topic names differ in case between sources and a few answer
     # texts are shared across topics, so pairs whose topic or answer belongs to the dev set are dropped here.
     # Negatives come from the remaining training answers only.
-    all_pairs = pairs_to_triplets(root / MEDQUAD_PAIRS, source="medquad-train")
-    medquad = [t for t in all_pairs
-               if normalize_query(str(t.meta.get("focus", ""))) not in held["medquad_dev_topics"]
-               and not any(p in held["medquad_dev_answers"] for p in t.pos)]
-    dropped = Counter({"medquad-train (dev topic or answer)": len(all_pairs) - len(medquad)})
-    answers = {f"a{i}": text for i, text in enumerate(dict.fromkeys(p for t in medquad for p in t.pos))}
-    scifact = load_beir(root / SCIFACT, "train")
-    corpus = {d: doc.full_text for d, doc in scifact.corpus.items()}
-    consumer: list[Triplet] = []
-    if consumer_health:
-        consumer = [t for t in pairs_to_triplets(root / CONSUMER_PAIRS, source="consumer-health-train")
-                    if not any(p in held["medquad_dev_answers"] for p in t.pos)]
-    pool = dict(answers)
-    pool.update({f"c{i}": text for i, text in enumerate(dict.fromkeys(p for t in consumer for p in t.pos))})
-    rank = _miner(miner, {**{f"s{d}": text for d, text in corpus.items()}, **pool})
-    mix += mine_negatives(medquad, answers, rank(answers, ""), n_negatives=n_negatives, window=window,
-                          seed=seed, show_progress=show_progress)
-    # SciFact train claims: negatives from the whole corpus (the usual BEIR fine-tuning setting).
-    mix += mine_negatives(beir_to_triplets(scifact, source="scifact-train"), corpus, rank(corpus, "s"),
-                          n_negatives=n_negatives, window=window, seed=seed, show_progress=show_progress)
-    # Medical Question Pairs: a doctor-written paraphrase and a doctor-written hard negative each; kept as they are.
-    mix += [Triplet(t.query, t.pos, t.neg, meta={"source": "medical-question-pairs", **t.meta})
-            for t in read_triplets(root / MQP_TRIPLETS)]
-    if consumer_health:
-        # Real consumer questions: negatives from MedQuAD train answers plus the other questions' answers,
-        # the documents such a question is confused with. Appended last, so the other sources' negatives
-        # are the same as in the mix without them (one seeded generator, same order).
-        dropped["consumer-health-train (judged dev answer)"] = len(read_triplets(root / CONSUMER_PAIRS)) - len(consumer)
-        mix += mine_negatives(consumer, pool, rank(pool, ""), n_negatives=n_negatives, window=window,
+    dropped: Counter = Counter()
+    if shared:
+        all_pairs = pairs_to_triplets(root / MEDQUAD_PAIRS, source="medquad-train")
+        medquad = [t for t in all_pairs
+                   if normalize_query(str(t.meta.get("focus", ""))) not in held["medquad_dev_topics"]
+                   and not any(p in held["medquad_dev_answers"] for p in t.pos)]
+        dropped["medquad-train (dev topic or answer)"] = len(all_pairs) - len(medquad)
+        answers = {f"a{i}": text for i, text in enumerate(dict.fromkeys(p for t in medquad for p in t.pos))}
+        scifact = load_beir(root / SCIFACT, "train")
+        corpus = {d: doc.full_text for d, doc in scifact.corpus.items()}
+        consumer: list[Triplet] = []
+        if consumer_health:
+            consumer = [t for t in pairs_to_triplets(root / CONSUMER_PAIRS, source="consumer-health-train")
+                        if not any(p in held["medquad_dev_answers"] for p in t.pos)]
+        pool = dict(answers)
+        pool.update({f"c{i}": text for i, text in enumerate(dict.fromkeys(p for t in consumer for p in t.pos))})
+        rank = _miner(miner, {**{f"s{d}": text for d, text in corpus.items()}, **pool})
+        mix += mine_negatives(medquad, answers, rank(answers, ""), n_negatives=n_negatives, window=window,
                               seed=seed, show_progress=show_progress)
-    if meqsum:
-        # Appended after every other source, so their negatives stay as in a mix without MeQSum.
-        # MeQSum's own curation dropped near-copies of consumer-health dev; its summaries are short template
-        # questions that can equal a MEDIQA question word for word, so near-copies of any held-out question go too.
-        held_words = [_words(q) for q in held["queries"]]
-        rows = meqsum_triplets(root / MEQSUM)
-        pairs = [t for t in rows if not any(near_copy(text, held_words) for text in (t.query, *t.pos))]
-        dropped["meqsum (near-copy of an evaluation question)"] = len(rows) - len(pairs)
-        summaries = {f"m{i}": text for i, text in enumerate(dict.fromkeys(p for t in pairs for p in t.pos))}
-        mix += mine_negatives(pairs, summaries, rank(summaries, ""), n_negatives=n_negatives, window=window,
-                              seed=seed, show_progress=show_progress)
+        # SciFact train claims: negatives from the whole corpus (the usual BEIR fine-tuning setting).
+        mix += mine_negatives(beir_to_triplets(scifact, source="scifact-train"), corpus, rank(corpus, "s"),
+                              n_negatives=n_negatives, window=window, seed=seed, show_progress=show_progress)
+        # Medical Question Pairs: a doctor-written paraphrase and a doctor-written hard negative each; kept as they are.
+        mix += [Triplet(t.query, t.pos, t.neg, meta={"source": "medical-question-pairs", **t.meta})
+                for t in read_triplets(root / MQP_TRIPLETS)]
+        if consumer_health:
+            # Real consumer questions: negatives from MedQuAD train answers plus the other questions' answers,
+            # the documents such a question is confused with. Appended last, so the other sources' negatives
+            # are the same as in the mix without them (one seeded generator, same order).
+            dropped["consumer-health-train (judged dev answer)"] = len(read_triplets(root / CONSUMER_PAIRS)) - len(consumer)
+            mix += mine_negatives(consumer, pool, rank(pool, ""), n_negatives=n_negatives, window=window,
+                                  seed=seed, show_progress=show_progress)
+        if meqsum:
+            # Appended after every other source, so their negatives stay as in a mix without MeQSum.
+            # MeQSum's own curation dropped near-copies of consumer-health dev; its summaries are short template
+            # questions that can equal a MEDIQA question word for word, so near-copies of any held-out question go too.
+            held_words = [_words(q) for q in held["queries"]]
+            rows = meqsum_triplets(root / MEQSUM)
+            pairs = [t for t in rows if not any(near_copy(text, held_words) for text in (t.query, *t.pos))]
+            dropped["meqsum (near-copy of an evaluation question)"] = len(rows) - len(pairs)
+            summaries = {f"m{i}": text for i, text in enumerate(dict.fromkeys(p for t in pairs for p in t.pos))}
+            mix += mine_negatives(pairs, summaries, rank(summaries, ""), n_negatives=n_negatives, window=window,
+                                  seed=seed, show_progress=show_progress)
+    for spec in triplet_sets:
+        # Triplet data sets (MedEmbed's) come with their own negatives; held-out questions are dropped below
+        # and the leakage check covers them like every other source.
+        rows = read_triplet_set(spec, limit=triplet_limit)
+        clean = [t for t in rows if not any(p in held["medquad_dev_answers"] for p in t.pos + t.neg)]
+        dropped[f"{spec} (holds a judged dev answer)"] = len(rows) - len(clean)
+        mix += clean
     # A few claims occur word for word in more than one split (SciFact has such duplicates).
     kept = [t for t in mix if normalize_query(t.query) not in held["queries"]]
     dropped.update(f"{t.meta.get('source')} (query is an evaluation query)" for t in mix
