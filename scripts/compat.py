@@ -33,10 +33,15 @@ def _pythons(work: Path) -> dict[str, str]:
             "pylate": str(ROOT / run("pylate_venv.sh")), "colbert-ai": str(ROOT / run("colbert_ai_venv.sh"))}
 
 
-def _side(python: str, *args: str) -> None:
+def _side(python: str, *args: str, fatal: bool = True) -> str | None:
+    """Run one library's side; its last error line when it fails (fatal: stop the run)."""
     res = subprocess.run([python, str(SIDE), *args], capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
+    if res.returncode == 0:
+        return None
+    if fatal:
         raise SystemExit(f"compat: {' '.join(args[:3])} failed:\n{res.stderr[-2500:]}")
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"exit {res.returncode}"
 
 
 def _texts(data: Path, docs: int) -> dict:
@@ -113,7 +118,8 @@ def main() -> int:
         out = release.save_pretrained(work / f"{args.release}-{fmt}", format=fmt)
         folders[f"{args.release} saved by medcolbert as {fmt}"] = (str(out), "medcolbert")
     readers = ("medcolbert", "sentence-transformers", "pylate", "colbert-ai")
-    rows, nq, nd = [], len(texts["queries"]), len(texts["docs"])
+    rows: list[dict] = []
+    nq, nd = len(texts["queries"]), len(texts["docs"])
     original = work / "release-original.npz"
     _side(py["medcolbert"], "encode", "medcolbert", args.release, str(work / "texts.json"), str(original))
     for name, (folder, reference) in folders.items():
@@ -123,7 +129,11 @@ def main() -> int:
                     reader == "colbert-ai" and "sentence-transformers" in folder.rsplit("/", 1)[-1]):
                 continue  # colbert-ai reads only its own layout
             target = work / f"{Path(folder).name}--{reader}.npz"
-            _side(py[reader], "encode", reader, folder, str(work / "texts.json"), str(target))
+            error = _side(py[reader], "encode", reader, folder, str(work / "texts.json"), str(target), fatal=False)
+            if error is not None:  # recorded as a cell of the matrix: this library cannot read this layout
+                rows.append({"folder": name, "reader": reader, "error": error})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             encoded[reader] = _load(target, nq, nd)
         ref = _load(original, nq, nd) if reference == "medcolbert" else encoded[reference]
         for reader, got in encoded.items():
@@ -136,6 +146,9 @@ def main() -> int:
     table = ["| folder | read by | reference | max abs diff q / d | queries same shape | top-10 overlap | identical top 10 |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            table.append(f"| {r['folder']} | {r['reader']} | - | cannot load it: {r['error']} | - | - | - |")
+            continue
         table.append(f"| {r['folder']} | {r['reader']} | {r['reference']} | {r['max_abs_diff_queries']:.2e} / "
                      f"{r['max_abs_diff_docs']:.2e} | {r['queries_same_shape']}/{r['queries']} | {r['top10_overlap']:.4f} "
                      f"| {r['top10_identical']:.4f} |")

@@ -212,3 +212,18 @@ def test_folders_written_by_pylate_and_colbert_ai_load_with_their_vectors(tmp_pa
     assert model.layout == ("pylate" if library == "pylate" else "colbert-ai")
     _assert_same(model, ([torch.from_numpy(ref[f"q{i}"]) for i in range(len(QUERIES))],
                          [torch.from_numpy(ref[f"d{i}"]) for i in range(len(DOCS))]))
+
+
+@pytest.mark.parametrize("release", ["medcolbert-minilm-v1", "medcolbert-minilm-v2", "medcolbert-minilm-v3",
+                                     "medcolbert-minilm-v4", "medcolbert-minilm-v5"])
+def test_every_release_tells_other_libraries_the_length_medcolbert_pads_queries_to(release):
+    """colbert-ai, PyLate and Sentence Transformers pad every query to artifact.metadata's query_maxlen."""
+    from medcolbert.modeling.checkpoint import release_model_path
+
+    folder = release_model_path(release)
+    if folder is None:
+        pytest.skip(f"{release} is not part of this install")
+    meta = json.loads((folder / "artifact.metadata").read_text())
+    model = ColBERT.from_pretrained(release, device="cpu")
+    assert meta["query_maxlen"] == model.config.augment_len
+    assert meta.get("medcolbert_query_maxlen", meta["query_maxlen"]) == model.config.query_maxlen
