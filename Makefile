@@ -9,7 +9,7 @@ EXPERIMENT ?= experiments/panel.yaml
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo flagship rerank-demo test bench-encode compat-colbert-ai clean train-real-questions real-questions \
+.PHONY: install demo flagship rerank-demo test test-gpu compat bench-encode compat-colbert-ai clean train-real-questions real-questions \
 	bench-search bench-latency bench-scale bench-engines bench-exact-stage bench-filters bench-ray bench-service \
 	probe-cli pyterrier-experiment bench-cpu
 
@@ -53,6 +53,16 @@ rerank-demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# On a machine with a GPU: the CUDA tests alone (engine, encoders in every layout, bf16 training).
+test-gpu: install
+	$(BIN)/python -m pytest -q -m cuda tests/test_cuda.py
+
+# Layout compatibility: medcolbert, Sentence Transformers 6, PyLate 1.6 and colbert-ai 0.2.22 (each in its own venv,
+# built in .cache on first use) read each other's folders; vectors and top 10s compared on SciFact test.
+compat: install
+	$(BIN)/python scripts/compat.py --out experiments/compat/results.json
+	$(BIN)/medcolbert experiment experiments/compat/other-libraries.yaml
 
 # Encoding throughput (passages/s, tokens/s) at doc_maxlen 300, fp32 and bf16, on SciFact passages.
 bench-encode: install

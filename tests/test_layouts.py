@@ -68,11 +68,11 @@ def _backbone_folder(tmp: Path, family: str) -> Path:
     common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=64, pad_token_id=tokenizer.pad_token_id)
     if family == "modernbert":
-        model = ModernBertModel(ModernBertConfig(**common, max_position_embeddings=128, global_attn_every_n_layers=1,
+        model = ModernBertModel(ModernBertConfig(**common, max_position_embeddings=512, global_attn_every_n_layers=1,
                                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
                                                  cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id))
     else:
-        model = XLMRobertaModel(XLMRobertaConfig(**common, max_position_embeddings=130, type_vocab_size=1),
+        model = XLMRobertaModel(XLMRobertaConfig(**common, max_position_embeddings=514, type_vocab_size=1),
                                 add_pooling_layer=False)
     folder = tmp / family
     model.save_pretrained(str(folder))
@@ -194,16 +194,18 @@ def _peer(name: str) -> Path | None:
     return python if python.is_file() else None
 
 
-@pytest.mark.parametrize("library", ["pylate", "colbert-ai"])
-def test_folders_written_by_pylate_and_colbert_ai_load_with_their_vectors(tmp_path, library):
+@pytest.mark.parametrize(("library", "backbone"), [("pylate", "minilm"), ("pylate", "modernbert"),
+                                                   ("pylate", "xlm-roberta"), ("colbert-ai", "minilm")])
+def test_folders_written_by_pylate_and_colbert_ai_load_with_their_vectors(tmp_path, library, backbone):
     """Runs each peer in its own venv (scripts/pylate_venv.sh, scripts/colbert_ai_venv.sh) when it is there."""
     python = _peer(library)
     if python is None:
         pytest.skip(f"no {library} venv in .cache (make compat builds it)")
     side = Path(__file__).resolve().parents[1] / "scripts" / "compat_side.py"
+    base = default_model_path() if backbone == "minilm" else _backbone_folder(tmp_path, backbone)
     folder, texts = tmp_path / library, tmp_path / "texts.json"
     texts.write_text(json.dumps({"queries": QUERIES, "docs": DOCS}))
-    for args in (["save", library, str(default_model_path()), str(folder)],
+    for args in (["save", library, str(base), str(folder)],
                  ["encode", library, str(folder), str(texts), str(tmp_path / "ref.npz")]):
         res = subprocess.run([str(python), str(side), *args], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
@@ -212,6 +214,27 @@ def test_folders_written_by_pylate_and_colbert_ai_load_with_their_vectors(tmp_pa
     assert model.layout == ("pylate" if library == "pylate" else "colbert-ai")
     _assert_same(model, ([torch.from_numpy(ref[f"q{i}"]) for i in range(len(QUERIES))],
                          [torch.from_numpy(ref[f"d{i}"]) for i in range(len(DOCS))]))
+
+
+def test_a_folder_in_both_layouts_reads_colbert_ai_s_projection(tmp_path, tiny_model):
+    """answerai-colbert-small-v1 ships colbert-ai's files and PyLate's in one folder: colbert-ai's are read."""
+    folder = tiny_model.save_pretrained(tmp_path / "both")
+    pylate = tiny_model.save_pretrained(tmp_path / "pylate", format="pylate")
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
+        (folder / name).write_bytes((pylate / name).read_bytes())
+    (folder / "1_Dense").mkdir()
+    for f in (pylate / "1_Dense").iterdir():
+        (folder / "1_Dense" / f.name).write_bytes(f.read_bytes())
+    model = ColBERT.from_pretrained(folder, device="cpu")
+    assert model.layout == "colbert-ai"
+    assert torch.equal(model.encode_queries(QUERIES), tiny_model.encode_queries(QUERIES))
+    # Without linear.weight among the weights, the folder's Dense module is the projection.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["linear.weight"]
+    save_file(weights, str(folder / "model.safetensors"))
+    assert ColBERT.from_pretrained(folder, device="cpu").layout == "pylate"
 
 
 @pytest.mark.parametrize("release", ["medcolbert-minilm-v1", "medcolbert-minilm-v2", "medcolbert-minilm-v3",

@@ -69,7 +69,7 @@ def compress_chunks_on_ray(work: Path, model: Any, source: Any, todo: list[int],
     try:
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         gpus = ray.cluster_resources().get("GPU", 0) >= n
-        overrides = {"doc_maxlen": model.config.doc_maxlen}
+        overrides = {"doc_maxlen": model.config.doc_maxlen, "new_projection": getattr(model, "new_projection", False)}
         Worker = _worker_class()
         options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
         actors = [Worker.options(**options).remote(str(model.source), overrides, str(work), nbits,

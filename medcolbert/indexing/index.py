@@ -364,8 +364,10 @@ class Index:
         source = model if model is not None else recorded.get("source")
         doc_maxlen = recorded.get("config", {}).get("doc_maxlen")
         overrides = {"doc_maxlen": doc_maxlen} if doc_maxlen else {}
+        # A plain encoder's seeded projection is made again the same way (the fingerprint check then holds).
+        fresh = model is None and bool(recorded.get("new_projection"))
         try:
-            loaded = ColBERT.from_pretrained(source, device=device, **overrides)
+            loaded = ColBERT.from_pretrained(source, device=device, new_projection=fresh, **overrides)
         except CheckpointError as exc:
             if model is not None:
                 raise
@@ -600,7 +602,8 @@ def new_manifest(model, codec: ResidualCodec, build_info: dict) -> dict:  # type
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "generation": 0,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": {"name": model.name, "source": model.source, "fingerprint": model.fingerprint(weights_only=True),
-                      "config": model.config.to_dict()},
+                      "config": model.config.to_dict(),
+                      **({"new_projection": True} if getattr(model, "new_projection", False) else {})},
             "dim": codec.dim, "nbits": codec.nbits, "num_centroids": codec.num_centroids,
             "segments": [], "files": {}, "deleted": None, "build": build_info}
 

@@ -153,11 +153,27 @@ def read_tensor(folder: Path, key: str) -> torch.Tensor | None:
 _UNUSED_WEIGHTS = ("pooler.", "embeddings.position_ids")
 
 
+def _backbone_config(folder: Path):  # type: ignore[no-untyped-def]
+    """The backbone's transformers config, mending what another transformers version wrote and this one refuses."""
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:  # transformers' strict config classes raise their own validation errors
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        rope = data.get("rope_parameters")
+        # transformers 5.3 writes ModernBERT's per-attention-type rope settings beside top-level keys set to None
+        # (a shape later versions refuse); the nested per-type settings are the ones the model uses.
+        if not (isinstance(rope, dict) and any(v is None for v in rope.values()) and "model_type" in data):
+            raise exc
+        data["rope_parameters"] = {k: v for k, v in rope.items() if v is not None and isinstance(v, dict)} or None
+        model_type = data.pop("model_type")
+        return AutoConfig.for_model(model_type, **data)
+
+
 def _load_backbone(folder: Path) -> torch.nn.Module:
     """The HF backbone of a model folder; every weight it uses must come from the folder, with its shape."""
     try:
         with _quiet_transformers():
-            config = AutoConfig.from_pretrained(str(folder))
+            config = _backbone_config(folder)
             try:
                 model, info = AutoModel.from_pretrained(str(folder), config=config, dtype=torch.float32,
                                                         output_loading_info=True)
@@ -219,7 +235,7 @@ def load_colbert(name_or_path: str | Path | None = None, *, new_projection: bool
     if max_positions and max(config.doc_maxlen, config.query_maxlen) > max_positions:
         raise CheckpointError(f"doc_maxlen {config.doc_maxlen} / query_maxlen {config.query_maxlen} exceed the "
                               f"backbone's {max_positions} positions")
-    tokenizer = AutoTokenizer.from_pretrained(str(layout.backbone))
+    tokenizer = AutoTokenizer.from_pretrained(str(layout.backbone), config=backbone.config)
     tokenizer, backbone = _ensure_markers(tokenizer, backbone, config)
     try:
         model = ColBERT(backbone, tokenizer, config, projection=projection, bias=layout.bias, name=display,
@@ -227,6 +243,8 @@ def load_colbert(name_or_path: str | Path | None = None, *, new_projection: bool
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
     model.layout = layout.kind
+    # Made here rather than read: whoever reopens this model (an index, a Ray worker) must ask for it again.
+    model.new_projection = projection is None
     return model
 
 

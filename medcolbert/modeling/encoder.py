@@ -64,6 +64,7 @@ class ColBERT(nn.Module):
         self.name = name
         # The checkpoint layout it was loaded from ("colbert-ai", "pylate", "sentence-transformers", ...).
         self.layout = "colbert-ai"
+        self.new_projection = False   # True when load_colbert made the projection (a plain encoder)
         # What from_pretrained was given (None = the packaged default), so an index can name its model.
         self.source = source
         # Mixed precision for encoding: float16 on CUDA by default, full precision on CPU unless asked.
