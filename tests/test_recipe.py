@@ -106,6 +106,20 @@ def test_colbertv2_medembed_recipe_runs_end_to_end_offline(tmp_path, hub):
     assert not torch.equal(tuned.linear.weight, start.linear.weight)   # it trained
     meta = json.loads((Path(final) / "artifact.metadata").read_text())
     assert meta["query_maxlen"] == 32 and meta["dim"] == 128          # what colbert-ai will read
+    colbert_ai = ROOT / ".cache" / "colbert-ai-venv" / "bin" / "python"
+    if colbert_ai.is_file():  # colbert-ai itself loads the result and encodes as medcolbert does (make compat builds it)
+        import subprocess
+
+        import numpy as np
+
+        texts = {"queries": ["iron deficiency treatment"], "docs": ["Oral ferrous sulfate restores iron stores."]}
+        (tmp_path / "texts.json").write_text(json.dumps(texts))
+        res = subprocess.run([str(colbert_ai), str(ROOT / "scripts" / "compat_side.py"), "encode", "colbert-ai", str(final),
+                              str(tmp_path / "texts.json"), str(tmp_path / "ref.npz")], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        ref = np.load(tmp_path / "ref.npz")
+        assert np.abs(tuned.encode_queries(texts["queries"])[0].numpy() - ref["q0"]).max() <= 1e-5
+        assert np.abs(tuned.encode_documents(texts["docs"])[0].numpy() - ref["d0"]).max() <= 1e-5
 
 
 def test_single_vector_presets_resolve_with_their_cards_pooling_and_instruction(tmp_path, hub):
