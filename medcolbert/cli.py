@@ -185,7 +185,9 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-queries", action="store_true",
                    help="search every query of queries.jsonl without evaluating (no qrels needed)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
-    _add_output_args(p)
+    p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
+    p.add_argument("--json", metavar="PATH", help="also write JSON here ('-': JSON on stdout, the table on stderr): "
+                                                  "the metrics table, or with --query the hits")
 
 
 def _parser_update(sub: argparse._SubParsersAction) -> None:
@@ -647,6 +649,8 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
             print("     " + json.dumps(row["metadata"], ensure_ascii=False)[:200], file=out)
     if not index.has_documents:
         _log(f"{args.index} stores no document texts (built with store_documents=False or by an older version)")
+    if not rows:   # said, not left to an empty screen
+        _log(f"no document matches --where {args.where!r}" if args.where else "no hits")
     return 0
 
 
@@ -703,6 +707,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.index}: intact ({len(index.manifest['files'])} files, {stats['bytes_total'] / 1e6:.1f} MB checked "
           f"in {time.perf_counter() - t0:.1f}s; {stats['documents']} documents, {stats['embeddings']} vectors, "
           f"generation {index.manifest.get('generation')})")
+    for field, kinds in index.mixed_fields().items():
+        print(f"field {field!r} holds values of several kinds ({', '.join(kinds)}): each condition runs on the "
+              "documents whose value fits it")
+    leftovers = index.leftover_segments()
+    if leftovers:
+        print(f"{len(leftovers)} segment folder(s) no manifest names ({', '.join(leftovers[:5])}): left by an "
+              "interrupted writer; the next update or compaction removes them")
     return 0
 
 

@@ -22,6 +22,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("medcolbert.langchain needs langchain-core: pip install 'medcolbert[langchain]'") from exc
 
 
+RETRIEVAL_FIELDS = ("id", "score", "rank")
+
+
 class MedColbertRetriever(BaseRetriever):
     """PLAID search as a LangChain retriever; each Document carries the id and score in its metadata."""
 
@@ -55,8 +58,11 @@ class MedColbertRetriever(BaseRetriever):
         out = []
         for rank, hit in enumerate(rows):
             doc_id, score = hit["id"], hit["score"]
-            meta = {"id": doc_id, "score": float(score), "rank": rank, **(hit.get("metadata") or {}),
-                    **dict((self.metadata or {}).get(doc_id, {}))}
+            stored_meta = {**(hit.get("metadata") or {}), **dict((self.metadata or {}).get(doc_id, {}))}
+            # The retrieval's own fields always mean the retrieval; a stored field of the same name is kept
+            # apart as stored_<name> rather than overwriting (or being overwritten by) them.
+            meta = {(f"stored_{k}" if k in RETRIEVAL_FIELDS else k): v for k, v in stored_meta.items()}
+            meta.update(id=doc_id, score=float(score), rank=rank)
             text = hit["text"] if stored else (self.documents[doc_id] if self.documents is not None
                                                and doc_id in self.documents else doc_id)
             out.append(Document(page_content=text, metadata=meta, id=str(doc_id)))

@@ -62,8 +62,25 @@ class EncodedQueries:
         return self.vectors[i], None if self.pooled is None else self.pooled[i]
 
     def __post_init__(self) -> None:
+        import torch
+
+        self.ids, self.texts = list(self.ids), list(self.texts)
         if len(self.ids) != len(self.texts) or len(self.ids) != len(self.vectors):
             raise ValueError(f"{len(self.ids)} ids, {len(self.texts)} texts and {len(self.vectors)} query vectors")
+        seen: set[str] = set()
+        for q in self.ids:   # a repeated id would silently drop one of the queries
+            if q in seen:
+                raise ValueError(f"EncodedQueries: query id {q!r} is given twice")
+            seen.add(q)
+        vectors = torch.as_tensor(self.vectors) if not isinstance(self.vectors, torch.Tensor) else self.vectors
+        if len(self.ids) and (vectors.ndim != 3 or not torch.isfinite(vectors).all()):
+            raise ValueError(f"EncodedQueries: vectors must be finite, [queries, tokens, dim]; got shape "
+                             f"{tuple(vectors.shape)}" + ("" if vectors.ndim != 3 else " with NaN or infinity"))
+        if self.pooled is not None:
+            pooled = torch.as_tensor(self.pooled)
+            if pooled.ndim != 2 or len(pooled) != len(self.ids) or not torch.isfinite(pooled).all():
+                raise ValueError(f"EncodedQueries: pooled must be finite, [{len(self.ids)}, hidden]; got "
+                                 f"{tuple(pooled.shape)}")
         self._at = {q: i for i, q in enumerate(self.ids)}
 
     def __len__(self) -> int:
@@ -203,6 +220,14 @@ class PlaidRetriever(Retriever):
         the third is the best passage, which `searcher.documents` turns into the snippet."""
         if not isinstance(queries, EncodedQueries):
             queries = EncodedQueries.encode(self.searcher.model, queries)
+        index = self.searcher.index
+        if len(queries) and queries.vectors.shape[-1] != index.codec.dim:
+            raise ValueError(f"EncodedQueries hold {queries.vectors.shape[-1]}-dim vectors but the index holds "
+                             f"{index.codec.dim}-dim ones")
+        if len(queries) and queries.pooled is not None and index.pooled is not None and \
+                queries.pooled.shape[-1] != index.pooled.shape[-1]:
+            raise ValueError(f"EncodedQueries' pooled vectors are {queries.pooled.shape[-1]}-dim but the index's are "
+                             f"{index.pooled.shape[-1]}-dim")
         out: dict[str, list[tuple[str, float, str]]] = {}
         for q in queries.ids:
             vectors, pooled = queries.row(q)

@@ -7,6 +7,8 @@ import math
 import re
 from collections.abc import Callable
 
+import numpy as np
+
 # C0/C1 control characters (NUL included) and DEL: never part of an id, and they truncate or hide ids in
 # TREC files, logs and terminals.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -15,11 +17,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
     """value as an int in [lo, hi], or a ValueError naming `name` and the accepted range."""
     accepted = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be an integer {accepted}, got {value!r}")
+    # A float, even 5.0, is refused: accepting it here let it reach a slice later ("slice indices must be integers").
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer {accepted}, got {value!r}")
     if value < lo or (hi is not None and value > hi):
         raise ValueError(f"{name} must be an integer {accepted}, got {value}")
     return int(value)
@@ -81,6 +81,17 @@ def id_problem(value: str) -> str | None:
         # TREC run and qrels files are whitespace-separated: an id with a space cannot be written back.
         return "holds whitespace (TREC files separate fields by whitespace)"
     return None
+
+
+def check_id_list(value: object, what: str) -> list:
+    """A collection of ids as a list, refusing a bare string or bytes (which would iterate as characters)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} takes a list of ids, not one {type(value).__name__} ({value!r}): wrap it, "
+                        f"e.g. [{value!r}]")
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"{what} takes a list of ids, got {type(value).__name__}") from None
 
 
 def check_id(value: object, what: str = "id") -> str:

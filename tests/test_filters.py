@@ -76,7 +76,7 @@ def test_matching_equals_a_plain_scan_of_the_metadata(index, corpus, where, cond
 def test_columns_are_written_with_the_segment_and_kept_by_updates_deletes_and_compaction(tmp_path, model, corpus):
     idx = Index.build(tmp_path / "i", model, dict(list(corpus.items())[:60]), nbits=2, show_progress=False)
     fields = idx.manifest["segments"][0]["fields"]
-    assert {f: s["kind"] for f, s in fields.items()} == {"source": "text", "year": "number", "date": "date",
+    assert {f: s["kind"] for f, s in fields.items()} == {"source": "text", "year": "integer", "date": "date",
                                                          "patient": "text"}
     for spec in fields.values():
         for part in spec["parts"]:

@@ -24,8 +24,13 @@ class BM25:
 
     def index(self, documents: Mapping[str, str], show_progress: bool = False) -> "BM25":
         """Index documents given as {doc id: text}."""
+        if not isinstance(documents, Mapping):
+            raise TypeError(f"BM25 indexes a dict {{doc id: text}}, got {type(documents).__name__}")
         if not documents:
             raise ValueError("cannot build a BM25 index over an empty corpus")
+        bad = next((d for d, t in documents.items() if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"BM25: the text of document {bad!r} is {type(documents[bad]).__name__}, expected str")
         self.doc_ids = list(documents)
         tokens = bm25s.tokenize(list(documents.values()), stopwords=self.stopwords, stemmer=self.stemmer,
                                 show_progress=show_progress)

@@ -88,9 +88,21 @@ def format_table(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]
     return "\n".join(lines)
 
 
+def _finite(value: object) -> object:
+    """value with every float that is not finite replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(data: object, path: str | Path) -> Path | None:
     """Write JSON (indented, keys in order) creating parent folders, atomically; '-' prints it to stdout."""
-    text = json.dumps(data, indent=2) + "\n"
+    # NaN and infinity are not JSON (a document's metadata may hold one from before they were refused): null.
+    text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
     if str(path) == "-":
         import sys
 

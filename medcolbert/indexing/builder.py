@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, MedColbertError
+from ..filters import check_metadata, flatten_metadata
 from ..evaluation.datasets import iter_jsonl, require_str
 from ..fsutil import failpoint, recover_replaced, replace_folder
 from ..modeling.encoder import encode_documents_pooled, has_pooled_head
@@ -57,8 +58,7 @@ class CorpusSource:
                 try:
                     check_id(d, f"document id (entry {i + 1})")
                     check_text(t, f"text of document '{d}'")
-                    if meta is not None and not isinstance(meta, dict):
-                        raise ValueError(f"metadata of document '{d}' must be a dict, got {type(meta).__name__}")
+                    check_metadata(meta, d)
                 except ValueError as exc:
                     raise MedColbertError(str(exc)) from None
                 content.update(_hash_item(d, t, meta))
@@ -81,6 +81,11 @@ class CorpusSource:
             if is_blank(full):
                 raise DataError(f"document '{doc_id}' has empty 'text' and 'title'", self.path, line)
             meta = {k: v for k, v in obj.items() if k not in ("_id", "text")}
+            try:
+                meta = flatten_metadata(meta)
+                check_metadata(meta, doc_id)
+            except ValueError as exc:
+                raise DataError(str(exc), self.path, line) from None
             yield doc_id, full, (meta or None)
 
     def __len__(self) -> int:
@@ -107,6 +112,9 @@ def _records(corpus: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, str, 
     """(id, text, metadata) of an in-memory corpus, in any of the accepted shapes."""
     bad = MedColbertError("a corpus is a dict {id: text} or {id: {'text', 'metadata'}}, a list of texts, of (id, text) "
                           "pairs or of {'id', 'text', 'metadata'} records, or a corpus.jsonl path")
+    if corpus is None or isinstance(corpus, (bytes, int, float, bool)) or not isinstance(corpus, (Mapping, Sequence)) \
+            and not hasattr(corpus, "__iter__"):
+        raise MedColbertError(f"corpus: {bad} (got {type(corpus).__name__})")
     if isinstance(corpus, Mapping):
         out = []
         for d, v in corpus.items():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import MedColbertError
+from ..filters import check_metadata
 from ..passages import PassageSplitter, parent_of, split_records
 from ..validation import check_id, check_text
 
@@ -87,6 +88,12 @@ def _check_inputs(texts: Mapping[str, str], metadata: Mapping[str, Any], split: 
     stray = [d for d in metadata if d not in texts]
     if stray:
         raise MedColbertError(f"metadata for {len(stray)} id(s) not among the documents, e.g. {stray[0]!r}")
+    for unit, meta in metadata.items():
+        try:
+            # Passage metadata carries the place the splitter wrote; users' metadata may not name that key.
+            check_metadata(meta, parent_of(unit) if split else unit, allow_reserved=split)
+        except ValueError as exc:
+            raise MedColbertError(str(exc)) from None
 
 
 def check_vectors(encoded: EncodedDocuments, dim: int, pooled_dim: int | None, holds_documents: bool) -> None:

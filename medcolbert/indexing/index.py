@@ -18,7 +18,7 @@ from ..errors import IndexFormatError, MedColbertError
 from ..filters import ID_FIELD, Condition, FilterError, WhereLike, check_fields, column_mask, parse_where
 from ..fsutil import failpoint, recover_replaced
 from ..modeling.encoder import has_pooled_head
-from ..validation import check_id
+from ..validation import check_id, check_id_list
 from ..passages import SEPARATOR, SPAN_KEY, join_passages, parent_of
 from .codec import ResidualCodec
 from .encoded import EncodedDocuments, check_vectors
@@ -33,9 +33,11 @@ class Index:
         self.path = Path(path)
         recover_replaced(self.path)   # an overwrite cut off between its two renames leaves the old index beside
         self.manifest = read_manifest(self.path)
-        if verify:
-            self.verify()
+        if verify:   # files first: a damaged array must not be loaded
+            self._verify_files()
         self._load()
+        if verify:
+            self._verify_passages()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -46,6 +48,8 @@ class Index:
     @classmethod
     def build(cls, path: str | Path, model, corpus, nbits: int = 2, **options) -> "Index":  # type: ignore[no-untyped-def]
         """Build an index of `corpus` with `model` at `path` (see indexing.builder.build_index)."""
+        if not (callable(getattr(model, "encode_documents", None)) and hasattr(model, "config")):
+            raise TypeError(f"model must be a ColBERT model (ColBERT.from_pretrained(...)), got {type(model).__name__}")
         from .builder import build_index
 
         return cls(build_index(path, model, corpus, nbits=nbits, **options))
@@ -57,8 +61,18 @@ class Index:
 
         return cls(build_from_vectors(path, shards, model_name, **options))
 
+    def leftover_segments(self) -> list[str]:
+        """Segment folders no manifest names (left by a writer killed mid-way; the next write removes them)."""
+        named = {s["name"] for s in self.manifest["segments"]}
+        folder = self.path / "segments"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in named) if folder.is_dir() else []
+
     def verify(self) -> None:
-        """Check every file against the sha256 in the manifest."""
+        """Check every file against the sha256 in the manifest, and that split documents' passages keep their place."""
+        self._verify_files()
+        self._verify_passages()
+
+    def _verify_files(self) -> None:
         for rel, info in self.manifest["files"].items():
             p = self.path / rel
             if not p.is_file():
@@ -67,6 +81,13 @@ class Index:
                 raise IndexFormatError(f"{self.path}: {rel} has {p.stat().st_size} bytes, the manifest says {info['bytes']}")
             if sha256_file(p) != info["sha256"]:
                 raise IndexFormatError(f"{self.path}: {rel} does not match its checksum (damaged file)")
+
+    def _verify_passages(self) -> None:
+        if self.passages and self.has_documents:
+            for unit, position in self.position.items():
+                if SPAN_KEY not in self._stored(position)[2]:
+                    raise IndexFormatError(f"{self.path}: passage '{unit}' has lost its place in its document "
+                                           f"(no {SPAN_KEY!r} in its stored metadata)")
 
     def _load(self) -> None:
         m, files = self.manifest, self.manifest["files"]
@@ -198,19 +219,23 @@ class Index:
 
     # ------------------------------------------------------------------ metadata filters
     def field_columns(self) -> list[dict | None]:
-        """Per segment, its metadata columns {field: FieldColumn} (None for a segment that keeps no documents)."""
+        """Per segment, its metadata columns {field: [FieldColumn per kind]} (None for a segment without documents)."""
         if self._fields is None:
             self._fields = [read_fields(self.path, rel, self.manifest["files"], entry, store, n)
                             for rel, entry, store, n in self._segment_fields]
         return self._fields
 
     def field_kinds(self) -> dict[str, set[str]]:
-        """Every filterable metadata field and its kinds (number, date, text) across segments."""
+        """Every metadata field and its kinds (integer, number, date, text; nested: not filterable) across segments."""
         kinds: dict[str, set[str]] = {}
         for cols in self.field_columns():
-            for name, col in (cols or {}).items():
-                kinds.setdefault(name, set()).add(col.kind)
+            for name, columns in (cols or {}).items():
+                kinds.setdefault(name, set()).update(col.kind for col in columns)
         return kinds
+
+    def mixed_fields(self) -> dict[str, list[str]]:
+        """The fields whose values are of more than one kind (each condition then runs on the values that fit)."""
+        return {name: sorted(k) for name, k in self.field_kinds().items() if len(k - {"nested"}) > 1}
 
     def matching(self, where: WhereLike) -> np.ndarray | None:
         """The live index entries that a filter matches, as a boolean mask over positions (None: no filter).
@@ -234,10 +259,14 @@ class Index:
         return mask
 
     def _field_mask(self, c: Condition) -> np.ndarray:
+        # Strings read as numbers only where no segment holds text in the field (then nothing is ambiguous).
+        lenient = "text" not in self.field_kinds().get(c.field, set())
         parts = []
         for (_, _, _, n), cols in zip(self._segment_fields, self.field_columns()):
-            col = (cols or {}).get(c.field)
-            parts.append(column_mask(col, c) if col is not None else np.zeros(n, dtype=bool))
+            mask = np.zeros(n, dtype=bool)
+            for col in (cols or {}).get(c.field, []):
+                mask |= column_mask(col, c, lenient)
+            parts.append(mask)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
     def _id_mask(self, c: Condition) -> np.ndarray:
@@ -433,6 +462,10 @@ class Index:
                 if read_manifest(self.path).get("generation") != self.manifest.get("generation"):
                     self.manifest = read_manifest(self.path)
                     self._load()
+                # Segment folders of a writer killed after its commit (a compaction's old segments) or before it
+                # are collected here, under the lock, where no other writer can be placing one.
+                for name in self.leftover_segments():
+                    shutil.rmtree(self.path / "segments" / name, ignore_errors=True)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -451,7 +484,7 @@ class Index:
             raise TypeError("Index.update(add=) takes EncodedDocuments: encode texts with "
                             "EncodedDocuments.encode(model, documents, metadata, index=index)")
         add = add or EncodedDocuments({}, [])
-        delete = list(delete)
+        delete = check_id_list(delete, "Index.update(delete=)")
         for d in delete:
             try:
                 check_id(d, "document id to delete")
@@ -512,7 +545,7 @@ class Index:
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Mark documents deleted (they never come back in results); returns how many."""
-        return self.update(delete=doc_ids)["deleted"]
+        return self.update(delete=check_id_list(doc_ids, "Index.delete"))["deleted"]
 
     def _tombstone_manifest(self, manifest: dict, doc_ids: Sequence[str]) -> dict:
         unknown = [d for d in doc_ids if d not in self.position]
@@ -540,8 +573,9 @@ class Index:
         rows, lens = self.embedding_rows(live)
         store = None
         if self.has_documents:
-            docs = [self.document(int(i)) for i in live]
-            store = encode_store([d["text"] for d in docs], [d["metadata"] or None for d in docs])
+            # The raw stored entries: a split document's passages keep their place (document() strips it).
+            docs = [self._stored(int(i)) for i in live]
+            store = encode_store([text for _, text, _ in docs], [meta or None for _, _, meta in docs])
         entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
                                                self.residual_rows(rows), store,
                                                self.pooled_vectors(live).numpy() if self.pooled is not None else None)

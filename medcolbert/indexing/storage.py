@@ -303,10 +303,17 @@ def write_fields(root: Path, rel: str, metas: list[dict | None]) -> tuple[dict[s
     """One column per metadata field under root/rel, the per-field index filtered searches read (filters.py);
     returns (the segment entry's "fields", file entries)."""
     fields, files = {}, {}
-    for i, (field, (kind, arrays)) in enumerate(field_columns(metas).items()):
+    columns = field_columns(metas)
+    counts: dict[str, int] = {}
+    for field, _, _ in columns:
+        counts[field] = counts.get(field, 0) + 1
+    for i, (field, kind, arrays) in enumerate(columns):
         for part, array in arrays.items():
             files[f"{rel}/field-{i}.{part}.npy"] = save_array(root / rel / f"field-{i}.{part}.npy", array)
-        fields[field] = {"kind": kind, "file": f"field-{i}", "parts": sorted(arrays)}
+        # A field of one kind is keyed by its name (as before mixed kinds were kept apart); a mixed one has a
+        # column per kind, keyed name#kind, each naming its field.
+        key = field if counts[field] == 1 else f"{field}#{kind}"
+        fields[key] = {"kind": kind, "file": f"field-{i}", "parts": sorted(arrays), "field": field}
     return fields, files
 
 
@@ -318,19 +325,22 @@ def store_metadata(store: dict[str, np.ndarray]) -> list[dict | None]:
 
 
 def read_fields(root: Path, rel: str, files: dict, entry: dict, store: "DocumentStore | None",
-                n: int) -> dict[str, FieldColumn] | None:
+                n: int) -> dict[str, list[FieldColumn]] | None:
     """A segment's metadata columns (memory-mapped): as written with it, or made now from its document store
     (a segment written before columns existed); None for a segment that keeps no documents."""
     if "fields" in entry:
-        out = {}
-        for field, spec in entry["fields"].items():
-            if spec.get("kind") not in KINDS or not isinstance(spec.get("file"), str):
-                raise IndexFormatError(f"{root}: {rel}: field {field!r} has a damaged entry in the manifest")
+        out: dict[str, list[FieldColumn]] = {}
+        for key, spec in entry["fields"].items():
+            field = spec.get("field", key) if isinstance(spec, dict) else key
+            if not isinstance(spec, dict) or spec.get("kind") not in KINDS or not isinstance(spec.get("file"), str):
+                raise IndexFormatError(f"{root}: {rel}: field {key!r} has a damaged entry in the manifest (kinds this "
+                                       f"version reads: {', '.join(KINDS)})")
             arrays = {part: load_array(root, f"{rel}/{spec['file']}.{part}.npy", files, mmap=part == "data")
                       for part in spec.get("parts", ["data"])}
             if len(arrays["data"]) != n:
                 raise IndexFormatError(f"{root}: {rel}: field {field!r} has {len(arrays['data'])} rows for {n} documents")
-            out[field] = FieldColumn(spec["kind"], arrays["data"], arrays.get("values"), arrays.get("value_offsets"))
+            out.setdefault(field, []).append(FieldColumn(spec["kind"], arrays["data"], arrays.get("values"),
+                                                         arrays.get("value_offsets")))
         return out
     if store is None:
         return None

@@ -146,7 +146,9 @@ class Searcher:
 
         where: a metadata filter (see filters.py: "source in {a, b} and year >= 2015", or a mapping); only
         matching documents are searched, so k hits come back whenever k documents match."""
-        if not isinstance(query, str) or is_blank(query):
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__} (search_all takes several queries)")
+        if is_blank(query):
             raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
         with self._threads():

@@ -32,6 +32,11 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
                        batch_size=batch_size) for i, q in enumerate(query)]
     if isinstance(query, str) and is_blank(query):
         raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
+    if not isinstance(query, (str, torch.Tensor)):
+        raise TypeError(f"query must be a str, a [tokens, dim] tensor or a list of them, got {type(query).__name__}")
+    if isinstance(candidates, (str, bytes)) or not isinstance(candidates, (Mapping, list, tuple, torch.Tensor)):
+        raise TypeError("candidates must be a list of texts or [tokens, dim] tensors, or a dict {id: text}; got "
+                        f"{type(candidates).__name__}" + (" (wrap one text in a list)" if isinstance(candidates, str) else ""))
     if k is not None:
         check_int("k", k, 1)
     if isinstance(candidates, Mapping):
