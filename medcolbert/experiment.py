@@ -9,9 +9,13 @@ are checked after the run: any drift past the tolerance fails the command, after
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +25,8 @@ import numpy as np
 
 from .errors import DataError, MedColbertError
 from .evaluation.datasets import BeirDataset, Run, load_beir, read_yaml_mapping, write_run
-from .evaluation.metrics import per_query
+from .evaluation.metrics import parse_metrics, per_query
+from .fsutil import replace_folder
 
 SYSTEM_TYPES = ("bm25", "dense", "colbert", "rerank", "rrf", "run")
 TESTS = ("paired-t", "bootstrap")
@@ -106,9 +111,11 @@ SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "query_augment_len": _or_null(_is_int(3, 8192)), "dense_weight": _is_num(0, 100), "dense_length_power": _is_num(0, 10),
     "nbits": _one_of(1, 2, 4), "ncells": _is_int(1), "centroid_score_threshold": _is_num(-1.0, 1.0), "ndocs": _is_int(1),
     "exact_docs": _is_int(1), "hybrid_depth": _is_int(1),
-    "exact": _is_bool, "preset": _is_str, "num_centroids": _or_null(_is_int(1)), "assignment": _is_str, "kmeans": _is_str,
+    "exact": _is_bool, "preset": _one_of("quality", "colbert-ai"), "num_centroids": _or_null(_is_int(1)),
+    "assignment": _one_of("auto", "exact", "hnsw"), "kmeans": _one_of("auto", "flat", "two-level"),
     "first_stage": _is_str, "depth": _is_int(1, 100_000), "split_documents": _is_bool, "kind": _one_of("colbert", "dense"),
-    "pooling": _is_str, "query_prefix": lambda v: None if isinstance(v, str) else "must be a string", "index": _is_str,
+    "pooling": _one_of("mean", "cls"), "query_prefix": lambda v: None if isinstance(v, str) else "must be a string",
+    "index": _one_of("flat", "hnsw"),
     "runs": _is_str_list, "rrf_k": _is_int(1), "path": _is_str,
     "weights": lambda v: None if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                              and x >= 0 for x in v) else "must be a list of numbers >= 0"}
@@ -181,6 +188,10 @@ def validate_schema(raw: dict, path: Path | None = None) -> None:
                                                f"{sorted(SYSTEM_KEYS[s['type']])}")
 
 
+class MissingPlotting(MedColbertError):
+    """matplotlib is not installed: the run's tables stand, without plots."""
+
+
 class ExperimentDrift(MedColbertError):
     """A result moved past the tolerance from the score the experiment file records."""
 
@@ -248,6 +259,56 @@ class ExperimentConfig:
                                     f"within {inner}", where)
         if self.baseline is not None and self.baseline not in names:
             raise DataError(f"baseline '{self.baseline}' is not a system", where)
+        self.metrics = parse_metrics(self.metrics)   # 'ndcg@10,mrr@10' is a list of two, not of characters
+        self._check_expected(sets, names, where)
+
+    def _check_expected(self, sets: list, names: list[str], where: object) -> None:
+        """`expected` as {data set of this file: {system of this file: {metric measured: number}}}."""
+        for ds, systems in (self.expected or {}).items():
+            if ds not in sets:
+                raise DataError(f"expected: {ds!r} is not a data set of this file {sets}", where)
+            if not isinstance(systems, dict):
+                raise DataError(f"expected.{ds} must be a mapping {{system: {{metric: value}}}}, got {systems!r}", where)
+            for system, metrics in systems.items():
+                if system not in names:
+                    raise DataError(f"expected.{ds}: {system!r} is not a system of this file", where)
+                if not isinstance(metrics, dict):
+                    raise DataError(f"expected.{ds}.{system} must be a mapping {{metric: value}}, got {metrics!r}", where)
+                for metric, value in metrics.items():
+                    if metric not in self.metrics:
+                        raise DataError(f"expected.{ds}.{system}: {metric!r} is not one of the metrics {self.metrics}",
+                                        where)
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                        raise DataError(f"expected.{ds}.{system}.{metric} must be a number in [0, 1], got {value!r}",
+                                        where)
+
+    def check_inputs(self) -> None:
+        """What can be checked before any work: data folders and splits, run files, local model folders."""
+        for i, ds in enumerate(self.datasets):
+            folder = Path(ds["path"])
+            split = ds.get("split", "test")
+            if not (folder / "corpus.jsonl").is_file() or not (folder / "queries.jsonl").is_file():
+                raise DataError(f"datasets[{i}] ({ds['name']}): {folder} is not a BEIR folder (corpus.jsonl and "
+                                "queries.jsonl)", self.source)
+            for part in split.split("+"):
+                if not (folder / "qrels" / f"{part}.tsv").is_file():
+                    raise DataError(f"datasets[{i}] ({ds['name']}): no qrels/{part}.tsv in {folder}", self.source)
+            for s in self.systems:
+                if s.get("type") == "run" and (s.get("datasets") is None or ds["name"] in s["datasets"]):
+                    for part in split.split("+"):
+                        run = Path(str(s["path"]).replace("{split}", part))
+                        base = self.source.parent if self.source is not None else Path(".")
+                        run = run if run.is_absolute() or run.exists() else base / run
+                        if not run.is_file():
+                            raise DataError(f"system {s['name']!r}: run file {run} does not exist", self.source)
+        for s in self.systems:
+            model = _model_source(s)
+            if model is None or not isinstance(model, str):
+                continue
+            looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).exists() or \
+                model.startswith("checkpoints/")
+            if looks_local and not Path(model).expanduser().exists():
+                raise DataError(f"system {s['name']!r}: model folder {model} does not exist", self.source)
 
     @property
     def out(self) -> Path:
@@ -534,8 +595,33 @@ def _sample_queries(data: BeirDataset, n: int | None) -> BeirDataset:
 
 def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Run every system on every data set and write the outputs; raises ExperimentDrift after writing."""
-    out = cfg.out
+    """Run every system on every data set and write the outputs; raises ExperimentDrift after writing.
+
+    Everything is written into a temporary folder beside the output folder and moved in only once the run is
+    complete (each output file or folder by a rename; anything else in the folder, such as a README, stays): an
+    error midway leaves the previous outputs as they were."""
+    cfg.check_inputs()   # before anything is made or encoded
+    final = cfg.out
+    final.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=".run-tmp-", dir=final))
+    try:
+        results = _run_into(cfg, out, show_progress, log)
+        for item in sorted(out.iterdir()):
+            if item.is_dir():
+                replace_folder(item, final / item.name)
+            else:
+                os.replace(item, final / item.name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    drift = check_expected(results, cfg.expected, cfg.tolerance)
+    if drift:
+        raise ExperimentDrift(f"{len(drift)} result(s) drifted past the tolerance {cfg.tolerance} from "
+                              f"{cfg.source or 'the expected scores'}:\n  " + "\n  ".join(drift))
+    return results
+
+
+def _run_into(cfg: ExperimentConfig, out: Path, show_progress: bool | None, log: Callable[[str], None]) -> dict:
+    """run_experiment's work, written under `out`."""
     for sub in ("runs", "perquery", "plots"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     baseline = cfg.baseline or cfg.systems[0]["name"]
@@ -584,11 +670,11 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
-    plot_results(results, out / "plots", out / "perquery")
-    drift = check_expected(results, cfg.expected, cfg.tolerance)
-    if drift:
-        raise ExperimentDrift(f"{len(drift)} result(s) drifted past the tolerance {cfg.tolerance} from "
-                              f"{cfg.source or 'the expected scores'}:\n  " + "\n  ".join(drift))
+    try:
+        plot_results(results, out / "plots", out / "perquery")
+    except MissingPlotting as exc:   # the tables and runs are the results; plots are a view of them
+        warnings.warn(str(exc), stacklevel=2)
+        log(f"warning: {exc}")
     return results
 
 
@@ -646,7 +732,7 @@ def plot_results(results: dict, folder: Path, perquery: Path) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise MedColbertError("plots need matplotlib: pip install 'medcolbert[bench]'") from exc
+        raise MissingPlotting("no plots written: they need matplotlib (pip install 'medcolbert[bench]')") from exc
     metric, baseline = results["metrics"][0], results["baseline"]
     datasets = list(results["datasets"])
     systems = list(dict.fromkeys(s for block in results["datasets"].values() for s in block["systems"]))

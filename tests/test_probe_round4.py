@@ -226,3 +226,67 @@ def test_d26_langchain_keeps_retrieval_fields_apart_from_stored_metadata(tmp_pat
     meta = docs[0].metadata
     assert meta["id"] == "a" and isinstance(meta["score"], float) and meta["rank"] == 0
     assert (meta["stored_score"], meta["stored_id"], meta["stored_rank"]) == ("high", "x-9", 3)
+
+
+def _experiment(tmp_path, **extra):  # type: ignore[no-untyped-def]
+    import yaml
+
+    from tests.conftest import write_beir
+
+    data = write_beir(tmp_path / "data")
+    spec = {"name": "probe", "datasets": [{"name": "tiny", "path": str(data), "split": "test"}],
+            "systems": [{"name": "bm25", "type": "bm25"}], "latency_queries": 0,
+            "output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work"), **extra}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"systems": [{"name": "c", "type": "colbert", "preset": "qualty"}]}, "preset must be one of"),
+    ({"systems": [{"name": "c", "type": "colbert", "assignment": "hsnw"}]}, "assignment must be one of"),
+    ({"systems": [{"name": "d", "type": "dense", "index": "ivf"}]}, "index must be one of"),
+    ({"expected": {"tiny": {"bm25": 0.5}}}, "expected.tiny.bm25 must be a mapping"),
+    ({"expected": {"tiny": {"bm25": {"ndcg@10": "high"}}}}, "must be a number in [0, 1]"),
+    ({"expected": {"other": {"bm25": {"ndcg@10": 0.5}}}}, "'other' is not a data set"),
+])
+def test_d15_d16_experiment_mistakes_are_refused_when_the_file_is_read(tmp_path, extra, message):
+    from medcolbert.errors import DataError
+    from medcolbert.experiment import ExperimentConfig
+
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ExperimentConfig.from_yaml(_experiment(tmp_path, **extra))
+
+
+def test_d14_d17_inputs_checked_first_and_a_failed_run_leaves_the_outputs_as_they_were(tmp_path, capsys):
+    from medcolbert.cli import main
+
+    # D17: a comma-separated metrics string is a list of metrics.
+    assert main(["experiment", str(_experiment(tmp_path, metrics="ndcg@10,mrr@10"))]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["metrics"] == ["ndcg@10", "mrr@10"]
+    before = (tmp_path / "out" / "results.json").read_text()
+    # D14: a missing data folder is found before anything is written ...
+    path = _experiment(tmp_path, datasets=[{"name": "tiny", "path": str(tmp_path / "nowhere")}])
+    assert main(["experiment", str(path)]) == 2
+    assert "is not a BEIR folder" in capsys.readouterr().err
+    # ... and an error midway (a model folder that cannot be loaded) leaves the earlier outputs untouched.
+    (tmp_path / "broken").mkdir()
+    path = _experiment(tmp_path, systems=[{"name": "bm25", "type": "bm25"},
+                                          {"name": "d", "type": "dense", "model": str(tmp_path / "broken")}])
+    assert main(["experiment", str(path)]) == 2
+    assert (tmp_path / "out" / "results.json").read_text() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".run-tmp")]
+
+
+def test_d18_without_matplotlib_the_tables_stand_and_drift_still_exits_3(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from medcolbert.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now raises ImportError
+    path = _experiment(tmp_path, expected={"tiny": {"bm25": {"ndcg@10": 0.01}}})
+    with pytest.warns(UserWarning, match="need matplotlib"):
+        assert main(["experiment", str(path)]) == 3
+    assert (tmp_path / "out" / "results.md").is_file() and not list((tmp_path / "out" / "plots").glob("*.png"))
+    assert "drifted past the tolerance" in capsys.readouterr().err
