@@ -290,3 +290,73 @@ def test_d18_without_matplotlib_the_tables_stand_and_drift_still_exits_3(tmp_pat
         assert main(["experiment", str(path)]) == 3
     assert (tmp_path / "out" / "results.md").is_file() and not list((tmp_path / "out" / "plots").glob("*.png"))
     assert "drifted past the tolerance" in capsys.readouterr().err
+
+
+def _reference(value: object, op: str, raw: str) -> bool:
+    """The documented meaning of `v OP raw` (raw written bare) for one stored value, in plain Python."""
+    from decimal import Decimal, InvalidOperation
+
+    from medcolbert.filters import date_seconds
+
+    if value is None:
+        return False
+    compare = {"=": lambda a, b: a == b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b}[op]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            q = Decimal(raw)
+        except InvalidOperation:
+            return False
+        return compare(Decimal(value), q) if isinstance(value, int) else compare(value, float(q))
+    if date_seconds(value) is not None:   # a date: the other side must be one too
+        other = date_seconds(raw)
+        return other is not None and compare(date_seconds(value), other)
+    return op == "=" and value == raw     # text: as written, equality only
+
+
+def _values():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    return st.one_of(st.none(), st.integers(-(2 ** 62), 2 ** 62), st.sampled_from([2 ** 53 + 1, 2 ** 53 + 2, 7, 0]),
+                     st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)),
+                     st.sampled_from(["00007", "7", "2012", "twenty", "2024-01-01T10:00+02:00", "2024-01-01T08:00Z",
+                                      "2023-12-31", "ghr"]))
+
+
+def test_property_mixed_kinds_huge_integers_offsets_and_updates_between_searches(tmp_path_factory, model):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    raws = st.sampled_from(["7", "00007", "2012", "9007199254740993", "9007199254740994.5", "twenty", "0", "-3.5",
+                            "2024-01-01T08:00", "2024-01-01"])
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=st.data())
+    def run(data):  # type: ignore[no-untyped-def]
+        path = tmp_path_factory.mktemp("mixed") / "i"
+        values = {f"d{i}": data.draw(_values()) for i in range(12)}
+        idx = Index.build(path, model, _docs({d: ({"v": v} if v is not None else {}) for d, v in values.items()}),
+                          show_progress=False)
+        live = dict(values)
+        for step in range(data.draw(st.integers(0, 2))):
+            action = data.draw(st.sampled_from(["add", "delete", "compact"]))
+            if action == "add":
+                new = {f"n{step}-{j}": data.draw(_values()) for j in range(3)}
+                idx.add(EncodedDocuments.encode(model, {d: f"{TEXT} {d}" for d in new},
+                                                {d: {"v": v} for d, v in new.items() if v is not None}, index=idx))
+                live.update(new)
+            elif action == "delete" and len(live) > 1:
+                gone = data.draw(st.lists(st.sampled_from(sorted(live)), min_size=1, max_size=3, unique=True))
+                idx.delete(gone)
+                for d in gone:
+                    live.pop(d)
+            else:
+                idx.compact()
+            op, raw = data.draw(st.sampled_from(["=", ">=", "<"])), data.draw(raws)
+            want = {d for d, v in live.items() if _reference(v, op, raw)}
+            try:
+                got = _ids(Index.open(path), f"v {op} {raw}")
+            except FilterError:
+                got = None   # refused: only where the value fits nothing the field holds
+            assert got == want or (got is None and not want), (op, raw, got, want)
+
+    run()

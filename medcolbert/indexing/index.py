@@ -579,6 +579,7 @@ class Index:
         entry, files = self._write_new_segment([self.doc_ids[i] for i in live], lens, self.codes[rows],
                                                self.residual_rows(rows), store,
                                                self.pooled_vectors(live).numpy() if self.pooled is not None else None)
+        failpoint("compact-before-commit")   # the new segment in place, no manifest naming it yet
         old = [s["name"] for s in self.manifest["segments"]]
         manifest = dict(self.manifest)
         manifest["segments"] = [entry]
