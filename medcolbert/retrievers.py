@@ -220,19 +220,27 @@ class PlaidRetriever(Retriever):
         the third is the best passage, which `searcher.documents` turns into the snippet."""
         if not isinstance(queries, EncodedQueries):
             queries = EncodedQueries.encode(self.searcher.model, queries)
-        index = self.searcher.index
-        if len(queries) and queries.vectors.shape[-1] != index.codec.dim:
-            raise ValueError(f"EncodedQueries hold {queries.vectors.shape[-1]}-dim vectors but the index holds "
-                             f"{index.codec.dim}-dim ones")
-        if len(queries) and queries.pooled is not None and index.pooled is not None and \
-                queries.pooled.shape[-1] != index.pooled.shape[-1]:
-            raise ValueError(f"EncodedQueries' pooled vectors are {queries.pooled.shape[-1]}-dim but the index's are "
-                             f"{index.pooled.shape[-1]}-dim")
+        _check_encoded_width(queries, self.searcher)
         out: dict[str, list[tuple[str, float, str]]] = {}
         for q in queries.ids:
             vectors, pooled = queries.row(q)
             out[q] = self.searcher.search_hits(vectors, k=k, q_pooled=pooled, **self.knobs)
         return out
+
+
+def _check_encoded_width(queries: EncodedQueries, searcher: Any) -> None:
+    """Refuse encoded queries whose widths do not fit the index (a sharded searcher: its first shard's)."""
+    index = getattr(searcher, "index", None)
+    if index is None and getattr(searcher, "searchers", None):
+        index = searcher.searchers[0].index   # every shard shares one codec
+    if index is None or not len(queries):
+        return
+    if queries.vectors.shape[-1] != index.codec.dim:
+        raise ValueError(f"EncodedQueries hold {queries.vectors.shape[-1]}-dim vectors but the index holds "
+                         f"{index.codec.dim}-dim ones")
+    if queries.pooled is not None and index.pooled is not None and queries.pooled.shape[-1] != index.pooled.shape[-1]:
+        raise ValueError(f"EncodedQueries' pooled vectors are {queries.pooled.shape[-1]}-dim but the index's are "
+                         f"{index.pooled.shape[-1]}-dim")
 
 
 class CosineReranker(Reranker):

@@ -100,6 +100,9 @@ def test_d6_nested_metadata_of_a_corpus_row_is_stored_flat(tmp_path, model):
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     idx = Index.build(tmp_path / "i", model, tmp_path / "c.jsonl", show_progress=False)
     assert _ids(idx, "patient = p1") == {"a"} and idx.document("a")["metadata"] == {"title": "T", "patient": "p1", "year": 2020}
+    # Metadata stored nested (as indexes built before kept it) gets its fields lifted when columns are made.
+    old = Index.build(tmp_path / "old", model, _docs({"a": {"metadata": {"patient": "p1"}}}), show_progress=False)
+    assert _ids(old, "patient = p1") == {"a"}
 
 
 def test_d7_d8_lists_objects_or_and_not_get_their_own_message(tmp_path, model):
