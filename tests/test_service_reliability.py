@@ -47,6 +47,10 @@ def serve(root: Path, checkpoint, name: str, **limits):
     ("/search", {"queries": ["fine", "bad \ud800"]}, "queries[1]"),
     ("/rerank", {"query": "q", "candidates": ["ok", "bad \ud800"]}, "candidates[1]"),
     ("/rerank", {"query": "q", "ids": ["doc1", "nul\u0000"]}, "ids[1]"),
+    # issue 40 D5b / D12: metadata the index cannot store as written is the client's mistake, not a 500
+    ("/documents", {"documents": {"n1": "text"}, "metadata": {"n1": {"date": "2024-02-30"}}}, "not a valid date"),
+    ("/documents", {"documents": {"n1": "text"}, "metadata": {"n1": {"date": "2024-01-01T25:00"}}}, "not a valid date"),
+    ("/documents", {"documents": {"n1": "text"}, "metadata": {"n1": {"medcolbert:passage": 0}}}, "is reserved"),
 ])
 def test_bad_ids_and_texts_get_422(built, path, body, field):
     root, checkpoint, _ = built
