@@ -169,6 +169,8 @@ def test_d19_d20_d21_d22_d25_the_python_api_names_the_argument(tmp_path, model):
             rerank(model, "statins", bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="query must be"):
         rerank(model, b"statins", ["a text"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not one str"):
+        rerank(model, "statins", ["a", "b", "c"], ids="abc")  # type: ignore[arg-type]
     for bad in (None, 5):
         with pytest.raises(MedColbertError, match="corpus"):
             Index.build(tmp_path / "x", model, bad, show_progress=False)  # type: ignore[arg-type]

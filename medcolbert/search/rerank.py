@@ -11,7 +11,7 @@ from ..evaluation.datasets import Run
 from ..modeling.encoder import ColBERT, encode_documents_pooled, encode_queries_pooled, has_pooled_head
 from ..passages import PassageSplitter, parent_of, split_records
 from ..scoring import score_candidates
-from ..validation import check_int, is_blank
+from ..validation import check_id_list, check_int, is_blank
 from ..vector_cache import VectorCache
 
 
@@ -43,6 +43,8 @@ def rerank(model: ColBERT, query: str | torch.Tensor | Sequence[str],
         if ids is not None:
             raise ValueError("give ids either as the dict's keys or as ids=, not both")
         ids, candidates = list(candidates.keys()), list(candidates.values())
+    if ids is not None:
+        ids = check_id_list(ids, "rerank(ids=)")
     if ids is not None and len(ids) != len(candidates):
         raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
     if len(candidates) == 0:
