@@ -29,8 +29,10 @@ from ..passages import PassageSource, PassageSplitter
 from .codec import ASSIGNMENTS, ResidualCodec, resolve_assignment
 from .index import new_manifest
 from .kmeans import KMEANS_METHODS, default_num_centroids, resolve_kmeans, train_centroids
+from ..lexical import TOKENIZER as LEXICAL_TOKENIZER
+from ..lexical import write_postings
 from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, store_metadata,
-                      write_fields, write_manifest, write_segment)
+                      store_texts, write_fields, write_manifest, write_segment)
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
@@ -558,4 +560,10 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
                                 "meta_offsets": load_array(root, f"{rel}/meta_offsets.npy", files)})
         entry["fields"], field_files = write_fields(root, rel, metas)
         files.update(field_files)
+    if f"{rel}/texts.npy" in files:
+        # The segment's BM25 postings, from its stored texts (the lexical side of hybrid search).
+        texts = store_texts({"texts": load_array(root, f"{rel}/texts.npy", files),
+                             "text_offsets": load_array(root, f"{rel}/text_offsets.npy", files)})
+        files.update(write_postings(root, rel, texts))
+        entry["lexical"] = LEXICAL_TOKENIZER
     return entry, files

@@ -22,8 +22,8 @@ from ..validation import check_id, check_id_list
 from ..passages import SEPARATOR, SPAN_KEY, join_passages, parent_of
 from .codec import ResidualCodec
 from .encoded import EncodedDocuments, check_vectors
-from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_fields, read_manifest,
-                      read_segment, save_array, sha256_file, write_manifest, write_segment)
+from .storage import (FORMAT_NAME, FORMAT_VERSION, document_blocks, load_array, ranges, read_fields, read_lexical,
+                      read_manifest, read_segment, save_array, sha256_file, write_manifest, write_segment)
 
 
 class Index:
@@ -102,6 +102,7 @@ class Index:
         ids: list[str] = []
         doclens, residuals = [], []
         self._stores: list = []
+        lexical: list = []
         self._segment_fields: list = []
         self._fields: list | None = None
         self._matches: dict[str, np.ndarray] = {}
@@ -120,11 +121,14 @@ class Index:
                 raise IndexFormatError(f"{self.path}: segment {seg['name']} arrays disagree in size (damaged index)")
             ids += data.doc_ids
             self._segment_fields.append((f"segments/{seg['name']}", seg, data.store, len(data.doc_ids)))
+            lexical.append(read_lexical(self.path, f"segments/{seg['name']}", files, seg, len(data.doc_ids)))
             doclens.append(data.doclens)
             residuals.append(data.residuals)
             self._stores.append(data.store)
             pooled_parts.append(data.pooled)
             scale_parts.append(data.pooled_scale)
+        # The BM25 side: every segment's postings, or None where any segment lacks them (built before they existed).
+        self.lexical: list | None = lexical if lexical and all(x is not None for x in lexical) else None
         self.doc_ids: list[str] = ids
         # The pooled single vectors of a model with that head, one row per document: only when every segment
         # has them (an index built without them stays a plain ColBERT index).
@@ -257,6 +261,44 @@ class Index:
             self._matches.pop(next(iter(self._matches)))
         self._matches[key] = mask
         return mask
+
+    # ------------------------------------------------------------------ lexical (BM25) side
+    def lexical_search(self, query: str, k: int, where: WhereLike = None) -> list[tuple[int, float]]:
+        """BM25's top k (index position, score) among the live documents a filter matches (lexical.py)."""
+        from ..lexical import bm25, top_k
+
+        if self.lexical is None:
+            raise MedColbertError(f"{self.path} has no lexical index (built before it was kept, or without stored "
+                                  "texts); add one with `medcolbert update --index PATH --lexical`")
+        allowed = self.matching(where)
+        starts = self._doc_segment_starts[:-1].tolist()
+        positions, scores = bm25(self.lexical, starts, ~self.deleted, query, allowed)
+        return top_k(positions, scores, k)
+
+    def build_lexical(self) -> int:
+        """Write BM25 postings for every segment that lacks them, from its stored texts; returns how many segments."""
+        from ..lexical import TOKENIZER, write_postings
+        from .storage import store_texts
+
+        with self._writing():
+            manifest = dict(self.manifest)
+            manifest["files"] = dict(manifest["files"])
+            segments, done = [], 0
+            for seg, store in zip(manifest["segments"], self._stores):
+                if seg.get("lexical") == TOKENIZER:
+                    segments.append(seg)
+                    continue
+                if store is None:
+                    raise MedColbertError(f"{self.path}: segment {seg['name']} stores no texts to index lexically")
+                rel = f"segments/{seg['name']}"
+                texts = store_texts({"texts": store.texts, "text_offsets": store.text_offsets})
+                manifest["files"].update(write_postings(self.path, rel, texts))
+                segments.append({**seg, "lexical": TOKENIZER})
+                done += 1
+            if done:
+                manifest["segments"] = segments
+                self._commit(manifest)
+            return done
 
     def _field_mask(self, c: Condition) -> np.ndarray:
         # Strings read as numbers only where no segment holds text in the field (then nothing is ambiguous).

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..filters import KINDS, FieldColumn, columns_from, field_columns
+from ..lexical import LEXICAL_FILES, LexicalSegment, write_postings
+from ..lexical import TOKENIZER as LEXICAL_TOKENIZER
 
 FORMAT_NAME = "medcolbert-index"
 FORMAT_VERSION = 1
@@ -286,6 +288,7 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
     if store is not None:
         fields, field_files = write_fields(root, rel, store_metadata(store))
         files.update(field_files)
+        files.update(write_postings(root, rel, store_texts(store)))
     if pooled is not None:
         if pooled.shape[0] != len(doc_ids):
             raise ValueError(f"{pooled.shape[0]} pooled vectors for {len(doc_ids)} documents")
@@ -296,6 +299,7 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
              "num_escapes": int(len(escapes))}
     if store is not None:
         entry["fields"] = fields
+        entry["lexical"] = LEXICAL_TOKENIZER
     return entry, files
 
 
@@ -315,6 +319,28 @@ def write_fields(root: Path, rel: str, metas: list[dict | None]) -> tuple[dict[s
         key = field if counts[field] == 1 else f"{field}#{kind}"
         fields[key] = {"kind": kind, "file": f"field-{i}", "parts": sorted(arrays), "field": field}
     return fields, files
+
+
+def store_texts(store: dict[str, np.ndarray]) -> list[str]:
+    """Every document's text in a store's arrays (as encode_store wrote them)."""
+    raw, offsets = bytes(store["texts"]), store["text_offsets"]
+    return [raw[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
+
+
+def read_lexical(root: Path, rel: str, files: dict, entry: dict, n: int) -> "LexicalSegment | None":
+    """A segment's BM25 postings (memory-mapped), or None for a segment written without them."""
+    if entry.get("lexical") is None:
+        return None
+    if entry["lexical"] != LEXICAL_TOKENIZER:
+        raise IndexFormatError(f"{root}: {rel}: lexical postings made by {entry['lexical']!r}, which this version "
+                               f"does not read (it makes {LEXICAL_TOKENIZER!r}); rebuild them with "
+                               "`medcolbert update --index PATH --lexical`")
+    arrays = {name: load_array(root, f"{rel}/{name}.npy", files, mmap=name in ("lex_docs", "lex_tf"))
+              for name in LEXICAL_FILES}
+    if len(arrays["lex_doclens"]) != n:
+        raise IndexFormatError(f"{root}: {rel}: lexical postings for {len(arrays['lex_doclens'])} documents, "
+                               f"the segment has {n}")
+    return LexicalSegment(arrays)
 
 
 def store_metadata(store: dict[str, np.ndarray]) -> list[dict | None]:

@@ -62,6 +62,11 @@ PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
 HYBRID_PRESET = "colbert-ai"
 
 
+MODES = ("plaid", "lexical", "hybrid")
+FUSION_DEPTH = 100   # each side's top documents that reciprocal rank fusion sees
+RRF_K = 60           # RRF's rank offset (Cormack et al.'s default)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """PLAID knobs; None means the preset's default for the requested k."""
@@ -140,14 +145,22 @@ class Searcher:
 
     # ------------------------------------------------------------------ public
     def search(self, query: str, k: int = 10, return_documents: bool = False, where: WhereLike = None,
-               **knobs: object) -> list[tuple[str, float]] | list[dict]:
+               mode: str = "plaid", **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """The top-k documents for one query, best first: (id, score) pairs, or with return_documents
         {"id", "score", "text", "metadata"} dicts read from the index's document store.
 
         where: a metadata filter (see filters.py: "source in {a, b} and year >= 2015", or a mapping); only
-        matching documents are searched, so k hits come back whenever k documents match."""
+        matching documents are searched, so k hits come back whenever k documents match. mode: "plaid" (late
+        interaction), "lexical" (BM25 over the index's postings) or "hybrid" (the two fused by reciprocal rank)."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__} (search_all takes several queries)")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "plaid":
+            if is_blank(query):
+                raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
+            hits = self.search_mode_hits(query, k, mode, where, **knobs)
+            return self.documents(hits) if return_documents else [(d, x) for d, x, _ in hits]
         if is_blank(query):
             raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
         allowed = self.index.matching(where)   # a bad filter fails before the query is encoded
@@ -209,6 +222,29 @@ class Searcher:
                 hits = self._search_units(Q[i], k, cfg, None if Q_pooled is None else Q_pooled[i], allowed)
             run[qid] = {d: x for d, x, _ in hits}
         return run
+
+    def lexical_hits(self, query: str, k: int, where: WhereLike | np.ndarray = None) -> list[tuple[str, float, str]]:
+        """BM25's top k documents (a split document by its best passage) as (id, score, stored id)."""
+        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
+        units = [(self.index.doc_ids[p], x) for p, x in self.index.lexical_search(query, self._units(k), allowed)]
+        return self._documents_of(units, k)
+
+    def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
+                         depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, **knobs: object) -> list[tuple[str, float, str]]:
+        """One text query's hits in a mode: lexical (BM25) or hybrid (RRF of PLAID's and BM25's top `depth`)."""
+        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
+        if mode == "lexical":
+            return self.lexical_hits(query, k, allowed)
+        from ..lexical import rrf
+
+        depth = max(k, check_int("depth", depth, 1))
+        q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
+        learned = self.search_hits(q[0], depth, None if q_pooled is None else q_pooled[0], allowed, **knobs)
+        lexical = self.lexical_hits(query, depth, allowed)
+        stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
+        fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k)
+        best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [(d, x, stored[d]) for d, x in best]
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""

@@ -1,0 +1,141 @@
+"""The lexical side of an index: BM25 postings stored beside PLAID's arrays, one set per segment.
+
+Each segment that keeps its documents also keeps their terms (bm25s' tokenizer: English stopwords removed, Snowball
+stems) as plain arrays: the sorted vocabulary (packed UTF-8), a pointer per term into the postings, the postings'
+document positions and term frequencies, and every document's length in terms. Search reads them memory-mapped.
+BM25's statistics (live documents, their mean length, each term's document frequency among them) are computed at
+query time over the live documents of every segment, so that adds, deletes and compactions answer exactly as a
+fresh build over the same documents would, and a `where` filter restricts which documents are returned, not the
+statistics (as bm25s over the collection, then filtered). Scores are bm25s' "lucene" variant, query terms counted
+as often as they occur, as bm25s does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+LEXICAL_FILES = ("lex_vocab", "lex_vocab_offsets", "lex_ptr", "lex_docs", "lex_tf", "lex_doclens")
+TOKENIZER = "bm25s-english-stem"
+K1, B = 1.5, 0.75
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """bm25s' tokens of each text (English stopwords out, Snowball stems): the same as BM25Retriever's."""
+    import bm25s
+    import Stemmer
+
+    if not texts:
+        return []
+    return bm25s.tokenize(list(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+                          show_progress=False)
+
+
+def postings(texts: Sequence[str], batch: int = 4096) -> dict[str, np.ndarray]:
+    """The lexical arrays of some documents (positions are their order here)."""
+    from .indexing.storage import pack_strings
+
+    by_term: dict[str, list[tuple[int, int]]] = {}
+    doclens = np.zeros(len(texts), dtype=np.int32)
+    for start in range(0, len(texts), batch):
+        for offset, tokens in enumerate(tokenize(texts[start:start + batch])):
+            doc = start + offset
+            doclens[doc] = len(tokens)
+            counts: dict[str, int] = {}
+            for t in tokens:
+                counts[t] = counts.get(t, 0) + 1
+            for t, n in counts.items():
+                by_term.setdefault(t, []).append((doc, n))
+    vocab = sorted(by_term)
+    ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(by_term[t]) for t in vocab])
+    docs = np.fromiter((d for t in vocab for d, _ in by_term[t]), dtype=np.int32, count=int(ptr[-1]))
+    tf = np.fromiter((n for t in vocab for _, n in by_term[t]), dtype=np.int32, count=int(ptr[-1]))
+    packed, offsets = pack_strings([t.encode("utf-8") for t in vocab])
+    return {"lex_vocab": packed, "lex_vocab_offsets": offsets, "lex_ptr": ptr, "lex_docs": docs, "lex_tf": tf,
+            "lex_doclens": doclens}
+
+
+def write_postings(root: Path, rel: str, texts: Sequence[str]) -> dict[str, dict]:
+    """Write a segment's lexical arrays under root/rel; returns their file entries."""
+    from .indexing.storage import save_array
+
+    return {f"{rel}/{name}.npy": save_array(root / rel / f"{name}.npy", array)
+            for name, array in postings(texts).items()}
+
+
+class LexicalSegment:
+    """One segment's postings, memory-mapped; the vocabulary's term -> row map is made on first use."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.doclens = arrays["lex_doclens"]
+        self._terms: dict[str, int] | None = None
+
+    def _vocab(self) -> dict[str, int]:
+        if self._terms is None:
+            raw, o = bytes(self.arrays["lex_vocab"]), self.arrays["lex_vocab_offsets"]
+            self._terms = {raw[o[i]:o[i + 1]].decode("utf-8"): i for i in range(len(o) - 1)}
+        return self._terms
+
+    def term(self, t: str) -> tuple[np.ndarray, np.ndarray]:
+        """(document positions in the segment, term frequencies) of a term; empty where the segment lacks it."""
+        row = self._vocab().get(t)
+        if row is None:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        ptr = self.arrays["lex_ptr"]
+        a, b = int(ptr[row]), int(ptr[row + 1])
+        return np.asarray(self.arrays["lex_docs"][a:b]), np.asarray(self.arrays["lex_tf"][a:b])
+
+
+def bm25(segments: Sequence[LexicalSegment], starts: Sequence[int], live: np.ndarray, query: str,
+         allowed: np.ndarray | None = None, k1: float = K1, b: float = B) -> tuple[np.ndarray, np.ndarray]:
+    """(index positions, BM25 scores) of the live documents (and, given `allowed`, only those) holding any term of
+    the query, unsorted; statistics over every live document."""
+    doclens = np.concatenate([np.asarray(s.doclens, dtype=np.float64) for s in segments]) if segments else np.zeros(0)
+    n_live = int(live.sum())
+    if n_live == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    avgdl = float(doclens[live].sum()) / n_live
+    positions, contributions = [], []
+    for t in tokenize([query])[0]:
+        pos = np.concatenate([s.term(t)[0].astype(np.int64) + start for s, start in zip(segments, starts)])
+        tf = np.concatenate([s.term(t)[1] for s in segments]).astype(np.float64)
+        keep = live[pos]
+        pos, tf = pos[keep], tf[keep]
+        df = len(pos)
+        if df == 0:
+            continue
+        idf = math.log(1 + (n_live - df + 0.5) / (df + 0.5))
+        score = idf * tf / (k1 * ((1 - b) + b * doclens[pos] / avgdl) + tf)
+        if allowed is not None:
+            ok = allowed[pos]
+            pos, score = pos[ok], score[ok]
+        positions.append(pos)
+        contributions.append(score)
+    if not positions:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    pos = np.concatenate(positions)
+    unique, inverse = np.unique(pos, return_inverse=True)
+    return unique, np.bincount(inverse, weights=np.concatenate(contributions))
+
+
+def top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k best (position, score) pairs, best first (ties by position)."""
+    if len(positions) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        positions, scores = positions[part], scores[part]
+    order = np.lexsort((positions, -scores))
+    return [(int(positions[i]), float(scores[i])) for i in order]
+
+
+def rrf(runs: Sequence[Sequence[str]], k: int = 60) -> dict[str, float]:
+    """Reciprocal rank fusion of ranked id lists: sum of 1 / (k + rank)."""
+    fused: dict[str, float] = {}
+    for ranking in runs:
+        for rank, doc in enumerate(ranking, start=1):
+            fused[doc] = fused.get(doc, 0.0) + 1.0 / (k + rank)
+    return fused
