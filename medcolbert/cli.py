@@ -184,6 +184,9 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
                         "year >= 2015\" or \"id in {d1, d2}\" (syntax: docs/reference.md)")
     p.add_argument("--all-queries", action="store_true",
                    help="search every query of queries.jsonl without evaluating (no qrels needed)")
+    p.add_argument("--mode", choices=["plaid", "lexical", "hybrid"], default="plaid",
+                   help="plaid: late interaction (default); lexical: BM25 over the index's postings; hybrid: the two "
+                        "fused by reciprocal rank (each side's top 100)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
     p.add_argument("--json", metavar="PATH", help="also write JSON here ('-': JSON on stdout, the table on stderr): "
@@ -200,6 +203,9 @@ def _parser_update(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--add", metavar="CORPUS", help="corpus.jsonl of documents to add")
     p.add_argument("--delete", metavar="IDS", help="file with one document id per line to delete")
     p.add_argument("--compact", action="store_true", help="rewrite live documents as one segment")
+    p.add_argument("--lexical", action="store_true",
+                   help="write BM25 postings for segments built without them (from their stored texts), for "
+                        "search --mode lexical|hybrid")
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
 
 
@@ -603,7 +609,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   f"all be 0 (was the index built from another corpus?)")
     model = _index_model(index, args.model, args.device)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
-    retriever = PlaidRetriever.from_index(index, model, config, show_progress=None, where=args.where)
+    knobs = {"mode": args.mode} if args.mode != "plaid" else {}
+    retriever = PlaidRetriever.from_index(index, model, config, show_progress=None, where=args.where, **knobs)
     t0 = time.perf_counter()
     run = retriever.retrieve(queries, k=args.k)
     elapsed = time.perf_counter() - t0
@@ -612,7 +619,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.output:
         write_run(run, args.output, tag="medcolbert-plaid" if not args.exact else "medcolbert-exact")
     if qrels:
-        name = "ColBERT exact" if args.exact else "ColBERT PLAID"
+        name = {"lexical": "BM25 (index)", "hybrid": "hybrid (RRF of PLAID and BM25)"}.get(
+            args.mode, "ColBERT exact" if args.exact else "ColBERT PLAID")
         rows = {name: evaluate(run, qrels, metrics)}
         print(format_table(rows, metrics), file=_human(args))
         if args.json:
@@ -631,8 +639,9 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     from .search.plaid import SearchConfig
 
     k = args.k or 10
+    knobs = {"mode": args.mode} if args.mode != "plaid" else {}
     retriever = PlaidRetriever.from_index(index, index.load_model(args.model, args.device), SearchConfig(
-        args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where)
+        args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where, **knobs)
     hits = retriever.hits({"q": args.query}, k=k)["q"]
     # The stored entry that matched (a split document's best passage) is the snippet.
     rows = retriever.searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
@@ -659,8 +668,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     from .evaluation.datasets import check_row_id, iter_lines
     from .indexing.index import Index
 
-    if not (args.add or args.delete or args.compact):
-        raise MedColbertError("nothing to do: give --add, --delete and/or --compact")
+    if not (args.add or args.delete or args.compact or args.lexical):
+        raise MedColbertError("nothing to do: give --add, --delete, --compact and/or --lexical")
     index = Index.open(args.index)
     # Every input is read and checked before anything changes; the delete and the add commit together.
     ids: list[str] = []
@@ -693,6 +702,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     if args.compact:
         result = index.compact()
         print(f"compacted: {result['before']['bytes_total'] / 1e6:.1f} MB -> {result['after']['bytes_total'] / 1e6:.1f} MB")
+    if args.lexical:
+        print(f"lexical postings written for {index.build_lexical()} segment(s)")
     print(f"{index.num_documents} documents in {args.index}")
     return 0
 

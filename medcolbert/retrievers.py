@@ -209,22 +209,40 @@ class PlaidRetriever(Retriever):
         """This retriever with more knobs set (a request's filter, ncells, ...), sharing its searcher."""
         return PlaidRetriever(self.searcher, self.name, self.show_progress, **{**self.knobs, **knobs})
 
+    @property
+    def mode(self) -> str:
+        """plaid (late interaction), lexical (the index's BM25 postings) or hybrid (the two fused)."""
+        return str(self.knobs.get("mode", "plaid"))
+
     def retrieve(self, queries: Queries, k: int = 100) -> Run:
-        """PLAID's top k for each query."""
-        if isinstance(queries, EncodedQueries):
+        """The top k for each query, in the retriever's mode."""
+        if isinstance(queries, EncodedQueries) or self.mode != "plaid":
             return {q: {d: x for d, x, _ in hits} for q, hits in self.hits(queries, k).items()}
-        return self.searcher.search_all(queries, k=k, show_progress=self.show_progress, **self.knobs)
+        return self.searcher.search_all(queries, k=k, show_progress=self.show_progress, **self._plaid_knobs)
+
+    @property
+    def _plaid_knobs(self) -> dict:
+        return {key: v for key, v in self.knobs.items() if key != "mode"}
 
     def hits(self, queries: Queries, k: int = 100) -> dict[str, list[tuple[str, float, str]]]:
         """Each query's top k, best first, as (document id, score, stored id that matched): with split documents
         the third is the best passage, which `searcher.documents` turns into the snippet."""
+        if self.mode != "plaid":
+            from .search.plaid import MODES
+
+            if self.mode not in MODES:
+                raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            texts = as_texts(queries)
+            rows = {q: queries.row(q) for q in queries.ids} if isinstance(queries, EncodedQueries) else {}
+            return {q: self.searcher.search_mode_hits(texts[q], k, self.mode, encoded=rows.get(q), **self._plaid_knobs)
+                    for q in texts}
         if not isinstance(queries, EncodedQueries):
             queries = EncodedQueries.encode(self.searcher.model, queries)
         _check_encoded_width(queries, self.searcher)
         out: dict[str, list[tuple[str, float, str]]] = {}
         for q in queries.ids:
             vectors, pooled = queries.row(q)
-            out[q] = self.searcher.search_hits(vectors, k=k, q_pooled=pooled, **self.knobs)
+            out[q] = self.searcher.search_hits(vectors, k=k, q_pooled=pooled, **self._plaid_knobs)
         return out
 
 

@@ -79,6 +79,8 @@ class SearchRequest(_Strict):
     # Only documents whose metadata match: an expression ("source in {a, b} and year >= 2015") or a mapping
     # ({"source": ["a", "b"], "year": {"$gte": 2015}}); syntax in docs/reference.md.
     where: str | dict[str, Any] | None = None
+    # plaid (late interaction), lexical (BM25 over the index's postings) or hybrid (the two fused by rank).
+    mode: Literal["plaid", "lexical", "hybrid"] = "plaid"
 
 
 class RerankRequest(_Strict):
@@ -454,6 +456,11 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
         allowed = _matching(snap.index, req.where)
         if allowed is not None and req.first_stage is not None:
             raise HTTPException(422, "'where' filters PLAID search; it cannot be given with first_stage")
+        if req.mode != "plaid" and req.first_stage is not None:
+            raise HTTPException(422, f"mode {req.mode!r} searches the index itself; it cannot be given with first_stage")
+        if req.mode != "plaid" and snap.index.lexical is None:
+            raise HTTPException(409, "this index has no lexical postings; add them with "
+                                     "`medcolbert update --index PATH --lexical`")
         if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
             raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
                                      "or to search from a first stage")
@@ -468,7 +475,8 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                 run = stage.retrieve(queries, k=req.k)
                 ranked: list[list] = [list(run.get(q, {}).items()) for q in queries.ids]
             else:
-                per_query = snap.plaid.with_knobs(where=allowed, **knobs).hits(queries, k=req.k)
+                mode = {"mode": req.mode} if req.mode != "plaid" else {}
+                per_query = snap.plaid.with_knobs(where=allowed, **mode, **knobs).hits(queries, k=req.k)
                 ranked = [per_query[q] for q in queries.ids]
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).
             hits = [snap.plaid.searcher.documents(h) for h in ranked] if req.return_documents else \

@@ -263,14 +263,15 @@ class Index:
         return mask
 
     # ------------------------------------------------------------------ lexical (BM25) side
-    def lexical_search(self, query: str, k: int, where: WhereLike = None) -> list[tuple[int, float]]:
-        """BM25's top k (index position, score) among the live documents a filter matches (lexical.py)."""
+    def lexical_search(self, query: str, k: int, where: WhereLike | np.ndarray = None) -> list[tuple[int, float]]:
+        """BM25's top k (index position, score) among the live documents a filter (or a mask matching() made of
+        one) matches (lexical.py)."""
         from ..lexical import bm25, top_k
 
         if self.lexical is None:
             raise MedColbertError(f"{self.path} has no lexical index (built before it was kept, or without stored "
                                   "texts); add one with `medcolbert update --index PATH --lexical`")
-        allowed = self.matching(where)
+        allowed = where if isinstance(where, np.ndarray) else self.matching(where)
         starts = self._doc_segment_starts[:-1].tolist()
         positions, scores = bm25(self.lexical, starts, ~self.deleted, query, allowed)
         return top_k(positions, scores, k)

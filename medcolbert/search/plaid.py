@@ -230,16 +230,20 @@ class Searcher:
         return self._documents_of(units, k)
 
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
-                         depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, **knobs: object) -> list[tuple[str, float, str]]:
-        """One text query's hits in a mode: lexical (BM25) or hybrid (RRF of PLAID's and BM25's top `depth`)."""
+                         depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
+                         **knobs: object) -> list[tuple[str, float, str]]:
+        """One text query's hits in a mode: lexical (BM25) or hybrid (RRF of PLAID's and BM25's top `depth`);
+        encoded: the query's (vectors, pooled vector or None) where the caller has them (encoded once)."""
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
         if mode == "lexical":
             return self.lexical_hits(query, k, allowed)
         from ..lexical import rrf
 
         depth = max(k, check_int("depth", depth, 1))
-        q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
-        learned = self.search_hits(q[0], depth, None if q_pooled is None else q_pooled[0], allowed, **knobs)
+        if encoded is None:
+            q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
+            encoded = (q[0], None if q_pooled is None else q_pooled[0])
+        learned = self.search_hits(encoded[0], depth, encoded[1], allowed, **knobs)
         lexical = self.lexical_hits(query, depth, allowed)
         stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
         fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k)

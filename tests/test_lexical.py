@@ -1,0 +1,152 @@
+"""The lexical side of an index (issue 41): BM25 postings beside PLAID's, equal to bm25s over the live documents
+after adds, deletes and compactions, filtered like PLAID, fused with it in one call, in every interface."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medcolbert.baselines.bm25 import BM25
+from medcolbert.indexing.encoded import EncodedDocuments
+from medcolbert.indexing.index import Index
+from medcolbert.search.plaid import Searcher
+from tests.conftest import make_tiny_model
+from tests.test_index import WORDS, make_corpus
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model(seed=41)
+
+
+def reference(live: dict[str, str], query: str, k: int) -> list[tuple[str, float]]:
+    """bm25s (medcolbert's BM25 baseline: the same tokenizer and scoring) over exactly the live documents."""
+    hits = BM25().index(live).search({"q": query}, k=k)["q"]
+    return sorted(hits.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def lexical(index: Index, query: str, k: int, where=None) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    return [(index.doc_ids[p], s) for p, s in index.lexical_search(query, k, where)]
+
+
+def same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    """The same ranking: equal scores rank by rank (float32 in bm25s, float64 here), the same documents above
+    the last score (documents tied at the cut may differ: any of them is a right answer)."""
+    if len(a) != len(b) or any(abs(x[1] - y[1]) > 1e-4 * max(1.0, abs(y[1])) for x, y in zip(a, b)):
+        return False
+    cut = b[-1][1] + 1e-4 if b else 0.0
+    return {d for d, x in a if x > cut} == {d for d, x in b if x > cut}
+
+
+def test_postings_are_stored_checked_and_score_as_bm25s(tmp_path, model):
+    corpus = make_corpus(150, seed=2)
+    idx = Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    seg = idx.manifest["segments"][0]
+    assert seg["lexical"] == "bm25s-english-stem"
+    assert all(f"segments/{seg['name']}/lex_{n}.npy" in idx.manifest["files"] for n in ("docs", "tf", "ptr", "doclens"))
+    for i in (3, 40, 99):
+        query = " ".join(corpus[f"doc{i}"].split()[:6])
+        assert same(lexical(idx, query, 10), reference(corpus, query, 10))
+    Index.open(tmp_path / "i", verify=True)   # the postings are in the manifest with their checksums
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_property_after_adds_deletes_and_compactions_it_answers_as_a_fresh_build(tmp_path_factory, model, data):
+    corpus = make_corpus(40, seed=data.draw(st.integers(0, 5)))
+    path = tmp_path_factory.mktemp("lex") / "i"
+    idx = Index.build(path, model, corpus, show_progress=False)
+    live = dict(corpus)
+    for step in range(data.draw(st.integers(1, 3))):
+        action = data.draw(st.sampled_from(["add", "delete", "compact"]))
+        if action == "add":
+            new = {f"n{step}-{j}": " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=3, max_size=12)))
+                   for j in range(data.draw(st.integers(1, 4)))}
+            idx.add(EncodedDocuments.encode(model, new, index=idx))
+            live.update(new)
+        elif action == "delete" and len(live) > 2:
+            gone = data.draw(st.lists(st.sampled_from(sorted(live)), min_size=1, max_size=4, unique=True))
+            idx.delete(gone)
+            for d in gone:
+                live.pop(d)
+        else:
+            idx.compact()
+    query = " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=5)))
+    got = lexical(Index.open(path), query, 10)
+    assert same(got, reference(live, query, 10)), (query, got, reference(live, query, 10))
+    assert {d for d, _ in got} <= set(live)   # a deleted document is never returned
+
+
+def test_filtered_lexical_and_hybrid_return_only_matches_and_k_of_them(tmp_path, model):
+    corpus = {f"d{i}": {"text": t, "metadata": {"part": i % 4}} for i, t in enumerate(make_corpus(80, seed=7).values())}
+    idx = Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    searcher = Searcher(idx, model)
+    query = " ".join(corpus["d5"]["text"].split()[:4]) + " " + " ".join(WORDS[:6])
+    matching = {d for d, v in corpus.items() if v["metadata"]["part"] == 1}
+    for mode in ("lexical", "hybrid"):
+        hits = searcher.search(query, k=8, where="part = 1", mode=mode)
+        assert len(hits) == 8 and {d for d, _ in hits} <= matching, mode
+        assert [x for _, x in hits] == sorted((x for _, x in hits), reverse=True)
+    # Statistics come from the whole live collection; the filter only chooses what is returned.
+    full = dict(lexical(idx, query, 80))
+    assert all(abs(full[d] - x) < 1e-9 for d, x in lexical(idx, query, 80, where="part = 1"))
+
+
+def test_hybrid_fuses_both_sides_by_rank_and_split_documents_come_back_whole(tmp_path, model):
+    corpus = make_corpus(60, seed=9)
+    idx = Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    searcher = Searcher(idx, model)
+    query = " ".join(corpus["doc7"].split()[:5])
+    plaid = [d for d, _ in searcher.search(query, k=100)]
+    bm25 = [d for d, _ in searcher.search(query, k=100, mode="lexical")]
+    fused = searcher.search(query, k=10, mode="hybrid")
+    expect = {d: sum(1 / (60 + r.index(d) + 1) for r in (plaid, bm25) if d in r) for d in set(plaid) | set(bm25)}
+    assert [d for d, _ in fused] == [d for d, _ in sorted(expect.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
+    long = {f"L{i}": " ".join([text] * 6) for i, text in enumerate(list(corpus.values())[:6])}
+    split = Index.build(tmp_path / "s", model, long, split_documents=True, passage_tokens=24, show_progress=False)
+    hits = Searcher(split, model).search(" ".join(long["L2"].split()[:4]), k=3, mode="lexical", return_documents=True)
+    assert hits[0]["id"] == "L2" and all("\x1f" not in h["id"] for h in hits) and "passage" in hits[0]
+
+
+def test_an_index_without_postings_says_how_to_add_them(tmp_path, model):
+    corpus = make_corpus(30, seed=4)
+    idx = Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    for seg in manifest["segments"]:     # as an index built before the lexical side existed
+        del seg["lexical"]
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
+    old = Index.open(tmp_path / "i")
+    with pytest.raises(Exception, match="update --index PATH --lexical"):
+        old.lexical_search("statin", 5)
+    assert old.build_lexical() == 1
+    assert same(lexical(Index.open(tmp_path / "i", verify=True), "statin muscle", 5), reference(corpus, "statin muscle", 5))
+    del idx
+
+
+def test_cli_service_and_retriever_take_the_mode(tmp_path, model, capsys):
+    from fastapi.testclient import TestClient
+
+    from medcolbert.cli import main
+    from medcolbert.retrievers import PlaidRetriever
+    from medcolbert.service import Limits, create_app
+
+    corpus = make_corpus(40, seed=5)
+    checkpoint = model.save_pretrained(tmp_path / "m")
+    Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    query = " ".join(corpus["doc3"].split()[:5])
+    assert main(["search", "--index", str(tmp_path / "i"), "--model", str(checkpoint), "--query", query,
+                 "--mode", "lexical", "--json", "-"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["id"] == reference(corpus, query, 1)[0][0]
+    run = PlaidRetriever.from_index(tmp_path / "i", model, mode="hybrid").retrieve({"q": query}, k=5)
+    assert len(run["q"]) == 5
+    app = create_app(tmp_path / "i", str(checkpoint), limits=Limits(), load_in_background=False)
+    with TestClient(app) as client:
+        r = client.post("/search", json={"query": query, "k": 3, "mode": "hybrid"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert client.post("/search", json={"query": query, "mode": "fuzzy"}).status_code == 422
+        top = client.post("/search", json={"query": query, "k": 1, "mode": "lexical"}).json()["results"][0]["id"]
+        assert top == hits[0]["id"]
