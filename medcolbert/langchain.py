@@ -37,6 +37,7 @@ class MedColbertRetriever(BaseRetriever):
     # Only documents whose index metadata match: "source in {a, b} and year >= 2015" or {"source": ["a", "b"]};
     # `invoke(query, filter=...)` sets one for a single call.
     filter: str | dict | None = None
+    mode: str = "plaid"   # plaid, lexical (the index's BM25) or hybrid (the two fused by reciprocal rank)
 
     @classmethod
     def from_index(cls, index: Any, model: Any = None, **kwargs: Any) -> "MedColbertRetriever":
@@ -50,7 +51,8 @@ class MedColbertRetriever(BaseRetriever):
         from .retrievers import PlaidRetriever
 
         where = filter if filter is not None else self.filter
-        hits = PlaidRetriever(self.searcher, where=where).hits({"q": query}, k=self.k)["q"]
+        mode = {"mode": self.mode} if self.mode != "plaid" else {}
+        hits = PlaidRetriever(self.searcher, where=where, **mode).hits({"q": query}, k=self.k)["q"]
         # Without texts given, an index that stores its documents supplies their texts and metadata (a split
         # document's best passage as its text).
         stored = self.documents is None and self.searcher.index.has_documents

@@ -132,10 +132,10 @@ def top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, 
     return [(int(positions[i]), float(scores[i])) for i in order]
 
 
-def rrf(runs: Sequence[Sequence[str]], k: int = 60) -> dict[str, float]:
-    """Reciprocal rank fusion of ranked id lists: sum of 1 / (k + rank)."""
+def rrf(runs: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Reciprocal rank fusion of ranked id lists: sum of weight / (k + rank)."""
     fused: dict[str, float] = {}
-    for ranking in runs:
+    for ranking, weight in zip(runs, weights or [1.0] * len(runs)):
         for rank, doc in enumerate(ranking, start=1):
-            fused[doc] = fused.get(doc, 0.0) + 1.0 / (k + rank)
+            fused[doc] = fused.get(doc, 0.0) + weight / (k + rank)
     return fused

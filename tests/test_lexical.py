@@ -143,6 +143,13 @@ def test_cli_service_and_retriever_take_the_mode(tmp_path, model, capsys):
     assert hits[0]["id"] == reference(corpus, query, 1)[0][0]
     run = PlaidRetriever.from_index(tmp_path / "i", model, mode="hybrid").retrieve({"q": query}, k=5)
     assert len(run["q"]) == 5
+    from medcolbert.langchain import MedColbertRetriever
+    from medcolbert.pyterrier import ColBERTRetrieve
+
+    docs = MedColbertRetriever.from_index(tmp_path / "i", model, k=2, mode="lexical").invoke(query)
+    assert docs[0].metadata["id"] == hits[0]["id"]
+    frame = ColBERTRetrieve(tmp_path / "i", model, k=3, mode="lexical").search(query)
+    assert list(frame["docno"])[0] == hits[0]["id"]
     app = create_app(tmp_path / "i", str(checkpoint), limits=Limits(), load_in_background=False)
     with TestClient(app) as client:
         r = client.post("/search", json={"query": query, "k": 3, "mode": "hybrid"})

@@ -231,7 +231,7 @@ class Searcher:
 
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
                          depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
-                         **knobs: object) -> list[tuple[str, float, str]]:
+                         lexical_weight: float = 1.0, **knobs: object) -> list[tuple[str, float, str]]:
         """One text query's hits in a mode: lexical (BM25) or hybrid (RRF of PLAID's and BM25's top `depth`);
         encoded: the query's (vectors, pooled vector or None) where the caller has them (encoded once)."""
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
@@ -246,7 +246,8 @@ class Searcher:
         learned = self.search_hits(encoded[0], depth, encoded[1], allowed, **knobs)
         lexical = self.lexical_hits(query, depth, allowed)
         stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
-        fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k)
+        weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
+        fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k, weights=[1.0, weight])
         best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [(d, x, stored[d]) for d, x in best]
 
