@@ -9,7 +9,7 @@ EXPERIMENT ?= experiments/panel.yaml
 # pyproject keeps a range so that other machines can use their own build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo flagship rerank-demo test test-gpu compat bench-encode compat-colbert-ai clean train-real-questions real-questions \
+.PHONY: install demo flagship rerank-demo test test-gpu compat bench-hybrid bench-encode compat-colbert-ai clean train-real-questions real-questions \
 	bench-search bench-latency bench-scale bench-engines bench-exact-stage bench-filters bench-ray bench-service \
 	probe-cli pyterrier-experiment bench-cpu
 
@@ -110,6 +110,9 @@ bench-exact-stage: install   # the exact stage before/after scoring from residua
 		--queries-npy $(SCALE_WORK)/queries.npy --num-queries 60 --out experiments/engines/exact-stage-$$n; done
 	$(BIN)/python scripts/bench_exact_stage.py --index .cache/engines/scifact/index-medcolbert \
 		--queries-npy .cache/engines/scifact/queries.npy --num-queries 100 --out experiments/engines/exact-stage-scifact
+bench-hybrid: install   # the lexical side's cost: PLAID / lexical / hybrid latency, postings bytes and build time
+	$(BIN)/python scripts/bench_hybrid.py --data ../shared/data/scifact --split test --work .cache/bench/hybrid-scifact \
+		--out experiments/hybrid/cost-scifact/results.json
 bench-filters: install   # filtered search per selectivity vs unfiltered and post-filtering
 	$(BIN)/python scripts/bench_filters.py --index $(SCALE_WORK)/index-1000000 --queries-npy $(SCALE_WORK)/queries.npy \
 		--num-queries 30 --seeds 2 --out experiments/filters/scale-1m
