@@ -37,7 +37,7 @@ _COMMON_KEYS = {"name", "type", "k", "trained_on", "datasets"}   # datasets: run
 # accepted, the model cache's key and the overrides passed on.
 _COLBERT_OVERRIDES = ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power")
 _COLBERT_KEYS = {"model", *_COLBERT_OVERRIDES}
-SYSTEM_KEYS = {"bm25": _COMMON_KEYS,
+SYSTEM_KEYS = {"bm25": _COMMON_KEYS | {"tokenizer"},
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
                "colbert": _COMMON_KEYS | _COLBERT_KEYS | {"nbits", "ncells", "centroid_score_threshold", "ndocs", "exact_docs",
                                                           "hybrid_depth", "exact", "preset", "num_centroids", "assignment", "kmeans"},
@@ -116,7 +116,7 @@ SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "first_stage": _is_str, "depth": _is_int(1, 100_000), "split_documents": _is_bool, "kind": _one_of("colbert", "dense"),
     "pooling": _one_of("mean", "cls"), "query_prefix": lambda v: None if isinstance(v, str) else "must be a string",
     "index": _one_of("flat", "hnsw"),
-    "runs": _is_str_list, "rrf_k": _is_int(1), "path": _is_str,
+    "runs": _is_str_list, "rrf_k": _is_int(1), "path": _is_str, "tokenizer": _one_of("default", "medical"),
     "weights": lambda v: None if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                              and x >= 0 for x in v) else "must be a list of numbers >= 0"}
 
@@ -428,7 +428,7 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
 def _bm25_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]
     from .retrievers import BM25Retriever
 
-    return BM25Retriever(ctx.corpus)
+    return BM25Retriever(ctx.corpus, tokenizer=spec.get("tokenizer", "default"))
 
 
 def _dense_stage(ctx: _Context, spec: dict):  # type: ignore[no-untyped-def]

@@ -12,11 +12,21 @@ from ..evaluation.datasets import Run
 from ..validation import check_int
 
 
+# How text splits into terms. default: bm25s' (words of two or more word characters), which splits "COVID-19" into
+# "covid" and "19" and drops the "5" of "5-FU" and the "6" of "IL-6". medical: a word keeps its hyphen-, slash- or
+# dot-joined parts ("covid-19", "5-fu", "il-6", "b12", "hba1c") and single characters count (stopwords still go).
+TOKEN_PATTERNS = {"default": r"(?u)\b\w\w+\b", "medical": r"(?u)\b\w+(?:[-/.]\w+)*\b"}
+
+
 class BM25:
     """A bm25s index over (doc id, text) pairs; `search` returns a run dict."""
 
-    def __init__(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", language: str = "english") -> None:
+    def __init__(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene", language: str = "english",
+                 tokenizer: str = "default") -> None:
+        if tokenizer not in TOKEN_PATTERNS:
+            raise ValueError(f"tokenizer must be one of {', '.join(TOKEN_PATTERNS)}, got {tokenizer!r}")
         self.k1, self.b, self.method = k1, b, method
+        self.token_pattern = TOKEN_PATTERNS[tokenizer]
         self.stemmer = Stemmer.Stemmer(language)
         self.stopwords = "en" if language == "english" else None
         self.doc_ids: list[str] = []
@@ -33,7 +43,7 @@ class BM25:
             raise TypeError(f"BM25: the text of document {bad!r} is {type(documents[bad]).__name__}, expected str")
         self.doc_ids = list(documents)
         tokens = bm25s.tokenize(list(documents.values()), stopwords=self.stopwords, stemmer=self.stemmer,
-                                show_progress=show_progress)
+                                token_pattern=self.token_pattern, show_progress=show_progress)
         self._retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         self._retriever.index(tokens, show_progress=show_progress)
         return self
@@ -48,7 +58,7 @@ class BM25:
         k = min(k, len(self.doc_ids))
         qids = list(queries)
         tokens = bm25s.tokenize([queries[q] for q in qids], stopwords=self.stopwords, stemmer=self.stemmer,
-                                show_progress=False)
+                                token_pattern=self.token_pattern, show_progress=False)
         docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=show_progress, n_threads=1)
         run: Run = {}
         for row, qid in enumerate(qids):
