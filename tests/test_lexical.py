@@ -157,3 +157,14 @@ def test_cli_service_and_retriever_take_the_mode(tmp_path, model, capsys):
         assert client.post("/search", json={"query": query, "mode": "fuzzy"}).status_code == 422
         top = client.post("/search", json={"query": query, "k": 1, "mode": "lexical"}).json()["results"][0]["id"]
         assert top == hits[0]["id"]
+
+
+def test_the_medical_tokenizer_keeps_drug_lab_and_gene_terms_whole():
+    corpus = {"a": "Dose of 5-FU raised; IL-6 and CRP high.", "b": "Fluorouracil (FU) and interleukin 6 measured.",
+              "c": "COVID-19 booster and vitamin B12."}
+    default, medical = BM25().index(corpus), BM25(tokenizer="medical").index(corpus)
+    assert set(default.search({"q": "5-FU"}, k=3)["q"]) == {"a", "b"}     # 'fu' alone: both documents
+    assert list(medical.search({"q": "5-FU"}, k=3)["q"]) == ["a"]         # the drug's name, whole
+    assert list(medical.search({"q": "IL-6 levels"}, k=3)["q"]) == ["a"]
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        BM25(tokenizer="clinical")
