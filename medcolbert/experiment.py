@@ -188,6 +188,10 @@ def validate_schema(raw: dict, path: Path | None = None) -> None:
                                                f"{sorted(SYSTEM_KEYS[s['type']])}")
 
 
+# A temporary run folder untouched this long belongs to a run that died (a live run writes into it as it goes).
+STALE_RUN_SECONDS = 6 * 3600
+
+
 class MissingPlotting(MedColbertError):
     """matplotlib is not installed: the run's tables stand, without plots."""
 
@@ -603,6 +607,9 @@ def run_experiment(cfg: ExperimentConfig, show_progress: bool | None = None,
     cfg.check_inputs()   # before anything is made or encoded
     final = cfg.out
     final.mkdir(parents=True, exist_ok=True)
+    for stale in final.glob(".run-tmp-*"):   # the work of a run that was killed: never moved into place
+        if time.time() - stale.stat().st_mtime > STALE_RUN_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     out = Path(tempfile.mkdtemp(prefix=".run-tmp-", dir=final))
     try:
         results = _run_into(cfg, out, show_progress, log)
