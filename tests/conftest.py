@@ -71,3 +71,25 @@ def write_beir(folder: Path, docs=DOCS, queries=QUERIES, qrels=QRELS, split: str
 @pytest.fixture()
 def tiny_beir(tmp_path: Path) -> Path:
     return write_beir(tmp_path / "tiny")
+
+
+def random_change(data, index, model, live: dict, step: int, new_docs) -> None:  # type: ignore[no-untyped-def]
+    """One random add, delete or compaction of `index`, mirrored in `live` ({id: value}) for a property test;
+    new_docs(step) gives the documents to add as {id: (text, metadata or None, value for live)}."""
+    from hypothesis import strategies as st
+
+    from medcolbert.indexing.encoded import EncodedDocuments
+
+    action = data.draw(st.sampled_from(["add", "delete", "compact"]))
+    if action == "add":
+        new = new_docs(step)
+        index.add(EncodedDocuments.encode(model, {d: t for d, (t, _, _) in new.items()},
+                                          {d: m for d, (_, m, _) in new.items() if m is not None}, index=index))
+        live.update({d: v for d, (_, _, v) in new.items()})
+    elif action == "delete" and len(live) > 2:
+        gone = data.draw(st.lists(st.sampled_from(sorted(live)), min_size=1, max_size=3, unique=True))
+        index.delete(gone)
+        for d in gone:
+            live.pop(d)
+    else:
+        index.compact()

@@ -10,10 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medcolbert.baselines.bm25 import BM25
-from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.indexing.index import Index
 from medcolbert.search.plaid import Searcher
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_model, random_change
 from tests.test_index import WORDS, make_corpus
 
 
@@ -60,20 +59,13 @@ def test_property_after_adds_deletes_and_compactions_it_answers_as_a_fresh_build
     path = tmp_path_factory.mktemp("lex") / "i"
     idx = Index.build(path, model, corpus, show_progress=False)
     live = dict(corpus)
+    def new_docs(step: int) -> dict:
+        texts = [" ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=3, max_size=12)))
+                 for _ in range(data.draw(st.integers(1, 4)))]
+        return {f"n{step}-{j}": (t, None, t) for j, t in enumerate(texts)}
+
     for step in range(data.draw(st.integers(1, 3))):
-        action = data.draw(st.sampled_from(["add", "delete", "compact"]))
-        if action == "add":
-            new = {f"n{step}-{j}": " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=3, max_size=12)))
-                   for j in range(data.draw(st.integers(1, 4)))}
-            idx.add(EncodedDocuments.encode(model, new, index=idx))
-            live.update(new)
-        elif action == "delete" and len(live) > 2:
-            gone = data.draw(st.lists(st.sampled_from(sorted(live)), min_size=1, max_size=4, unique=True))
-            idx.delete(gone)
-            for d in gone:
-                live.pop(d)
-        else:
-            idx.compact()
+        random_change(data, idx, model, live, step, new_docs)
     query = " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=5)))
     got = lexical(Index.open(path), query, 10)
     assert same(got, reference(live, query, 10)), (query, got, reference(live, query, 10))

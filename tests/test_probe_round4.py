@@ -11,7 +11,7 @@ from medcolbert.filters import FilterError
 from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.indexing.index import Index
 from medcolbert.errors import MedColbertError
-from tests.conftest import make_tiny_model
+from tests.conftest import make_tiny_model, random_change
 
 TEXT = "statin therapy and muscle pain in older patients"
 
@@ -342,20 +342,12 @@ def test_property_mixed_kinds_huge_integers_offsets_and_updates_between_searches
         idx = Index.build(path, model, _docs({d: ({"v": v} if v is not None else {}) for d, v in values.items()}),
                           show_progress=False)
         live = dict(values)
+        def new_docs(step: int) -> dict:
+            values = {f"n{step}-{j}": data.draw(_values()) for j in range(3)}
+            return {d: (f"{TEXT} {d}", {"v": v} if v is not None else None, v) for d, v in values.items()}
+
         for step in range(data.draw(st.integers(0, 2))):
-            action = data.draw(st.sampled_from(["add", "delete", "compact"]))
-            if action == "add":
-                new = {f"n{step}-{j}": data.draw(_values()) for j in range(3)}
-                idx.add(EncodedDocuments.encode(model, {d: f"{TEXT} {d}" for d in new},
-                                                {d: {"v": v} for d, v in new.items() if v is not None}, index=idx))
-                live.update(new)
-            elif action == "delete" and len(live) > 1:
-                gone = data.draw(st.lists(st.sampled_from(sorted(live)), min_size=1, max_size=3, unique=True))
-                idx.delete(gone)
-                for d in gone:
-                    live.pop(d)
-            else:
-                idx.compact()
+            random_change(data, idx, model, live, step, new_docs)
             op, raw = data.draw(st.sampled_from(["=", ">=", "<"])), data.draw(raws)
             want = {d for d, v in live.items() if _reference(v, op, raw)}
             try:
