@@ -902,7 +902,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .modeling.checkpoint import BASE_MODEL_ID, release_model_path
-    from .machine import cpu_model
+    from .machine import cpu_features, cpu_model
     from .modeling.precision import choose_query_precision
     from .search import cpu_kernel
 
@@ -926,6 +926,10 @@ def cmd_info(args: argparse.Namespace) -> int:
          "not in use (not built at install, or MEDCOLBERT_PLAID_KERNEL=torch): search runs the torch engine"),
         ("default model", str(default) if default is not None else f"{BASE_MODEL_ID} (no released checkpoint here)"),
         ("cpu", cpu_model()),
+        ("cpu features", ", ".join(cpu_features()) or "not read"),
+        ("PLAID loops", "none (torch engine)" if kernel is None else
+         "AVX-512 (exact-stage lookups, decompression, candidate scoring)" if "avx512f" in cpu_features() else
+         "AVX2 / portable clones where compiled; the exact-stage lookup loops have AVX-512 versions only"),
     ]
     if args.precision:
         from .modeling.encoder import ColBERT
@@ -950,7 +954,7 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
     """`info`'s lines on the PLAID exact stage: measured now for an index, else what this CPU has remembered."""
     import os
 
-    from .machine import cpu_model, stored
+    from .machine import cpu_id, stored
     from .search.engine import choose_exact_stage
 
     def describe(entry: dict) -> str:
@@ -969,7 +973,7 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
     forced = os.environ.get("MEDCOLBERT_EXACT_STAGE", "auto")
     if forced != "auto":
         return [("exact stage", f"{forced} (forced by MEDCOLBERT_EXACT_STAGE)")]
-    mine = {k: v for k, v in stored("exact-stage").items() if k.startswith(cpu_model() + "|") and isinstance(v, dict)}
+    mine = {k: v for k, v in stored("exact-stage").items() if k.startswith(cpu_id() + "|") and isinstance(v, dict)}
     if not mine:
         return [("exact stage", "chosen when an index is first searched on this CPU; --index PATH measures it now")]
     return [(f"exact stage ({key.rsplit('|', 2)[-2]}, {key.rsplit('|', 1)[-1]})", describe(entry))

@@ -25,6 +25,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets the engine's and the encoder's choices depend on (x86: AVX-512, its bfloat16 dot products,
+# AMX, AVX2, FMA; ARM: Advanced SIMD). "AMD EPYC" names both AVX2-only and AVX-512 BF16 machines, so the model
+# name alone cannot key what was measured on one.
+FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma", "asimd")
+
+
+def parse_features(cpuinfo: str) -> tuple[str, ...]:
+    """The FEATURES a /proc/cpuinfo text lists (its first "flags" or "Features" line), in FEATURES' order."""
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return tuple(f for f in FEATURES if f in have)
+    return ()
+
+
+def cpu_features() -> tuple[str, ...]:
+    """This CPU's FEATURES (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        return parse_features(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return ()
+
+
+def cpu_id() -> str:
+    """The CPU's model name and its FEATURES: the key of every choice measured on this machine."""
+    return f"{cpu_model()} [{'+'.join(cpu_features()) or 'features unknown'}]"
+
+
 def cache_dir() -> Path:
     """$MEDCOLBERT_CACHE, else ~/.cache/medcolbert."""
     root = os.environ.get("MEDCOLBERT_CACHE")

@@ -124,3 +124,17 @@ def test_search_results_do_not_depend_on_the_thread_count(tiny_model, tmp_path, 
     assert [[d for d, _ in hits] for hits in busy] == [[d for d, _ in hits] for hits in quiet]
     for got, ref in zip(busy, quiet):
         assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(got, ref))
+
+
+def test_machine_choices_are_keyed_by_cpu_features_as_well_as_the_name():
+    """Two "AMD EPYC"s, one AVX2-only and one with AVX-512 BF16, must not share what was measured on either."""
+    from medcolbert.machine import parse_features
+
+    zen3 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
+    zen4 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512_bf16 avx512_vnni\n"
+    xeon = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n"
+    assert parse_features(zen3) == ("avx2", "fma")
+    assert parse_features(zen4) == ("avx512f", "avx512_bf16", "avx2", "fma")
+    assert parse_features(xeon) == ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma")
+    assert parse_features(arm) == ("asimd",) and parse_features("nothing here") == ()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..machine import THREADS, cpu_model, remembered
+from ..machine import THREADS, cpu_id, cpu_model, remembered
 
 # A lower precision is used only when every probe vector stays this close to fp32's (cosine) ...
 MIN_COSINE = 0.999
@@ -26,7 +26,7 @@ def _dtype(name: str) -> torch.dtype | None:
 
 
 def _key(model: Any) -> str:
-    return f"{cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model.fingerprint(weights_only=True)}"
+    return f"{cpu_id()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model.fingerprint(weights_only=True)}"
 
 
 def measure(model: Any, repeats: int = 15) -> dict:

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..indexing.codec import dequantize
 from ..indexing.index import Index
 from ..indexing.storage import ranges as np_ranges
-from ..machine import cpu_model, remembered
+from ..machine import cpu_id, cpu_model, remembered
 from . import cpu_kernel
 
 # How the compiled path scores its exact stage, fastest first on the machine that chose the order:
@@ -487,7 +487,7 @@ def _aligned_floats(n: int) -> np.ndarray:
 def _stage_key(engine: PlaidEngine) -> str:
     codec = engine.index.codec
     kernel = f"|kernel r{engine.kernel.revision}" if engine.kernel is not None else ""
-    return f"{cpu_model()}|torch {torch.__version__}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
+    return f"{cpu_id()}|torch {torch.__version__}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
            f"dim {codec.dim}|nbits {codec.nbits}{kernel}"
 
 
