@@ -91,12 +91,16 @@ bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side 
 	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 	$(BIN)/python scripts/bench_engines.py --from-index $(SCALE_WORK)/index-1000000 \
 		--queries-npy $(SCALE_WORK)/queries.npy --engines medcolbert,xtr-warp --out $(CPU_RECORD)/scale-1m
-# Issue 30's record for the CPU at hand, in a folder named after lscpu's model name: the MedQuAD 1k latency
+# Issue 30's record for the CPU at hand, in a folder named after lscpu's model name and the CPU's widest instruction
+# set: the MedQuAD 1k latency
 # benchmark against colbert-ai (4 rounds) and the SciFact engines table. First run: builds the 1k index (about a
 # minute), colbert-ai's venv and index, the peers' venv (pulls torch 2.11, GBs, once).
 CPU_SLUG := $(shell lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1 | tr 'A-Z' 'a-z' | \
 	sed 's/(r)//g; s/(tm)//g; s/[^a-z0-9][^a-z0-9]*/-/g; s/^-//; s/-$$//')
-CPU_RECORD ?= experiments/engines/cpu-$(or $(CPU_SLUG),unknown)
+# ... and by its widest instruction set (amx, avx512bf16, avx512, avx2, neon, portable): one model name covers
+# several CPU types ("AMD EPYC": AVX2-only and AVX-512 BF16 machines).
+CPU_CLASS = $(shell $(BIN)/python -c "from medcolbert.machine import simd_class; print(simd_class())" 2>/dev/null)
+CPU_RECORD ?= experiments/engines/cpu-$(or $(CPU_SLUG),unknown)-$(or $(CPU_CLASS),unknown)
 bench-cpu: install
 	test -f .cache/bench/medquad-1k/medcolbert-nbits2/manifest.json || $(BIN)/python scripts/bench_search.py \
 		--data ../shared/data/medquad/dev-retrieval --split dev --max-docs 1000 --max-queries 200 --nbits-sizes 2 \

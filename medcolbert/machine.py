@@ -48,6 +48,16 @@ def cpu_features() -> tuple[str, ...]:
         return ()
 
 
+def simd_class(features: tuple[str, ...] | None = None) -> str:
+    """The widest of the CPU types the project records separately: amx, avx512bf16, avx512, avx2, neon or portable."""
+    have = set(cpu_features() if features is None else features)
+    for name, flag in (("amx", "amx_bf16"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2"),
+                       ("neon", "asimd")):
+        if flag in have:
+            return name
+    return "portable"
+
+
 def cpu_id() -> str:
     """The CPU's model name and its FEATURES: the key of every choice measured on this machine."""
     return f"{cpu_model()} [{'+'.join(cpu_features()) or 'features unknown'}]"

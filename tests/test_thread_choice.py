@@ -138,3 +138,7 @@ def test_machine_choices_are_keyed_by_cpu_features_as_well_as_the_name():
     assert parse_features(zen4) == ("avx512f", "avx512_bf16", "avx2", "fma")
     assert parse_features(xeon) == ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma")
     assert parse_features(arm) == ("asimd",) and parse_features("nothing here") == ()
+    from medcolbert.machine import simd_class
+
+    assert [simd_class(parse_features(t)) for t in (zen3, zen4, xeon, arm, "")] == \
+        ["avx2", "avx512bf16", "amx", "neon", "portable"]
