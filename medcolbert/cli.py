@@ -187,6 +187,10 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["plaid", "lexical", "hybrid"], default="plaid",
                    help="plaid: late interaction (default); lexical: BM25 over the index's postings; hybrid: the two "
                         "fused by reciprocal rank (each side's top 100)")
+    p.add_argument("--fusion", choices=["rrf", "score"], default="rrf",
+                   help="hybrid: reciprocal rank fusion (default) or min-max normalised scores summed")
+    p.add_argument("--lexical-weight", type=float_option(0.0, 100.0), default=1.0,
+                   help="hybrid: the weight of BM25's side (default 1)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
     p.add_argument("--json", metavar="PATH", help="also write JSON here ('-': JSON on stdout, the table on stderr): "
@@ -609,7 +613,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                   f"all be 0 (was the index built from another corpus?)")
     model = _index_model(index, args.model, args.device)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
-    knobs = {"mode": args.mode} if args.mode != "plaid" else {}
+    knobs = _mode_knobs(args)
     retriever = PlaidRetriever.from_index(index, model, config, show_progress=None, where=args.where, **knobs)
     t0 = time.perf_counter()
     run = retriever.retrieve(queries, k=args.k)
@@ -631,6 +635,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mode_knobs(args: argparse.Namespace) -> dict:
+    """The search mode's knobs from the command line (none for plaid)."""
+    if args.mode == "plaid":
+        return {}
+    return {"mode": args.mode, "fusion": args.fusion, "lexical_weight": args.lexical_weight} if args.mode == "hybrid" \
+        else {"mode": args.mode}
+
+
 def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-untyped-def]
     """Print one query's hits: rank, id, score and a text snippet (or JSON lines with --json -)."""
     import json
@@ -639,7 +651,7 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     from .search.plaid import SearchConfig
 
     k = args.k or 10
-    knobs = {"mode": args.mode} if args.mode != "plaid" else {}
+    knobs = _mode_knobs(args)
     retriever = PlaidRetriever.from_index(index, index.load_model(args.model, args.device), SearchConfig(
         args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where, **knobs)
     hits = retriever.hits({"q": args.query}, k=k)["q"]

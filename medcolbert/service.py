@@ -81,6 +81,8 @@ class SearchRequest(_Strict):
     where: str | dict[str, Any] | None = None
     # plaid (late interaction), lexical (BM25 over the index's postings) or hybrid (the two fused by rank).
     mode: Literal["plaid", "lexical", "hybrid"] = "plaid"
+    fusion: Literal["rrf", "score"] = "rrf"                  # hybrid: by rank, or by min-max normalised scores
+    lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)   # hybrid: the weight of BM25's side
 
 
 class RerankRequest(_Strict):
@@ -475,7 +477,8 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                 run = stage.retrieve(queries, k=req.k)
                 ranked: list[list] = [list(run.get(q, {}).items()) for q in queries.ids]
             else:
-                mode = {"mode": req.mode} if req.mode != "plaid" else {}
+                mode = {} if req.mode == "plaid" else {"mode": req.mode} if req.mode == "lexical" else \
+                    {"mode": req.mode, "fusion": req.fusion, "lexical_weight": req.lexical_weight}
                 per_query = snap.plaid.with_knobs(where=allowed, **mode, **knobs).hits(queries, k=req.k)
                 ranked = [per_query[q] for q in queries.ids]
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).

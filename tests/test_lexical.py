@@ -97,6 +97,20 @@ def test_hybrid_fuses_both_sides_by_rank_and_split_documents_come_back_whole(tmp
     fused = searcher.search(query, k=10, mode="hybrid")
     expect = {d: sum(1 / (60 + r.index(d) + 1) for r in (plaid, bm25) if d in r) for d in set(plaid) | set(bm25)}
     assert [d for d, _ in fused] == [d for d, _ in sorted(expect.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
+    # The normalised score combination: each side min-max scaled, BM25's weighted.
+    plaid_s = searcher.search(query, k=100)
+    bm25_s = searcher.search(query, k=100, mode="lexical")
+
+    def scaled(run):  # type: ignore[no-untyped-def]
+        lo, hi = min(x for _, x in run), max(x for _, x in run)
+        return {d: (x - lo) / (hi - lo) for d, x in run}
+
+    a, b = scaled(plaid_s), scaled(bm25_s)
+    want = {d: a.get(d, 0.0) + 0.5 * b.get(d, 0.0) for d in set(a) | set(b)}
+    got = searcher.search(query, k=5, mode="hybrid", fusion="score", lexical_weight=0.5)
+    assert [d for d, _ in got] == [d for d, _ in sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    with pytest.raises(ValueError, match="fusion must be"):
+        searcher.search(query, k=5, mode="hybrid", fusion="max")
     long = {f"L{i}": " ".join([text] * 6) for i, text in enumerate(list(corpus.values())[:6])}
     split = Index.build(tmp_path / "s", model, long, split_documents=True, passage_tokens=24, show_progress=False)
     hits = Searcher(split, model).search(" ".join(long["L2"].split()[:4]), k=3, mode="lexical", return_documents=True)
@@ -133,6 +147,9 @@ def test_cli_service_and_retriever_take_the_mode(tmp_path, model, capsys):
                  "--mode", "lexical", "--json", "-"]) == 0
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert hits[0]["id"] == reference(corpus, query, 1)[0][0]
+    assert main(["search", "--index", str(tmp_path / "i"), "--model", str(checkpoint), "--query", query, "--k", "4",
+                 "--mode", "hybrid", "--fusion", "score", "--lexical-weight", "0.5", "--json", "-"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 4
     run = PlaidRetriever.from_index(tmp_path / "i", model, mode="hybrid").retrieve({"q": query}, k=5)
     assert len(run["q"]) == 5
     from medcolbert.langchain import MedColbertRetriever
@@ -145,6 +162,8 @@ def test_cli_service_and_retriever_take_the_mode(tmp_path, model, capsys):
     app = create_app(tmp_path / "i", str(checkpoint), limits=Limits(), load_in_background=False)
     with TestClient(app) as client:
         r = client.post("/search", json={"query": query, "k": 3, "mode": "hybrid"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        r = client.post("/search", json={"query": query, "k": 3, "mode": "hybrid", "fusion": "score", "lexical_weight": 0.3})
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         assert client.post("/search", json={"query": query, "mode": "fuzzy"}).status_code == 422
         top = client.post("/search", json={"query": query, "k": 1, "mode": "lexical"}).json()["results"][0]["id"]

@@ -231,13 +231,18 @@ class Searcher:
 
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
                          depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
-                         lexical_weight: float = 1.0, **knobs: object) -> list[tuple[str, float, str]]:
-        """One text query's hits in a mode: lexical (BM25) or hybrid (RRF of PLAID's and BM25's top `depth`);
-        encoded: the query's (vectors, pooled vector or None) where the caller has them (encoded once)."""
+                         lexical_weight: float = 1.0, fusion: str = "rrf",
+                         **knobs: object) -> list[tuple[str, float, str]]:
+        """One text query's hits in a mode: lexical (BM25) or hybrid (PLAID's and BM25's top `depth` fused by
+        reciprocal rank, fusion="rrf", or by min-max normalised scores, fusion="score"; BM25's side weighted
+        lexical_weight); encoded: the query's (vectors, pooled vector or None) where the caller has them."""
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
         if mode == "lexical":
             return self.lexical_hits(query, k, allowed)
-        from ..lexical import rrf
+        from ..lexical import combine, rrf
+
+        if fusion not in ("rrf", "score"):
+            raise ValueError(f"fusion must be rrf or score, got {fusion!r}")
 
         depth = max(k, check_int("depth", depth, 1))
         if encoded is None:
@@ -247,7 +252,10 @@ class Searcher:
         lexical = self.lexical_hits(query, depth, allowed)
         stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
         weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
-        fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k, weights=[1.0, weight])
+        if fusion == "rrf":
+            fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k, weights=[1.0, weight])
+        else:
+            fused = combine([[(d, x) for d, x, _ in learned], [(d, x) for d, x, _ in lexical]], weights=[1.0, weight])
         best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [(d, x, stored[d]) for d, x in best]
 
