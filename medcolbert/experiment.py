@@ -44,7 +44,7 @@ SYSTEM_KEYS = {"bm25": _COMMON_KEYS | {"tokenizer"},
                # kind: dense reranks by a single-vector model's cosine (model, pooling, query_prefix, doc_maxlen)
                "rerank": _COMMON_KEYS | _COLBERT_KEYS | {"first_stage", "depth", "split_documents", "kind", "pooling",
                                                          "query_prefix"},
-               "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights"},
+               "rrf": _COMMON_KEYS | {"runs", "rrf_k", "weights", "fusion"},
                # a stored first stage (e.g. a data set's own candidate lists): a TREC run file per split,
                # '{split}' in the path standing for each split of the data set
                "run": _COMMON_KEYS | {"path"}}
@@ -117,6 +117,7 @@ SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "pooling": _one_of("mean", "cls"), "query_prefix": lambda v: None if isinstance(v, str) else "must be a string",
     "index": _one_of("flat", "hnsw"),
     "runs": _is_str_list, "rrf_k": _is_int(1), "path": _is_str, "tokenizer": _one_of("default", "medical"),
+    "fusion": _one_of("rrf", "score"),
     "weights": lambda v: None if isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                              and x >= 0 for x in v) else "must be a list of numbers >= 0"}
 
@@ -417,9 +418,16 @@ def _run_system(ctx: _Context, spec: dict) -> Run:
         from .search.fusion import rrf
 
         rrf_k, weights = int(spec.get("rrf_k", 60)), spec.get("weights")
-        run = rrf([ctx.runs[n] for n in spec["runs"]], k=rrf_k, depth=k, weights=weights)
         parts = [ctx.stages[n] for n in spec["runs"]]
-        stage = None if None in parts else RRF(*parts, k=rrf_k, depth=k, weights=weights)
+        if spec.get("fusion", "rrf") == "score":   # normalised score combination of the runs' top k
+            from .search.fusion import combine
+
+            run = {q: dict(list(hits.items())[:k]) for q, hits in combine([ctx.runs[n] for n in spec["runs"]],
+                                                                         weights=weights).items()}
+            stage = None
+        else:
+            run = rrf([ctx.runs[n] for n in spec["runs"]], k=rrf_k, depth=k, weights=weights)
+            stage = None if None in parts else RRF(*parts, k=rrf_k, depth=k, weights=weights)
     else:
         stage = STAGES[spec["type"]](ctx, spec)
         run = stage.retrieve(queries, k=k)

@@ -130,26 +130,3 @@ def top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, 
         positions, scores = positions[part], scores[part]
     order = np.lexsort((positions, -scores))
     return [(int(positions[i]), float(scores[i])) for i in order]
-
-
-def combine(runs: Sequence[Sequence[tuple[str, float]]], weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Normalised score combination: each ranked list's scores min-max scaled to [0, 1] (1 where all are equal),
-    summed with weights; a document absent from a list gets 0 from it."""
-    fused: dict[str, float] = {}
-    for ranking, weight in zip(runs, weights or [1.0] * len(runs)):
-        if not ranking:
-            continue
-        scores = [x for _, x in ranking]
-        lo, hi = min(scores), max(scores)
-        for doc, x in ranking:
-            fused[doc] = fused.get(doc, 0.0) + weight * ((x - lo) / (hi - lo) if hi > lo else 1.0)
-    return fused
-
-
-def rrf(runs: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Reciprocal rank fusion of ranked id lists: sum of weight / (k + rank)."""
-    fused: dict[str, float] = {}
-    for ranking, weight in zip(runs, weights or [1.0] * len(runs)):
-        for rank, doc in enumerate(ranking, start=1):
-            fused[doc] = fused.get(doc, 0.0) + weight / (k + rank)
-    return fused

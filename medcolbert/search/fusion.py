@@ -1,4 +1,4 @@
-"""Hybrid retrieval by reciprocal rank fusion (RRF) of any number of runs."""
+"""Hybrid retrieval: reciprocal rank fusion (RRF) or normalised score combination of any number of runs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,23 @@ def rrf(runs: Sequence[Mapping[str, Mapping[str, float]]], k: int = 60, depth: i
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         out[qid] = dict(ranked[:depth] if depth else ranked)
     return out
+
+
+def combine(runs: Sequence[Mapping[str, Mapping[str, float]]], weights: Sequence[float] | None = None) -> Run:
+    """Fuse runs by score: each run's scores of a query min-max scaled to [0, 1] (1 where all are equal) and summed
+    with weights; a document a run did not retrieve gets 0 from it. Best first."""
+    if not runs:
+        raise ValueError("combine needs at least one run")
+    weights = list(weights) if weights is not None else [1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
+    fused: Run = {}
+    for run, w in zip(runs, weights):
+        for qid, hits in run.items():
+            scores = fused.setdefault(qid, {})
+            if not hits:
+                continue
+            lo, hi = min(hits.values()), max(hits.values())
+            for doc, x in hits.items():
+                scores[doc] = scores.get(doc, 0.0) + w * ((x - lo) / (hi - lo) if hi > lo else 1.0)
+    return {qid: dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))) for qid, scores in fused.items()}

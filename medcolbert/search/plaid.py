@@ -239,7 +239,7 @@ class Searcher:
         allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
         if mode == "lexical":
             return self.lexical_hits(query, k, allowed)
-        from ..lexical import combine, rrf
+        from .fusion import combine, rrf
 
         if fusion not in ("rrf", "score"):
             raise ValueError(f"fusion must be rrf or score, got {fusion!r}")
@@ -252,10 +252,9 @@ class Searcher:
         lexical = self.lexical_hits(query, depth, allowed)
         stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
         weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
-        if fusion == "rrf":
-            fused = rrf([[d for d, _, _ in learned], [d for d, _, _ in lexical]], k=rrf_k, weights=[1.0, weight])
-        else:
-            fused = combine([[(d, x) for d, x, _ in learned], [(d, x) for d, x, _ in lexical]], weights=[1.0, weight])
+        sides = [{"q": {d: x for d, x, _ in learned}}, {"q": {d: x for d, x, _ in lexical}}]
+        fused = (rrf(sides, k=rrf_k, weights=[1.0, weight]) if fusion == "rrf" else
+                 combine(sides, weights=[1.0, weight])).get("q", {})
         best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         return [(d, x, stored[d]) for d, x in best]
 
