@@ -30,6 +30,7 @@ def main() -> int:
     args = p.parse_args()
     from medcolbert import ColBERT
     from medcolbert.bench import cpu_model, percentiles, time_each, write_results
+    from medcolbert.machine import cpu_features
     from medcolbert.evaluation.datasets import load_beir
     from medcolbert.indexing.index import Index
     from medcolbert.lexical import postings
@@ -65,7 +66,7 @@ def main() -> int:
                 row = next(x for x in rows if x["round"] == r and x["k"] == k and x["mode"] == mode)
                 row["ratio_to_plaid"] = p50[mode] / p50["plaid"]
                 table.append(f"| {r} | {k} | {mode} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['ratio_to_plaid']:.2f} |")
-    result = {"cpu": cpu_model(), "data": args.data, "split": args.split, "documents": len(index.doc_ids),
+    result = {"cpu": cpu_model(), "cpu_features": list(cpu_features()), "data": args.data, "split": args.split, "documents": len(index.doc_ids),
               "queries": len(queries), "model": args.model, "rows": rows,
               "lexical_bytes": lexical_bytes, "index_bytes": total_bytes, "lexical_share": lexical_bytes / total_bytes,
               "lexical_bytes_per_document": lexical_bytes / len(index.doc_ids), "postings_build_seconds": build_s,

@@ -7,16 +7,22 @@ from collections.abc import Mapping, Sequence
 from ..evaluation.datasets import Run
 
 
+def _weights(runs: Sequence[object], weights: Sequence[float] | None, what: str) -> list[float]:
+    """One weight per run (1 each by default), refusing no runs or a count that does not match."""
+    if not runs:
+        raise ValueError(f"{what} needs at least one run")
+    out = list(weights) if weights is not None else [1.0] * len(runs)
+    if len(out) != len(runs):
+        raise ValueError(f"{len(out)} weights for {len(runs)} runs")
+    return out
+
+
 def rrf(runs: Sequence[Mapping[str, Mapping[str, float]]], k: int = 60, depth: int | None = None,
         weights: Sequence[float] | None = None) -> Run:
     """Fuse runs: each document scores sum(weight / (k + rank)) over the runs that retrieved it (rank from 1)."""
-    if not runs:
-        raise ValueError("rrf needs at least one run")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    weights = list(weights) if weights is not None else [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
+    weights = _weights(runs, weights, "rrf")
     fused: Run = {}
     for run, w in zip(runs, weights):
         for qid, hits in run.items():
@@ -35,11 +41,7 @@ def rrf(runs: Sequence[Mapping[str, Mapping[str, float]]], k: int = 60, depth: i
 def combine(runs: Sequence[Mapping[str, Mapping[str, float]]], weights: Sequence[float] | None = None) -> Run:
     """Fuse runs by score: each run's scores of a query min-max scaled to [0, 1] (1 where all are equal) and summed
     with weights; a document a run did not retrieve gets 0 from it. Best first."""
-    if not runs:
-        raise ValueError("combine needs at least one run")
-    weights = list(weights) if weights is not None else [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise ValueError(f"{len(weights)} weights for {len(runs)} runs")
+    weights = _weights(runs, weights, "combine")
     fused: Run = {}
     for run, w in zip(runs, weights):
         for qid, hits in run.items():
