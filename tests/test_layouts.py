@@ -250,3 +250,12 @@ def test_every_release_tells_other_libraries_the_length_medcolbert_pads_queries_
     model = ColBERT.from_pretrained(release, device="cpu")
     assert meta["query_maxlen"] == model.config.augment_len
     assert meta.get("medcolbert_query_maxlen", meta["query_maxlen"]) == model.config.query_maxlen
+
+
+@pytest.mark.parametrize("fmt", ["pylate", "sentence-transformers"])
+def test_a_modules_json_save_honours_dtype_like_colbert_ai_s(tmp_path, tiny_model, fmt):
+    full = tiny_model.save_pretrained(tmp_path / "fp32", format=fmt)
+    half = tiny_model.save_pretrained(tmp_path / "fp16", dtype=torch.float16, format=fmt)
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = ColBERT.from_pretrained(half, device="cpu", dtype="float32")
+    assert torch.allclose(loaded.encode_queries(QUERIES), tiny_model.encode_queries(QUERIES), atol=5e-2)

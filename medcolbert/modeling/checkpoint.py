@@ -298,8 +298,13 @@ def save_colbert(model: ColBERT, path: str | Path, dtype: torch.dtype | None = N
         if format == "colbert-ai":
             _write_colbert_ai(model, tmp, path.name, dtype)
         else:
-            model.backbone.save_pretrained(str(tmp), safe_serialization=True)
-            _write_hf_config(model, tmp, dtype, architectures=None)
+            # The backbone's own keys (what AutoModel reads from a Transformer module), in the asked precision,
+            # like colbert-ai's layout (save_pretrained would ignore dtype and write config.json a second time).
+            save_file({k: _prepare(v, dtype) for k, v in model.backbone.state_dict().items()}, str(tmp / WEIGHTS_FILE),
+                      metadata={"format": "pt"})
+            # The backbone's own class: a config still saying HF_ColBERT (loaded from colbert-ai's layout) would make
+            # Sentence Transformers read the folder as colbert-ai's.
+            _write_hf_config(model, tmp, dtype, architectures=[type(model.backbone).__name__])
             _marker_tokenizer(model).save_pretrained(str(tmp))
             dense = {"linear.weight": _prepare(model.linear.weight, dtype)}
             if model.linear.bias is not None:
