@@ -91,19 +91,34 @@ class LexicalSegment:
         return np.asarray(self.arrays["lex_docs"][a:b]), np.asarray(self.arrays["lex_tf"][a:b])
 
 
-def bm25(segments: Sequence[LexicalSegment], starts: Sequence[int], live: np.ndarray, query: str,
-         allowed: np.ndarray | None = None, k1: float = K1, b: float = B) -> tuple[np.ndarray, np.ndarray]:
+class Collection:
+    """An index's segments' postings with the statistics BM25 takes from its live documents, computed once per
+    commit (an Index makes one at load) rather than at every query."""
+
+    def __init__(self, segments: Sequence[LexicalSegment], starts: Sequence[int], live: np.ndarray) -> None:
+        self.segments, self.starts, self.live = list(segments), list(starts), live
+        self.doclens = (np.concatenate([np.asarray(s.doclens, dtype=np.float64) for s in segments]) if segments
+                        else np.zeros(0))
+        self.n_live = int(live.sum())
+        self.avgdl = float(self.doclens[live].sum()) / self.n_live if self.n_live else 0.0
+
+    def term(self, t: str) -> tuple[np.ndarray, np.ndarray]:
+        """(index positions, term frequencies) of a term over every segment, deleted documents included."""
+        found = [(s.term(t), start) for s, start in zip(self.segments, self.starts)]
+        pos = np.concatenate([docs.astype(np.int64) + start for (docs, _), start in found])
+        return pos, np.concatenate([tf for (_, tf), _ in found]).astype(np.float64)
+
+
+def bm25(collection: Collection, query: str, allowed: np.ndarray | None = None, k1: float = K1,
+         b: float = B) -> tuple[np.ndarray, np.ndarray]:
     """(index positions, BM25 scores) of the live documents (and, given `allowed`, only those) holding any term of
     the query, unsorted; statistics over every live document."""
-    doclens = np.concatenate([np.asarray(s.doclens, dtype=np.float64) for s in segments]) if segments else np.zeros(0)
-    n_live = int(live.sum())
+    n_live, avgdl, doclens, live = collection.n_live, collection.avgdl, collection.doclens, collection.live
     if n_live == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    avgdl = float(doclens[live].sum()) / n_live
     positions, contributions = [], []
     for t in tokenize([query])[0]:
-        pos = np.concatenate([s.term(t)[0].astype(np.int64) + start for s, start in zip(segments, starts)])
-        tf = np.concatenate([s.term(t)[1] for s in segments]).astype(np.float64)
+        pos, tf = collection.term(t)
         keep = live[pos]
         pos, tf = pos[keep], tf[keep]
         df = len(pos)

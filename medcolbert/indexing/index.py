@@ -158,6 +158,7 @@ class Index:
                 raise IndexFormatError(f"{self.path}: {m['deleted']} names positions outside the {len(ids)} documents")
             deleted[positions] = True
         self.deleted = deleted
+        self._lexical_collection = None
         self.position = {d: i for i, d in enumerate(ids) if not deleted[i]}
         self._passages_of: dict[str, list[int]] | None = None
         self._build_inverted_lists()
@@ -266,14 +267,15 @@ class Index:
     def lexical_search(self, query: str, k: int, where: WhereLike | np.ndarray = None) -> list[tuple[int, float]]:
         """BM25's top k (index position, score) among the live documents a filter (or a mask matching() made of
         one) matches (lexical.py)."""
-        from ..lexical import bm25, top_k
+        from ..lexical import Collection, bm25, top_k
 
         if self.lexical is None:
             raise MedColbertError(f"{self.path} has no lexical index (built before it was kept, or without stored "
                                   "texts); add one with `medcolbert update --index PATH --lexical`")
         allowed = where if isinstance(where, np.ndarray) else self.matching(where)
-        starts = self._doc_segment_starts[:-1].tolist()
-        positions, scores = bm25(self.lexical, starts, ~self.deleted, query, allowed)
+        if self._lexical_collection is None:   # once per commit: every load of a new generation resets it
+            self._lexical_collection = Collection(self.lexical, self._doc_segment_starts[:-1].tolist(), ~self.deleted)
+        positions, scores = bm25(self._lexical_collection, query, allowed)
         return top_k(positions, scores, k)
 
     def build_lexical(self) -> int:
