@@ -940,8 +940,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("cpu", cpu_model()),
         ("cpu features", ", ".join(cpu_features()) or "not read"),
         ("PLAID loops", "none (torch engine)" if kernel is None else
-         "AVX-512 (exact-stage lookups, decompression, candidate scoring)" if "avx512f" in cpu_features() else
-         "AVX2 / portable clones where compiled; the exact-stage lookup loops have AVX-512 versions only"),
+         f"{kernel.isa} (this CPU runs: {', '.join(kernel.isas())}; MEDCOLBERT_PLAID_ISA caps it)" + (
+             "; hand-written lookup and decompression loops" if kernel.isa != "portable" else
+             "; compiler-vectorised C")),
     ]
     if args.precision:
         from .modeling.encoder import ColBERT

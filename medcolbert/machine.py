@@ -63,6 +63,16 @@ def cpu_id() -> str:
     return f"{cpu_model()} [{'+'.join(cpu_features()) or 'features unknown'}]"
 
 
+def torch_capability() -> str:
+    """The instruction set torch's CPU kernels run with (AVX512, AVX2, DEFAULT, ...; ATEN_CPU_CAPABILITY can lower it)."""
+    import torch   # here, so that reading the machine's name does not import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:   # a torch without the query
+        return "unknown"
+
+
 def cache_dir() -> Path:
     """$MEDCOLBERT_CACHE, else ~/.cache/medcolbert."""
     root = os.environ.get("MEDCOLBERT_CACHE")

@@ -10,6 +10,7 @@ from medcolbert.indexing.encoded import EncodedDocuments
 from medcolbert.errors import DataError, IndexFormatError, MedColbertError
 from medcolbert.indexing import builder
 from medcolbert.indexing.codec import ResidualCodec
+from medcolbert.search.cpu_kernel import ISAS
 from medcolbert.indexing.index import Index
 from medcolbert.indexing.storage import decode_code_deltas, encode_code_deltas, sort_within_documents
 from medcolbert.scoring import maxsim_one
@@ -153,19 +154,23 @@ def test_engine_scores_equal_decompress_then_matmul_and_threads_agree(built, mod
 
 @pytest.mark.skipif(__import__("medcolbert.search.cpu_kernel", fromlist=["load"]).load() is None,
                     reason="compiled PLAID stages not built")
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("nbits,dim", [(1, 32), (2, 32), (2, 128), (2, 24), (4, 32)])
-def test_compiled_decompression_is_bit_identical_to_torch(nbits, dim):
-    # nbits 2 with dim a multiple of 16 takes the AVX-512 loop where the CPU has it; the rest the portable one.
+def test_compiled_decompression_is_bit_identical_to_torch(nbits, dim, isa):
+    # nbits 2 with dim a multiple of 16 takes the AVX-512 or AVX2 loop; the rest the generic one compiled for `isa`.
     from medcolbert.indexing.codec import dequantize
     from medcolbert.search.cpu_kernel import load
+
+    kernel = _forced(isa)
 
     torch.manual_seed(dim + nbits)
     vecs = torch.nn.functional.normalize(torch.randn(1500, dim), dim=-1)
     codec = ResidualCodec.fit(torch.nn.functional.normalize(vecs[:50] + 0.01, dim=-1).numpy(), vecs[500:].numpy(), nbits)
     codes, packed = codec.compress(vecs[:500])
     rows = np.arange(3, 500, 3)
-    out, norms = load().decompress(codes.astype(np.int32), packed, codec.centroids,
-                                   codec.centroid_scales.astype(np.float32), codec._byte_table.numpy(), rows=rows)
+    with kernel.using(isa):
+        out, norms = kernel.decompress(codes.astype(np.int32), packed, codec.centroids,
+                                       codec.centroid_scales.astype(np.float32), codec._byte_table.numpy(), rows=rows)
     reference = dequantize(torch.from_numpy(codes[rows]), torch.from_numpy(packed[rows]), codec.centroids_f32,
                            codec._byte_table, codec._row_base).numpy()
     assert np.array_equal(out, reference)
@@ -174,11 +179,28 @@ def test_compiled_decompression_is_bit_identical_to_torch(nbits, dim):
 
 @pytest.mark.skipif(__import__("medcolbert.search.cpu_kernel", fromlist=["load"]).load() is None,
                     reason="compiled PLAID stages not built")
-def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
-    from medcolbert.search.cpu_kernel import load
+@pytest.mark.parametrize("isa", ISAS)
+def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus, isa):
+    # Each instruction set's loops the CPU runs (AVX-512, AVX2 + FMA, portable), forced in turn.
     from medcolbert.search.engine import EXACT_STAGES, PlaidEngine
 
+    kernel = _forced(isa)
+    with kernel.using(isa):
+        _compiled_stages_equal_the_torch_engine(kernel, tmp_path, built, model, EXACT_STAGES, PlaidEngine)
+
+
+def _forced(isa: str):  # type: ignore[no-untyped-def]
+    """The compiled kernel, the test skipped where this CPU cannot run `isa`."""
+    from medcolbert.search.cpu_kernel import load
+
     kernel = load()
+    if isa not in kernel.isas():
+        pytest.skip(f"this CPU runs the kernel's {kernel.widest} loops at most, not {isa}")
+    return kernel
+
+
+def _compiled_stages_equal_the_torch_engine(kernel, tmp_path, built, model, EXACT_STAGES, PlaidEngine):  # type: ignore[no-untyped-def]
+    isa_in_use = kernel.isa
     rows = np.arange(0, built.num_embeddings, 2)
     codec = built.codec
     args = (codec.centroids, codec.centroid_scales.astype(np.float32), codec._byte_table.numpy())
@@ -217,6 +239,7 @@ def test_compiled_stages_equal_the_torch_engine(tmp_path, built, model, corpus):
     for index, stage in [(built, s) for s in EXACT_STAGES] + [(idx, s) for s in EXACT_STAGES]:
         compiled = PlaidEngine(index, "cpu", compiled=True, exact_stage=stage)
         reference = PlaidEngine(index, "cpu", compiled=False)
+        assert compiled.kernel is kernel and kernel.isa == isa_in_use
         assert compiled.exact_stage == stage and compiled.exact_choice["reason"] == "forced"
         compiled.SPLIT_ROWS = 2   # the two-thread exact stage, which large stages take, on this tiny index
         for query in queries:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..machine import THREADS, cpu_id, cpu_model, remembered
+from ..machine import THREADS, cpu_id, cpu_model, remembered, torch_capability
 
 # A lower precision is used only when every probe vector stays this close to fp32's (cosine) ...
 MIN_COSINE = 0.999
@@ -26,7 +26,9 @@ def _dtype(name: str) -> torch.dtype | None:
 
 
 def _key(model: Any) -> str:
-    return f"{cpu_id()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model.fingerprint(weights_only=True)}"
+    # torch's kernel level (ATEN_CPU_CAPABILITY may lower it below what the CPU has) decides bfloat16's speed.
+    return f"{cpu_id()}|torch {torch.__version__} {torch_capability()}|{torch.get_num_threads()} threads|" \
+           f"{model.fingerprint(weights_only=True)}"
 
 
 def measure(model: Any, repeats: int = 15) -> dict:

@@ -7,19 +7,27 @@
  * The functions take plain pointers and are called through ctypes; the Python module below exists only so
  * that the shared library is found and importable like any other extension.
  */
+/* MC_KERNEL_ONLY: the loops alone, without Python's headers (a cross-compiler's check of the portable build). */
+#ifndef MC_KERNEL_ONLY
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Runtime dispatch between instruction sets, so one binary is portable and still uses AVX-512 here. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MC_CLONES
+/* Three builds of every hot loop in one library, chosen at run time by what the CPU supports: AVX-512, AVX2 with
+ * FMA, and portable C (plain loops with `omp simd` hints that any compiler can vectorise for its target: SSE2,
+ * NEON, ...). The generic loop bodies are always-inlined into one wrapper per instruction set, so each is
+ * compiled for that set; the hand-written intrinsic loops (the exact stage's lookups, decompression) exist for
+ * AVX-512 and AVX2. mc_set_isa() caps the level (tests force each path; MEDCOLBERT_PLAID_ISA in Python). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MC_X86 1
+#include <immintrin.h>
+#define MC_T512 __attribute__((target("avx512f")))
+#define MC_T256 __attribute__((target("avx2,fma")))
 #endif
 /* GCC's unroll-and-jam fuses two documents' centroid rows into one scalar loop in stage 3 (measured 3x slower
  * than the vectorized row max it replaces). */
@@ -28,14 +36,38 @@
 #else
 #define MC_NO_JAM
 #endif
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MC_AVX512 1
-#include <immintrin.h>
+
+enum { MC_ISA_PORTABLE = 0, MC_ISA_AVX2 = 1, MC_ISA_AVX512 = 2 };
+
+/* The widest level this CPU runs. */
+static int64_t mc_supported(void) {
+#ifdef MC_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return MC_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MC_ISA_AVX2;
 #endif
+    return MC_ISA_PORTABLE;
+}
+
+/* The level in use (-1 until first asked). A plain int: set from Python between calls, read by each call. */
+static int64_t mc_level = -1;
+
+int64_t mc_isa(void) {
+    if (mc_level < 0) mc_level = mc_supported();
+    return mc_level;
+}
+
+/* Caps the level at `level` (within what the CPU runs; a negative level means the widest); returns the level now
+ * in use. */
+int64_t mc_set_isa(int64_t level) {
+    int64_t top = mc_supported();
+    mc_level = level < 0 || level > top ? top : level;
+    return mc_level;
+}
 
 /* Bumped whenever a loop here gets faster or slower: each machine's remembered choice of exact stage is keyed by
  * it (search/engine.py), so a new kernel is measured again rather than judged by the old one's timings. */
-#define MC_REVISION 2
+#define MC_REVISION 3
 
 int64_t mc_revision(void) { return MC_REVISION; }
 
@@ -226,18 +258,46 @@ candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets
     return n;
 }
 
-MC_CLONES MC_NO_JAM
-int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,
-                      const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,
-                      float threshold, int64_t ndocs, int64_t n_exact, int64_t exact_share, int32_t *slots,
-                      int32_t *out) {
-    /* A copy for the default 32 query tokens, where every per-row loop is a fixed two vectors long (stages
-     * 1-3 measured 0.62 ms against 0.85 ms without it on SciFact). */
-    if (Lq == 32)
-        return candidates(table, C, 32, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells, threshold,
-                          ndocs, n_exact, exact_share, slots, out);
-    return candidates(table, C, Lq, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells, threshold,
-                      ndocs, n_exact, exact_share, slots, out);
+/* One wrapper per instruction set around an always-inlined body (NAME##_body), and the dispatch between them. */
+#ifdef MC_X86
+#define MC_DISPATCH(CALL)                                                                                           \
+    switch (mc_isa()) {                                                                                             \
+    case MC_ISA_AVX512: CALL(avx512); break;                                                                        \
+    case MC_ISA_AVX2: CALL(avx2); break;                                                                            \
+    default: CALL(portable);                                                                                        \
+    }
+#else
+#define MC_DISPATCH(CALL) CALL(portable);
+#endif
+
+#define MC_CANDIDATES_ARGS                                                                                          \
+    const float *table, int64_t C, int64_t Lq, const int64_t *ivf_offsets, const int32_t *ivf_docs,                \
+        const int64_t *pair_offsets, const int32_t *pair_codes, const uint8_t *deleted, int64_t ncells,            \
+        float threshold, int64_t ndocs, int64_t n_exact, int64_t exact_share, int32_t *slots, int32_t *out
+/* A copy for the default 32 query tokens, where every per-row loop is a fixed two vectors long (stages 1-3
+ * measured 0.62 ms against 0.85 ms without it on SciFact). */
+#define MC_CANDIDATES_BODY                                                                                          \
+    {                                                                                                               \
+        if (Lq == 32)                                                                                               \
+            return candidates(table, C, 32, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells,       \
+                              threshold, ndocs, n_exact, exact_share, slots, out);                                  \
+        return candidates(table, C, Lq, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells,           \
+                          threshold, ndocs, n_exact, exact_share, slots, out);                                      \
+    }
+#ifdef MC_X86
+MC_T512 MC_NO_JAM static int64_t candidates_avx512(MC_CANDIDATES_ARGS) MC_CANDIDATES_BODY
+MC_T256 MC_NO_JAM static int64_t candidates_avx2(MC_CANDIDATES_ARGS) MC_CANDIDATES_BODY
+#endif
+MC_NO_JAM static int64_t candidates_portable(MC_CANDIDATES_ARGS) MC_CANDIDATES_BODY
+
+int64_t mc_candidates(MC_CANDIDATES_ARGS) {
+    int64_t n = -1;
+#define MC_CALL(isa)                                                                                                \
+    n = candidates_##isa(table, C, Lq, ivf_offsets, ivf_docs, pair_offsets, pair_codes, deleted, ncells, threshold, \
+                         ndocs, n_exact, exact_share, slots, out)
+    MC_DISPATCH(MC_CALL)
+#undef MC_CALL
+    return n;
 }
 
 /* Centroid plus dequantized residual of n vectors into out [n, dim], and their norms (at least 1e-12) into
@@ -245,8 +305,8 @@ int64_t mc_candidates(const float *table, int64_t C, int64_t Lq, const int64_t *
  * index stores them, int8 times a per-centroid scale: the table then fits in L2 cache, and the product is the
  * same float32 value the torch stages compute. byte_table maps (byte position * 256 + byte value) to the
  * per_byte residual values that byte packs. */
-MC_CLONES
-static void decompress_any(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
+static inline __attribute__((always_inline)) void
+decompress_any(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
                            const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
                            int64_t per_byte, float *out, float *norms) {
     int64_t nbytes = dim / per_byte;
@@ -282,21 +342,25 @@ static void decompress_any(const int64_t *rows, const int32_t *codes, const uint
     }
 }
 
-#ifdef MC_AVX512
 #define MC_MAX_DIM 512
-/* decompress_any for nbits 2 with AVX-512, 16 dimensions at a time: each lane picks its bucket weight by two
- * mask blends instead of 32 scattered table reads per vector (about 3x faster here). Same operations in the
- * same order as decompress_any (multiply, then add; 16 partial sums of squares), so the same bits. */
-__attribute__((target("avx512f")))
-static void decompress_nbits2_avx512(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
-                                     const int8_t *centroids, const float *scales, int64_t dim,
-                                     const float *byte_table, float *out, float *norms) {
-    /* weights[u][d]: bucket u's value in dimension d, read back from the byte table (dimension 4b + j is
-     * field j of byte b, the first field in the high bits). */
-    float weights[4][MC_MAX_DIM];
+
+/* weights[u][d]: nbits-2 bucket u's value in dimension d, read back from the byte table (dimension 4b + j is field j
+ * of byte b, the first field in the high bits). */
+static void bucket_weights(const float *byte_table, int64_t dim, float weights[4][MC_MAX_DIM]) {
     for (int64_t d = 0; d < dim; d++)
         for (int u = 0; u < 4; u++)
             weights[u][d] = byte_table[((d / 4) * 256 + (u << (6 - 2 * (d % 4)))) * 4 + d % 4];
+}
+
+#ifdef MC_X86
+/* decompress_any for nbits 2 with AVX-512, 16 dimensions at a time: each lane picks its bucket weight by two
+ * mask blends instead of 32 scattered table reads per vector (about 3x faster here). Same operations in the
+ * same order as decompress_any (multiply, then add; 16 partial sums of squares), so the same bits. */
+MC_T512 static void decompress_nbits2_avx512(const int64_t *rows, const int32_t *codes, const uint8_t *packed,
+                                             int64_t n, const int8_t *centroids, const float *scales, int64_t dim,
+                                             const float *byte_table, float *out, float *norms) {
+    float weights[4][MC_MAX_DIM];
+    bucket_weights(byte_table, dim, weights);
     /* Lane l of a 16-dimension block reads bits shift[l], shift[l] + 1 of the block's 4 bytes (little endian). */
     const __m512i shift = _mm512_setr_epi32(6, 4, 2, 0, 14, 12, 10, 8, 22, 20, 18, 16, 30, 28, 26, 24);
     const __m512i bit0 = _mm512_set1_epi32(1), bit1 = _mm512_set1_epi32(2);
@@ -328,40 +392,108 @@ static void decompress_nbits2_avx512(const int64_t *rows, const int32_t *codes, 
         norms[r] = norm > 1e-12f ? norm : 1e-12f;
     }
 }
+
+/* The same with AVX2, 8 dimensions at a time: the lane masks come from a compare (AVX2 has no mask registers)
+ * and the sums of squares run in two registers, the even and the odd 8-dimension blocks, which are the low and
+ * high halves of decompress_any's 16 partial sums: the same bits again. */
+MC_T256 static void decompress_nbits2_avx2(const int64_t *rows, const int32_t *codes, const uint8_t *packed,
+                                           int64_t n, const int8_t *centroids, const float *scales, int64_t dim,
+                                           const float *byte_table, float *out, float *norms) {
+    float weights[4][MC_MAX_DIM];
+    bucket_weights(byte_table, dim, weights);
+    const __m256i shift = _mm256_setr_epi32(6, 4, 2, 0, 14, 12, 10, 8);
+    const __m256i bit0 = _mm256_set1_epi32(1), bit1 = _mm256_set1_epi32(2);
+    for (int64_t r = 0; r < n; r++) {
+        int64_t row = rows ? rows[r] : r;
+        int32_t code = codes[row];
+        const int8_t *cen = centroids + (int64_t)code * dim;
+        const __m256 scale = _mm256_set1_ps(scales[code]);
+        const uint8_t *pk = packed + row * (dim / 4);
+        float *v = out + r * dim;
+        __m256 squares[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t k = 0; k < dim / 8; k++) {
+            uint16_t bits;
+            memcpy(&bits, pk + 2 * k, 2);
+            __m256i bucket = _mm256_srlv_epi32(_mm256_set1_epi32((int)bits), shift);
+            __m256 low = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(bucket, bit0), bit0));
+            __m256 high = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(bucket, bit1), bit1));
+            __m256 w01 = _mm256_blendv_ps(_mm256_loadu_ps(weights[0] + 8 * k), _mm256_loadu_ps(weights[1] + 8 * k), low);
+            __m256 w23 = _mm256_blendv_ps(_mm256_loadu_ps(weights[2] + 8 * k), _mm256_loadu_ps(weights[3] + 8 * k), low);
+            int64_t eight;
+            memcpy(&eight, cen + 8 * k, 8);
+            __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight)));
+            __m256 x = _mm256_add_ps(_mm256_mul_ps(c, scale), _mm256_blendv_ps(w01, w23, high));
+            _mm256_storeu_ps(v + 8 * k, x);
+            squares[k & 1] = _mm256_add_ps(squares[k & 1], _mm256_mul_ps(x, x));
+        }
+        float part[16];
+        _mm256_storeu_ps(part, squares[0]);
+        _mm256_storeu_ps(part + 8, squares[1]);
+        float sq = 0.0f;
+        for (int l = 0; l < 16; l++) sq += part[l];
+        float norm = sqrtf(sq);
+        norms[r] = norm > 1e-12f ? norm : 1e-12f;
+    }
+}
 #endif
 
-/* decompress_any, through the AVX-512 loop where it applies. */
-void mc_decompress(const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n,
-                   const int8_t *centroids, const float *scales, int64_t dim, const float *byte_table,
-                   int64_t per_byte, float *out, float *norms) {
-#ifdef MC_AVX512
-    if (per_byte == 4 && dim % 16 == 0 && dim <= MC_MAX_DIM && __builtin_cpu_supports("avx512f")) {
-        decompress_nbits2_avx512(rows, codes, packed, n, centroids, scales, dim, byte_table, out, norms);
+#define MC_DECOMPRESS_ARGS                                                                                          \
+    const int64_t *rows, const int32_t *codes, const uint8_t *packed, int64_t n, const int8_t *centroids,          \
+        const float *scales, int64_t dim, const float *byte_table, int64_t per_byte, float *out, float *norms
+#define MC_DECOMPRESS_BODY                                                                                          \
+    { decompress_any(rows, codes, packed, n, centroids, scales, dim, byte_table, per_byte, out, norms); }
+#ifdef MC_X86
+MC_T512 static void decompress_avx512(MC_DECOMPRESS_ARGS) MC_DECOMPRESS_BODY
+MC_T256 static void decompress_avx2(MC_DECOMPRESS_ARGS) MC_DECOMPRESS_BODY
+#endif
+static void decompress_portable(MC_DECOMPRESS_ARGS) MC_DECOMPRESS_BODY
+
+/* Centroid plus residual of n vectors (decompress_any), through the intrinsic loops where they apply. */
+void mc_decompress(MC_DECOMPRESS_ARGS) {
+#ifdef MC_X86
+    if (per_byte == 4 && dim % 16 == 0 && dim <= MC_MAX_DIM && mc_isa() >= MC_ISA_AVX2) {
+        if (mc_isa() == MC_ISA_AVX512)
+            decompress_nbits2_avx512(rows, codes, packed, n, centroids, scales, dim, byte_table, out, norms);
+        else
+            decompress_nbits2_avx2(rows, codes, packed, n, centroids, scales, dim, byte_table, out, norms);
         return;
     }
 #endif
-    decompress_any(rows, codes, packed, n, centroids, scales, dim, byte_table, per_byte, out, norms);
+#define MC_CALL(isa) decompress_##isa(rows, codes, packed, n, centroids, scales, dim, byte_table, per_byte, out, norms)
+    MC_DISPATCH(MC_CALL)
+#undef MC_CALL
 }
 
 /* Per document (consecutive groups of lens[d] rows of sim [rows, Lq], row r divided by norms[r] when norms is
  * given): the sum over columns of the column maxima, into out [ndocs]. */
-MC_CLONES
-void mc_segment_maxsim(const float *sim, int64_t Lq, const float *norms, const int64_t *lens, int64_t ndocs,
-                       float *out) {
-    float acc[Lq > 0 ? Lq : 1];
-    int64_t r = 0;
-    for (int64_t d = 0; d < ndocs; d++) {
-        for (int64_t j = 0; j < Lq; j++) acc[j] = -INFINITY;
-        for (int64_t e = 0; e < lens[d]; e++, r++) {
-            const float *row = sim + r * Lq;
-            float nr = norms ? norms[r] : 1.0f;
-            for (int64_t j = 0; j < Lq; j++) {
-                float x = row[j] / nr;
-                acc[j] = x > acc[j] ? x : acc[j];
-            }
-        }
-        out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;
+#define MC_SEGMENT_ARGS const float *sim, int64_t Lq, const float *norms, const int64_t *lens, int64_t ndocs, float *out
+#define MC_SEGMENT_BODY                                                                                             \
+    {                                                                                                               \
+        float acc[Lq > 0 ? Lq : 1];                                                                                 \
+        int64_t r = 0;                                                                                              \
+        for (int64_t d = 0; d < ndocs; d++) {                                                                       \
+            for (int64_t j = 0; j < Lq; j++) acc[j] = -INFINITY;                                                    \
+            for (int64_t e = 0; e < lens[d]; e++, r++) {                                                            \
+                const float *row = sim + r * Lq;                                                                    \
+                float nr = norms ? norms[r] : 1.0f;                                                                 \
+                _Pragma("omp simd") for (int64_t j = 0; j < Lq; j++) {                                              \
+                    float x = row[j] / nr;                                                                          \
+                    acc[j] = x > acc[j] ? x : acc[j];                                                               \
+                }                                                                                                   \
+            }                                                                                                       \
+            out[d] = lens[d] > 0 ? sum_of(acc, Lq) : -INFINITY;                                                     \
+        }                                                                                                           \
     }
+#ifdef MC_X86
+MC_T512 static void segment_maxsim_avx512(MC_SEGMENT_ARGS) MC_SEGMENT_BODY
+MC_T256 static void segment_maxsim_avx2(MC_SEGMENT_ARGS) MC_SEGMENT_BODY
+#endif
+static void segment_maxsim_portable(MC_SEGMENT_ARGS) MC_SEGMENT_BODY
+
+void mc_segment_maxsim(MC_SEGMENT_ARGS) {
+#define MC_CALL(isa) segment_maxsim_##isa(sim, Lq, norms, lens, ndocs, out)
+    MC_DISPATCH(MC_CALL)
+#undef MC_CALL
 }
 
 /* Exact MaxSim scored from the compressed vectors, without rebuilding them (WARP's idea, here exact): vector r's
@@ -399,13 +531,13 @@ exact_lut(const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t 
     }
 }
 
-#ifdef MC_AVX512
+#ifdef MC_X86
 /* exact_lut with AVX-512 for any query length up to 128: NB blocks of 16 query tokens held in registers (the last
  * block's centroid scores read under a mask; its lookup columns past Lq are zero), two independent sums per block
  * so that successive bytes' adds do not wait on one another. The scalar loop above keeps its running sums in
  * memory and took 4-5x longer for queries of 33-65 tokens (2-core Xeon, SciFact). NB is a constant at each call,
  * so the arrays below live in registers (3 x NB of the 32). */
-__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+MC_T512 static inline __attribute__((always_inline)) void
 exact_lut_blocks(const int NB, const float *table, int64_t Lq, const float *lut, int64_t nbytes,
                  const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
                  const int64_t *lens, int64_t ndocs, float *out) {
@@ -443,31 +575,73 @@ exact_lut_blocks(const int NB, const float *table, int64_t Lq, const float *lut,
     }
 }
 
+/* The same with AVX2: NB blocks of 8 query tokens (16 registers: queries of up to 40 tokens stay in them, longer
+ * ones spill the running sums to the L1 cache, still far fewer loads and stores than the portable loop), the last
+ * block's centroid scores read under a mask. */
+MC_T256 static inline __attribute__((always_inline)) void
+exact_lut_blocks8(const int NB, const float *table, int64_t Lq, const float *lut, int64_t nbytes,
+                  const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
+                  const int64_t *lens, int64_t ndocs, float *out) {
+    const int64_t Lw = 8 * NB;
+    const int rem = (int)(Lq % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem ? rem : 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int64_t d = 0; d < ndocs; d++) {
+        __m256 acc[NB];
+        for (int i = 0; i < NB; i++) acc[i] = _mm256_set1_ps(-INFINITY);
+        for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
+            const float *c = table + (int64_t)codes[r] * Lq;
+            const uint8_t *pk = packed + r * nbytes;
+            __m256 s0[NB], s1[NB];
+            for (int i = 0; i < NB; i++) {
+                s0[i] = i == NB - 1 ? _mm256_maskload_ps(c + 8 * i, tail) : _mm256_loadu_ps(c + 8 * i);
+                s1[i] = _mm256_setzero_ps();
+            }
+            int64_t b = 0;
+            for (; b + 2 <= nbytes; b += 2) {
+                const float *t0 = lut + ((b << 8) + pk[b]) * Lw, *t1 = lut + (((b + 1) << 8) + pk[b + 1]) * Lw;
+                for (int i = 0; i < NB; i++) {
+                    s0[i] = _mm256_add_ps(s0[i], _mm256_loadu_ps(t0 + 8 * i));
+                    s1[i] = _mm256_add_ps(s1[i], _mm256_loadu_ps(t1 + 8 * i));
+                }
+            }
+            for (; b < nbytes; b++) {
+                const float *t = lut + ((b << 8) + pk[b]) * Lw;
+                for (int i = 0; i < NB; i++) s0[i] = _mm256_add_ps(s0[i], _mm256_loadu_ps(t + 8 * i));
+            }
+            const __m256 nr = _mm256_set1_ps(norms[r]);
+            for (int i = 0; i < NB; i++) acc[i] = _mm256_max_ps(acc[i], _mm256_div_ps(_mm256_add_ps(s0[i], s1[i]), nr));
+        }
+        float part[8 * NB];
+        for (int i = 0; i < NB; i++) _mm256_storeu_ps(part + 8 * i, acc[i]);
+        out[d] = lens[d] > 0 ? sum_of(part, Lq) : -INFINITY;
+    }
+}
+
+#define MC_LUT_ARGS                                                                                                 \
+    const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes, const uint8_t *packed,  \
+        const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs, float *out
 #define MC_LUT_BLOCKS(NB)                                                                                           \
-    __attribute__((target("avx512f"))) static void exact_lut_b##NB(                                                  \
-        const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes,                    \
-        const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,     \
-        float *out) {                                                                                               \
+    MC_T512 static void exact_lut_b##NB(MC_LUT_ARGS) {                                                              \
         exact_lut_blocks(NB, table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);              \
     }
-MC_LUT_BLOCKS(1)
-MC_LUT_BLOCKS(2)
-MC_LUT_BLOCKS(3)
-MC_LUT_BLOCKS(4)
-MC_LUT_BLOCKS(5)
-MC_LUT_BLOCKS(6)
-MC_LUT_BLOCKS(7)
-MC_LUT_BLOCKS(8)
-#endif
+#define MC_LUT_BLOCKS8(NB)                                                                                          \
+    MC_T256 static void exact_lut8_b##NB(MC_LUT_ARGS) {                                                             \
+        exact_lut_blocks8(NB, table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);             \
+    }
+MC_LUT_BLOCKS(1) MC_LUT_BLOCKS(2) MC_LUT_BLOCKS(3) MC_LUT_BLOCKS(4)
+MC_LUT_BLOCKS(5) MC_LUT_BLOCKS(6) MC_LUT_BLOCKS(7) MC_LUT_BLOCKS(8)
+MC_LUT_BLOCKS8(1) MC_LUT_BLOCKS8(2) MC_LUT_BLOCKS8(3) MC_LUT_BLOCKS8(4)
+MC_LUT_BLOCKS8(5) MC_LUT_BLOCKS8(6) MC_LUT_BLOCKS8(7) MC_LUT_BLOCKS8(8)
+MC_LUT_BLOCKS8(9) MC_LUT_BLOCKS8(10) MC_LUT_BLOCKS8(11) MC_LUT_BLOCKS8(12)
+MC_LUT_BLOCKS8(13) MC_LUT_BLOCKS8(14) MC_LUT_BLOCKS8(15) MC_LUT_BLOCKS8(16)
+typedef void (*mc_lut_fn)(MC_LUT_ARGS);
 
-#ifdef MC_AVX512
 /* exact_lut for 32 query tokens (two 16-lane halves) and an even number of residual bytes, with AVX-512: four
  * independent sums per half, so that the adds of successive bytes do not wait on one another (the one-sum loop
  * is bound by add latency, not by the table reads). */
-__attribute__((target("avx512f")))
-static void exact_lut32_avx512(const float *table, const float *lut, int64_t nbytes, const int32_t *codes,
-                               const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens,
-                               int64_t ndocs, float *out) {
+MC_T512 static void exact_lut32_avx512(const float *table, const float *lut, int64_t nbytes, const int32_t *codes,
+                                       const uint8_t *packed, const float *norms, const int64_t *starts,
+                                       const int64_t *lens, int64_t ndocs, float *out) {
     for (int64_t d = 0; d < ndocs; d++) {
         __m512 acc0 = _mm512_set1_ps(-INFINITY), acc1 = acc0;
         for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
@@ -507,56 +681,83 @@ static void exact_lut32_avx512(const float *table, const float *lut, int64_t nby
 }
 #endif
 
-/* lut's rows hold Lw floats: Lq rounded up to a multiple of 16 (zeros past Lq) where the AVX-512 loops run
- * (mc_lut_width says which), else Lq. */
-MC_CLONES
-void mc_exact_lookup(const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t nbytes,
-                     const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
-                     const int64_t *lens, int64_t ndocs, float *out) {
-#ifdef MC_AVX512
-    if (Lw == 32 && Lq == 32 && __builtin_cpu_supports("avx512f")) {
+#define MC_LUTANY_ARGS                                                                                              \
+    const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t nbytes, const int32_t *codes,            \
+        const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,      \
+        float *out
+#define MC_LUTANY_BODY { exact_lut(table, Lq, lut, Lw, nbytes, codes, packed, norms, starts, lens, ndocs, out); }
+#ifdef MC_X86
+MC_T512 static void exact_lut_avx512(MC_LUTANY_ARGS) MC_LUTANY_BODY
+MC_T256 static void exact_lut_avx2(MC_LUTANY_ARGS) MC_LUTANY_BODY
+#endif
+static void exact_lut_portable(MC_LUTANY_ARGS) MC_LUTANY_BODY
+
+/* The row width mc_exact_lookup wants for Lq query tokens at the level in use: Lq rounded up to the vector width
+ * (16 floats with AVX-512, 8 with AVX2) for Lq <= 128, where the blocked loops run; else Lq. */
+int64_t mc_lut_width(int64_t Lq) {
+    int64_t lanes = mc_isa() == MC_ISA_AVX512 ? 16 : mc_isa() == MC_ISA_AVX2 ? 8 : 0;
+    if (lanes && Lq >= 1 && Lq <= 128) return lanes * ((Lq + lanes - 1) / lanes);
+    return Lq;
+}
+
+/* lut's rows hold Lw floats: mc_lut_width(Lq) (zeros past Lq) where the blocked loops run, else Lq; any other
+ * width takes the plain loop. */
+void mc_exact_lookup(MC_LUTANY_ARGS) {
+#ifdef MC_X86
+    int64_t isa = mc_isa();
+    if (isa == MC_ISA_AVX512 && Lw == 32 && Lq == 32) {
         exact_lut32_avx512(table, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
         return;
     }
-    if (Lw % 16 == 0 && Lw == 16 * ((Lq + 15) / 16) && __builtin_cpu_supports("avx512f")) {
-        typedef void (*blocks_fn)(const float *, int64_t, const float *, int64_t, const int32_t *, const uint8_t *,
-                                  const float *, const int64_t *, const int64_t *, int64_t, float *);
-        static const blocks_fn by_blocks[8] = {exact_lut_b1, exact_lut_b2, exact_lut_b3, exact_lut_b4,
+    if (isa == MC_ISA_AVX512 && Lw == mc_lut_width(Lq) && Lw % 16 == 0 && Lw / 16 >= 1 && Lw / 16 <= 8) {
+        static const mc_lut_fn by_blocks[8] = {exact_lut_b1, exact_lut_b2, exact_lut_b3, exact_lut_b4,
                                                exact_lut_b5, exact_lut_b6, exact_lut_b7, exact_lut_b8};
-        if (Lw / 16 >= 1 && Lw / 16 <= 8) {
-            by_blocks[Lw / 16 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
-            return;
-        }
+        by_blocks[Lw / 16 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+        return;
+    }
+    if (isa == MC_ISA_AVX2 && Lw == mc_lut_width(Lq) && Lw % 8 == 0 && Lw / 8 >= 1 && Lw / 8 <= 16) {
+        static const mc_lut_fn by_blocks8[16] = {
+            exact_lut8_b1, exact_lut8_b2,  exact_lut8_b3,  exact_lut8_b4,  exact_lut8_b5,  exact_lut8_b6,
+            exact_lut8_b7, exact_lut8_b8,  exact_lut8_b9,  exact_lut8_b10, exact_lut8_b11, exact_lut8_b12,
+            exact_lut8_b13, exact_lut8_b14, exact_lut8_b15, exact_lut8_b16};
+        by_blocks8[Lw / 8 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+        return;
     }
 #endif
-    exact_lut(table, Lq, lut, Lw, nbytes, codes, packed, norms, starts, lens, ndocs, out);
-}
-
-/* The row width mc_exact_lookup wants for Lq query tokens on this CPU: a multiple of 16 where its AVX-512 loops
- * run (Lq <= 128), else Lq. */
-int64_t mc_lut_width(int64_t Lq) {
-#ifdef MC_AVX512
-    if (Lq >= 1 && Lq <= 128 && __builtin_cpu_supports("avx512f")) return 16 * ((Lq + 15) / 16);
-#endif
-    return Lq;
+#define MC_CALL(isa) exact_lut_##isa(table, Lq, lut, Lw, nbytes, codes, packed, norms, starts, lens, ndocs, out)
+    MC_DISPATCH(MC_CALL)
+#undef MC_CALL
 }
 
 /* Dot products of one float vector q [dim] with n int8 rows [n, dim], each times its scale when scales is given,
  * into out [n]: an index's pooled single vectors (int8 rows, one scale each) against a query's. Widening the rows
  * to float32 first, as numpy does, took 3.6x this loop's time (15,555 x 384 rows, 2-core Xeon). */
-MC_CLONES
-void mc_int8_rows_dot(const int8_t *rows, int64_t n, int64_t dim, const float *scales, const float *q, float *out) {
-    for (int64_t i = 0; i < n; i++) {
-        const int8_t *row = rows + i * dim;
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < dim; j++) acc += (float)row[j] * q[j];
-        out[i] = scales ? acc * scales[i] : acc;
+#define MC_DOT_ARGS const int8_t *rows, int64_t n, int64_t dim, const float *scales, const float *q, float *out
+#define MC_DOT_BODY                                                                                                 \
+    {                                                                                                               \
+        for (int64_t i = 0; i < n; i++) {                                                                           \
+            const int8_t *row = rows + i * dim;                                                                     \
+            float acc = 0.0f;                                                                                       \
+            _Pragma("omp simd reduction(+ : acc)") for (int64_t j = 0; j < dim; j++) acc += (float)row[j] * q[j];   \
+            out[i] = scales ? acc * scales[i] : acc;                                                                \
+        }                                                                                                           \
     }
+#ifdef MC_X86
+MC_T512 static void int8_rows_dot_avx512(MC_DOT_ARGS) MC_DOT_BODY
+MC_T256 static void int8_rows_dot_avx2(MC_DOT_ARGS) MC_DOT_BODY
+#endif
+static void int8_rows_dot_portable(MC_DOT_ARGS) MC_DOT_BODY
+
+void mc_int8_rows_dot(MC_DOT_ARGS) {
+#define MC_CALL(isa) int8_rows_dot_##isa(rows, n, dim, scales, q, out)
+    MC_DISPATCH(MC_CALL)
+#undef MC_CALL
 }
 
+#ifndef MC_KERNEL_ONLY
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_plaid_cpu",
                                     "Compiled PLAID stages (called through ctypes by medcolbert.search.cpu_kernel).",
                                     -1, NULL};
 
 PyMODINIT_FUNC PyInit__plaid_cpu(void) { return PyModule_Create(&module); }
+#endif

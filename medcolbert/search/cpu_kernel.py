@@ -2,19 +2,25 @@
 
 `load()` returns None where the extension is missing (no C compiler at install time) or disabled with
 MEDCOLBERT_PLAID_KERNEL=torch; the engine then runs its torch stages, which give the same results.
+Each loop exists for AVX-512, AVX2 with FMA and portable C, chosen at run time by what the CPU supports;
+MEDCOLBERT_PLAID_ISA=avx2|portable (or `CpuKernel.set_isa`) caps the choice, for tests and comparisons.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
+# The kernel's instruction-set levels, narrowest first (their position is the level number in the C source).
+ISAS = ("portable", "avx2", "avx512")
 
 
 class CpuKernel:
@@ -36,9 +42,45 @@ class CpuKernel:
         lib.mc_int8_rows_dot.argtypes = [_P, _I, _I, _P, _P, _P]
         lib.mc_revision.restype = _I
         lib.mc_revision.argtypes = []
+        lib.mc_isa.restype = _I
+        lib.mc_isa.argtypes = []
+        lib.mc_set_isa.restype = _I
+        lib.mc_set_isa.argtypes = [_I]
         self.lib, self.path = lib, path
         # Which loops these are (bumped in the C source when one changes speed): keys remembered choices.
         self.revision = int(lib.mc_revision())
+        self.widest = ISAS[int(lib.mc_set_isa(-1))]
+
+    @property
+    def isa(self) -> str:
+        """The instruction set the loops run with now: avx512, avx2 or portable."""
+        return ISAS[int(self.lib.mc_isa())]
+
+    def set_isa(self, isa: str | None) -> str:
+        """Run the loops with `isa` (None: the widest this CPU supports); returns the set in use.
+
+        A set wider than the CPU supports is refused (its instructions would fault)."""
+        if isa is None:
+            return ISAS[int(self.lib.mc_set_isa(-1))]
+        if isa not in ISAS:
+            raise ValueError(f"PLAID kernel instruction set must be one of {', '.join(ISAS)}, got {isa!r}")
+        if ISAS.index(isa) > ISAS.index(self.widest):
+            raise ValueError(f"this CPU runs the PLAID kernel's {self.widest} loops at most, not {isa}")
+        return ISAS[int(self.lib.mc_set_isa(ISAS.index(isa)))]
+
+    @contextlib.contextmanager
+    def using(self, isa: str) -> Iterator[CpuKernel]:
+        """Run the loops with `isa` inside the block (the process-wide setting: not for concurrent searches)."""
+        was = self.isa
+        self.set_isa(isa)
+        try:
+            yield self
+        finally:
+            self.set_isa(was)
+
+    def isas(self) -> tuple[str, ...]:
+        """The instruction sets this CPU can run the loops with, narrowest first."""
+        return ISAS[:ISAS.index(self.widest) + 1]
 
     def candidates(self, table: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, pair_offsets: np.ndarray,
                    pair_codes: np.ndarray, deleted: np.ndarray | None, ncells: int, threshold: float, ndocs: int,
@@ -114,8 +156,8 @@ class CpuKernel:
         return out
 
     def lut_width(self, Lq: int) -> int:
-        """The row width exact_lut's lookup table must have for Lq query tokens on this CPU (a multiple of 16
-        where its AVX-512 loops run, else Lq)."""
+        """The row width exact_lut's lookup table must have for Lq query tokens with the loops in use (Lq rounded
+        up to 16 with AVX-512 and to 8 with AVX2 where Lq <= 128, else Lq)."""
         return int(self.lib.mc_lut_width(Lq))
 
     def int8_rows_dot(self, rows: np.ndarray, q: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
@@ -144,9 +186,12 @@ def _load_cached() -> CpuKernel | None:
     if spec is None or not spec.origin:
         return None
     try:
-        return CpuKernel(spec.origin)
+        kernel = CpuKernel(spec.origin)
     except (OSError, AttributeError):   # AttributeError: a library built from an older source (reinstall)
         return None
+    isa = os.environ.get("MEDCOLBERT_PLAID_ISA", "auto").lower()
+    kernel.set_isa(None if isa in ("", "auto") else isa)
+    return kernel
 
 
 def load() -> CpuKernel | None:

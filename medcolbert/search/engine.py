@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..indexing.codec import dequantize
 from ..indexing.index import Index
 from ..indexing.storage import ranges as np_ranges
-from ..machine import cpu_id, cpu_model, remembered
+from ..machine import cpu_id, cpu_model, remembered, torch_capability
 from . import cpu_kernel
 
 # How the compiled path scores its exact stage, fastest first on the machine that chose the order:
@@ -476,7 +476,7 @@ class PlaidEngine:
 def _aligned_floats(n: int) -> np.ndarray:
     """An empty float32 array of n that starts on a 64-byte (cache line) boundary.
 
-    The lookup loops read 16-float rows of these buffers with AVX-512 loads; numpy only promises 16-byte alignment
+    The lookup loops read 8- or 16-float rows of these buffers with AVX2 / AVX-512 loads; numpy only promises 16-byte alignment
     for smaller arrays, and two engines over the same index, one buffer on a boundary and one off it, took 0.61
     and 1.0 ms a query in the exact stage (MedQuAD 1k)."""
     raw = np.empty(n + 16, dtype=np.float32)
@@ -486,8 +486,8 @@ def _aligned_floats(n: int) -> np.ndarray:
 
 def _stage_key(engine: PlaidEngine) -> str:
     codec = engine.index.codec
-    kernel = f"|kernel r{engine.kernel.revision}" if engine.kernel is not None else ""
-    return f"{cpu_id()}|torch {torch.__version__}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
+    kernel = f"|kernel r{engine.kernel.revision} {engine.kernel.isa}" if engine.kernel is not None else ""
+    return f"{cpu_id()}|torch {torch.__version__} {torch_capability()}|numpy {np.__version__}|{torch.get_num_threads()} threads|" \
            f"dim {codec.dim}|nbits {codec.nbits}{kernel}"
 
 
