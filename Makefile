@@ -107,6 +107,8 @@ bench-cpu: install
 		--work .cache/bench --out $(CPU_RECORD)/medquad-1k
 	$(BIN)/python scripts/bench_latency.py --data ../shared/data/medquad/dev-retrieval --split dev \
 		--work .cache/bench/medquad-1k --max-docs 1000 --max-queries 200 --out $(CPU_RECORD)/medquad-1k-latency
+	$(BIN)/python scripts/bench_stages.py --work .cache/bench/medquad-1k --out $(CPU_RECORD)/stages-medquad-1k
+	$(BIN)/python experiments/engines/encoder-options/more_options.py > $(CPU_RECORD)/encoder-options.txt
 	$(BIN)/python scripts/bench_engines.py --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 # (these two read the indexes bench-scale and bench-engines leave in .cache)
 bench-exact-stage: install   # the exact stage before/after scoring from residual codes, per stage

@@ -138,6 +138,53 @@ def bm25(collection: Collection, query: str, allowed: np.ndarray | None = None, 
     return unique, np.bincount(inverse, weights=np.concatenate(contributions))
 
 
+def bm25_many(collection: Collection, queries: Sequence[str], allowed: np.ndarray | None = None, k1: float = K1,
+              b: float = B):  # type: ignore[no-untyped-def]
+    """BM25 scores of many queries at once, as a scipy CSR matrix [queries, index positions] (bm25's values).
+
+    The queries are tokenized in one call and each distinct term's postings read and weighted once for the whole
+    batch; the scores are then one sparse product (query term counts x term weights), not a loop per query."""
+    from scipy import sparse
+
+    n_docs, n_live, avgdl = len(collection.live), collection.n_live, collection.avgdl
+    tokens = tokenize(list(queries))
+    terms = sorted({t for toks in tokens for t in toks})
+    column = {t: i for i, t in enumerate(terms)}
+    rows, cols, vals = [], [], []
+    for t, i in zip(terms, range(len(terms))):
+        pos, tf = collection.term(t)
+        keep = collection.live[pos]
+        pos, tf = pos[keep], tf[keep]
+        if n_live == 0 or len(pos) == 0:
+            continue
+        idf = math.log(1 + (n_live - len(pos) + 0.5) / (len(pos) + 0.5))
+        score = idf * tf / (k1 * ((1 - b) + b * collection.doclens[pos] / avgdl) + tf)
+        if allowed is not None:
+            ok = allowed[pos]
+            pos, score = pos[ok], score[ok]
+        rows.append(np.full(len(pos), i, dtype=np.int64))
+        cols.append(pos)
+        vals.append(score)
+    weights = sparse.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
+                                 (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                                  np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+                                shape=(len(terms), n_docs))
+    # Query term counts: a term twice in a query counts twice, as in bm25 (and bm25s).
+    q_rows = np.fromiter((r for r, toks in enumerate(tokens) for _ in toks), dtype=np.int64)
+    q_cols = np.fromiter((column[t] for toks in tokens for t in toks), dtype=np.int64, count=len(q_rows))
+    counts = sparse.csr_matrix((np.ones(len(q_rows)), (q_rows, q_cols)), shape=(len(tokens), len(terms)))
+    return (counts @ weights).tocsr()
+
+
+def top_k_rows(scores, k: int) -> list[list[tuple[int, float]]]:  # type: ignore[no-untyped-def]
+    """top_k of each row of a CSR score matrix (bm25_many's)."""
+    out = []
+    for r in range(scores.shape[0]):
+        a, z = scores.indptr[r], scores.indptr[r + 1]
+        out.append(top_k(scores.indices[a:z].astype(np.int64), scores.data[a:z], k))
+    return out
+
+
 def top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     """The k best (position, score) pairs, best first (ties by position)."""
     if len(positions) > k:

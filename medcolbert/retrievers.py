@@ -216,9 +216,10 @@ class PlaidRetriever(Retriever):
 
     def retrieve(self, queries: Queries, k: int = 100) -> Run:
         """The top k for each query, in the retriever's mode."""
-        if isinstance(queries, EncodedQueries) or self.mode != "plaid":
+        if isinstance(queries, EncodedQueries):
             return {q: {d: x for d, x, _ in hits} for q, hits in self.hits(queries, k).items()}
-        return self.searcher.search_all(queries, k=k, show_progress=self.show_progress, **self._plaid_knobs)
+        return self.searcher.search_all(queries, k=k, show_progress=self.show_progress, mode=self.mode,
+                                        **self._plaid_knobs)
 
     @property
     def _plaid_knobs(self) -> dict:
@@ -233,9 +234,11 @@ class PlaidRetriever(Retriever):
             if self.mode not in MODES:
                 raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
             texts = as_texts(queries)
-            rows = {q: queries.row(q) for q in queries.ids} if isinstance(queries, EncodedQueries) else {}
-            return {q: self.searcher.search_mode_hits(texts[q], k, self.mode, encoded=rows.get(q), **self._plaid_knobs)
-                    for q in texts}
+            ids = list(texts)
+            rows = [queries.row(q) for q in ids] if isinstance(queries, EncodedQueries) else None
+            got = self.searcher.mode_hits_many([texts[q] for q in ids], k, self.mode, encoded=rows,
+                                               show_progress=bool(self.show_progress), **self._plaid_knobs)
+            return dict(zip(ids, got))
         if not isinstance(queries, EncodedQueries):
             queries = EncodedQueries.encode(self.searcher.model, queries)
         _check_encoded_width(queries, self.searcher)

@@ -67,9 +67,15 @@ def test_property_after_adds_deletes_and_compactions_it_answers_as_a_fresh_build
     for step in range(data.draw(st.integers(1, 3))):
         random_change(data, idx, model, live, step, new_docs)
     query = " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=5)))
-    got = lexical(Index.open(path), query, 10)
+    reopened = Index.open(path)
+    got = lexical(reopened, query, 10)
     assert same(got, reference(live, query, 10)), (query, got, reference(live, query, 10))
     assert {d for d, _ in got} <= set(live)   # a deleted document is never returned
+    # The batched scoring (one sparse product for several queries) answers each as the one-query path does.
+    other = " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=5)))
+    batched = reopened.lexical_search_many([query, other, query + " " + query], 10)
+    for q, hits in zip([query, other, query + " " + query], batched):
+        assert same([(reopened.doc_ids[p], x) for p, x in hits], lexical(reopened, q, 10)), q
 
 
 def test_filtered_lexical_and_hybrid_return_only_matches_and_k_of_them(tmp_path, model):
@@ -82,6 +88,15 @@ def test_filtered_lexical_and_hybrid_return_only_matches_and_k_of_them(tmp_path,
         hits = searcher.search(query, k=8, where="part = 1", mode=mode)
         assert len(hits) == 8 and {d for d, _ in hits} <= matching, mode
         assert [x for _, x in hits] == sorted((x for _, x in hits), reverse=True)
+    # The batched path (search_all, the retrievers) returns what one query at a time returns, filter included.
+    queries = {"a": query, "b": " ".join(WORDS[3:9]), "c": corpus["d9"]["text"][:60]}
+    for mode in ("lexical", "hybrid"):
+        run = searcher.search_all(queries, k=8, where="part = 1", mode=mode)
+        for qid, text in queries.items():
+            one = searcher.search(text, k=8, where="part = 1", mode=mode)
+            assert [d for d, _ in one] == list(run[qid]) and all(abs(run[qid][d] - x) < 1e-9 for d, x in one), mode
+    with pytest.raises(ValueError, match="mode must be one of"):
+        searcher.search_all(queries, k=8, mode="bm42")
     # Statistics come from the whole live collection; the filter only chooses what is returned.
     full = dict(lexical(idx, query, 80))
     assert all(abs(full[d] - x) < 1e-9 for d, x in lexical(idx, query, 80, where="part = 1"))

@@ -267,16 +267,30 @@ class Index:
     def lexical_search(self, query: str, k: int, where: WhereLike | np.ndarray = None) -> list[tuple[int, float]]:
         """BM25's top k (index position, score) among the live documents a filter (or a mask matching() made of
         one) matches (lexical.py)."""
-        from ..lexical import Collection, bm25, top_k
+        from ..lexical import bm25, top_k
+
+        allowed = where if isinstance(where, np.ndarray) else self.matching(where)
+        positions, scores = bm25(self._lexical(), query, allowed)
+        return top_k(positions, scores, k)
+
+    def lexical_search_many(self, queries: Sequence[str], k: int,
+                            where: WhereLike | np.ndarray = None) -> list[list[tuple[int, float]]]:
+        """lexical_search for many queries, scored together (lexical.bm25_many: one sparse product)."""
+        from ..lexical import bm25_many, top_k_rows
+
+        allowed = where if isinstance(where, np.ndarray) else self.matching(where)
+        return top_k_rows(bm25_many(self._lexical(), queries, allowed), k)
+
+    def _lexical(self):  # type: ignore[no-untyped-def]
+        """The lexical Collection of this commit (made on first use: every load of a new generation resets it)."""
+        from ..lexical import Collection
 
         if self.lexical is None:
             raise MedColbertError(f"{self.path} has no lexical index (built before it was kept, or without stored "
                                   "texts); add one with `medcolbert update --index PATH --lexical`")
-        allowed = where if isinstance(where, np.ndarray) else self.matching(where)
-        if self._lexical_collection is None:   # once per commit: every load of a new generation resets it
+        if self._lexical_collection is None:
             self._lexical_collection = Collection(self.lexical, self._doc_segment_starts[:-1].tolist(), ~self.deleted)
-        positions, scores = bm25(self._lexical_collection, query, allowed)
-        return top_k(positions, scores, k)
+        return self._lexical_collection
 
     def build_lexical(self) -> int:
         """Write BM25 postings for every segment that lacks them, from its stored texts; returns how many segments."""

@@ -203,12 +203,19 @@ class Searcher:
         return [{**self.index.document(hit[-1] if len(hit) == 3 else hit[0]), "score": hit[1]} for hit in hits]
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, batch_size: int = 128,
-                   show_progress: bool | None = None, where: WhereLike = None, **knobs: object) -> Run:
+                   show_progress: bool | None = None, where: WhereLike = None, mode: str = "plaid",
+                   **knobs: object) -> Run:
         """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list);
-        where: a metadata filter for every query."""
+        where: a metadata filter for every query; mode and its fusion knobs as in `search` (the lexical side
+        of a batch is scored in one pass)."""
         allowed = self.index.matching(where)
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
+        if mode != "plaid":
+            show = len(qids) > 1 if show_progress is None else show_progress
+            with self._threads():
+                got = self.mode_hits_many(texts, k, mode, allowed, batch_size=batch_size, show_progress=show, **knobs)
+            return {qid: {d: x for d, x, _ in hits} for qid, hits in zip(qids, got)}
         Q, Q_pooled = encode_queries_pooled(self.model, texts, batch_size=batch_size, show_progress=show_progress)
         cfg = self._resolve(self._units(k), knobs)
         Q_pooled = Q_pooled if self.hybrid else None
@@ -229,6 +236,14 @@ class Searcher:
         units = [(self.index.doc_ids[p], x) for p, x in self.index.lexical_search(query, self._units(k), allowed)]
         return self._documents_of(units, k)
 
+    def lexical_hits_many(self, queries: Sequence[str], k: int,
+                          where: WhereLike | np.ndarray = None) -> list[list[tuple[str, float, str]]]:
+        """lexical_hits for many queries, scored together (one sparse product over the postings)."""
+        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
+        ids = self.index.doc_ids
+        return [self._documents_of([(ids[p], x) for p, x in hits], k)
+                for hits in self.index.lexical_search_many(queries, self._units(k), allowed)]
+
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
                          depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
                          lexical_weight: float = 1.0, fusion: str = "rrf",
@@ -236,27 +251,49 @@ class Searcher:
         """One text query's hits in a mode: lexical (BM25) or hybrid (PLAID's and BM25's top `depth` fused by
         reciprocal rank, fusion="rrf", or by min-max normalised scores, fusion="score"; BM25's side weighted
         lexical_weight); encoded: the query's (vectors, pooled vector or None) where the caller has them."""
-        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
-        if mode == "lexical":
-            return self.lexical_hits(query, k, allowed)
-        from .fusion import combine, rrf
+        return self.mode_hits_many([query], k, mode, where, depth, rrf_k, None if encoded is None else [encoded],
+                                   lexical_weight, fusion, **knobs)[0]
 
+    def mode_hits_many(self, queries: Sequence[str], k: int, mode: str, where: WhereLike | np.ndarray = None,
+                       depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: Sequence[tuple | None] | None = None,
+                       lexical_weight: float = 1.0, fusion: str = "rrf", batch_size: int = 128,
+                       show_progress: bool = False, **knobs: object) -> list[list[tuple[str, float, str]]]:
+        """search_mode_hits for many text queries: the lexical side scored for all of them at once, the queries
+        not given `encoded` encoded in batches, then PLAID and the fusion query by query."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if fusion not in ("rrf", "score"):
             raise ValueError(f"fusion must be rrf or score, got {fusion!r}")
+        allowed = where if isinstance(where, np.ndarray) else self.index.matching(where)
+        if mode == "lexical":
+            return self.lexical_hits_many(queries, k, allowed)
+        from .fusion import combine, rrf
 
         depth = max(k, check_int("depth", depth, 1))
-        if encoded is None:
-            q, q_pooled = encode_queries_pooled(self.model, [query], show_progress=False)
-            encoded = (q[0], None if q_pooled is None else q_pooled[0])
-        learned = self.search_hits(encoded[0], depth, encoded[1], allowed, **knobs)
-        lexical = self.lexical_hits(query, depth, allowed)
-        stored = {d: unit for d, _, unit in learned + lexical}   # the passage that matched, for snippets
         weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
-        sides = [{"q": {d: x for d, x, _ in learned}}, {"q": {d: x for d, x, _ in lexical}}]
-        fused = (rrf(sides, k=rrf_k, weights=[1.0, weight]) if fusion == "rrf" else
-                 combine(sides, weights=[1.0, weight])).get("q", {})
-        best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [(d, x, stored[d]) for d, x in best]
+        rows = list(encoded) if encoded is not None else [None] * len(queries)
+        if len(rows) != len(queries):
+            raise ValueError(f"{len(rows)} encoded queries for {len(queries)} texts")
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            Q, Q_pooled = encode_queries_pooled(self.model, [queries[i] for i in missing], batch_size=batch_size,
+                                                show_progress=show_progress)
+            for j, i in enumerate(missing):
+                rows[i] = (Q[j], None if Q_pooled is None else Q_pooled[j])
+        lexical = self.lexical_hits_many(queries, depth, allowed) if mode == "hybrid" else [[] for _ in queries]
+        out = []
+        for row, lex in zip(tqdm(rows, desc="Searching", unit="query", disable=not show_progress), lexical):
+            learned = self.search_hits(row[0], depth, row[1], allowed, **knobs)
+            if mode == "plaid":
+                out.append(learned[:k])
+                continue
+            stored = {d: unit for d, _, unit in learned + lex}   # the passage that matched, for snippets
+            sides = [{"q": {d: x for d, x, _ in learned}}, {"q": {d: x for d, x, _ in lex}}]
+            fused = (rrf(sides, k=rrf_k, weights=[1.0, weight]) if fusion == "rrf" else
+                     combine(sides, weights=[1.0, weight])).get("q", {})
+            best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            out.append([(d, x, stored[d]) for d, x in best])
+        return out
 
     def search_vectors(self, q: torch.Tensor, k: int = 10, **knobs: object) -> list[tuple[str, float]]:
         """The top-k documents for one encoded query [Lq, dim]."""

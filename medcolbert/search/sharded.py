@@ -97,9 +97,13 @@ class ShardedSearcher:
         return merge_top_k(self._each(lambda s: s.search_hits(q, k, q_pooled, where, **knobs)), k)
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
-                   where: Any = None, **knobs: object) -> Run:
+                   where: Any = None, mode: str = "plaid", **knobs: object) -> Run:
         """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
         from ..modeling.encoder import encode_queries_pooled
+
+        if mode != "plaid":
+            # BM25's statistics are the whole collection's; shards keep only their own (not merged yet).
+            raise ValueError(f"a sharded search runs mode plaid only, not {mode!r}")
 
         qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
         texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
