@@ -191,6 +191,9 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
                    help="hybrid: reciprocal rank fusion (default) or min-max normalised scores summed")
     p.add_argument("--lexical-weight", type=float_option(0.0, 100.0), default=1.0,
                    help="hybrid: the weight of BM25's side (default 1)")
+    p.add_argument("--pooled-weight", type=float_option(0.0, 100.0), default=0.0,
+                   help="hybrid: a third side, the pooled single vector's nearest documents, at this weight (default "
+                        "0: off; a model with a pooled head only)")
     p.add_argument("--output", metavar="RUN", help="write the run here in TREC format")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default: {DEFAULT_METRICS})")
     p.add_argument("--json", metavar="PATH", help="also write JSON here ('-': JSON on stdout, the table on stderr): "
@@ -639,8 +642,8 @@ def _mode_knobs(args: argparse.Namespace) -> dict:
     """The search mode's knobs from the command line (none for plaid)."""
     if args.mode == "plaid":
         return {}
-    return {"mode": args.mode, "fusion": args.fusion, "lexical_weight": args.lexical_weight} if args.mode == "hybrid" \
-        else {"mode": args.mode}
+    return {"mode": args.mode, "fusion": args.fusion, "lexical_weight": args.lexical_weight,
+            "pooled_weight": args.pooled_weight} if args.mode == "hybrid" else {"mode": args.mode}
 
 
 def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-untyped-def]

@@ -83,6 +83,7 @@ class SearchRequest(_Strict):
     mode: Literal["plaid", "lexical", "hybrid"] = "plaid"
     fusion: Literal["rrf", "score"] = "rrf"                  # hybrid: by rank, or by min-max normalised scores
     lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)   # hybrid: the weight of BM25's side
+    pooled_weight: float = Field(default=0.0, ge=0.0, le=100.0)    # hybrid: a third side, the pooled vector's nearest
 
 
 class RerankRequest(_Strict):
@@ -478,7 +479,8 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
                 ranked: list[list] = [list(run.get(q, {}).items()) for q in queries.ids]
             else:
                 mode = {} if req.mode == "plaid" else {"mode": req.mode} if req.mode == "lexical" else \
-                    {"mode": req.mode, "fusion": req.fusion, "lexical_weight": req.lexical_weight}
+                    {"mode": req.mode, "fusion": req.fusion, "lexical_weight": req.lexical_weight,
+                     "pooled_weight": req.pooled_weight}
                 per_query = snap.plaid.with_knobs(where=allowed, **mode, **knobs).hits(queries, k=req.k)
                 ranked = [per_query[q] for q in queries.ids]
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).

@@ -194,3 +194,33 @@ def test_the_medical_tokenizer_keeps_drug_lab_and_gene_terms_whole():
     assert list(medical.search({"q": "IL-6 levels"}, k=3)["q"]) == ["a"]
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         BM25(tokenizer="clinical")
+
+
+def test_a_third_side_the_pooled_vectors_nearest_joins_the_fusion(tmp_path, model):
+    import torch
+
+    from medcolbert.modeling.encoder import ColBERT, encode_queries_pooled
+
+    corpus = make_corpus(60, seed=11)
+    model.save_pretrained(tmp_path / "m")
+    pooled_model = ColBERT.from_pretrained(tmp_path / "m", device="cpu", dense_weight=1.0)
+    idx = Index.build(tmp_path / "i", pooled_model, corpus, num_centroids=8, show_progress=False)
+    searcher = Searcher(idx, pooled_model)
+    query = " ".join(corpus["doc4"].split()[:5])
+    plaid = [d for d, _ in searcher.search(query, k=100)]
+    bm25 = [d for d, _ in searcher.search(query, k=100, mode="lexical")]
+    _, q_pooled = encode_queries_pooled(pooled_model, [query], show_progress=False)
+    cos = idx.pooled_cosines(q_pooled[0])
+    order = torch.argsort(cos, descending=True, stable=True).tolist()[:100]
+    pooled = [idx.doc_ids[p] for p in order]
+    weights = {0: 1.0, 1: 1.0, 2: 0.5}
+    runs = (plaid, bm25, pooled)
+    expect = {d: sum(weights[i] / (60 + r.index(d) + 1) for i, r in enumerate(runs) if d in r)
+              for d in set().union(*runs)}
+    got = searcher.search(query, k=10, mode="hybrid", pooled_weight=0.5)
+    assert [d for d, _ in got] == [d for d, _ in sorted(expect.items(), key=lambda kv: (-kv[1], kv[0]))[:10]]
+    assert [x for _, x in got] == pytest.approx(sorted(expect.values(), reverse=True)[:10])
+    # A model without a pooled head has no such side: a clear error, not a silent two-sided fusion.
+    with pytest.raises(ValueError, match="pooled_weight needs"):
+        Searcher(Index.build(tmp_path / "j", model, corpus, num_centroids=8, show_progress=False), model).search(
+            query, k=5, mode="hybrid", pooled_weight=1.0)

@@ -246,18 +246,21 @@ class Searcher:
 
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
                          depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
-                         lexical_weight: float = 1.0, fusion: str = "rrf",
+                         lexical_weight: float = 1.0, fusion: str = "rrf", pooled_weight: float = 0.0,
                          **knobs: object) -> list[tuple[str, float, str]]:
         """One text query's hits in a mode: lexical (BM25) or hybrid (PLAID's and BM25's top `depth` fused by
         reciprocal rank, fusion="rrf", or by min-max normalised scores, fusion="score"; BM25's side weighted
-        lexical_weight); encoded: the query's (vectors, pooled vector or None) where the caller has them."""
+        lexical_weight; pooled_weight > 0 adds a third side, the nearest entries by the model's pooled single vector
+        alone, which the index keeps for a model with a pooled head); encoded: the query's (vectors, pooled vector
+        or None) where the caller has them."""
         return self.mode_hits_many([query], k, mode, where, depth, rrf_k, None if encoded is None else [encoded],
-                                   lexical_weight, fusion, **knobs)[0]
+                                   lexical_weight, fusion, pooled_weight=pooled_weight, **knobs)[0]
 
     def mode_hits_many(self, queries: Sequence[str], k: int, mode: str, where: WhereLike | np.ndarray = None,
                        depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: Sequence[tuple | None] | None = None,
                        lexical_weight: float = 1.0, fusion: str = "rrf", batch_size: int = 128,
-                       show_progress: bool = False, **knobs: object) -> list[list[tuple[str, float, str]]]:
+                       show_progress: bool = False, pooled_weight: float = 0.0,
+                       **knobs: object) -> list[list[tuple[str, float, str]]]:
         """search_mode_hits for many text queries: the lexical side scored for all of them at once, the queries
         not given `encoded` encoded in batches, then PLAID and the fusion query by query."""
         if mode not in MODES:
@@ -271,6 +274,10 @@ class Searcher:
 
         depth = max(k, check_int("depth", depth, 1))
         weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
+        single = check_float("pooled_weight", pooled_weight, 0.0, 100.0)
+        if single > 0 and (self.index.pooled is None or not has_pooled_head(self.model)):
+            raise ValueError("pooled_weight needs a model with a pooled single-vector head and an index that keeps "
+                             "its pooled vectors")
         rows = list(encoded) if encoded is not None else [None] * len(queries)
         if len(rows) != len(queries):
             raise ValueError(f"{len(rows)} encoded queries for {len(queries)} texts")
@@ -287,10 +294,16 @@ class Searcher:
             if mode == "plaid":
                 out.append(learned[:k])
                 continue
-            stored = {d: unit for d, _, unit in learned + lex}   # the passage that matched, for snippets
-            sides = [{"q": {d: x for d, x, _ in learned}}, {"q": {d: x for d, x, _ in lex}}]
-            fused = (rrf(sides, k=rrf_k, weights=[1.0, weight]) if fusion == "rrf" else
-                     combine(sides, weights=[1.0, weight])).get("q", {})
+            pooled: list[tuple[str, float, str]] = []
+            if single > 0:
+                cosine, nearest = self._pooled_nearest(row[1], self._units(depth), allowed)
+                pooled = self._documents_of([(self.index.doc_ids[p], float(cosine[p])) for p in nearest.tolist()],
+                                            depth)
+            stored = {d: unit for d, _, unit in learned + lex + pooled}   # the passage that matched, for snippets
+            sides = [{"q": {d: x for d, x, _ in side}} for side in (learned, lex, pooled)]
+            weights = [1.0, weight, single]
+            fused = (rrf(sides, k=rrf_k, weights=weights) if fusion == "rrf" else
+                     combine(sides, weights=weights)).get("q", {})
             best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
             out.append([(d, x, stored[d]) for d, x in best])
         return out
