@@ -35,12 +35,20 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
 
 
 def postings(texts: Sequence[str], batch: int = 4096) -> dict[str, np.ndarray]:
-    """The lexical arrays of some documents (positions are their order here)."""
+    """The lexical arrays of some documents (positions are their order here).
+
+    Texts are read and tokenized a batch at a time and each batch's (term, document, frequency) triples kept as
+    int32 arrays (12 bytes a posting), then sorted by term once: memory grows with the postings, not with Python
+    objects per posting, and `texts` may be a lazily decoded sequence (storage.StoredTexts)."""
     from .indexing.storage import pack_strings
 
-    by_term: dict[str, list[tuple[int, int]]] = {}
+    vocab: dict[str, int] = {}
+    terms, docs, tfs = [], [], []
     doclens = np.zeros(len(texts), dtype=np.int32)
     for start in range(0, len(texts), batch):
+        b_terms: list[int] = []
+        b_docs: list[int] = []
+        b_tfs: list[int] = []
         for offset, tokens in enumerate(tokenize(texts[start:start + batch])):
             doc = start + offset
             doclens[doc] = len(tokens)
@@ -48,15 +56,24 @@ def postings(texts: Sequence[str], batch: int = 4096) -> dict[str, np.ndarray]:
             for t in tokens:
                 counts[t] = counts.get(t, 0) + 1
             for t, n in counts.items():
-                by_term.setdefault(t, []).append((doc, n))
-    vocab = sorted(by_term)
-    ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum([len(by_term[t]) for t in vocab])
-    docs = np.fromiter((d for t in vocab for d, _ in by_term[t]), dtype=np.int32, count=int(ptr[-1]))
-    tf = np.fromiter((n for t in vocab for _, n in by_term[t]), dtype=np.int32, count=int(ptr[-1]))
-    packed, offsets = pack_strings([t.encode("utf-8") for t in vocab])
-    return {"lex_vocab": packed, "lex_vocab_offsets": offsets, "lex_ptr": ptr, "lex_docs": docs, "lex_tf": tf,
-            "lex_doclens": doclens}
+                b_terms.append(vocab.setdefault(t, len(vocab)))
+                b_docs.append(doc)
+                b_tfs.append(n)
+        terms.append(np.array(b_terms, dtype=np.int32))
+        docs.append(np.array(b_docs, dtype=np.int32))
+        tfs.append(np.array(b_tfs, dtype=np.int32))
+    words = sorted(vocab)
+    rank = np.empty(len(vocab), dtype=np.int32)
+    rank[np.fromiter((vocab[w] for w in words), dtype=np.int64, count=len(words))] = np.arange(len(words))
+    key = rank[np.concatenate(terms)] if terms else np.zeros(0, np.int32)
+    # Stable: within a term, postings stay in document order.
+    order = np.argsort(key, kind="stable")
+    ptr = np.zeros(len(words) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum(np.bincount(key, minlength=len(words)))
+    packed, offsets = pack_strings([w.encode("utf-8") for w in words])
+    return {"lex_vocab": packed, "lex_vocab_offsets": offsets, "lex_ptr": ptr,
+            "lex_docs": (np.concatenate(docs) if docs else np.zeros(0, np.int32))[order],
+            "lex_tf": (np.concatenate(tfs) if tfs else np.zeros(0, np.int32))[order], "lex_doclens": doclens}
 
 
 def write_postings(root: Path, rel: str, texts: Sequence[str]) -> dict[str, dict]:

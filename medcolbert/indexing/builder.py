@@ -32,7 +32,7 @@ from .kmeans import KMEANS_METHODS, default_num_centroids, resolve_kmeans, train
 from ..lexical import TOKENIZER as LEXICAL_TOKENIZER
 from ..lexical import write_postings
 from .storage import (decode_ids, encode_ids, encode_store, load_array, save_array, sha256_file, store_metadata,
-                      store_texts, write_fields, write_manifest, write_segment)
+                      StoredTexts, write_fields, write_manifest, write_segment)
 
 SAMPLE_POINTS_PER_CENTROID = 48
 
@@ -562,7 +562,8 @@ def _concatenate_chunks(root: Path, name: str, entries: list[tuple[Path, dict]])
         files.update(field_files)
     if f"{rel}/texts.npy" in files:
         # The segment's BM25 postings, from its stored texts (the lexical side of hybrid search).
-        texts = store_texts({"texts": load_array(root, f"{rel}/texts.npy", files),
+        # Read batch by batch from the memory-mapped store, so the pass holds one batch of texts at a time.
+        texts = StoredTexts({"texts": load_array(root, f"{rel}/texts.npy", files),
                              "text_offsets": load_array(root, f"{rel}/text_offsets.npy", files)})
         files.update(write_postings(root, rel, texts))
         entry["lexical"] = LEXICAL_TOKENIZER

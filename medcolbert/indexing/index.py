@@ -295,7 +295,7 @@ class Index:
     def build_lexical(self) -> int:
         """Write BM25 postings for every segment that lacks them, from its stored texts; returns how many segments."""
         from ..lexical import TOKENIZER, write_postings
-        from .storage import store_texts
+        from .storage import StoredTexts
 
         with self._writing():
             manifest = dict(self.manifest)
@@ -308,7 +308,7 @@ class Index:
                 if store is None:
                     raise MedColbertError(f"{self.path}: segment {seg['name']} stores no texts to index lexically")
                 rel = f"segments/{seg['name']}"
-                texts = store_texts({"texts": store.texts, "text_offsets": store.text_offsets})
+                texts = StoredTexts({"texts": store.texts, "text_offsets": store.text_offsets})
                 manifest["files"].update(write_postings(self.path, rel, texts))
                 segments.append({**seg, "lexical": TOKENIZER})
                 done += 1

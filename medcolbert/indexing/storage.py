@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def write_segment(root: Path, name: str, doc_ids: list[str], doclens: np.ndarray
     if store is not None:
         fields, field_files = write_fields(root, rel, store_metadata(store))
         files.update(field_files)
-        files.update(write_postings(root, rel, store_texts(store)))
+        files.update(write_postings(root, rel, StoredTexts(store)))
     if pooled is not None:
         if pooled.shape[0] != len(doc_ids):
             raise ValueError(f"{pooled.shape[0]} pooled vectors for {len(doc_ids)} documents")
@@ -323,8 +324,34 @@ def write_fields(root: Path, rel: str, metas: list[dict | None]) -> tuple[dict[s
 
 def store_texts(store: dict[str, np.ndarray]) -> list[str]:
     """Every document's text in a store's arrays (as encode_store wrote them)."""
-    raw, offsets = bytes(store["texts"]), store["text_offsets"]
-    return [raw[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(len(offsets) - 1)]
+    return list(StoredTexts(store))
+
+
+class StoredTexts(Sequence):
+    """A store's texts as a sequence decoded on access (a slice decodes only its own bytes), so that a pass over a
+    large memory-mapped segment (its BM25 postings) holds one batch of texts at a time, not all of them."""
+
+    def __init__(self, store: dict[str, np.ndarray]) -> None:
+        self.raw, self.offsets = store["texts"], store["text_offsets"]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            if start >= stop:
+                return []
+            o = self.offsets[start:stop + 1]
+            chunk = bytes(self.raw[o[0]:o[-1]])
+            return [chunk[a - o[0]:b - o[0]].decode("utf-8") for a, b in zip(o[:-1].tolist(), o[1:].tolist())]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"text {i} of {len(self)}")
+        return bytes(self.raw[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8")
 
 
 def read_lexical(root: Path, rel: str, files: dict, entry: dict, n: int) -> "LexicalSegment | None":
