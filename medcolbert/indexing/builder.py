@@ -175,7 +175,7 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
                 use_gpu: bool | None = None, store_documents: bool = True, backend: str = "local",
                 workers: int | None = None, ray_address: str | None = None, split_documents: bool = False,
                 passage_tokens: int | None = None, passage_overlap: int | None = None,
-                assignment: str = "auto", kmeans: str = "auto") -> Path:
+                assignment: str = "auto", kmeans: str = "auto", codec: ResidualCodec | None = None) -> Path:
     """Encode, cluster, compress and store a collection; resumes an interrupted build of the same settings.
 
     store_documents keeps every document's text and metadata in the index, so searches can return them.
@@ -189,6 +189,8 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
     centroids) or "auto" (by the number of centroids; see indexing.codec.resolve_assignment).
     kmeans: how the centroids are trained, "flat", "two-level" (sqrt(centroids) groups first; for tens of
     thousands of centroids) or "auto" (by the number of centroids; see indexing.kmeans.resolve_kmeans).
+    codec: a codec trained elsewhere (a shard set's, trained once on the whole collection) used as it is instead of
+    training one here; num_centroids, kmeans_niters and kmeans are then unused.
     """
     if backend not in ("local", "ray"):
         raise MedColbertError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -224,13 +226,19 @@ def build_index(path: str | Path, model, corpus, nbits: int = 2, num_centroids: 
                 "num_centroids": num_centroids, "kmeans_niters": kmeans_niters, "chunk_size": chunk_size,
                 "seed": seed, "store_documents": store_documents, "assignment": assignment,
                 "kmeans": kmeans,
-                "passages": source.splitter.settings() if isinstance(source, PassageSource) else None}
+                "passages": source.splitter.settings() if isinstance(source, PassageSource) else None,
+                "codec": None if codec is None else codec_checksum(codec)}
     t_start = time.perf_counter()
     if rank == 0:
         _prepare_workdir(work, settings)
     _barrier()
 
     timings: dict[str, float] = {}
+    if rank == 0 and codec is not None and not (work / "codec" / "done").exists():
+        if codec.nbits != nbits:
+            raise MedColbertError(f"the given codec has nbits {codec.nbits}, not {nbits}")
+        _write_codec(work, codec, {"shared_codec": codec_checksum(codec), "avg_doclen_estimate": None,
+                                   "assignment": resolve_assignment(assignment, codec.num_centroids)})
     if rank == 0 and not (work / "codec" / "done").exists():
         t0 = time.perf_counter()
         _train_codec(work, model, source, nbits, num_centroids, kmeans_niters, seed, batch_size, show, use_gpu,
@@ -382,14 +390,28 @@ def _train_codec(work: Path, model, source: CorpusSource, nbits: int, num_centro
     method = resolve_kmeans(kmeans, k)
     centroids = train_centroids(train, k, niter=niters, seed=seed, use_gpu=use_gpu, method=method)
     codec = ResidualCodec.fit(centroids, held, nbits)
+    _write_codec(work, codec, {"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
+                               "sample_embeddings": sample_embeddings, "kmeans": method,
+                               "assignment": resolve_assignment(assignment, codec.num_centroids)})
+
+
+def _write_codec(work: Path, codec: ResidualCodec, info: dict) -> None:
+    """A build's codec (its arrays and how it was made) in its work folder, marked done last."""
     folder = work / "codec"
     folder.mkdir(exist_ok=True)
     for name, array in codec.arrays().items():
         save_array(folder / f"{name}.npy", array)
-    (folder / "info.json").write_text(json.dumps({"avg_doclen_estimate": avg_len, "sample_documents": n_sample,
-                                                  "sample_embeddings": sample_embeddings, "kmeans": method,
-                                                  "assignment": resolve_assignment(assignment, codec.num_centroids)}))
+    (folder / "info.json").write_text(json.dumps(info))
     (folder / "done").touch()
+
+
+def codec_checksum(codec: ResidualCodec) -> str:
+    """A digest of a codec's arrays: shards built with one codec carry the same one."""
+    h = hashlib.sha256()
+    for name, array in sorted(codec.arrays().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:24]
 
 
 def _read_codec(work: Path, nbits: int) -> ResidualCodec:

@@ -42,10 +42,12 @@ class ShardedSearcher:
     Searcher does, `PlaidRetriever(ShardedSearcher(...))` included."""
 
     def __init__(self, indexes: Sequence[Index | str | Path], model: Any, config: SearchConfig | None = None,
-                 threads: int | None = None) -> None:
-        """indexes: folders or opened indexes, each built with `model`; their document ids must not overlap."""
+                 threads: int | None = None, routed: bool = False) -> None:
+        """indexes: folders or opened indexes, each built with `model`; their document ids must not overlap.
+        routed: the indexes are a shard set's shards in order (from_set), so writes go to the shard owning each id."""
         if not indexes:
             raise ValueError("ShardedSearcher needs at least one index")
+        self.routed = routed
         self.searchers = [Searcher(ix, model, config) for ix in indexes]
         self.model = model
         owner: dict[str, int] = {}
@@ -116,6 +118,55 @@ class ShardedSearcher:
     def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
         """Hits with their stored text and metadata, each read from the shard that holds it."""
         return [self.searchers[self.owner[parent_of(hit[0])]].documents([hit])[0] for hit in hits]
+
+    @classmethod
+    def from_set(cls, path: str | Path, model: Any = None, config: SearchConfig | None = None,
+                 threads: int | None = None) -> "ShardedSearcher":
+        """Every shard of a shard set (indexing/shards.py) searched as one, writes routed by id; the model
+        defaults to the one the shards name."""
+        from ..indexing.shards import open_set
+
+        indexes = open_set(path)
+        return cls(indexes, model if model is not None else indexes[0].load_model(), config, threads, routed=True)
+
+    def add(self, documents: Mapping[str, Any], metadata: Mapping[str, dict] | None = None) -> dict[int, int]:
+        """Encode and add {id: text} to the shards that own the ids (a shard set's routing), each shard committing
+        as one index does; returns {shard: documents added}. An id already in the set is refused."""
+        from ..indexing.encoded import EncodedDocuments
+        from ..indexing.shards import route
+
+        self._require_routing()
+        taken = [d for d in documents if d in self.owner]
+        if taken:
+            raise MedColbertError(f"{len(taken)} ids are already in the set (first {taken[0]!r}); delete them first")
+        added = {}
+        for s, ids in sorted(route(documents, len(self.searchers)).items()):
+            index = self.searchers[s].index
+            meta = {d: metadata[d] for d in ids if metadata and d in metadata}
+            added[s] = index.add(EncodedDocuments.encode(self.model, {d: documents[d] for d in ids}, meta, index=index))
+            self.owner.update({d: s for d in ids})
+        return added
+
+    def delete(self, doc_ids: Sequence[str]) -> dict[int, int]:
+        """Delete ids from the shards that own them; returns {shard: documents deleted}. Unknown ids are refused
+        before anything is deleted."""
+        from ..indexing.shards import route
+
+        self._require_routing()
+        unknown = [d for d in doc_ids if d not in self.owner]
+        if unknown:
+            raise MedColbertError(f"{len(unknown)} document ids are not in the set, e.g. {unknown[0]!r}")
+        deleted = {}
+        for s, ids in sorted(route(doc_ids, len(self.searchers)).items()):
+            deleted[s] = self.searchers[s].index.delete(ids)
+            for d in ids:
+                self.owner.pop(d, None)
+        return deleted
+
+    def _require_routing(self) -> None:
+        if not self.routed:
+            raise MedColbertError("writes need a shard set (ShardedSearcher.from_set): these indexes have no routing "
+                                  "of ids to shards")
 
     def close(self) -> None:
         """Stop the shard threads."""

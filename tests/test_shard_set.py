@@ -1,0 +1,203 @@
+"""A collection as a shard set (issue 43): one codec for every shard, ids routed by a stable hash, searched in one
+process or served by Ray actors with replicas, writes routed and acknowledged after commit, faults named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from medcolbert import ColBERT
+from medcolbert.errors import IndexFormatError, MedColbertError
+from medcolbert.indexing.builder import codec_checksum
+from medcolbert.indexing.index import Index
+from medcolbert.indexing.shards import build_set, open_set, read_set, shard_of
+from medcolbert.search.plaid import SearchConfig, Searcher
+from medcolbert.search.sharded import ShardedSearcher
+from tests.conftest import make_tiny_model
+from tests.test_index import make_corpus
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("set")
+    model = ColBERT.from_pretrained(make_tiny_model(seed=43).save_pretrained(root / "ckpt"), device="cpu")
+    corpus = make_corpus(120, seed=43)
+    set_path = build_set(root / "set", model, corpus, shards=3, num_centroids=16, show_progress=False)
+    return root, model, corpus, set_path
+
+
+def test_the_hash_is_stable_across_processes():
+    ids = [f"doc{i}" for i in range(50)] + ["PMID:12345", "é-ü", ""]
+    here = [shard_of(d, 7) for d in ids]
+    code = f"from medcolbert.indexing.shards import shard_of; print([shard_of(d, 7) for d in {ids!r}])"
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123", **__import__("os").environ}).stdout.strip()
+    assert str(here) == there and len(set(here)) == 7
+
+
+def test_one_codec_and_routing_make_the_set_equal_one_index(built):
+    root, model, corpus, set_path = built
+    manifest = read_set(set_path)
+    indexes = open_set(set_path)
+    assert manifest["count"] == 3 and sum(len(ix) for ix in indexes) == len(corpus)
+    assert len({codec_checksum(ix.codec) for ix in indexes}) == 1
+    for s, ix in enumerate(indexes):
+        assert all(shard_of(d, 3) == s for d in ix.doc_ids)
+    # One index over the same documents with the same codec: exact search gives the same ranking and scores.
+    one = Index.build(root / "one", model, corpus, codec=indexes[0].codec, show_progress=False)
+    sharded = ShardedSearcher.from_set(set_path, model, SearchConfig(exact=True))
+    single = Searcher(one, model, SearchConfig(exact=True))
+    for d in ("doc3", "doc40", "doc77"):
+        a, b = sharded.search(corpus[d], k=10), single.search(corpus[d], k=10)
+        assert [x for x, _ in a] == [x for x, _ in b] and np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+    # A rerun with the same settings keeps every shard (nothing is rebuilt).
+    stamps = [(set_path / e["name"] / "manifest.json").stat().st_mtime_ns for e in manifest["shards"]]
+    build_set(set_path, model, corpus, shards=3, num_centroids=16, show_progress=False, overwrite=True)
+    assert stamps == [(set_path / e["name"] / "manifest.json").stat().st_mtime_ns for e in manifest["shards"]]
+    sharded.close()
+
+
+def test_writes_go_to_the_owning_shard_and_bad_sets_are_refused(built, tmp_path):
+    import shutil
+
+    root, model, corpus, set_path = built
+    copy = tmp_path / "set"
+    shutil.copytree(set_path, copy)
+    searcher = ShardedSearcher.from_set(copy, model)
+    new = {f"new{i}": f"statin therapy muscle pain case {i}" for i in range(6)}
+    added = searcher.add(new)
+    assert sum(added.values()) == 6
+    for d in new:
+        assert d in searcher.searchers[shard_of(d, 3)].index.position
+    assert searcher.search(new["new2"], k=3)[0][0] in new
+    with pytest.raises(MedColbertError, match="already in the set"):
+        searcher.add({"new1": "again"})
+    with pytest.raises(MedColbertError, match="not in the set"):
+        searcher.delete(["new1", "nope"])
+    assert sum(searcher.delete(["new1", "doc5"]).values()) == 2
+    assert {"new1", "doc5"}.isdisjoint(d for d, _ in searcher.search(new["new1"], k=50))
+    searcher.close()
+    with pytest.raises(MedColbertError, match="no routing"):
+        ShardedSearcher([Index.open(copy / "shard-000")], model).add({"x": "y"})
+    # A set whose manifest names a missing shard, or a shard built with another codec, is refused.
+    bad = json.loads((copy / "shards.json").read_text())
+    bad["shards"][1]["name"] = "shard-009"
+    (copy / "shards.json").write_text(json.dumps(bad))
+    with pytest.raises(IndexFormatError, match="not an index folder"):
+        open_set(copy)
+    bad["shards"][1]["name"] = "shard-001"
+    bad["codec"] = "0" * 24
+    (copy / "shards.json").write_text(json.dumps(bad))
+    with pytest.raises(IndexFormatError, match="is not the set's"):
+        open_set(copy)
+
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    except Exception as exc:  # noqa: BLE001 - any reason Ray cannot start here is a skip, said in one line
+        pytest.skip(f"a local Ray cluster cannot start here: {type(exc).__name__}: {exc}")
+    yield
+    ray.shutdown()
+
+
+def test_ray_served_shards_answer_as_the_in_process_set(built, cluster):
+    from medcolbert.search.ray_shards import RayShardedSearcher
+
+    root, model, corpus, set_path = built
+    served = RayShardedSearcher(set_path, model)
+    local = ShardedSearcher.from_set(set_path, model)
+    for d in ("doc1", "doc60", "doc99"):
+        assert served.search(corpus[d], k=10) == local.search(corpus[d], k=10)
+        q = model.encode_queries([corpus[d]])
+        assert served.search_hits(q[0], 5) == local.search_hits(q[0], 5)
+    docs = served.search(corpus["doc7"], k=2, return_documents=True)
+    assert docs[0]["id"] == "doc7" and docs[0]["text"] == corpus["doc7"]
+    assert [h["documents"] for h in served.health()] == [len(ix) for ix in open_set(set_path)]
+    served.close()
+    local.close()
+
+
+def test_writes_are_routed_acknowledged_after_commit_and_repeatable(built, cluster, tmp_path):
+    import shutil
+
+    from medcolbert.search.ray_shards import RayShardedSearcher
+
+    root, model, corpus, set_path = built
+    copy = tmp_path / "set"
+    shutil.copytree(set_path, copy)
+    served = RayShardedSearcher(copy, model, replicas=2)
+    new = {f"w{i}": f"insulin pump night glucose {i}" for i in range(5)}
+    assert served.add(new) == {"added": 5, "present": 0}
+    assert served.add(new) == {"added": 0, "present": 5}   # a repeated write adds nothing twice
+    # Every replica, including those that did not take the write, sees it at the next search.
+    for _ in range(4):
+        assert served.search(new["w3"], k=1)[0][0] == "w3"
+    assert served.delete(["w3", "absent"]) == {"deleted": 1, "absent": 1}
+    for _ in range(4):
+        assert "w3" not in [d for d, _ in served.search(new["w3"], k=20)]
+    on_disk = open_set(copy)
+    assert sum("w0" in ix.position for ix in on_disk) == 1
+    served.close()
+
+
+def test_a_killed_shard_is_answered_by_its_replica_or_named_missing(built, cluster):
+    from medcolbert.search.ray_shards import RayShardedSearcher, ShardsUnavailable
+
+    root, model, corpus, set_path = built
+    q = model.encode_queries([corpus["doc12"]])[0]
+    want = ShardedSearcher.from_set(set_path, model).search_hits(q, 10)
+    served = RayShardedSearcher(set_path, model, replicas=2, timeout_s=20)
+    ray.kill(served.actors[1][0], no_restart=False)   # Ray restarts it; meanwhile its replica answers
+    for _ in range(3):
+        assert served.search_hits(q, 10) == want
+    served.close()
+    # No replica left: the caller chooses between an error naming the shard and a short answer that says so.
+    lone = RayShardedSearcher(set_path, model, replicas=1, timeout_s=20)
+    ray.kill(lone.actors[2][0], no_restart=True)
+    with pytest.raises(ShardsUnavailable, match="shards 2 did not answer"):
+        lone.search_hits(q, 10)
+    hits, missing = lone.search_hits_partial(q, 10)
+    others = ShardedSearcher(open_set(set_path)[:2], model).search_hits(q, 10)   # the answer of shards 0 and 1
+    assert missing == [2] and hits == others
+    lone.on_missing = "partial"
+    assert lone.search_hits(q, 10) == others and lone.last_missing == [2]
+    assert not any(h["ok"] for h in lone.health() if h["shard"] == 2)
+    lone.close()
+
+
+def test_a_restarted_actor_reopens_its_shard_from_disk_with_acknowledged_writes(built, cluster, tmp_path):
+    import shutil
+
+    from medcolbert.search.ray_shards import RayShardedSearcher
+
+    root, model, corpus, set_path = built
+    copy = tmp_path / "set"
+    shutil.copytree(set_path, copy)
+    served = RayShardedSearcher(copy, model, replicas=1, timeout_s=60)
+    acknowledged = []
+    for round_ in range(3):
+        batch = {f"r{round_}-{i}": f"asthma inhaler steroid dose {round_} {i}" for i in range(3)}
+        served.add(batch)
+        acknowledged += list(batch)
+        owner = shard_of(acknowledged[-1], 3)
+        pid = next(h["pid"] for h in served.health() if h["shard"] == owner)
+        ray.kill(served.actors[owner][0], no_restart=False)   # killed right after an acknowledged write
+        deadline = __import__("time").monotonic() + 60
+        # Ray restarts it: a new process that reopened the shard from disk.
+        while not any(h["ok"] and h["shard"] == owner and h["pid"] != pid for h in served.health()):
+            assert __import__("time").monotonic() < deadline, "the actor did not come back"
+    held = {d for ix in open_set(copy) for d in ix.doc_ids}
+    assert set(acknowledged) <= held
+    hits = served.search("asthma inhaler steroid dose 2 1", k=30)
+    assert "r2-1" in [d for d, _ in hits]
+    served.close()
