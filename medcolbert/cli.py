@@ -151,6 +151,9 @@ def _parser_index(sub: argparse._SubParsersAction) -> None:
                    help="local: this process (or torchrun's); ray: encode and compress on Ray workers")
     p.add_argument("--workers", type=int_option(1, 100_000), default=None, help="Ray workers (default: the cluster's CPUs)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    p.add_argument("--shards", type=int_option(1, 4096), default=None,
+                   help="build a shard set at --index: one codec trained on the whole collection, each document in "
+                        "shard hash(id) mod N, one index folder per shard (search, serve read the set as one)")
 
 
 def _parser_search(sub: argparse._SubParsersAction) -> None:
@@ -191,6 +194,12 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
                    help="hybrid: reciprocal rank fusion (default) or min-max normalised scores summed")
     p.add_argument("--lexical-weight", type=float_option(0.0, 100.0), default=1.0,
                    help="hybrid: the weight of BM25's side (default 1)")
+    p.add_argument("--ray", action="store_true",
+                   help="a shard set at --index: search its shards on Ray actors (default: threads in this process)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--replicas", type=int_option(1, 16), default=1, help="with --ray: actors per shard (default: 1)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --ray: answer from the shards that respond, warning which did not (default: fail)")
     p.add_argument("--pooled-weight", type=float_option(0.0, 100.0), default=0.0,
                    help="hybrid: a third side, the pooled single vector's nearest documents, at this weight (default "
                         "0: off; a model with a pooled head only)")
@@ -377,6 +386,12 @@ def _parser_serve(sub: argparse._SubParsersAction) -> None:
                    help="a registered first stage (bm25, dense, dense:MODEL) that /search may start from with "
                         "\"first_stage\": its top \"depth\" documents reranked by exact MaxSim; repeatable; "
                         "needs an index that stores its documents")
+    p.add_argument("--ray", action="store_true",
+                   help="--index is a shard set (index --shards): serve its shards on Ray actors (default: threads)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--replicas", type=int_option(1, 16), default=1, help="with --ray: actors per shard (default: 1)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a shard set: answer from the shards that respond, marked \"partial\" (default: 503)")
 
 
 def _parser_train(sub: argparse._SubParsersAction) -> None:
@@ -552,6 +567,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"indexed {stats['documents']} documents, {stats['embeddings']} vectors from shards in "
               f"{time.perf_counter() - t0:.1f}s; {stats['bytes_per_embedding']:.2f} bytes per vector")
         return 0
+    if args.shards is not None and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise MedColbertError("--shards builds each shard in this process (or on Ray with --backend ray), not under "
+                              "torchrun")
     rank, world = init_distributed()
     device = args.device
     if device is None and world > 1:
@@ -564,6 +582,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     data = Path(args.data)
     corpus = data / "corpus.jsonl" if data.is_dir() else data
     t0 = time.perf_counter()
+    if args.shards is not None:
+        from .indexing.shards import build_set, open_set
+
+        build_set(args.index, model, corpus, shards=args.shards, nbits=args.nbits, num_centroids=args.num_centroids,
+                  kmeans_niters=args.kmeans_niters, batch_size=args.batch_size, overwrite=args.overwrite,
+                  assignment=args.assignment, kmeans=args.kmeans, chunk_size=args.chunk_size,
+                  store_documents=not args.no_documents, backend=args.backend, workers=args.workers,
+                  ray_address=args.ray_address, split_documents=args.split_documents,
+                  passage_tokens=args.passage_tokens, passage_overlap=args.passage_overlap)
+        sizes = [len(ix) for ix in open_set(args.index)]
+        print(f"indexed {sum(sizes)} documents in {args.shards} shards ({', '.join(map(str, sizes))}) with one "
+              f"codec in {time.perf_counter() - t0:.1f}s")
+        return 0
     build_index(args.index, model, corpus, nbits=args.nbits, num_centroids=args.num_centroids,
                 kmeans_niters=args.kmeans_niters, chunk_size=args.chunk_size, batch_size=args.batch_size,
                 overwrite=args.overwrite, store_documents=not args.no_documents, backend=args.backend,
@@ -592,6 +623,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     if (args.query is None) == (args.data is None):
         raise MedColbertError("give --data (a BEIR folder's queries) or --query (one query), not both")
+    from .indexing.shards import is_shard_set
+
+    if is_shard_set(args.index):
+        return _search_set(args)
+    if args.ray:
+        raise MedColbertError(f"--ray searches a shard set (built with index --shards); {args.index} is one index")
     index = Index.open(args.index)
     index.matching(args.where)   # a bad filter fails here, before the model loads
     if args.query is not None:
@@ -644,6 +681,71 @@ def _mode_knobs(args: argparse.Namespace) -> dict:
         return {}
     return {"mode": args.mode, "fusion": args.fusion, "lexical_weight": args.lexical_weight,
             "pooled_weight": args.pooled_weight} if args.mode == "hybrid" else {"mode": args.mode}
+
+
+def _search_set(args: argparse.Namespace) -> int:
+    """search over a shard set: its shards as threads here, or on Ray actors with --ray."""
+    from .evaluation.datasets import load_qrels, load_queries, write_run
+    from .evaluation.metrics import evaluate, format_table, write_json
+    from .search.plaid import SearchConfig
+
+    if args.mode != "plaid":
+        raise MedColbertError(f"--mode {args.mode}: a shard set is searched with plaid only (BM25's statistics are "
+                              "per shard)")
+    config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
+    if args.ray:
+        from .search.ray_shards import RayShardedSearcher
+
+        searcher = RayShardedSearcher(args.index, _set_model(args), args.replicas, args.ray_address,
+                                      on_missing="partial" if args.allow_partial else "fail",
+                                      config={k: v for k, v in config.__dict__.items() if v is not None})
+    else:
+        from .search.sharded import ShardedSearcher
+
+        searcher = ShardedSearcher.from_set(args.index, _set_model(args), config)
+    knobs = {"where": args.where} if args.where else {}
+    if args.query is not None:
+        hits = searcher.search(args.query, k=args.k or 10, return_documents=True, **knobs)
+        if args.json:
+            write_json({"query": args.query, "k": args.k or 10, "hits": hits}, args.json)
+        for rank, row in enumerate(hits, start=1):
+            snippet = " ".join(row.get("text", "").split())
+            print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet[:117]}".rstrip(), file=_human(args))
+    else:
+        data, k = Path(args.data), args.k or 100
+        queries = load_queries(data / "queries.jsonl")
+        qrels = None
+        if not args.all_queries:
+            qrels_path = data / "qrels" / f"{args.split}.tsv"
+            if not qrels_path.is_file():
+                raise MedColbertError(f"{args.data}: no qrels for split '{args.split}'")
+            qrels = load_qrels(qrels_path, queries)
+            queries = {q: queries[q] for q in qrels}
+        t0 = time.perf_counter()
+        run = searcher.search_all(queries, k=k, **knobs)
+        _log(f"searched {len(queries)} queries over the shard set in {time.perf_counter() - t0:.1f}s")
+        if args.output:
+            write_run(run, args.output, tag="medcolbert-shards")
+        if qrels:
+            rows = {"ColBERT PLAID (shard set)": evaluate(run, qrels, _metrics(args.metrics))}
+            print(format_table(rows, _metrics(args.metrics)), file=_human(args))
+            if args.json:
+                write_json({"index": args.index, "data": args.data, "split": args.split, "k": k, "results": rows},
+                           args.json)
+    missing = sorted(getattr(searcher, "missing_seen", ()))
+    if missing:
+        _log(f"warning: shards {', '.join(map(str, missing))} did not answer; the results above lack their documents")
+    searcher.close()
+    return 0
+
+
+def _set_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The model named on the command line, else the one the set's first shard records."""
+    from .indexing.index import Index
+    from .indexing.shards import read_set
+
+    first = read_set(args.index)["shards"][0]["name"]
+    return Index.open(Path(args.index) / first).load_model(args.model, args.device)
 
 
 def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-untyped-def]
@@ -885,10 +987,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .service import create_app, read_api_key, timed_http_protocol
     except ImportError as exc:
         raise MedColbertError(f"serving needs FastAPI, uvicorn and prometheus-client: pip install 'medcolbert[serve]' ({exc})") from None
+    from .indexing.shards import is_shard_set, read_set
     from .indexing.storage import read_manifest
 
-    read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
     api_key = read_api_key(args.api_key_file)
+    if is_shard_set(args.index):
+        from .shard_service import create_shard_app
+
+        read_set(args.index)   # a broken set fails here, before the server starts
+        if args.first_stage:
+            raise MedColbertError("--first-stage: a shard set is served by PLAID only")
+        app = create_shard_app(args.index, args.model, api_key=api_key, ray=args.ray, replicas=args.replicas,
+                               ray_address=args.ray_address, allow_partial=args.allow_partial)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    http=timed_http_protocol(app.state.service.limits.header_timeout_s))
+        return 0
+    if args.ray:
+        raise MedColbertError(f"--ray serves a shard set (built with index --shards); {args.index} is one index")
+    read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
     try:
         app = create_app(args.index, args.model, api_key=api_key,
                          batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage)

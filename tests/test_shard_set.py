@@ -201,3 +201,67 @@ def test_a_restarted_actor_reopens_its_shard_from_disk_with_acknowledged_writes(
     hits = served.search("asthma inhaler steroid dose 2 1", k=30)
     assert "r2-1" in [d for d, _ in hits]
     served.close()
+
+
+def test_filters_and_the_service_front_over_a_set(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medcolbert.shard_service import create_shard_app
+
+    model = ColBERT.from_pretrained(make_tiny_model(seed=44).save_pretrained(tmp_path / "ckpt"), device="cpu")
+    texts = make_corpus(60, seed=44)
+    # A field only some documents hold ("trial"): a shard without it answers nothing for it, not an error.
+    corpus = {d: {"text": t, "metadata": {"part": i % 3, **({"trial": "yes"} if i < 6 else {})}}
+              for i, (d, t) in enumerate(texts.items())}
+    set_path = build_set(tmp_path / "set", model, corpus, shards=3, num_centroids=8, show_progress=False)
+    local = ShardedSearcher.from_set(set_path, model)
+    hits = local.search(texts["doc4"], k=10, where="trial = yes")
+    assert {d for d, _ in hits} == {f"doc{i}" for i in range(6)}
+    with pytest.raises(MedColbertError, match="unknown metadata field"):
+        local.search(texts["doc4"], k=10, where="nope = 1")
+    client = TestClient(create_shard_app(set_path, api_key="k", load_in_background=False))
+    head = {"x-api-key": "k"}
+    health = client.get("/health").json()
+    assert health["status"] == "ready" and health["documents"] == 60 and len(health["shards"]) == 3
+    got = client.post("/search", json={"query": texts["doc7"], "k": 5, "where": "part = 1"}, headers=head).json()
+    assert [h["id"] for h in got["results"]] == [d for d, _ in local.search(texts["doc7"], k=5, where="part = 1")]
+    assert client.post("/search", json={"query": "x", "k": 5}).status_code == 401
+    bad = client.post("/search", json={"query": "x", "where": "part >"}, headers=head)
+    assert bad.status_code == 422 and "filter" in bad.json()["detail"]
+    assert client.post("/search", json={"query": "x", "mode": "lexical"}, headers=head).status_code == 422
+    added = client.post("/documents", json={"documents": {"n1": "statin myopathy"}}, headers=head)
+    assert added.status_code == 200 and added.json()["added"] == 1
+    assert client.post("/documents", json={"documents": {"n1": "again"}}, headers=head).status_code == 409
+    found = client.post("/search", json={"query": "statin myopathy", "k": 61}, headers=head).json()["results"]
+    assert "n1" in [h["id"] for h in found]   # committed and visible to the next search
+    assert client.post("/documents/delete", json={"ids": ["n1"]}, headers=head).json()["deleted"] == 1
+    assert client.post("/documents/delete", json={"ids": ["n1"]}, headers=head).status_code == 404
+    text = client.get("/metrics", headers=head).text
+    assert 'medcolbert_shard_up{replica="0",shard="2"} 1.0' in text or 'medcolbert_shard_up{shard="2",replica="0"} 1.0' in text
+    assert 'medcolbert_shard_documents{shard="0"}' in text
+
+
+def test_the_service_front_on_ray_names_a_missing_shard(built, cluster):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medcolbert.shard_service import create_shard_app
+
+    root, model, corpus, set_path = built
+    app = create_shard_app(set_path, ray=True, load_in_background=False)
+    client = TestClient(app)
+    assert client.get("/health").json()["status"] == "ready"
+    full = client.post("/search", json={"query": corpus["doc8"], "k": 10}).json()
+    assert "partial" not in full and len(full["results"]) == 10
+    searcher = app.state.service.searcher
+    ray.kill(searcher.actors[0][0], no_restart=True)
+    failed = client.post("/search", json={"query": corpus["doc8"], "k": 10})
+    assert failed.status_code == 503 and "shards 0 did not answer" in failed.json()["detail"]
+    app.state.service.allow_partial = True
+    partial = client.post("/search", json={"query": corpus["doc8"], "k": 10}).json()
+    assert partial["partial"] is True and partial["missing_shards"] == [0]
+    assert all(shard_of(h["id"], 3) != 0 for h in partial["results"])
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["missing_shards"] == [0]
+    searcher.close()

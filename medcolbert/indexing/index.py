@@ -242,21 +242,24 @@ class Index:
         """The fields whose values are of more than one kind (each condition then runs on the values that fit)."""
         return {name: sorted(k) for name, k in self.field_kinds().items() if len(k - {"nested"}) > 1}
 
-    def matching(self, where: WhereLike) -> np.ndarray | None:
+    def matching(self, where: WhereLike, kinds: dict[str, set[str]] | None = None) -> np.ndarray | None:
         """The live index entries that a filter matches, as a boolean mask over positions (None: no filter).
 
-        Raises FilterError for an unknown field, a value of the wrong type or a malformed expression."""
+        Raises FilterError for an unknown field, a value of the wrong type or a malformed expression. kinds: the
+        fields and kinds the filter is checked against instead of this index's own (a shard set's union, so that a
+        field some other shard holds is not an error here: it matches nothing here)."""
         parsed = parse_where(where)
         if parsed is None:
             return None
-        key = str(parsed)
+        key = str(parsed) if kinds is None else f"{parsed}|{sorted((k, sorted(v)) for k, v in kinds.items())}"
         cached = self._matches.get(key)
         if cached is not None:
             return cached
-        check_fields(parsed, self.field_kinds())
+        kinds = self.field_kinds() if kinds is None else kinds
+        check_fields(parsed, kinds)
         mask = ~self.deleted
         for c in parsed.conditions:
-            mask &= self._id_mask(c) if c.field == ID_FIELD else self._field_mask(c)
+            mask &= self._id_mask(c) if c.field == ID_FIELD else self._field_mask(c, kinds)
         mask.flags.writeable = False
         if len(self._matches) >= 64:   # repeated filters (a service's tenants) cost one evaluation
             self._matches.pop(next(iter(self._matches)))
@@ -317,9 +320,9 @@ class Index:
                 self._commit(manifest)
             return done
 
-    def _field_mask(self, c: Condition) -> np.ndarray:
+    def _field_mask(self, c: Condition, kinds: dict[str, set[str]] | None = None) -> np.ndarray:
         # Strings read as numbers only where no segment holds text in the field (then nothing is ambiguous).
-        lenient = "text" not in self.field_kinds().get(c.field, set())
+        lenient = "text" not in (kinds if kinds is not None else self.field_kinds()).get(c.field, set())
         parts = []
         for (_, _, _, n), cols in zip(self._segment_fields, self.field_columns()):
             mask = np.zeros(n, dtype=bool)

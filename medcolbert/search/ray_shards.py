@@ -77,11 +77,19 @@ class ShardServer:
         if _stat(self.path) != self.stat:
             self._open()
 
-    def search(self, q: np.ndarray, k: int, q_pooled: np.ndarray | None, where: Any, knobs: dict) -> list:
-        """This shard's top k for an encoded query, as (document id, score, stored id)."""
+    def search(self, q: np.ndarray, k: int, q_pooled: np.ndarray | None, where: Any, knobs: dict,
+               kinds: dict | None = None) -> list:
+        """This shard's top k for an encoded query, as (document id, score, stored id); a filter is checked
+        against `kinds` (the whole set's fields) where given."""
         self._fresh()
+        allowed = self.index.matching(where, kinds) if where is not None else None
         return self.searcher.search_hits(torch.from_numpy(q), k, None if q_pooled is None else
-                                         torch.from_numpy(q_pooled), where, **knobs)
+                                         torch.from_numpy(q_pooled), allowed, **knobs)
+
+    def field_kinds(self) -> dict:
+        """This shard's metadata fields and the kinds each holds."""
+        self._fresh()
+        return self.index.field_kinds()
 
     def documents(self, hits: list) -> list[dict]:
         """Hits with their stored text and metadata."""
@@ -174,6 +182,8 @@ class RayShardedSearcher:
                                                                   config) for _ in range(replicas)])
         self._next = [0] * self.count
         self.last_missing: list[int] = []
+        self.missing_seen: set[int] = set()   # every shard that failed to answer a search since this was made
+        self._kinds: dict[str, set[str]] | None = None
         self.health()   # waits until every shard has opened (or says which cannot)
 
     # ------------------------------------------------------------------ calls with failover
@@ -231,8 +241,22 @@ class RayShardedSearcher:
 
     def _finish(self, missing: list[int]) -> None:
         self.last_missing = missing
+        self.missing_seen.update(missing)
         if missing and self.on_missing == "fail":
             raise ShardsUnavailable(missing)
+
+    def field_kinds(self) -> dict[str, set[str]]:
+        """The metadata fields of every shard and the kinds each holds, together (read once, again after a write)."""
+        if self._kinds is None:
+            results, missing = self._call_all("field_kinds", lambda s: (), range(self.count))
+            if missing:
+                raise ShardsUnavailable(missing)
+            kinds: dict[str, set[str]] = {}
+            for got in results.values():
+                for field, held in got.items():
+                    kinds.setdefault(field, set()).update(held)
+            self._kinds = kinds
+        return self._kinds
 
     # ------------------------------------------------------------------ search
     def search_hits_partial(self, q: torch.Tensor, k: int = 10, q_pooled: torch.Tensor | None = None,
@@ -242,7 +266,15 @@ class RayShardedSearcher:
             raise ValueError("a sharded search takes a filter expression or mapping, not one index's mask")
         qn = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)
         pn = None if q_pooled is None else np.ascontiguousarray(q_pooled.detach().cpu().numpy(), dtype=np.float32)
-        results, missing = self._call_all("search", lambda s: (qn, k, pn, where, dict(knobs)), range(self.count))
+        kinds = None
+        if where is not None:
+            from ..filters import check_fields, parse_where
+
+            parsed = parse_where(where)   # the caller's mistake is raised here, before any shard is asked
+            kinds = self.field_kinds()
+            if parsed is not None:
+                check_fields(parsed, kinds)
+        results, missing = self._call_all("search", lambda s: (qn, k, pn, where, dict(knobs), kinds), range(self.count))
         return merge_top_k([results[s] for s in sorted(results)], k), missing
 
     def search_hits(self, q: torch.Tensor, k: int = 10, q_pooled: torch.Tensor | None = None, where: Any = None,
@@ -256,7 +288,8 @@ class RayShardedSearcher:
     def search_encoded(self, q: torch.Tensor, k: int = 10, return_documents: bool = False,
                        q_pooled: torch.Tensor | None = None, **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """`search` for a query encoded already."""
-        hits = self.search_hits(q, k, q_pooled, **knobs)
+        where = knobs.pop("where", None)
+        hits = self.search_hits(q, k, q_pooled, where, **knobs)
         return self.documents(hits) if return_documents else [(d, x) for d, x, _ in hits]
 
     def search(self, query: str, k: int = 10, return_documents: bool = False,
@@ -304,6 +337,7 @@ class RayShardedSearcher:
         timeout; then ShardsUnavailable, nothing is acknowledged, and the call may be repeated (ids that did land
         are then reported present)."""
         groups = route(documents, self.count)
+        self._kinds = None   # new documents may bring new fields
         results = self._write("add", lambda s: ({d: documents[d] for d in groups[s]},
                                                 {d: metadata[d] for d in groups[s] if metadata and d in metadata}),
                               sorted(groups))

@@ -88,7 +88,9 @@ class ShardedSearcher:
     def search_encoded(self, q: Any, k: int = 10, return_documents: bool = False, q_pooled: Any = None,
                        **knobs: object) -> list[tuple[str, float]] | list[dict]:
         """`search` for a query encoded already ([Lq, dim]; with a pooled head also its pooled vector)."""
-        return merge_top_k(self._each(lambda s: s.search_encoded(q, k, return_documents, q_pooled=q_pooled, **knobs)), k)
+        where = knobs.pop("where", None)
+        hits = self.search_hits(q, k, q_pooled, where, **knobs)
+        return self.documents(hits) if return_documents else [(d, x) for d, x, _ in hits]
 
     def search_hits(self, q: Any, k: int = 10, q_pooled: Any = None, where: Any = None,
                     **knobs: object) -> list[tuple[str, float, str]]:
@@ -96,7 +98,20 @@ class ShardedSearcher:
         where: a metadata filter expression or mapping, applied by each shard to its own documents."""
         if isinstance(where, np.ndarray):
             raise ValueError("a sharded search takes a filter expression or mapping, not one index's mask")
-        return merge_top_k(self._each(lambda s: s.search_hits(q, k, q_pooled, where, **knobs)), k)
+        if where is None:
+            return merge_top_k(self._each(lambda s: s.search_hits(q, k, q_pooled, None, **knobs)), k)
+        # Checked against every shard's fields together: a field only some shards hold matches nothing elsewhere.
+        kinds = self.field_kinds()
+        masks = {id(s): s.index.matching(where, kinds) for s in self.searchers}
+        return merge_top_k(self._each(lambda s: s.search_hits(q, k, q_pooled, masks[id(s)], **knobs)), k)
+
+    def field_kinds(self) -> dict[str, set[str]]:
+        """The metadata fields of every shard and the kinds of value each holds, together."""
+        kinds: dict[str, set[str]] = {}
+        for s in self.searchers:
+            for field, held in s.index.field_kinds().items():
+                kinds.setdefault(field, set()).update(held)
+        return kinds
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
                    where: Any = None, mode: str = "plaid", **knobs: object) -> Run:
