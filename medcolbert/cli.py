@@ -194,6 +194,9 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
                    help="hybrid: reciprocal rank fusion (default) or min-max normalised scores summed")
     p.add_argument("--lexical-weight", type=float_option(0.0, 100.0), default=1.0,
                    help="hybrid: the weight of BM25's side (default 1)")
+    p.add_argument("--explain", action="store_true",
+                   help="with --query: show why each hit matched (the query words' matched document words, shaded "
+                        "in a terminal, [[marked]] otherwise, and their shares of the score; spans in --json)")
     p.add_argument("--ray", action="store_true",
                    help="a shard set at --index: search its shards on Ray actors (default: threads in this process)")
     p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
@@ -623,6 +626,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json")
     if (args.query is None) == (args.data is None):
         raise MedColbertError("give --data (a BEIR folder's queries) or --query (one query), not both")
+    if args.explain and args.query is None:
+        raise MedColbertError("--explain explains one query's hits: give --query")
     from .indexing.shards import is_shard_set
 
     if is_shard_set(args.index):
@@ -759,15 +764,32 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     knobs = _mode_knobs(args)
     retriever = PlaidRetriever.from_index(index, index.load_model(args.model, args.device), SearchConfig(
         args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where, **knobs)
+    if args.explain and not index.has_documents:
+        raise MedColbertError(f"--explain: {args.index} stores no document texts to show matches in")
     hits = retriever.hits({"q": args.query}, k=k)["q"]
     # The stored entry that matched (a split document's best passage) is the snippet.
     rows = retriever.searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
+    if args.explain:
+        from .explain import explain_text
+
+        for row, hit in zip(rows, hits):
+            # The stored entry that matched (a split document's best passage), as the row's text is.
+            row["explanation"] = explain_text(retriever.searcher.model, args.query, row.get("text", ""), hit[1],
+                                              lexical=args.mode != "plaid")
     if args.json:
         from .evaluation.metrics import write_json
 
         write_json({"query": args.query, "k": k, "hits": rows}, args.json)
     out = _human(args)
+    color = out.isatty() and os.environ.get("NO_COLOR") is None
     for rank, row in enumerate(rows, start=1):
+        if "explanation" in row:
+            from .explain import render
+
+            print(f"{rank:>3}  {row['id']}  {row['score']:.4f}", file=out)
+            for line in render(row["explanation"], row.get("text", ""), color):
+                print("     " + line, file=out)
+            continue
         snippet = " ".join(row.get("text", "").split())
         snippet = snippet[:117] + "..." if len(snippet) > 120 else snippet
         print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet}".rstrip(), file=out)

@@ -320,6 +320,17 @@ class MaxSimReranker(Reranker):
         self.cache = cache
         self.name = name or f"MaxSim ({getattr(model, 'name', 'colbert')})"
 
+    def explain(self, query: str, doc_id: str, score: float | None = None) -> dict:
+        """Why a document scores as it does for a query: its matched tokens, spans and shares (explain.py)."""
+        from .explain import explain_document, explain_text
+        from .indexing.index import Index
+
+        if isinstance(self.documents, Index):
+            return explain_document(self.documents, self.model, query, doc_id, score)
+        if doc_id not in self.documents:
+            raise KeyError(f"document id {doc_id!r} is not among the reranker's documents")
+        return {**explain_text(self.model, query, self.documents[doc_id], score), "id": doc_id}
+
     def rerank(self, queries: Queries, run: Run, k: int | None = None) -> Run:
         """Rescore the top `depth` documents of each query by exact MaxSim; keep k (default depth)."""
         from .indexing.index import Index

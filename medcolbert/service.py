@@ -84,6 +84,7 @@ class SearchRequest(_Strict):
     fusion: Literal["rrf", "score"] = "rrf"                  # hybrid: by rank, or by min-max normalised scores
     lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)   # hybrid: the weight of BM25's side
     pooled_weight: float = Field(default=0.0, ge=0.0, le=100.0)    # hybrid: a third side, the pooled vector's nearest
+    explain: bool = False   # each hit with why it matched: matched words, spans in its text, shares (explain.py)
 
 
 class RerankRequest(_Strict):
@@ -94,6 +95,7 @@ class RerankRequest(_Strict):
     ids: list[str] | None = None
     k: int | None = None
     where: str | dict[str, Any] | None = None   # with ids: only those whose metadata match are ranked
+    explain: bool = False   # each result with why it scored as it did (explain.py)
 
 
 class AddRequest(_Strict):
@@ -464,9 +466,9 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
         if req.mode != "plaid" and snap.index.lexical is None:
             raise HTTPException(409, "this index has no lexical postings; add them with "
                                      "`medcolbert update --index PATH --lexical`")
-        if (req.return_documents or req.first_stage is not None) and not snap.index.has_documents:
-            raise HTTPException(409, "this index stores no document texts; rebuild it to return documents "
-                                     "or to search from a first stage")
+        if (req.return_documents or req.first_stage is not None or req.explain) and not snap.index.has_documents:
+            raise HTTPException(409, "this index stores no document texts; rebuild it to return documents, "
+                                     "to explain matches or to search from a first stage")
         from .retrievers import EncodedQueries, MaxSimReranker, Pipeline
 
         with service.compute:
@@ -486,10 +488,34 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).
             hits = [snap.plaid.searcher.documents(h) for h in ranked] if req.return_documents else \
                 [[(hit[0], hit[1]) for hit in h] for h in ranked]
+            explanations = _explanations(service, snap, texts, ranked, req.mode) if req.explain else None
         results = hits if req.return_documents else [[{"id": d, "score": s} for d, s in h] for h in hits]
+        if explanations is not None:
+            for rows, notes in zip(results, explanations):
+                for row, note in zip(rows, notes):
+                    row["explanation"] = note
         body: dict[str, Any] = {"generation": snap.generation}
         body.update({"results": results[0]} if req.query is not None else {"results_batch": results})
         return body
+
+
+def _explanations(service: Service, snap: _Snapshot, texts: list[str], ranked: list[list],
+                  mode: str) -> list[list[dict]]:
+    """Each hit's explanation (explain.py), from the stored entry that matched (a split document's best passage)."""
+    from .explain import explain_text
+
+    out = []
+    for text, hits in zip(texts, ranked):
+        rows = []
+        for hit in hits:
+            stored = hit[2] if len(hit) == 3 else hit[0]
+            note = explain_text(service.model, text, snap.index.document(stored)["text"], float(hit[1]),
+                                lexical=mode != "plaid")
+            if stored != hit[0]:
+                note["passage"] = stored
+            rows.append(note)
+        out.append(rows)
+    return out
 
 
 def _matching(index, where: str | dict[str, Any] | None):  # type: ignore[no-untyped-def]
@@ -544,9 +570,18 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
             encoded_q, pooled_q = service.encode_for_search([req.query])
             queries = EncodedQueries(["q"], [req.query], encoded_q, pooled_q)
             ranked = reranker.rerank(queries, {"q": in_order(order)}, k=k)["q"]
+            notes = None
+            if req.explain:
+                if req.candidates is None and not snap.index.has_documents:
+                    raise HTTPException(409, "this index stores no document texts to explain matches in")
+                notes = [reranker.explain(req.query, d, float(x)) for d, x in ranked.items()]
         if req.candidates is not None:
-            return {"results": [{"index": int(d), "score": float(x)} for d, x in ranked.items()]}
-        return {"results": [{"id": d, "score": float(x)} for d, x in ranked.items()]}
+            rows = [{"index": int(d), "score": float(x)} for d, x in ranked.items()]
+        else:
+            rows = [{"id": d, "score": float(x)} for d, x in ranked.items()]
+        for row, note in zip(rows, notes or []):
+            row["explanation"] = note
+        return {"results": rows}
 
 
 def _add_document_routes(app: FastAPI, service: Service) -> None:

@@ -87,6 +87,33 @@ class ColBERTTokenizer:
         seqs = self.tokenizer(list(texts), **cut, **options)["input_ids"]
         return [seq[:1] + [marker_id] + seq[1:] for seq in seqs]
 
+    def offsets(self, text: str, is_query: bool) -> tuple[list[int], list[tuple[int, int] | None]]:
+        """One text's token ids exactly as `_encode` makes them (documents cut at doc_maxlen, queries at
+        query_maxlen), and each token's character span in `text` (None for [CLS], markers, [SEP], prompts).
+
+        Needs a fast tokenizer (offset mapping); raises ValueError otherwise."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("token spans need a fast (Rust) tokenizer")
+        marker_id = self.query_marker_id if is_query else self.doc_marker_id
+        prompt = (self.config.query_prompt if is_query else self.config.document_prompt) or ""
+        prefix = prompt + (". " if marker_id is not None and self.config.marker_style == "replace" else "")
+        limit = self.config.query_maxlen if is_query else self.config.doc_maxlen
+        insert = marker_id is not None and self.config.marker_style != "replace"
+        enc = self.tokenizer(prefix + text, add_special_tokens=True, return_offsets_mapping=True, verbose=False,
+                             truncation=not is_query, max_length=None if is_query else limit - int(insert))
+        ids, spans = list(enc["input_ids"]), []
+        special = set(self.tokenizer.all_special_ids)
+        for tid, (a, b) in zip(ids, enc["offset_mapping"]):
+            spans.append(None if tid in special or b <= len(prefix) else (max(0, a - len(prefix)), b - len(prefix)))
+        if marker_id is not None:
+            if insert:
+                ids, spans = ids[:1] + [marker_id] + ids[1:], spans[:1] + [None] + spans[1:]
+            else:
+                ids[1], spans[1] = marker_id, None
+        if is_query and len(ids) > limit:   # as query_token_ids cuts: keep the last ([SEP])
+            ids, spans = ids[:limit - 1] + ids[-1:], spans[:limit - 1] + spans[-1:]
+        return ids, spans
+
     def document_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each document after truncation (used to sort batches by length)."""
         return [len(ids) for ids in self._encode(texts, self.config.doc_maxlen, False)]

@@ -197,6 +197,16 @@ class Searcher:
         with self._threads():
             return self._search_units(q, k, cfg, q_pooled, allowed)
 
+    def explain(self, query: str, doc_id: str, mode: str = "plaid", score: float | None = None) -> dict:
+        """Why a document matches a query: each query word's matched document tokens (character spans in the stored
+        text; a split document's best passage), similarities and shares of the score (explain.py); with mode lexical
+        or hybrid also the BM25 terms it holds. Computed only when asked: searching never pays for it."""
+        from ..explain import explain_document
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return explain_document(self.index, self.model, query, doc_id, score, lexical=mode != "plaid")
+
     def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
         """Hits with their stored text and metadata; a hit's third element (the stored id that matched, as
         `search_hits` gives) makes the best passage of a split document its text."""
