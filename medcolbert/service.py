@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -366,6 +366,7 @@ def create_app(index_path: str | Path, model_path: str | None = None, api_key: s
 
     _add_guards(app, service, api_key)
     _add_status_routes(app, service)
+    _add_page_routes(app, service)
     _add_search_route(app, service)
     _add_rerank_route(app, service)
     _add_document_routes(app, service)
@@ -431,6 +432,45 @@ def _add_status_routes(app: FastAPI, service: Service) -> None:
         if snap is not None:
             extra.update({"index_documents": float(len(snap.index)), "index_generation": float(snap.generation or 0)})
         return service.metrics.render(extra)
+
+
+STATIC = Path(__file__).with_name("static")
+PAGE_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+              "style.css": "text/css; charset=utf-8"}
+
+
+def _add_page_routes(app: FastAPI, service: Service) -> None:
+    """GET / (the search page: static files shipped in the package, no build step, no CDN) and GET /info (what the
+    page offers: the index's filterable fields, the search modes, the document count)."""
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return _static_file("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in PAGE_FILES:
+            raise HTTPException(404, f"no page file {name!r}")
+        return _static_file(name)
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        """The index's filterable metadata fields and their kinds, the search modes it serves, its size."""
+        snap = service.current()
+        fields = {name: sorted(kinds - {"nested"}) for name, kinds in sorted(snap.index.field_kinds().items())
+                  if kinds - {"nested"}}
+        modes = ["plaid"] + (["hybrid", "lexical"] if snap.index.lexical is not None else [])
+        return {"documents": len(snap.index), "fields": fields, "modes": modes,
+                "stores_documents": snap.index.has_documents}
+
+
+def _static_file(name: str) -> Response:
+    """A page file from the package, or 500 (no path) where the install lacks it."""
+    try:
+        return Response((STATIC / name).read_bytes(), media_type=PAGE_FILES[name],
+                        headers={"Cache-Control": "no-cache"})
+    except OSError:
+        log.error("the search page's file %s is missing from the installed package", name)
+        raise ServerFault("the search page is not installed") from None
 
 
 def _add_search_route(app: FastAPI, service: Service) -> None:
@@ -627,7 +667,10 @@ def _add_document_routes(app: FastAPI, service: Service) -> None:
         return _write(service, lambda index: index.delete(list(dict.fromkeys(req.ids))), "deleted")
 
 
-KNOWN_PATHS = {"/health", "/metrics", "/search", "/rerank", "/documents", "/documents/delete", "/openapi.json", "/docs"}
+KNOWN_PATHS = {"/health", "/metrics", "/search", "/rerank", "/documents", "/documents/delete", "/openapi.json", "/docs",
+               "/", "/info"}
+# Open without the API key: the page's own files (they hold no data; the page asks for the key).
+OPEN_PATHS = {"/health", "/", "/static/index.html", "/static/app.js", "/static/style.css"}
 
 
 def _write(service: Service, change, verb: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -668,7 +711,7 @@ async def _guarded(request: Request, call_next, service: Service, api_key: str |
 
 
 async def _checked(request: Request, call_next, service: Service, api_key: str | None, rid: str):  # type: ignore[no-untyped-def]
-    if api_key and request.url.path != "/health":
+    if api_key and request.url.path not in OPEN_PATHS:
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), api_key.encode()):
             return JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
