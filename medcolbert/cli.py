@@ -418,6 +418,26 @@ def _parser_info(sub: argparse._SubParsersAction) -> None:
                    help="measure the PLAID exact stage's choice for this index on this CPU now (a second or less)")
 
 
+def _parser_compare(sub: argparse._SubParsersAction) -> None:
+    """The `compare` command's options."""
+    p = sub.add_parser("compare", help="compare two runs query by query in one HTML report",
+                       description="The metric per query for two TREC runs, their differences as a sorted plot, "
+                                   "wins/ties/losses and the paired t-test, and for the queries that differ most the "
+                                   "two top-10 lists side by side with grades and snippets: one self-contained HTML "
+                                   "file, readable offline.")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--data", default=None, help="BEIR folder: its qrels (--split), queries and corpus (snippets)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--qrels", default=None, help="a qrels file instead of --data (query-id corpus-id score)")
+    p.add_argument("--index", default=None, help="an index whose stored texts give the snippets (with --qrels)")
+    p.add_argument("--metric", default="ndcg@10", help="the per-query metric (default: ndcg@10)")
+    p.add_argument("--names", default=None, metavar="A,B", help="the runs' names in the report (default: file names)")
+    p.add_argument("--shown", type=int_option(1, 100_000), default=50,
+                   help="queries shown with both lists side by side, those that differ most (default: 50)")
+    p.add_argument("--output", required=True, help="the HTML file to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -427,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check,
                 _parser_interpolate, _parser_convert, _parser_export_onnx, _parser_evaluate, _parser_mine, _parser_make_mix, _parser_panel, _parser_experiment,
-                _parser_serve, _parser_train, _parser_info):
+                _parser_serve, _parser_train, _parser_info, _parser_compare):
         add(sub)
     return parser
 
@@ -1134,7 +1154,49 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
             for key, entry in sorted(mine.items())]
 
 
-COMMANDS = {"info": cmd_info, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Write the HTML report comparing two runs query by query."""
+    from .evaluation.compare import compare_runs, report_html
+    from .evaluation.datasets import load_beir, load_qrels, read_run
+    from .evaluation.metrics import parse_metric
+    from .fsutil import atomic_write_text
+
+    if (args.data is None) == (args.qrels is None):
+        raise MedColbertError("give --data (a BEIR folder) or --qrels (a qrels file), not both")
+    parse_metric(args.metric)   # an unknown metric fails before anything is read
+    if not args.output.endswith((".html", ".htm")):
+        raise MedColbertError(f"--output {args.output!r}: the report is HTML; name it .html")
+    names = tuple(args.names.split(",")) if args.names else (Path(args.run_a).stem, Path(args.run_b).stem)
+    if len(names) != 2 or not all(n.strip() for n in names):
+        raise MedColbertError(f"--names takes two names separated by a comma, got {args.names!r}")
+    queries: dict[str, str] = {}
+    snippet = None
+    if args.data is not None:
+        data = load_beir(args.data, args.split)
+        qrels, queries, corpus = data.qrels, data.queries, data.corpus
+        snippet = lambda d: corpus[d].full_text if d in corpus else None  # noqa: E731
+    else:
+        qrels, corpus = load_qrels(args.qrels), None
+        if args.index:
+            from .indexing.index import Index
+
+            index = Index.open(args.index)
+            if not index.has_documents:
+                raise MedColbertError(f"--index {args.index} stores no texts to take snippets from")
+            snippet = lambda d: index.document(d)["text"] if index.passages_of(d) else None  # noqa: E731
+    # A run naming documents the corpus lacks is refused with the file and line (read_run checks ids).
+    run_a = read_run(args.run_a, corpus=corpus)
+    run_b = read_run(args.run_b, corpus=corpus)
+    comparison = compare_runs(run_a, run_b, qrels, args.metric, names)  # type: ignore[arg-type]
+    page = report_html(comparison, run_a, run_b, qrels, queries, snippet, shown=args.shown)
+    atomic_write_text(Path(args.output), page)
+    print(f"{names[0]} {comparison['mean'][0]:.4f} vs {names[1]} {comparison['mean'][1]:.4f} {args.metric} over "
+          f"{comparison['queries']} queries (wins {comparison['wins']}, ties {comparison['ties']}, losses "
+          f"{comparison['losses']}, paired t p = {comparison['p_paired_t']:.3g}); report: {args.output}")
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "compare": cmd_compare, "bm25": cmd_bm25, "rerank": cmd_rerank, "index": cmd_index, "search": cmd_search,
             "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "convert": cmd_convert,
             "export-onnx": cmd_export_onnx, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "panel": cmd_panel, "serve": cmd_serve}

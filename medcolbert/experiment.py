@@ -100,6 +100,7 @@ TOP_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "name": _is_str, "metrics": _is_metrics, "baseline": _is_str, "test": _one_of(*TESTS), "alpha": _is_num(1e-9, 0.5),
     "correction": _one_of(*CORRECTIONS), "tolerance": _is_num(0.0, 1.0), "latency_queries": _is_int(0, 100_000),
     "output_dir": _is_str, "work_dir": _is_str, "precision": _one_of("auto", "float32", "bfloat16", "float16"),
+    "compare_reports": _is_int(0, 100_000),
     "expected": lambda v: None if isinstance(v, dict) else "must be a mapping {data set: {system: {metric: value}}}",
     "datasets": lambda v: None if isinstance(v, list) and v else "must be a non-empty list",
     "systems": lambda v: None if isinstance(v, list) and v else "must be a non-empty list"}
@@ -219,6 +220,8 @@ class ExperimentConfig:
     output_dir: str | None = None
     work_dir: str | None = None          # caches: vectors, indexes (default .cache/experiments/NAME)
     precision: str = "auto"              # encoding precision of every model: auto (fp32 on CPU) | float32 | bfloat16 | float16
+    compare_reports: int = 20            # per system and data set, an HTML report against the baseline showing this
+                                         # many most-different queries side by side (0: no reports)
     source: Path | None = None
     dense_vectors: dict = field(default_factory=dict, repr=False)   # {model fingerprint: {text: vector}}, per run
 
@@ -239,7 +242,8 @@ class ExperimentConfig:
         """Validate keys, values, names and references before any work is done."""
         fields = {"name": self.name, "datasets": self.datasets, "systems": self.systems, "metrics": self.metrics,
                   "test": self.test, "alpha": self.alpha, "correction": self.correction, "tolerance": self.tolerance,
-                  "latency_queries": self.latency_queries, "precision": self.precision, "expected": self.expected}
+                  "latency_queries": self.latency_queries, "precision": self.precision, "expected": self.expected,
+                  "compare_reports": self.compare_reports}
         fields.update({key: getattr(self, key) for key in ("baseline", "output_dir", "work_dir")
                        if getattr(self, key) is not None})
         validate_schema(fields, where if isinstance(where, Path) else None)   # types, ranges, required and unknown keys
@@ -680,6 +684,8 @@ def _run_into(cfg: ExperimentConfig, out: Path, show_progress: bool | None, log:
                 table[name].setdefault("vs_baseline", {})[m] = {
                     "delta": delta, "p": p, "p_adjusted": p_adj, "significant": significant,
                     "direction": ("better" if delta > 0 else "worse") if significant else "no difference"}
+        if cfg.compare_reports and baseline in ctx.runs:
+            _compare_reports(out, ds["name"], data, ctx.runs, baseline, table, cfg)
         results["datasets"][ds["name"]] = {"split": ds.get("split", "test"), "queries": len(qids),
                                            "documents": len(data.corpus), "systems": table}
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -691,6 +697,27 @@ def _run_into(cfg: ExperimentConfig, out: Path, show_progress: bool | None, log:
         warnings.warn(str(exc), stacklevel=2)
         log(f"warning: {exc}")
     return results
+
+
+def _compare_reports(out: Path, ds: str, data: BeirDataset, runs: dict, baseline: str, table: dict,
+                     cfg: ExperimentConfig) -> None:
+    """compare/DATASET.SYSTEM.html for every system against the baseline (evaluation/compare.py), linked from
+    results.md; the metric is the experiment's first."""
+    from .evaluation.compare import compare_runs, report_html
+    from .fsutil import atomic_write_text
+
+    folder = out / "compare"
+    folder.mkdir(exist_ok=True)
+    for name, run in runs.items():
+        if name == baseline or name not in table:
+            continue
+        comparison = compare_runs(run, runs[baseline], data.qrels, cfg.metrics[0], (name, baseline))
+        page = report_html(comparison, run, runs[baseline], data.qrels, data.queries,
+                           lambda d: data.corpus[d].full_text if d in data.corpus else None, shown=cfg.compare_reports,
+                           title=f"{ds}: {name} vs {baseline}")
+        rel = f"compare/{ds}.{_slug(name)}.html"
+        atomic_write_text(out / rel, page)
+        table[name]["compare_report"] = rel
 
 
 def check_expected(results: dict, expected: dict, tolerance: float) -> list[str]:
@@ -735,6 +762,10 @@ def results_markdown(results: dict) -> str:
             if sizes:
                 cells += [f"{row['bytes_per_vector']:.2f}", f"{row['index_mb']:.1f}"] if "bytes_per_vector" in row else ["", ""]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        reports = [f"[{name}]({row['compare_report']})" for name, row in block["systems"].items()
+                   if row.get("compare_report")]
+        if reports:
+            lines += ["", f"Query-by-query reports against `{baseline}`: " + ", ".join(reports) + "."]
         lines.append("")
     return "\n".join(lines)
 

@@ -57,6 +57,12 @@ def test_experiment_writes_tables_runs_significance_and_plots(setup):
     perq = json.loads((out / "perquery" / "tiny.colbert.json").read_text())
     assert len(perq["ndcg@10"]) == 8
     assert "| hybrid |" in (out / "results.md").read_text()
+    # A query-by-query report of each system against the baseline, linked from results.md.
+    assert "compare_report" not in rows["bm25"]
+    for name in ("dense", "colbert", "hybrid"):
+        report = out / rows[name]["compare_report"]
+        assert report.is_file() and f"tiny: {name} vs bm25" in report.read_text()
+        assert f"]({rows[name]['compare_report']})" in (out / "results.md").read_text()
     for name, row in rows.items():   # every score has its interval; the mean lies inside it
         lo, hi = row["ci95"]["ndcg@10"]
         assert lo <= row["ndcg@10"] + 1e-9 and row["ndcg@10"] <= hi + 1e-9
