@@ -147,13 +147,14 @@ class RayShardedSearcher:
     """A shard set's shards on Ray actors, searched and written as one index (the Searcher calls a front needs)."""
 
     def __init__(self, path: str | Path, model: Any = None, replicas: int = 1, address: str | None = None,
-                 timeout_s: float = 30.0, on_missing: str = "fail", num_cpus: float = 0.0, threads: int = 1,
+                 timeout_s: float = 30.0, on_missing: str = "fail", num_cpus: float = 0.0, threads: int | None = None,
                  resources: Callable[[int], dict] | Mapping[int, dict] | None = None,
                  config: dict | None = None) -> None:
         """path: a shard set (indexing/shards.py), on a filesystem every node that holds a shard can read; model:
         the front's query encoder (default: the set's); replicas: actors per shard; address: a running cluster
         (default: $RAY_ADDRESS, else a local one started here); on_missing: "fail" or "partial"; config: SearchConfig
-        fields for every shard."""
+        fields for every shard; threads: torch threads per actor (default: this machine's cores shared among the
+        actors, at least one each: a lone shard's actor searches on every core, as the in-process search does)."""
         import ray
 
         if on_missing not in ("fail", "partial"):
@@ -173,6 +174,8 @@ class RayShardedSearcher:
         self.model = model if model is not None else first.load_model()
         source = getattr(self.model, "source", None)
         remote = ray.remote(max_restarts=-1, max_task_retries=0)(ShardServer)
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) // (self.count * replicas))
         self.actors: list[list[Any]] = []
         for s, entry in enumerate(self.manifest["shards"]):
             extra = (resources(s) if callable(resources) else resources.get(s, {})) if resources else {}
