@@ -789,13 +789,14 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
     hits = retriever.hits({"q": args.query}, k=k)["q"]
     # The stored entry that matched (a split document's best passage) is the snippet.
     rows = retriever.searcher.documents(hits) if index.has_documents else [{"id": d, "score": s} for d, s, _ in hits]
-    if args.explain:
-        from .explain import explain_text
+    if args.explain and rows:
+        from .explain import explain_texts
 
-        for row, hit in zip(rows, hits):
-            # The stored entry that matched (a split document's best passage), as the row's text is.
-            row["explanation"] = explain_text(retriever.searcher.model, args.query, row.get("text", ""), hit[1],
-                                              lexical=args.mode != "plaid")
+        # The stored entry that matched (a split document's best passage), as the row's text is; one batch.
+        notes = explain_texts(retriever.searcher.model, args.query, [row.get("text", "") for row in rows],
+                              [hit[1] for hit in hits], lexical=args.mode != "plaid")
+        for row, note in zip(rows, notes):
+            row["explanation"] = note
     if args.json:
         from .evaluation.metrics import write_json
 

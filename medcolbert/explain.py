@@ -45,13 +45,28 @@ def _words(text: str, spans: Sequence[tuple[int, int] | None]) -> list[int | Non
 def explain_text(model: Any, query: str, text: str, score: float | None = None,
                  lexical: bool = False) -> dict[str, Any]:
     """The explanation of one (query, document text) pair (see the module's docstring for what it holds)."""
+    return explain_texts(model, query, [text], [score], lexical)[0]
+
+
+def explain_texts(model: Any, query: str, texts: Sequence[str], scores: Sequence[float | None] | None = None,
+                  lexical: bool = False) -> list[dict[str, Any]]:
+    """explain_text for several documents of one query: the query encoded once, the documents in one batch."""
     tok = model.tokenizer
     q_ids, q_spans = tok.offsets(query, is_query=True)
-    d_ids, d_spans = tok.offsets(text, is_query=False)
     Q, q_pooled = encode_queries_pooled(model, [query], show_progress=False)
-    got = encode_documents_pooled(model, [text], show_progress=False)
-    D, d_pooled = (got[0][0], got[1]) if isinstance(got, tuple) else (got[0], None)
-    q = Q[0].float()
+    got = encode_documents_pooled(model, list(texts), show_progress=False)
+    vectors, pooled = (got[0], got[1]) if isinstance(got, tuple) else (got, None)
+    scores = list(scores) if scores is not None else [None] * len(texts)
+    return [_explain(model, query, q_ids, q_spans, Q[0].float(), None if q_pooled is None else q_pooled[0], text,
+                     vectors[i], None if pooled is None else pooled[i], scores[i], lexical)
+            for i, text in enumerate(texts)]
+
+
+def _explain(model: Any, query: str, q_ids: list[int], q_spans: list, q: torch.Tensor, q_pooled: Any, text: str,
+             D: torch.Tensor, d_pooled: Any, score: float | None, lexical: bool) -> dict[str, Any]:
+    """One document's explanation from the encoded query and document."""
+    tok = model.tokenizer
+    d_ids, d_spans = tok.offsets(text, is_query=False)
     skip = set(tok.skiplist_ids.tolist())
     kept = [p for p, i in enumerate(d_ids) if i not in skip]
     if len(kept) != D.shape[0]:   # the tokenizations disagree (should not happen): say so rather than misalign
@@ -64,7 +79,7 @@ def explain_text(model: Any, query: str, text: str, score: float | None = None,
     pooled_term = 0.0
     pooled: dict[str, float] | None = None
     if has_pooled_head(model) and q_pooled is not None and d_pooled is not None:
-        cosine = float(d_pooled[0].float() @ q_pooled[0].float())
+        cosine = float(d_pooled.float() @ q_pooled.float())
         count = int(live.sum())
         weight = model.config.pooled_weight(count)
         pooled_term = weight * count * cosine
@@ -141,17 +156,14 @@ def explain_document(index: Any, model: Any, query: str, doc_id: str, score: flo
     units = [u for u in units if not index.deleted[u]]
     if not units:
         raise KeyError(f"document id {doc_id!r} is not in the index")
-    best = None
-    for u in units:   # a split document: its best passage, as search ranks it
-        stored = index.doc_ids[u]
-        got = explain_text(model, query, index.document(stored)["text"], score, lexical=lexical)
-        total = got["maxsim"] + (got["pooled"]["term"] if got["pooled"] else 0.0)
-        if best is None or total > best[0]:
-            best = (total, stored, got)
-    assert best is not None
-    out = {**best[2], "id": doc_id}
-    if best[1] != doc_id:
-        out["passage"] = best[1]
+    stored = [index.doc_ids[u] for u in units]
+    notes = explain_texts(model, query, [index.document(u)["text"] for u in stored], [score] * len(stored), lexical)
+    # A split document: its best passage, as search ranks it.
+    total = [n["maxsim"] + (n["pooled"]["term"] if n["pooled"] else 0.0) for n in notes]
+    best = max(range(len(notes)), key=lambda i: total[i])
+    out = {**notes[best], "id": doc_id}
+    if stored[best] != doc_id:
+        out["passage"] = stored[best]
     return out
 
 

@@ -542,18 +542,16 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
 def _explanations(service: Service, snap: _Snapshot, texts: list[str], ranked: list[list],
                   mode: str) -> list[list[dict]]:
     """Each hit's explanation (explain.py), from the stored entry that matched (a split document's best passage)."""
-    from .explain import explain_text
+    from .explain import explain_texts
 
     out = []
     for text, hits in zip(texts, ranked):
-        rows = []
-        for hit in hits:
-            stored = hit[2] if len(hit) == 3 else hit[0]
-            note = explain_text(service.model, text, snap.index.document(stored)["text"], float(hit[1]),
-                                lexical=mode != "plaid")
-            if stored != hit[0]:
-                note["passage"] = stored
-            rows.append(note)
+        stored = [hit[2] if len(hit) == 3 else hit[0] for hit in hits]
+        rows = explain_texts(service.model, text, [snap.index.document(u)["text"] for u in stored],
+                             [float(hit[1]) for hit in hits], lexical=mode != "plaid") if hits else []
+        for note, unit, hit in zip(rows, stored, hits):
+            if unit != hit[0]:
+                note["passage"] = unit
         out.append(rows)
     return out
 
