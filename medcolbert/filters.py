@@ -242,7 +242,7 @@ def field_columns(metas: Sequence[dict | None]) -> list[tuple[str, str, dict[str
     """A segment's metadata columns as (field, kind, arrays). A field whose documents hold values of several kinds
     gets one column per kind, each with the documents of that kind (the others missing there), so that a condition
     is answered over the documents whose values fit it, however documents are grouped into segments."""
-    from .indexing.storage import pack_strings   # here: storage reads columns through this module
+    from .packing import pack_strings
     # Segments stored before nested metadata was flattened on the way in get their fields lifted here (at a
     # compaction, or for a segment without columns), so `where "patient = p1"` finds them.
     metas = [_lifted(m) for m in metas]

@@ -40,7 +40,7 @@ def postings(texts: Sequence[str], batch: int = 4096) -> dict[str, np.ndarray]:
     Texts are read and tokenized a batch at a time and each batch's (term, document, frequency) triples kept as
     int32 arrays (12 bytes a posting), then sorted by term once: memory grows with the postings, not with Python
     objects per posting, and `texts` may be a lazily decoded sequence (storage.StoredTexts)."""
-    from .indexing.storage import pack_strings
+    from .packing import pack_strings
 
     vocab: dict[str, int] = {}
     terms, docs, tfs = [], [], []

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..filters import KINDS, FieldColumn, columns_from, field_columns
+from ..packing import pack_strings  # noqa: F401 - re-exported: callers import it from here
 from ..lexical import LEXICAL_FILES, LexicalSegment, write_postings
 from ..lexical import TOKENIZER as LEXICAL_TOKENIZER
 
@@ -195,13 +196,6 @@ class DocumentStore:
         """The metadata of the segment's i-th document ({} when it has none)."""
         raw = bytes(self.meta[int(self.meta_offsets[i]):int(self.meta_offsets[i + 1])])
         return json.loads(raw) if raw else {}
-
-
-def pack_strings(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte strings as one uint8 array and int64 offsets [n + 1]."""
-    offsets = np.zeros(len(items) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(b) for b in items]) if items else []
-    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), offsets
 
 
 def encode_store(texts: list[str], metas: list[dict | None] | None = None) -> dict[str, np.ndarray]:
