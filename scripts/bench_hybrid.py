@@ -26,6 +26,8 @@ def main() -> int:
     p.add_argument("--work", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-queries", type=int, default=300)
+    p.add_argument("--vectors", default=None,
+                   help="a vector cache folder (the experiment harness's) to build the index from without encoding")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     from medcolbert import ColBERT
@@ -40,7 +42,13 @@ def main() -> int:
     model = ColBERT.from_pretrained(args.model, device="cpu")
     path = Path(args.work) / "index"
     if not (path / "manifest.json").is_file():
-        Index.build(path, model, {d: doc.full_text for d, doc in data.corpus.items()})
+        corpus = {d: doc.full_text for d, doc in data.corpus.items()}
+        encoder = model
+        if args.vectors:
+            from medcolbert.vector_cache import CachedEncoder, VectorCache
+
+            encoder = CachedEncoder(model, VectorCache(model, args.vectors), corpus)
+        Index.build(path, encoder, corpus)
     index = Index.open(path)
     searcher = Searcher(index, model)
     queries = [data.queries[q] for q in sorted(data.queries)][: args.max_queries]
@@ -67,6 +75,7 @@ def main() -> int:
                 row["ratio_to_plaid"] = p50[mode] / p50["plaid"]
                 table.append(f"| {r} | {k} | {mode} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['ratio_to_plaid']:.2f} |")
     result = {"cpu": cpu_model(), "cpu_features": list(cpu_features()), "data": args.data, "split": args.split, "documents": len(index.doc_ids),
+              "vectors": int(index.num_embeddings),
               "queries": len(queries), "model": args.model, "rows": rows,
               "lexical_bytes": lexical_bytes, "index_bytes": total_bytes, "lexical_share": lexical_bytes / total_bytes,
               "lexical_bytes_per_document": lexical_bytes / len(index.doc_ids), "postings_build_seconds": build_s,
@@ -75,7 +84,8 @@ def main() -> int:
     table += ["", f"lexical postings: {lexical_bytes / 1e6:.2f} MB of {total_bytes / 1e6:.1f} MB "
                   f"({100 * lexical_bytes / total_bytes:.1f}% of the index folder, "
                   f"{lexical_bytes / len(index.doc_ids):.0f} bytes a document); written in {build_s:.1f} s "
-                  f"for {len(index.doc_ids)} documents; CPU {cpu_model()}"]
+                  f"for {len(index.doc_ids)} documents ({index.num_embeddings:,} vectors); CPU {cpu_model()} "
+                  f"[{'+'.join(cpu_features())}]"]
     write_results(Path(args.out), result, "\n".join(table))
     print("\n".join(table))
     return 0

@@ -265,3 +265,49 @@ def test_the_service_front_on_ray_names_a_missing_shard(built, cluster):
     health = client.get("/health")
     assert health.status_code == 503 and health.json()["missing_shards"] == [0]
     searcher.close()
+
+
+FRONT = """
+import sys, os, ray
+from medcolbert import ColBERT
+from medcolbert.search.ray_shards import RayShardedSearcher
+address, set_path, model_path, ack, prefix = sys.argv[1:6]
+ray.init(address=address, log_to_driver=False)
+front = RayShardedSearcher(set_path, ColBERT.from_pretrained(model_path, device="cpu"), timeout_s=60)
+with open(ack, "a") as out:
+    for i in range(1000):
+        doc = f"{prefix}-{i}"
+        front.add({doc: f"warfarin dose check {prefix} {i}"})
+        out.write(doc + "\\n"); out.flush(); os.fsync(out.fileno())   # acknowledged: the shard committed it
+"""
+
+
+def test_no_acknowledged_write_is_lost_when_the_front_is_killed(built, cluster, tmp_path):
+    import os
+    import shutil
+    import signal
+    import time
+
+    root, model, corpus, set_path = built
+    copy = tmp_path / "set"
+    shutil.copytree(set_path, copy)
+    script = tmp_path / "front.py"
+    script.write_text(FRONT)
+    ack = tmp_path / "acked.txt"
+    ack.touch()
+    address = ray.get_runtime_context().gcs_address
+    for attempt in range(2):   # kill -9 of the front in the middle of its writes, twice
+        before = len(ack.read_text().split())
+        proc = subprocess.Popen([sys.executable, str(script), address, str(copy), str(root / "ckpt"), str(ack),
+                                 f"k{attempt}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while len(ack.read_text().split()) < before + 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the front acknowledged nothing"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    acknowledged = set(ack.read_text().split())
+    held = {d for ix in open_set(copy) for d in ix.doc_ids}
+    assert len(acknowledged) >= 6 and acknowledged <= held, sorted(acknowledged - held)
+    assert Index.open(copy / "shard-000", verify=True)   # every shard still checks out
