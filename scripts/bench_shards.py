@@ -38,7 +38,8 @@ def main() -> None:
                     help="a vector cache folder to reuse (the harness's), else encoded once into --work")
     ap.add_argument("--work", default=".cache/shards/scifact")
     ap.add_argument("--shards", default="2,4,8")
-    ap.add_argument("--hop-shards", default="1,2,4")
+    ap.add_argument("--hop-shards", default="1,2,4", help="shard counts for the Ray hop ('' to skip it)")
+    ap.add_argument("--max-queries", type=int, default=None, help="the first N judged queries (default: all)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -58,7 +59,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = load_beir(args.data, args.split)
     corpus = {d: doc.full_text for d, doc in data.corpus.items()}
-    qids = [q for q in data.qrels if q in data.queries]
+    qids = [q for q in sorted(data.qrels) if q in data.queries][:args.max_queries]
     queries = {q: data.queries[q] for q in qids}
     model = ColBERT.from_pretrained(args.model, device="cpu")
     cache_root = Path(args.vectors) if Path(args.vectors).is_dir() else work / "vectors"
@@ -77,6 +78,7 @@ def main() -> None:
                 for q in qids}
 
     exact = run_of(Searcher(one, model, SearchConfig(exact=True)))
+    qrels = {q: data.qrels[q] for q in qids}
     rows = [{"system": "one index", "shards": 1, "codec": "own",
              "run": run_of(Searcher(one, model))}]
     for n in [int(x) for x in args.shards.split(",") if x]:
@@ -100,18 +102,20 @@ def main() -> None:
         shared.close()
     for row in rows:
         row["overlap@10 with exact"] = round(overlap(row["run"], exact), 4)
-        row["ndcg@10"] = round(evaluate(row["run"], data.qrels, ["ndcg@10"])["ndcg@10"], 4)
-    exact_ndcg = round(evaluate(exact, data.qrels, ["ndcg@10"])["ndcg@10"], 4)
+        row["ndcg@10"] = round(evaluate(row["run"], qrels, ["ndcg@10"])["ndcg@10"], 4)
+    exact_ndcg = round(evaluate(exact, qrels, ["ndcg@10"])["ndcg@10"], 4)
 
+    hop = []
+    hop_counts = [int(x) for x in args.hop_shards.split(",") if x]
     # ---- the Ray hop
     import ray
 
     from medcolbert.search.ray_shards import RayShardedSearcher
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    hop = []
+    if hop_counts:
+        ray.init(include_dashboard=False, log_to_driver=False)
     order = qids[:200]
-    for n in [int(x) for x in args.hop_shards.split(",") if x]:
+    for n in hop_counts:
         set_path = work / f"set-{n}"
         if not (set_path / "shards.json").is_file():
             build_set(set_path, cached, corpus, shards=n, show_progress=False)
@@ -136,19 +140,23 @@ def main() -> None:
         hop.append(entry)
         served.close()
         local.close()
-    ray.shutdown()
+    if hop_counts:
+        ray.shutdown()
 
     cpu = f"{cpu_model()} [{'+'.join(cpu_features())}], torch threads {torch.get_num_threads()}"
-    lines = [f"# A shard set against one index ({Path(args.data).name} {args.split}, {len(qids)} queries, k=10)", "",
+    vectors = int(one.num_embeddings)
+    lines = [f"# A shard set against one index ({Path(args.data).name} {args.split}, {len(qids)} queries, k=10, "
+             f"{len(corpus):,} documents, {vectors:,} vectors)", "",
              f"CPU: {cpu}. Exact MaxSim nDCG@10 {exact_ndcg}. Exact search over the {max(int(x) for x in args.shards.split(','))}"
              f"-shard set equals exact search over one index with its codec: {exact_equal}.", "",
              "| system | shards | codec | overlap@10 with exact | nDCG@10 |", "|---|---|---|---|---|"]
     lines += [f"| {r['system']} | {r['shards']} | {r['codec']} | {r['overlap@10 with exact']} | {r['ndcg@10']} |"
               for r in rows]
-    lines += ["", "Search only (queries encoded beforehand), default preset, k=10, ms; each system measured twice, "
-              "in turn; throughput with 4 client threads over the same 200 queries.", "",
-              "| shards | in-process p50 / p95 | Ray p50 / p95 | in-process again | Ray again | qps in-process | qps Ray "
-              "| actor RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    if hop:
+        lines += ["", "Search only (queries encoded beforehand), default preset, k=10, ms; each system measured "
+                  "twice, in turn; throughput with 4 client threads over the same 200 queries.", "",
+                  "| shards | in-process p50 / p95 | Ray p50 / p95 | in-process again | Ray again | qps in-process "
+                  "| qps Ray | actor RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for e in hop:
         f = lambda name: f"{e[name]['p50_ms']:.2f} / {e[name]['p95_ms']:.2f}"  # noqa: E731
         lines.append(f"| {e['shards']} | {f('in-process')} | {f('ray')} | {f('in-process again')} | {f('ray again')} "

@@ -17,7 +17,7 @@ BOXES = {
     "index": (1, 1, "index folder", "manifest.json + plain .npy arrays:\ncodes, residuals, ivf, doc store,\nfields, BM25 postings, pooled"),
     "engine": (2, 1, "search", "search/: plaid (Searcher), engine\n(C kernel: AVX-512 / AVX2 / portable;\ntorch on CUDA), exact, fusion, shards"),
     "retr": (1, 2, "one retriever interface", "retrievers.py: PlaidRetriever, BM25,\ndense, MaxSimReranker, RRF, >>\nexplain.py, baselines/"),
-    "front": (0, 3, "front ends", "cli.py, service.py + static/ page,\nshard_service.py (Ray actors)"),
+    "front": (0, 3, "front ends", "cli/, service/ + static/ page,\nshard_service.py (Ray actors)"),
     "exp": (1, 3, "experiments", "experiment.py, evaluation/\n(metrics, panel, compare)"),
     "libs": (2, 3, "other libraries", "pyterrier.py, langchain.py"),
 }
