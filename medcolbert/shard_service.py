@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from .errors import MedColbertError
 from .filters import FilterError
 from .service import (AddRequest, DeleteRequest, Limits, Metrics, SearchRequest, Service, _add_guards, _version)
+from .service.routes import search_inputs
 
 
 class ShardService:
@@ -130,20 +131,9 @@ def create_shard_app(set_path: str | Path, model_path: str | None = None, api_ke
     @app.post("/search")
     def search(req: SearchRequest) -> dict[str, Any]:
         """Top-k documents of the whole set for a query or a batch."""
-        if (req.query is None) == (req.queries is None):
-            raise HTTPException(422, "give exactly one of 'query' or 'queries'")
-        texts = [req.query] if req.query is not None else list(req.queries or [])
-        if not texts:
-            raise HTTPException(422, "queries is an empty list")
-        if len(texts) > L.max_batch:
-            raise HTTPException(413, f"{len(texts)} queries; the limit per request is {L.max_batch}")
-        for i, t in enumerate(texts):
-            service.check_text(t, "query" if req.query is not None else f"queries[{i}]", L.max_query_chars)
-        service.check_k(req.k)
+        texts, knobs = search_inputs(req, service)
         if req.mode != "plaid" or req.first_stage is not None:
             raise HTTPException(422, "a shard set is searched by PLAID only (mode plaid, no first_stage)")
-        knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
-                                   ("ndocs", req.ndocs), ("preset", req.preset)) if v is not None}
         searcher = service.current()
         from .filters import parse_where
 

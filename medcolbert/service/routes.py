@@ -79,24 +79,30 @@ def _static_file(name: str) -> Response:
         log.error("the search page's file %s is missing from the installed package", name)
         raise ServerFault("the search page is not installed") from None
 
+def search_inputs(req: SearchRequest, service: Any) -> tuple[list[str], dict[str, Any]]:
+    """A /search request's query texts and PLAID knobs, checked (one query or a batch, sizes, k): 4xx otherwise."""
+    L = service.limits
+    if (req.query is None) == (req.queries is None):
+        raise HTTPException(422, "give exactly one of 'query' or 'queries'")
+    texts = [req.query] if req.query is not None else list(req.queries or [])
+    if not texts:
+        raise HTTPException(422, "queries is an empty list")
+    if len(texts) > L.max_batch:
+        raise HTTPException(413, f"{len(texts)} queries; the limit per request is {L.max_batch}")
+    for i, t in enumerate(texts):
+        service.check_text(t, "query" if req.query is not None else f"queries[{i}]", L.max_query_chars)
+    service.check_k(req.k)
+    knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
+                               ("ndocs", req.ndocs), ("preset", req.preset)) if v is not None}
+    return texts, knobs
+
+
 def _add_search_route(app: FastAPI, service: Service) -> None:
     """POST /search: PLAID, or a registered first stage reranked by MaxSim."""
-    L = service.limits
     @app.post("/search")
     def search(req: SearchRequest) -> dict[str, Any]:
         """Top-k documents for a query or a batch of queries."""
-        if (req.query is None) == (req.queries is None):
-            raise HTTPException(422, "give exactly one of 'query' or 'queries'")
-        texts = [req.query] if req.query is not None else list(req.queries or [])
-        if not texts:
-            raise HTTPException(422, "queries is an empty list")
-        if len(texts) > L.max_batch:
-            raise HTTPException(413, f"{len(texts)} queries; the limit per request is {L.max_batch}")
-        for i, t in enumerate(texts):
-            service.check_text(t, "query" if req.query is not None else f"queries[{i}]", L.max_query_chars)
-        service.check_k(req.k)
-        knobs = {k: v for k, v in (("ncells", req.ncells), ("centroid_score_threshold", req.centroid_score_threshold),
-                                   ("ndocs", req.ndocs), ("preset", req.preset)) if v is not None}
+        texts, knobs = search_inputs(req, service)
         if req.first_stage is not None:
             if req.first_stage not in service.first_stages:
                 raise HTTPException(422, f"first_stage {req.first_stage!r} is not served here; accepted: "
