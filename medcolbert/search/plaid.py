@@ -269,7 +269,7 @@ class Searcher:
     def mode_hits_many(self, queries: Sequence[str], k: int, mode: str, where: WhereLike | np.ndarray = None,
                        depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: Sequence[tuple | None] | None = None,
                        lexical_weight: float = 1.0, fusion: str = "rrf", batch_size: int = 128,
-                       show_progress: bool = False, pooled_weight: float = 0.0,
+                       show_progress: bool = False, pooled_weight: float = 0.0, plaid_depth: int | None = None,
                        **knobs: object) -> list[list[tuple[str, float, str]]]:
         """search_mode_hits for many text queries: the lexical side scored for all of them at once, the queries
         not given `encoded` encoded in batches, then PLAID and the fusion query by query."""
@@ -283,6 +283,8 @@ class Searcher:
         from .fusion import combine, rrf
 
         depth = max(k, check_int("depth", depth, 1))
+        # PLAID's side may be fetched shallower than BM25's (its k <= 10 path is the fast one).
+        side = depth if plaid_depth is None else max(k, check_int("plaid_depth", plaid_depth, 1))
         weight = check_float("lexical_weight", lexical_weight, 0.0, 100.0)
         single = check_float("pooled_weight", pooled_weight, 0.0, 100.0)
         if single > 0 and (self.index.pooled is None or not has_pooled_head(self.model)):
@@ -300,7 +302,7 @@ class Searcher:
         lexical = self.lexical_hits_many(queries, depth, allowed) if mode == "hybrid" else [[] for _ in queries]
         out = []
         for row, lex in zip(tqdm(rows, desc="Searching", unit="query", disable=not show_progress), lexical):
-            learned = self.search_hits(row[0], depth, row[1], allowed, **knobs)
+            learned = self.search_hits(row[0], side, row[1], allowed, **knobs)
             if mode == "plaid":
                 out.append(learned[:k])
                 continue
