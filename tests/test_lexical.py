@@ -224,3 +224,17 @@ def test_a_third_side_the_pooled_vectors_nearest_joins_the_fusion(tmp_path, mode
     with pytest.raises(ValueError, match="pooled_weight needs"):
         Searcher(Index.build(tmp_path / "j", model, corpus, num_centroids=8, show_progress=False), model).search(
             query, k=5, mode="hybrid", pooled_weight=1.0)
+
+
+def test_plaids_side_can_be_fetched_shallower(tmp_path, model):
+    corpus = make_corpus(60, seed=12)
+    idx = Index.build(tmp_path / "i", model, corpus, show_progress=False)
+    searcher = Searcher(idx, model)
+    query = " ".join(corpus["doc3"].split()[:5])
+    plaid = [d for d, _ in searcher.search(query, k=5)]
+    bm25 = [d for d, _ in searcher.search(query, k=100, mode="lexical")]
+    expect = {d: sum(1 / (60 + r.index(d) + 1) for r in (plaid, bm25) if d in r) for d in set(plaid) | set(bm25)}
+    got = searcher.search(query, k=5, mode="hybrid", plaid_depth=5)
+    assert [d for d, _ in got] == [d for d, _ in sorted(expect.items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+    with pytest.raises(ValueError, match="plaid_depth"):
+        searcher.search(query, k=5, mode="hybrid", plaid_depth=0)

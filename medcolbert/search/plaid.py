@@ -257,14 +257,15 @@ class Searcher:
     def search_mode_hits(self, query: str, k: int, mode: str, where: WhereLike | np.ndarray = None,
                          depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: tuple | None = None,
                          lexical_weight: float = 1.0, fusion: str = "rrf", pooled_weight: float = 0.0,
-                         **knobs: object) -> list[tuple[str, float, str]]:
+                         plaid_depth: int | None = None, **knobs: object) -> list[tuple[str, float, str]]:
         """One text query's hits in a mode: lexical (BM25) or hybrid (PLAID's and BM25's top `depth` fused by
         reciprocal rank, fusion="rrf", or by min-max normalised scores, fusion="score"; BM25's side weighted
         lexical_weight; pooled_weight > 0 adds a third side, the nearest entries by the model's pooled single vector
-        alone, which the index keeps for a model with a pooled head); encoded: the query's (vectors, pooled vector
-        or None) where the caller has them."""
+        alone, which the index keeps for a model with a pooled head; plaid_depth: PLAID's side fetched at this
+        depth instead of `depth`); encoded: the query's (vectors, pooled vector or None) where the caller has them."""
         return self.mode_hits_many([query], k, mode, where, depth, rrf_k, None if encoded is None else [encoded],
-                                   lexical_weight, fusion, pooled_weight=pooled_weight, **knobs)[0]
+                                   lexical_weight, fusion, pooled_weight=pooled_weight, plaid_depth=plaid_depth,
+                                   **knobs)[0]
 
     def mode_hits_many(self, queries: Sequence[str], k: int, mode: str, where: WhereLike | np.ndarray = None,
                        depth: int = FUSION_DEPTH, rrf_k: int = RRF_K, encoded: Sequence[tuple | None] | None = None,

@@ -54,6 +54,7 @@ class SearchRequest(_Strict):
     fusion: Literal["rrf", "score"] = "rrf"                  # hybrid: by rank, or by min-max normalised scores
     lexical_weight: float = Field(default=1.0, ge=0.0, le=100.0)   # hybrid: the weight of BM25's side
     pooled_weight: float = Field(default=0.0, ge=0.0, le=100.0)    # hybrid: a third side, the pooled vector's nearest
+    plaid_depth: int | None = Field(default=None, ge=1, le=1_000)  # hybrid: PLAID's side depth (default: BM25's 100)
     explain: bool = False   # each hit with why it matched: matched words, spans in its text, shares (explain.py)
 
 class RerankRequest(_Strict):

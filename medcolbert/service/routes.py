@@ -134,7 +134,7 @@ def _add_search_route(app: FastAPI, service: Service) -> None:
             else:
                 mode = {} if req.mode == "plaid" else {"mode": req.mode} if req.mode == "lexical" else \
                     {"mode": req.mode, "fusion": req.fusion, "lexical_weight": req.lexical_weight,
-                     "pooled_weight": req.pooled_weight}
+                     "pooled_weight": req.pooled_weight, "plaid_depth": req.plaid_depth}
                 per_query = snap.plaid.with_knobs(where=allowed, **mode, **knobs).hits(queries, k=req.k)
                 ranked = [per_query[q] for q in queries.ids]
             # A PLAID hit's third element is the stored entry that matched (a split document's best passage).
