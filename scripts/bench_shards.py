@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--shards", default="2,4,8")
     ap.add_argument("--hop-shards", default="1,2,4", help="shard counts for the Ray hop ('' to skip it)")
     ap.add_argument("--max-queries", type=int, default=None, help="the first N judged queries (default: all)")
+    ap.add_argument("--shards-per-actor", type=int, default=1, help="shards one Ray actor holds (default: 1)")
     ap.add_argument("--no-exact-check", action="store_true",
                     help="skip building one more index to check exact search over the largest set (saves a build)")
     ap.add_argument("--out", required=True)
@@ -83,6 +84,7 @@ def main() -> None:
     qrels = {q: data.qrels[q] for q in qids}
     rows = [{"system": "one index", "shards": 1, "codec": "own",
              "run": run_of(Searcher(one, model))}]
+    exact_equal = None
     for n in [int(x) for x in args.shards.split(",") if x]:
         set_path = work / f"set-{n}"
         if not (set_path / "shards.json").is_file():
@@ -123,7 +125,7 @@ def main() -> None:
         if not (set_path / "shards.json").is_file():
             build_set(set_path, cached, corpus, shards=n, show_progress=False)
         local = ShardedSearcher.from_set(set_path, model)
-        served = RayShardedSearcher(set_path, model)
+        served = RayShardedSearcher(set_path, model, shards_per_actor=args.shards_per_actor)
         entry = {"shards": n}
         for name, searcher in (("in-process", local), ("ray", served), ("in-process again", local),
                                ("ray again", served)):
@@ -157,8 +159,9 @@ def main() -> None:
     lines += [f"| {r['system']} | {r['shards']} | {r['codec']} | {r['overlap@10 with exact']} | {r['ndcg@10']} |"
               for r in rows]
     if hop:
-        lines += ["", "Search only (queries encoded beforehand), default preset, k=10, ms; each system measured "
-                  "twice, in turn; throughput with 4 client threads over the same 200 queries.", "",
+        lines += ["", f"Ray actors each hold {args.shards_per_actor} shard(s). Search only (queries encoded "
+                  "beforehand), default preset, k=10, ms; each system measured twice, in turn; throughput with 4 "
+                  "client threads over the same 200 queries.", "",
                   "| shards | in-process p50 / p95 | Ray p50 / p95 | in-process again | Ray again | qps in-process "
                   "| qps Ray | actor RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for e in hop:

@@ -311,3 +311,27 @@ def test_no_acknowledged_write_is_lost_when_the_front_is_killed(built, cluster, 
     held = {d for ix in open_set(copy) for d in ix.doc_ids}
     assert len(acknowledged) >= 6 and acknowledged <= held, sorted(acknowledged - held)
     assert Index.open(copy / "shard-000", verify=True)   # every shard still checks out
+
+
+def test_one_actor_can_hold_several_shards(built, cluster, tmp_path):
+    import shutil
+
+    from medcolbert.search.ray_shards import RayShardedSearcher
+
+    root, model, corpus, set_path = built
+    copy = tmp_path / "set"
+    shutil.copytree(set_path, copy)
+    grouped = RayShardedSearcher(copy, model, shards_per_actor=2)   # shards 0-1 on one actor, shard 2 on another
+    assert grouped.units == [[0, 1], [2]] and len(grouped.actors) == 2
+    local = ShardedSearcher.from_set(copy, model)
+    for d in ("doc2", "doc50"):
+        assert grouped.search(corpus[d], k=10) == local.search(corpus[d], k=10)
+    assert grouped.search(corpus["doc9"], k=2, return_documents=True)[0]["text"] == corpus["doc9"]
+    assert grouped.add({f"g{i}": f"kidney stone pain {i}" for i in range(4)}) == {"added": 4, "present": 0}
+    assert grouped.delete(["g1", "nope"]) == {"deleted": 1, "absent": 1}
+    assert [h["shard"] for h in grouped.health()] == [0, 1, 2]
+    ray.kill(grouped.actors[0][0], no_restart=True)
+    hits, missing = grouped.search_hits_partial(model.encode_queries([corpus["doc2"]])[0], 5)
+    assert missing == [0, 1] and all(shard_of(d, 3) == 2 for d, _, _ in hits)
+    grouped.close()
+    local.close()

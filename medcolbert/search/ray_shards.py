@@ -53,11 +53,12 @@ class ShardServer:
     """What one shard's actor holds: its index, opened from disk, a Searcher over it, and the model for writes."""
 
     def __init__(self, path: str, model_source: str | None = None, threads: int = 1,
-                 config: dict | None = None) -> None:
-        """path: the shard's index folder; model_source: the model (default: the one the index names)."""
+                 config: dict | None = None, model: Any = None) -> None:
+        """path: the shard's index folder; model_source: the model (default: the one the index names); model: one
+        loaded already (shards held by one actor share it)."""
         torch.set_num_threads(max(1, threads))
         self.path, self.model_source, self.config = Path(path), model_source, config
-        self.model: Any = None
+        self.model: Any = model
         self._open()
 
     def _open(self) -> None:
@@ -127,6 +128,52 @@ class ShardServer:
                 "generation": self.index.manifest.get("generation"), "pid": os.getpid(), "rss_mb": _rss_mb()}
 
 
+class ShardGroup:
+    """One actor's shards (one or several of a set): their ShardServers sharing one model, searched in turn and
+    merged here, so the front makes one call per actor rather than per shard."""
+
+    def __init__(self, paths: dict[int, str], model_source: str | None = None, threads: int = 1,
+                 config: dict | None = None) -> None:
+        """paths: {shard number: its index folder}."""
+        self.members: dict[int, ShardServer] = {}
+        model = None
+        for shard, path in sorted(paths.items()):
+            member = ShardServer(path, model_source, threads, config, model)
+            model = member.model
+            self.members[shard] = member
+
+    def search(self, q: np.ndarray, k: int, q_pooled: np.ndarray | None, where: Any, knobs: dict,
+               kinds: dict | None = None) -> list:
+        """The merged top k of this actor's shards."""
+        return merge_top_k([m.search(q, k, q_pooled, where, knobs, kinds) for _, m in sorted(self.members.items())], k)
+
+    def field_kinds(self) -> dict:
+        """The metadata fields and kinds of this actor's shards, together."""
+        kinds: dict[str, set[str]] = {}
+        for m in self.members.values():
+            for field, held in m.field_kinds().items():
+                kinds.setdefault(field, set()).update(held)
+        return kinds
+
+    def documents(self, by_shard: dict[int, list]) -> dict[int, list[dict]]:
+        """{shard: hits} -> {shard: the hits' stored documents}."""
+        return {s: self.members[s].documents(hits) for s, hits in by_shard.items()}
+
+    def add(self, by_shard: dict[int, tuple[dict, dict]]) -> dict:
+        """{shard: (documents, metadata)} added shard by shard (each its own commit); {added, present} summed."""
+        got = [self.members[s].add(docs, meta) for s, (docs, meta) in sorted(by_shard.items())]
+        return {"added": sum(g["added"] for g in got), "present": sum(g["present"] for g in got)}
+
+    def delete(self, by_shard: dict[int, list[str]]) -> dict:
+        """{shard: ids} deleted shard by shard; {deleted, absent} summed."""
+        got = [self.members[s].delete(ids) for s, ids in sorted(by_shard.items())]
+        return {"deleted": sum(g["deleted"] for g in got), "absent": sum(g["absent"] for g in got)}
+
+    def health(self) -> list[dict]:
+        """Each of this actor's shards' state."""
+        return [{"shard": s, **m.health()} for s, m in sorted(self.members.items())]
+
+
 def _stat(path: Path) -> tuple[int, int, int]:
     st = (path / "manifest.json").stat()
     return st.st_mtime_ns, st.st_ino, st.st_size
@@ -149,18 +196,23 @@ class RayShardedSearcher:
     def __init__(self, path: str | Path, model: Any = None, replicas: int = 1, address: str | None = None,
                  timeout_s: float = 30.0, on_missing: str = "fail", num_cpus: float = 0.0, threads: int | None = None,
                  resources: Callable[[int], dict] | Mapping[int, dict] | None = None,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, shards_per_actor: int = 1) -> None:
         """path: a shard set (indexing/shards.py), on a filesystem every node that holds a shard can read; model:
         the front's query encoder (default: the set's); replicas: actors per shard; address: a running cluster
         (default: $RAY_ADDRESS, else a local one started here); on_missing: "fail" or "partial"; config: SearchConfig
         fields for every shard; threads: torch threads per actor (default: this machine's cores shared among the
-        actors, at least one each: a lone shard's actor searches on every core, as the in-process search does)."""
+        actors, at least one each: a lone shard's actor searches on every core, as the in-process search does);
+        shards_per_actor: consecutive shards held by one actor (its replicas alike), searched there in turn and
+        merged, so that the front's fan-out is one call per actor (a node holding several shards; `resources`
+        is then asked for by the group's first shard)."""
         import ray
 
         if on_missing not in ("fail", "partial"):
             raise ValueError(f"on_missing must be fail or partial, got {on_missing!r}")
         if not isinstance(replicas, int) or not 1 <= replicas <= 16:
             raise ValueError(f"replicas must be an integer from 1 to 16, got {replicas!r}")
+        if not isinstance(shards_per_actor, int) or shards_per_actor < 1:
+            raise ValueError(f"shards_per_actor must be a positive integer, got {shards_per_actor!r}")
         self.path = Path(path).resolve()
         self.manifest = read_set(self.path)
         self.count = int(self.manifest["count"])
@@ -173,17 +225,21 @@ class RayShardedSearcher:
         first = Index.open(self.path / self.manifest["shards"][0]["name"])
         self.model = model if model is not None else first.load_model()
         source = getattr(self.model, "source", None)
-        remote = ray.remote(max_restarts=-1, max_task_retries=0)(ShardServer)
+        remote = ray.remote(max_restarts=-1, max_task_retries=0)(ShardGroup)
+        # Units: the shards each actor holds (one each by default); self.actors[u] are unit u's replicas.
+        self.units = [list(range(u, min(u + shards_per_actor, self.count)))
+                      for u in range(0, self.count, shards_per_actor)]
+        self.unit_of = {s: u for u, shards in enumerate(self.units) for s in shards}
         if threads is None:
-            threads = max(1, (os.cpu_count() or 1) // (self.count * replicas))
+            threads = max(1, (os.cpu_count() or 1) // (len(self.units) * replicas))
         self.actors: list[list[Any]] = []
-        for s, entry in enumerate(self.manifest["shards"]):
-            extra = (resources(s) if callable(resources) else resources.get(s, {})) if resources else {}
+        for shards in self.units:
+            extra = (resources(shards[0]) if callable(resources) else resources.get(shards[0], {})) if resources else {}
             options = {"num_cpus": num_cpus, **({"resources": extra} if extra else {})}
-            self.actors.append([remote.options(**options).remote(str(self.path / entry["name"]),
-                                                                  None if source is None else str(source), threads,
-                                                                  config) for _ in range(replicas)])
-        self._next = [0] * self.count
+            paths = {s: str(self.path / self.manifest["shards"][s]["name"]) for s in shards}
+            self.actors.append([remote.options(**options).remote(paths, None if source is None else str(source),
+                                                                  threads, config) for _ in range(replicas)])
+        self._next = [0] * len(self.units)
         self.last_missing: list[int] = []
         self.missing_seen: set[int] = set()   # every shard that failed to answer a search since this was made
         self._kinds: dict[str, set[str]] | None = None
@@ -192,8 +248,8 @@ class RayShardedSearcher:
     # ------------------------------------------------------------------ calls with failover
     def _call_all(self, method: str, args_of: Callable[[int], tuple], shards: Sequence[int],
                    rotate: bool = True) -> tuple[dict[int, Any], list[int]]:
-        """method(*args_of(s)) on one replica of each shard in parallel, the next replica tried where one fails;
-        returns ({shard: result}, shards none of whose replicas answered within the timeout)."""
+        """method(*args_of(u)) on one replica of each unit (an actor's shards) in parallel, the next replica tried
+        where one fails; returns ({unit: result}, units none of whose replicas answered within the timeout)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -251,9 +307,9 @@ class RayShardedSearcher:
     def field_kinds(self) -> dict[str, set[str]]:
         """The metadata fields of every shard and the kinds each holds, together (read once, again after a write)."""
         if self._kinds is None:
-            results, missing = self._call_all("field_kinds", lambda s: (), range(self.count))
+            results, missing = self._call_all("field_kinds", lambda u: (), range(len(self.units)))
             if missing:
-                raise ShardsUnavailable(missing)
+                raise ShardsUnavailable(self._shards(missing))
             kinds: dict[str, set[str]] = {}
             for got in results.values():
                 for field, held in got.items():
@@ -277,8 +333,13 @@ class RayShardedSearcher:
             kinds = self.field_kinds()
             if parsed is not None:
                 check_fields(parsed, kinds)
-        results, missing = self._call_all("search", lambda s: (qn, k, pn, where, dict(knobs), kinds), range(self.count))
-        return merge_top_k([results[s] for s in sorted(results)], k), missing
+        results, missing = self._call_all("search", lambda u: (qn, k, pn, where, dict(knobs), kinds),
+                                          range(len(self.units)))
+        return merge_top_k([results[u] for u in sorted(results)], k), self._shards(missing)
+
+    def _shards(self, units: Sequence[int]) -> list[int]:
+        """The shard numbers of some units."""
+        return sorted(s for u in units for s in self.units[u])
 
     def search_hits(self, q: torch.Tensor, k: int = 10, q_pooled: torch.Tensor | None = None, where: Any = None,
                     **knobs: object) -> list[tuple[str, float, str]]:
@@ -323,14 +384,21 @@ class RayShardedSearcher:
         by_shard: dict[int, list[int]] = {}
         for i, hit in enumerate(hits):
             by_shard.setdefault(shard_of(parent_of(hit[0]), self.count), []).append(i)
-        results, missing = self._call_all("documents", lambda s: ([tuple(hits[i]) for i in by_shard[s]],),
-                                          sorted(by_shard))
+        by_unit = self._by_unit({s: [tuple(hits[i]) for i in rows] for s, rows in by_shard.items()})
+        results, missing = self._call_all("documents", lambda u: (by_unit[u],), sorted(by_unit))
         if missing:
-            raise ShardsUnavailable(missing)
+            raise ShardsUnavailable(self._shards(missing))
         out: list[dict] = [{}] * len(hits)
         for s, rows in by_shard.items():
-            for i, doc in zip(rows, results[s]):
+            for i, doc in zip(rows, results[self.unit_of[s]][s]):
                 out[i] = doc
+        return out
+
+    def _by_unit(self, by_shard: Mapping[int, Any]) -> dict[int, dict[int, Any]]:
+        """{shard: x} regrouped as {unit: {shard: x}}."""
+        out: dict[int, dict[int, Any]] = {}
+        for s, x in by_shard.items():
+            out.setdefault(self.unit_of[s], {})[s] = x
         return out
 
     # ------------------------------------------------------------------ writes
@@ -341,46 +409,48 @@ class RayShardedSearcher:
         are then reported present)."""
         groups = route(documents, self.count)
         self._kinds = None   # new documents may bring new fields
-        results = self._write("add", lambda s: ({d: documents[d] for d in groups[s]},
-                                                {d: metadata[d] for d in groups[s] if metadata and d in metadata}),
-                              sorted(groups))
+        by_unit = self._by_unit({s: ({d: documents[d] for d in ids},
+                                     {d: metadata[d] for d in ids if metadata and d in metadata})
+                                 for s, ids in groups.items()})
+        results = self._write("add", lambda u: (by_unit[u],), sorted(by_unit))
         return {"added": sum(r["added"] for r in results.values()), "present": sum(r["present"] for r in results.values())}
 
     def delete(self, doc_ids: Sequence[str]) -> dict:
         """Delete ids on their owning shards; returns {deleted, absent} (retried and repeatable, as add)."""
-        groups = route(doc_ids, self.count)
-        results = self._write("delete", lambda s: (groups[s],), sorted(groups))
+        by_unit = self._by_unit(route(doc_ids, self.count))
+        results = self._write("delete", lambda u: (by_unit[u],), sorted(by_unit))
         return {"deleted": sum(r["deleted"] for r in results.values()),
                 "absent": sum(r["absent"] for r in results.values())}
 
-    def _write(self, method: str, args_of: Callable[[int], tuple], shards: list[int]) -> dict[int, Any]:
-        """A write on its shards, the shards that did not answer asked again (writes are idempotent) until the
-        timeout: an actor Ray is restarting answers once it has reopened its shard."""
+    def _write(self, method: str, args_of: Callable[[int], tuple], units: list[int]) -> dict[int, Any]:
+        """A write on its units, those that did not answer asked again (writes are idempotent) until the timeout:
+        an actor Ray is restarting answers once it has reopened its shards."""
         deadline = time.monotonic() + self.timeout_s
         results: dict[int, Any] = {}
-        todo = shards
+        todo = units
         while True:
             got, todo = self._call_all(method, args_of, todo, rotate=False)
             results.update(got)
             if not todo:
                 return results
             if time.monotonic() >= deadline:
-                raise ShardsUnavailable(todo)
+                raise ShardsUnavailable(self._shards(todo))
             time.sleep(0.2)
 
     # ------------------------------------------------------------------ state
     def health(self) -> list[dict]:
-        """Every replica's state ({shard, replica, ok, ...}); a replica that does not answer is ok: False."""
+        """Every shard's state on every replica ({shard, replica, ok, ...}); a replica that does not answer is
+        ok: False for each of its shards."""
         import ray
 
         out = []
-        refs = [(s, r, a.health.remote()) for s, group in enumerate(self.actors) for r, a in enumerate(group)]
-        for s, r, ref in refs:
+        refs = [(u, r, a.health.remote()) for u, group in enumerate(self.actors) for r, a in enumerate(group)]
+        for u, r, ref in refs:
             try:
-                out.append({"shard": s, "replica": r, "ok": True, **ray.get(ref, timeout=self.timeout_s)})
+                out += [{"replica": r, "ok": True, **h} for h in ray.get(ref, timeout=self.timeout_s)]
             except Exception as exc:   # a dead or unreachable replica is reported, not raised
-                out.append({"shard": s, "replica": r, "ok": False, "error": type(exc).__name__})
-        return out
+                out += [{"shard": s, "replica": r, "ok": False, "error": type(exc).__name__} for s in self.units[u]]
+        return sorted(out, key=lambda h: (h["shard"], h["replica"]))
 
     def __len__(self) -> int:
         return sum(h["documents"] for h in self.health() if h["ok"] and h["replica"] == 0)
