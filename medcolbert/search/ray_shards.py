@@ -135,12 +135,6 @@ class ShardGroup:
     def __init__(self, paths: dict[int, str], model_source: str | None = None, threads: int = 1,
                  config: dict | None = None) -> None:
         """paths: {shard number: its index folder}."""
-        from ..machine import THREADS
-
-        # This process is an actor: its thread count is the one the front gave it. Left on, the load-based choice
-        # reads the front's and the other actors' work as foreign load and drops to one thread (4 shards in one
-        # actor: +3.1-5.8 ms over the in-process search with it, +1.8-2.6 ms without).
-        THREADS.enabled = False
         self.members: dict[int, ShardServer] = {}
         model = None
         for shard, path in sorted(paths.items()):
