@@ -18,6 +18,9 @@ Replicas of a shard open the same folder (they share a machine or a shared files
 replica that answers, and every replica reopens its shard when the manifest on disk changes, so the next search
 sees the write.
 
+An actor may hold several shards (`shards_per_actor`): it searches them in turn and merges, so the front makes one
+call per actor, and they share one copy of the model and of torch's runtime.
+
 Placement: `resources` maps a shard to the Ray resources its actors ask for (for example {"node:10.0.0.7": 0.01},
 or a custom resource a node was started with, "shard-3": 1), so each shard's actors run on the node that holds its
 files. Each actor asks for `num_cpus` (default 0: shards share the node's cores, as threads do in one process).
