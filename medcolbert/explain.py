@@ -151,9 +151,7 @@ def explain_document(index: Any, model: Any, query: str, doc_id: str, score: flo
         raise ValueError("the query is empty (nothing but whitespace, control or format characters)")
     if not index.has_documents:
         raise MedColbertError(f"{index.path} stores no document texts to explain matches in")
-    units = index.passages_of(doc_id) if index.passages else ([index.position[doc_id]] if doc_id in index.position
-                                                               else [])
-    units = [u for u in units if not index.deleted[u]]
+    units = [u for u in index.passages_of(doc_id) if not index.deleted[u]]
     if not units:
         raise KeyError(f"document id {doc_id!r} is not in the index")
     stored = [index.doc_ids[u] for u in units]

@@ -126,33 +126,33 @@ class Collection:
         return pos, np.concatenate([tf for (_, tf), _ in found]).astype(np.float64)
 
 
+def _term_scores(collection: Collection, t: str, allowed: np.ndarray | None, k1: float,
+                 b: float) -> tuple[np.ndarray, np.ndarray]:
+    """(index positions, BM25 contributions) of one term over the live documents (and, given `allowed`, only
+    those), with its document frequency among every live document."""
+    pos, tf = collection.term(t)
+    keep = collection.live[pos]
+    pos, tf = pos[keep], tf[keep]
+    if collection.n_live == 0 or len(pos) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    idf = math.log(1 + (collection.n_live - len(pos) + 0.5) / (len(pos) + 0.5))
+    score = idf * tf / (k1 * ((1 - b) + b * collection.doclens[pos] / collection.avgdl) + tf)
+    if allowed is not None:
+        ok = allowed[pos]
+        pos, score = pos[ok], score[ok]
+    return pos, score
+
+
 def bm25(collection: Collection, query: str, allowed: np.ndarray | None = None, k1: float = K1,
          b: float = B) -> tuple[np.ndarray, np.ndarray]:
     """(index positions, BM25 scores) of the live documents (and, given `allowed`, only those) holding any term of
     the query, unsorted; statistics over every live document."""
-    n_live, avgdl, doclens, live = collection.n_live, collection.avgdl, collection.doclens, collection.live
-    if n_live == 0:
+    parts = [_term_scores(collection, t, allowed, k1, b) for t in tokenize([query])[0]]
+    parts = [(pos, score) for pos, score in parts if len(pos)]
+    if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    positions, contributions = [], []
-    for t in tokenize([query])[0]:
-        pos, tf = collection.term(t)
-        keep = live[pos]
-        pos, tf = pos[keep], tf[keep]
-        df = len(pos)
-        if df == 0:
-            continue
-        idf = math.log(1 + (n_live - df + 0.5) / (df + 0.5))
-        score = idf * tf / (k1 * ((1 - b) + b * doclens[pos] / avgdl) + tf)
-        if allowed is not None:
-            ok = allowed[pos]
-            pos, score = pos[ok], score[ok]
-        positions.append(pos)
-        contributions.append(score)
-    if not positions:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    pos = np.concatenate(positions)
-    unique, inverse = np.unique(pos, return_inverse=True)
-    return unique, np.bincount(inverse, weights=np.concatenate(contributions))
+    unique, inverse = np.unique(np.concatenate([pos for pos, _ in parts]), return_inverse=True)
+    return unique, np.bincount(inverse, weights=np.concatenate([score for _, score in parts]))
 
 
 def bm25_many(collection: Collection, queries: Sequence[str], allowed: np.ndarray | None = None, k1: float = K1,
@@ -163,29 +163,19 @@ def bm25_many(collection: Collection, queries: Sequence[str], allowed: np.ndarra
     batch; the scores are then one sparse product (query term counts x term weights), not a loop per query."""
     from scipy import sparse
 
-    n_docs, n_live, avgdl = len(collection.live), collection.n_live, collection.avgdl
     tokens = tokenize(list(queries))
     terms = sorted({t for toks in tokens for t in toks})
     column = {t: i for i, t in enumerate(terms)}
     rows, cols, vals = [], [], []
-    for t, i in zip(terms, range(len(terms))):
-        pos, tf = collection.term(t)
-        keep = collection.live[pos]
-        pos, tf = pos[keep], tf[keep]
-        if n_live == 0 or len(pos) == 0:
-            continue
-        idf = math.log(1 + (n_live - len(pos) + 0.5) / (len(pos) + 0.5))
-        score = idf * tf / (k1 * ((1 - b) + b * collection.doclens[pos] / avgdl) + tf)
-        if allowed is not None:
-            ok = allowed[pos]
-            pos, score = pos[ok], score[ok]
+    for i, t in enumerate(terms):
+        pos, score = _term_scores(collection, t, allowed, k1, b)
         rows.append(np.full(len(pos), i, dtype=np.int64))
         cols.append(pos)
         vals.append(score)
     weights = sparse.csr_matrix((np.concatenate(vals) if vals else np.zeros(0),
                                  (np.concatenate(rows) if rows else np.zeros(0, np.int64),
                                   np.concatenate(cols) if cols else np.zeros(0, np.int64))),
-                                shape=(len(terms), n_docs))
+                                shape=(len(terms), len(collection.live)))
     # Query term counts: a term twice in a query counts twice, as in bm25 (and bm25s).
     q_rows = np.fromiter((r for r, toks in enumerate(tokens) for _ in toks), dtype=np.int64)
     q_cols = np.fromiter((column[t] for toks in tokens for t in toks), dtype=np.int64, count=len(q_rows))

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from .errors import MedColbertError
 from .filters import FilterError
 from .service import (AddRequest, DeleteRequest, Limits, Metrics, SearchRequest, Service, _add_guards, _version)
-from .service.routes import search_inputs
+from .service.routes import add_inputs, delete_inputs, search_inputs
 
 
 class ShardService:
@@ -102,7 +102,6 @@ def create_shard_app(set_path: str | Path, model_path: str | None = None, api_ke
     else:
         service.load()
     _add_guards(app, service, api_key)   # type: ignore[arg-type]
-    L = service.limits
 
     @app.get("/health")
     def health() -> JSONResponse:
@@ -168,16 +167,10 @@ def create_shard_app(set_path: str | Path, model_path: str | None = None, api_ke
     @app.post("/documents")
     def add_documents(req: AddRequest) -> dict[str, Any]:
         """Add documents to the shards that own their ids; answered once every owning shard committed."""
-        if not req.documents:
-            raise HTTPException(422, "documents is empty")
-        if len(req.documents) > L.max_add:
-            raise HTTPException(413, f"{len(req.documents)} documents; the limit per request is {L.max_add}")
-        for doc_id, text in req.documents.items():
-            service.check_id(doc_id, "document id")
-            service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
+        docs = add_inputs(req, service)
         searcher = service.current()
         try:
-            got = searcher.add(dict(req.documents), req.metadata)
+            got = searcher.add(docs, req.metadata)
         except MedColbertError as exc:
             if "did not answer" in str(exc):
                 raise HTTPException(503, str(exc)) from None
@@ -188,10 +181,7 @@ def create_shard_app(set_path: str | Path, model_path: str | None = None, api_ke
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:
         """Delete documents by id on the shards that own them."""
-        if not req.ids:
-            raise HTTPException(422, "ids is empty")
-        for i, d in enumerate(req.ids):
-            service.check_id(d, f"ids[{i}]")
+        delete_inputs(req, service)
         searcher = service.current()
         try:
             got = searcher.delete(list(dict.fromkeys(req.ids)))

@@ -72,3 +72,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _index_model(index, model: str | None, device: str | None = None):  # type: ignore[no-untyped-def]
     """The model named on the command line, else the one recorded in the index manifest."""
     return index.load_model(model, device)
+
+
+def _add_shard_args(p: argparse.ArgumentParser, partial_help: str) -> None:
+    """A shard set's options: served on Ray actors, where, how many replicas, and whether a partial answer is
+    acceptable."""
+    p.add_argument("--ray", action="store_true",
+                   help="a shard set at --index (index --shards): its shards on Ray actors (default: threads here)")
+    p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--replicas", type=int_option(1, 16), default=1, help="with --ray: actors per shard (default: 1)")
+    p.add_argument("--allow-partial", action="store_true", help=partial_help)

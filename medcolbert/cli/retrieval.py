@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import MedColbertError
 from ..validation import float_option, int_option
 from .common import (K, POSITIVE, DEFAULT_METRICS, _log, _metrics, _human, _check_output, _add_data_args,
+    _add_shard_args,
     _add_output_args, _add_model_args, _index_model)
 
 
@@ -282,12 +283,7 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true",
                    help="with --query: show why each hit matched (the query words' matched document words, shaded "
                         "in a terminal, [[marked]] otherwise, and their shares of the score; spans in --json)")
-    p.add_argument("--ray", action="store_true",
-                   help="a shard set at --index: search its shards on Ray actors (default: threads in this process)")
-    p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
-    p.add_argument("--replicas", type=int_option(1, 16), default=1, help="with --ray: actors per shard (default: 1)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="with --ray: answer from the shards that respond, warning which did not (default: fail)")
+    _add_shard_args(p, "with --ray: answer from the shards that respond, warning which did not (default: fail)")
     p.add_argument("--plaid-depth", type=int_option(1, 100_000), default=None,
                    help="hybrid: PLAID's side fetched at this depth (default: 100, as BM25's; k=10 is PLAID's fast "
                         "path: 1.11-1.19x PLAID's time instead of 1.33-1.46x on SciFact, experiments/hybrid/)")
@@ -301,7 +297,7 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Search an index for a split's queries, evaluate, and optionally write the run."""
-    from ..evaluation.datasets import load_qrels, load_queries, write_run
+    from ..evaluation.datasets import write_run
     from ..evaluation.metrics import evaluate, format_table, write_json
     from ..indexing.index import Index
     from ..retrievers import PlaidRetriever
@@ -325,18 +321,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.query is not None:
         return _search_one(args, index)
     args.k = args.k or 100
-    data = Path(args.data)
-    queries_all = load_queries(data / "queries.jsonl")
-    qrels_path = data / "qrels" / f"{args.split}.tsv"
-    if args.all_queries:
-        qrels, queries = None, queries_all
-    else:
-        if not qrels_path.is_file():
-            available = sorted(p.stem for p in (data / "qrels").glob("*.tsv")) if (data / "qrels").is_dir() else []
-            raise MedColbertError(f"{args.data}: no qrels for split '{args.split}' (available: "
-                                  f"{', '.join(available) or 'none'}); --all-queries searches every query unevaluated")
-        qrels = load_qrels(qrels_path, queries_all)
-        queries = {q: queries_all[q] for q in qrels}
+    queries, qrels, qrels_path = _split_queries(args)
     if qrels is not None:
         held = set(index.doc_ids)
         if not any(d in held for rels in qrels.values() for d in rels):
@@ -365,6 +350,24 @@ def cmd_search(args: argparse.Namespace) -> int:
                         "ms_per_query": 1000 * elapsed / len(queries)}, args.json)
     return 0
 
+def _split_queries(args: argparse.Namespace) -> tuple[dict[str, str], dict | None, Path]:
+    """search --data's queries: those the split judges with their qrels, or all of them unjudged (--all-queries);
+    and the qrels file's path."""
+    from ..evaluation.datasets import load_qrels, load_queries
+
+    data = Path(args.data)
+    queries_all = load_queries(data / "queries.jsonl")
+    qrels_path = data / "qrels" / f"{args.split}.tsv"
+    if args.all_queries:
+        return queries_all, None, qrels_path
+    if not qrels_path.is_file():
+        available = sorted(p.stem for p in (data / "qrels").glob("*.tsv")) if (data / "qrels").is_dir() else []
+        raise MedColbertError(f"{args.data}: no qrels for split '{args.split}' (available: "
+                              f"{', '.join(available) or 'none'}); --all-queries searches every query unevaluated")
+    qrels = load_qrels(qrels_path, queries_all)
+    return {q: queries_all[q] for q in qrels}, qrels, qrels_path
+
+
 def _mode_knobs(args: argparse.Namespace) -> dict:
     """The search mode's knobs from the command line (none for plaid)."""
     if args.mode == "plaid":
@@ -375,7 +378,7 @@ def _mode_knobs(args: argparse.Namespace) -> dict:
 
 def _search_set(args: argparse.Namespace) -> int:
     """search over a shard set: its shards as threads here, or on Ray actors with --ray."""
-    from ..evaluation.datasets import load_qrels, load_queries, write_run
+    from ..evaluation.datasets import write_run
     from ..evaluation.metrics import evaluate, format_table, write_json
     from ..search.plaid import SearchConfig
 
@@ -402,15 +405,8 @@ def _search_set(args: argparse.Namespace) -> int:
             snippet = " ".join(row.get("text", "").split())
             print(f"{rank:>3}  {row['id']}  {row['score']:.4f}  {snippet[:117]}".rstrip(), file=_human(args))
     else:
-        data, k = Path(args.data), args.k or 100
-        queries = load_queries(data / "queries.jsonl")
-        qrels = None
-        if not args.all_queries:
-            qrels_path = data / "qrels" / f"{args.split}.tsv"
-            if not qrels_path.is_file():
-                raise MedColbertError(f"{args.data}: no qrels for split '{args.split}'")
-            qrels = load_qrels(qrels_path, queries)
-            queries = {q: queries[q] for q in qrels}
+        k = args.k or 100
+        queries, qrels, _ = _split_queries(args)
         t0 = time.perf_counter()
         run = searcher.search_all(queries, k=k, **knobs)
         _log(f"searched {len(queries)} queries over the shard set in {time.perf_counter() - t0:.1f}s")

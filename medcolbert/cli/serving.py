@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import MedColbertError
 from ..validation import int_option
+from .common import _add_shard_args
 
 
 def _parser_serve(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +28,7 @@ def _parser_serve(sub: argparse._SubParsersAction) -> None:
                    help="a registered first stage (bm25, dense, dense:MODEL) that /search may start from with "
                         "\"first_stage\": its top \"depth\" documents reranked by exact MaxSim; repeatable; "
                         "needs an index that stores its documents")
-    p.add_argument("--ray", action="store_true",
-                   help="--index is a shard set (index --shards): serve its shards on Ray actors (default: threads)")
-    p.add_argument("--ray-address", default=None, help="with --ray: a running cluster (default: $RAY_ADDRESS, else local)")
-    p.add_argument("--replicas", type=int_option(1, 16), default=1, help="with --ray: actors per shard (default: 1)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="a shard set: answer from the shards that respond, marked \"partial\" (default: 503)")
+    _add_shard_args(p, "a shard set: answer from the shards that respond, marked \"partial\" (default: 503)")
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP service until interrupted."""

@@ -316,11 +316,6 @@ def write_fields(root: Path, rel: str, metas: list[dict | None]) -> tuple[dict[s
     return fields, files
 
 
-def store_texts(store: dict[str, np.ndarray]) -> list[str]:
-    """Every document's text in a store's arrays (as encode_store wrote them)."""
-    return list(StoredTexts(store))
-
-
 class StoredTexts(Sequence):
     """A store's texts as a sequence decoded on access (a slice decodes only its own bytes), so that a pass over a
     large memory-mapped segment (its BM25 postings) holds one batch of texts at a time, not all of them."""

@@ -41,7 +41,7 @@ from ..errors import MedColbertError
 from ..indexing.shards import read_set, route, shard_of
 from ..passages import parent_of
 from ..validation import is_blank
-from .sharded import merge_top_k
+from .sharded import merge_top_k, search_all_encoded, union_kinds
 
 
 class ShardsUnavailable(MedColbertError):
@@ -105,8 +105,7 @@ class ShardServer:
         from ..indexing.encoded import EncodedDocuments
 
         self._fresh()
-        present = [d for d in documents if d in self.index.position or (self.index.passages and
-                                                                          self.index.passages_of(d))]
+        present = [d for d in documents if self.index.passages_of(d)]
         new = {d: t for d, t in documents.items() if d not in set(present)}
         added = 0
         if new:
@@ -119,7 +118,7 @@ class ShardServer:
     def delete(self, doc_ids: list[str]) -> dict:
         """Delete the ids this shard holds, in one commit; {deleted, absent}."""
         self._fresh()
-        held = [d for d in doc_ids if d in self.index.position or (self.index.passages and self.index.passages_of(d))]
+        held = [d for d in doc_ids if self.index.passages_of(d)]
         deleted = self.index.delete(held) if held else 0
         self.stat = _stat(self.path)
         return {"deleted": deleted, "absent": len(doc_ids) - len(held)}
@@ -152,11 +151,7 @@ class ShardGroup:
 
     def field_kinds(self) -> dict:
         """The metadata fields and kinds of this actor's shards, together."""
-        kinds: dict[str, set[str]] = {}
-        for m in self.members.values():
-            for field, held in m.field_kinds().items():
-                kinds.setdefault(field, set()).update(held)
-        return kinds
+        return union_kinds(m.field_kinds() for m in self.members.values())
 
     def documents(self, by_shard: dict[int, list]) -> dict[int, list[dict]]:
         """{shard: hits} -> {shard: the hits' stored documents}."""
@@ -313,11 +308,7 @@ class RayShardedSearcher:
             results, missing = self._call_all("field_kinds", lambda u: (), range(len(self.units)))
             if missing:
                 raise ShardsUnavailable(self._shards(missing))
-            kinds: dict[str, set[str]] = {}
-            for got in results.values():
-                for field, held in got.items():
-                    kinds.setdefault(field, set()).update(held)
-            self._kinds = kinds
+            self._kinds = union_kinds(results.values())
         return self._kinds
 
     # ------------------------------------------------------------------ search
@@ -372,15 +363,7 @@ class RayShardedSearcher:
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
                    where: Any = None, mode: str = "plaid", **knobs: object) -> dict[str, dict[str, float]]:
         """Top-k for many queries, as a run {query id: {doc id: score}}."""
-        from ..modeling.encoder import encode_queries_pooled
-
-        if mode != "plaid":
-            raise ValueError(f"a sharded search runs mode plaid only, not {mode!r}")
-        qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
-        texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
-        Q, P = encode_queries_pooled(self.model, texts, show_progress=show_progress)
-        return {qid: {d: x for d, x, _ in self.search_hits(Q[i], k, None if P is None else P[i], where, **knobs)}
-                for i, qid in enumerate(qids)}
+        return search_all_encoded(self, queries, k, show_progress, where, mode, **knobs)
 
     def documents(self, hits: Sequence[tuple]) -> list[dict]:
         """Hits with their stored text and metadata, each read from the shard that owns it."""

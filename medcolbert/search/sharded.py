@@ -11,7 +11,7 @@ largest shard plus the merge.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,32 @@ def merge_top_k(parts: Sequence[Sequence[Any]], k: int) -> list[Any]:
     score = (lambda hit: hit["score"]) if entries and isinstance(entries[0][0], dict) else (lambda hit: hit[1])
     best = heapq.nsmallest(k, entries, key=lambda e: (-score(e[0]), e[1], e[2]))
     return [hit for hit, _, _ in best]
+
+
+def union_kinds(parts: Iterable[Mapping[str, set[str]]]) -> dict[str, set[str]]:
+    """Several indexes' {metadata field: kinds of value} as one."""
+    kinds: dict[str, set[str]] = {}
+    for part in parts:
+        for field, held in part.items():
+            kinds.setdefault(field, set()).update(held)
+    return kinds
+
+
+def search_all_encoded(searcher: Any, queries: Mapping[str, str] | Sequence[str], k: int,
+                       show_progress: bool | None, where: Any, mode: str, **knobs: object) -> Run:
+    """A sharded searcher's search_all: every query encoded in one batch by its model, then searched one at a time
+    through its search_hits (PLAID only: BM25's statistics are the whole collection's, shards keep their own)."""
+    from ..modeling.encoder import encode_queries_pooled
+
+    if mode != "plaid":
+        raise ValueError(f"a sharded search runs mode plaid only, not {mode!r}")
+    qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
+    texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
+    Q, Q_pooled = encode_queries_pooled(searcher.model, texts, show_progress=show_progress)
+    show = len(qids) > 1 if show_progress is None else show_progress
+    return {qid: {d: x for d, x, _ in searcher.search_hits(Q[i], k, None if Q_pooled is None else Q_pooled[i], where,
+                                                           **knobs)}
+            for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show))}
 
 
 class ShardedSearcher:
@@ -107,28 +133,12 @@ class ShardedSearcher:
 
     def field_kinds(self) -> dict[str, set[str]]:
         """The metadata fields of every shard and the kinds of value each holds, together."""
-        kinds: dict[str, set[str]] = {}
-        for s in self.searchers:
-            for field, held in s.index.field_kinds().items():
-                kinds.setdefault(field, set()).update(held)
-        return kinds
+        return union_kinds(s.index.field_kinds() for s in self.searchers)
 
     def search_all(self, queries: Mapping[str, str] | Sequence[str], k: int = 10, show_progress: bool | None = None,
                    where: Any = None, mode: str = "plaid", **knobs: object) -> Run:
         """Top-k for many queries, as a run {query id: {doc id: score}} (ids are positions for a list)."""
-        from ..modeling.encoder import encode_queries_pooled
-
-        if mode != "plaid":
-            # BM25's statistics are the whole collection's; shards keep only their own (not merged yet).
-            raise ValueError(f"a sharded search runs mode plaid only, not {mode!r}")
-
-        qids = list(queries) if isinstance(queries, Mapping) else [str(i) for i in range(len(queries))]
-        texts = [queries[q] for q in qids] if isinstance(queries, Mapping) else list(queries)
-        Q, Q_pooled = encode_queries_pooled(self.model, texts, show_progress=show_progress)
-        show = len(qids) > 1 if show_progress is None else show_progress
-        return {qid: {d: x for d, x, _ in self.search_hits(Q[i], k, None if Q_pooled is None else Q_pooled[i], where,
-                                                           **knobs)}
-                for i, qid in enumerate(tqdm(qids, desc="Searching", unit="query", disable=not show))}
+        return search_all_encoded(self, queries, k, show_progress, where, mode, **knobs)
 
     def documents(self, hits: Sequence[tuple[str, float] | tuple[str, float, str]]) -> list[dict]:
         """Hits with their stored text and metadata, each read from the shard that holds it."""

@@ -230,24 +230,37 @@ def _add_rerank_route(app: FastAPI, service: Service) -> None:
             row["explanation"] = note
         return {"results": rows}
 
+def add_inputs(req: AddRequest, service: Any) -> dict[str, str]:
+    """A /documents request's {id: text}, checked (count, ids, texts, metadata only for given ids): 4xx otherwise."""
+    L = service.limits
+    if not req.documents:
+        raise HTTPException(422, "documents is empty")
+    if len(req.documents) > L.max_add:
+        raise HTTPException(413, f"{len(req.documents)} documents; the limit per request is {L.max_add}")
+    for doc_id, text in req.documents.items():
+        service.check_id(doc_id, "document id")
+        service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
+    unknown = sorted(set(req.metadata or {}) - set(req.documents))
+    if unknown:
+        raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
+    return dict(req.documents)
+
+
+def delete_inputs(req: DeleteRequest, service: Any) -> None:
+    """A /documents/delete request's ids, checked: 4xx otherwise."""
+    if not req.ids:
+        raise HTTPException(422, "ids is empty")
+    for i, d in enumerate(req.ids):
+        service.check_id(d, f"ids[{i}]")
+
+
 def _add_document_routes(app: FastAPI, service: Service) -> None:
     """POST /documents and /documents/delete: committed, durable changes."""
-    L = service.limits
     @app.post("/documents")
     def add_documents(req: AddRequest) -> dict[str, Any]:
         """Add documents; the answer comes once they are committed (durable and searchable)."""
-        if not req.documents:
-            raise HTTPException(422, "documents is empty")
-        if len(req.documents) > L.max_add:
-            raise HTTPException(413, f"{len(req.documents)} documents; the limit per request is {L.max_add}")
-        for doc_id, text in req.documents.items():
-            service.check_id(doc_id, "document id")
-            service.check_text(text, f"documents[{ascii(doc_id)}]", L.max_document_chars)
+        docs = add_inputs(req, service)
         snap = service.current()  # 503 while loading
-        docs = dict(req.documents)
-        unknown = sorted(set(req.metadata or {}) - set(docs))
-        if unknown:
-            raise HTTPException(422, f"metadata for {len(unknown)} id(s) not among the documents, e.g. {ascii(unknown[0])}")
         from ..indexing.encoded import EncodedDocuments
 
         # Encoding is the slow part and touches no index file: it runs before the write lock is taken,
@@ -262,10 +275,7 @@ def _add_document_routes(app: FastAPI, service: Service) -> None:
     @app.post("/documents/delete")
     def delete_documents(req: DeleteRequest) -> dict[str, Any]:
         """Delete documents by id; they never come back in results."""
-        if not req.ids:
-            raise HTTPException(422, "ids is empty")
-        for i, d in enumerate(req.ids):
-            service.check_id(d, f"ids[{i}]")
+        delete_inputs(req, service)
         snap = service.current()
         unknown = [d for d in req.ids if not snap.index.passages_of(d)]
         if unknown:
