@@ -66,9 +66,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1:
         print(json.dumps(child(int(sys.argv[1]))))
         sys.exit()
-    from medcolbert.bench import cpu_model
+    from medcolbert.machine import cpu_id
 
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_id()}")
     for n in (1_000_000, 10_000_000):
         out = subprocess.run([sys.executable, __file__, str(n)], capture_output=True, text=True, check=True)
         print(out.stdout.strip(), flush=True)
