@@ -92,7 +92,7 @@ class ModelConfig:
     dense_weight: float = 0.0
     # How the pooled term's weight grows with a query's length: dense_weight x max(1, vectors / augment_len) ^ this.
     # 0 keeps one weight for every query. Long consumer questions are where MaxSim loses to the pooled head and
-    # short claims where it wins (experiments/v4-weights), so a positive power leans on the head for long
+    # short claims where it wins (experiments/releases/v4-scoring/weights), so a positive power leans on the head for long
     # queries only; queries padded to the augmentation length keep dense_weight itself. colbert-ai ignores it.
     dense_length_power: float = 0.0
     # How the [Q]/[D] marker enters a text: "replace" is colbert-ai's (tokenize ". " + text, then overwrite

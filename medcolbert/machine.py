@@ -118,7 +118,7 @@ class ThreadChoice:
 
     On a quiet 2-core machine two threads encode a query faster than one (3.6 vs 4.6 ms here); beside one other busy
     process, OpenMP's second worker waits for a core at every parallel region and a search took 19 ms at p50 and
-    170 ms at p95 at two threads against 6 / 7 ms at one (experiments/engines/threads-under-load/). The machine's
+    170 ms at p95 at two threads against 6 / 7 ms at one (experiments/engine/threads-under-load/). The machine's
     load is read from /proc/stat (the CPUs this process may run on) and this process's own CPU time, at most every
     INTERVAL seconds; a call then runs at round(free cores) threads, at least one and at most the process's
     setting. The setting is changed around the call only; a call inside another governed call (a search's query

@@ -42,7 +42,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--colbert-python", default=None, help="python of a venv with colbert-ai (default: create one)")
     p.add_argument("--model", default=None)
-    p.add_argument("--out", default="experiments/colbert-ai-compat")
+    p.add_argument("--out", default="experiments/compat/colbert-ai")
     args = p.parse_args()
     import torch
 

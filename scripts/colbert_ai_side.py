@@ -1,4 +1,4 @@
-"""The colbert-ai half of scripts/bench_search.py; runs inside colbert-ai's own virtual environment.
+"""The colbert-ai half of medcolbert/bench/search.py; runs inside colbert-ai's own virtual environment.
 
 Indexes a collection with colbert-ai's Indexer, then times its Searcher one query at a time (query encoding
 included, keeping those k=10 results) and runs every query at k=100. Writes one JSON file; imports nothing from medcolbert.

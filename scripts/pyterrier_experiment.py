@@ -7,7 +7,7 @@ correction) as Markdown and CSV, with the CPU model:
   .venv/bin/python scripts/pyterrier_experiment.py --data ../shared/data/consumer-health/dev-retrieval --split dev \
       --index .cache/experiments/flagship/plaid-consumer-health-nbits2-e5788db7db3657701e20648f \
       --dense-index .cache/experiments/flagship/dense-consumer-health-flat-fbbd7339d2507f9b35d69707 \
-      --out experiments/pyterrier/consumer-health
+      --out experiments/quality/pyterrier/consumer-health
 """
 
 from __future__ import annotations

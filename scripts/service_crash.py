@@ -21,7 +21,7 @@ import httpx
 
 from medcolbert import ColBERT, load_beir
 from medcolbert.indexing.index import Index
-from service_load import free_port, start_server
+from medcolbert.bench.service_load import free_port, start_server
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def _parser_experiment(sub: argparse._SubParsersAction) -> None:
                                    "table (markdown + JSON), TREC runs, per-query scores, paired significance "
                                    "against the baseline and plots under the output folder. Fails (exit 3) "
                                    "when a result drifts past the tolerance from the scores the file expects.")
-    p.add_argument("config", help="experiment YAML (see experiments/*.yaml)")
+    p.add_argument("config", help="experiment YAML (see experiments/README.md)")
     p.add_argument("--output-dir", default=None, help="override the output folder")
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -72,13 +72,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def _parser_panel(sub: argparse._SubParsersAction) -> None:
     """The `panel` command's options."""
     p = sub.add_parser("panel", help="the real-question panel from recorded experiments: each set, paired tests, release rule",
-                       description="Reads results.json and perquery/ of experiment folders (e.g. experiments/panel and "
-                                   "experiments/panel-rerank) and writes PANEL.md and panel.json: every system on each set "
+                       description="Reads results.json and perquery/ of experiment folders (e.g. experiments/quality/panel and "
+                                   "experiments/quality/panel/rerank) and writes PANEL.md and panel.json: every system on each set "
                                    "against the untuned base and a reference model, and issue 29's release rule.")
     p.add_argument("folders", nargs="+", help="experiment output folders")
     p.add_argument("--base", default="MiniLM (base)", help="the untuned base's system name (default: MiniLM (base))")
     p.add_argument("--reference", default="dense-minilm-v2", help="second comparison (default: dense-minilm-v2)")
-    p.add_argument("--output", default="experiments/panel-report", help="folder for PANEL.md and panel.json")
+    p.add_argument("--output", default="experiments/quality/panel/report", help="folder for PANEL.md and panel.json")
 
 def cmd_panel(args: argparse.Namespace) -> int:
     """Write the real-question panel report from recorded experiments."""
@@ -147,3 +147,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{comparison['queries']} queries (wins {comparison['wins']}, ties {comparison['ties']}, losses "
           f"{comparison['losses']}, paired t p = {comparison['p_paired_t']:.3g}); report: {args.output}")
     return 0
+
+
+def _parser_bench(sub: argparse._SubParsersAction) -> None:
+    from ..bench import BENCHMARKS
+
+    p = sub.add_parser("bench", help="run one of the benchmarks (without a name: list them)",
+                       description="Run a benchmark; its records go where its --out says. 'medcolbert bench NAME "
+                                   "--help' shows one benchmark's options.",
+                       epilog="benchmarks: " + "; ".join(f"{n}: {w}" for n, (_, w) in BENCHMARKS.items()))
+    p.add_argument("name", nargs="?", choices=sorted(BENCHMARKS), metavar="NAME", help="the benchmark to run")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the named benchmark with its own options, or list them."""
+    from ..bench.__main__ import main
+
+    return main(([args.name] if args.name else []) + list(args.options))

@@ -14,7 +14,7 @@ from .common import POSITIVE
 def _parser_train(sub: argparse._SubParsersAction) -> None:
     """The `train` command's options."""
     p = sub.add_parser("train", help="fine-tune a ColBERT (or single-vector) model from a YAML config",
-                       description="Train as the YAML config says (see experiments/*.yaml). An interrupted run "
+                       description="Train as the YAML config says (see experiments/README.md). An interrupted run "
                                    "resumes from its latest checkpoint when started again. Under torchrun every "
                                    "process takes a share of each batch (DistributedDataParallel).")
     p.add_argument("--config", required=True)

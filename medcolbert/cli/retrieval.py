@@ -286,7 +286,7 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     _add_shard_args(p, "with --ray: answer from the shards that respond, warning which did not (default: fail)")
     p.add_argument("--plaid-depth", type=int_option(1, 100_000), default=None,
                    help="hybrid: PLAID's side fetched at this depth (default: 100, as BM25's; k=10 is PLAID's fast "
-                        "path: 1.11-1.19x PLAID's time instead of 1.33-1.46x on SciFact, experiments/hybrid/)")
+                        "path: 1.11-1.19x PLAID's time instead of 1.33-1.46x on SciFact, experiments/quality/hybrid/)")
     p.add_argument("--pooled-weight", type=float_option(0.0, 100.0), default=0.0,
                    help="hybrid: a third side, the pooled single vector's nearest documents, at this weight (default "
                         "0: off; a model with a pooled head only)")

@@ -151,7 +151,7 @@ class ResidualCodec:
 
 ASSIGNMENTS = ("exact", "hnsw")
 # At or past this many centroids, "auto" assigns through HNSW: there it was 2.8x (16k) to 6.9x (65k) faster than
-# exact with 99.7-99.9% the same centroid (scripts/bench_assignment.py, experiments/assignment/).
+# exact with 99.7-99.9% the same centroid (medcolbert/bench/assignment.py, experiments/engine/assignment/speed/).
 HNSW_MIN_CENTROIDS = 16384
 
 

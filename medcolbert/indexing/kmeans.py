@@ -15,8 +15,8 @@ def default_num_centroids(num_embeddings: int, factor: float = CENTROIDS_PER_SQR
     # colbert-ai's rule (factor 16). Until 2026-12-03 the factor was 8, to keep a 2-bit index under 34 bytes per
     # vector; with the v4 model on consumer-health dev (2.7M vectors) 2-bit PLAID scored 0.5812 nDCG@10 at 8,192
     # centroids, 0.5915 at 16,384 and 0.5937 at 32,768 (4-bit at 8,192: 0.5899) for 0.5 and 1.4 more bytes per
-    # vector (experiments/v4-e2e-centroids/), and on 1,000 MedQuAD documents twice the centroids raised PLAID
-    # from 0.757 to 0.805 (experiments/plaid-scaling/centroids-medquad-1000/): 2-bit residuals need fine centroids.
+    # vector (experiments/engine/v4-e2e/centroids/), and on 1,000 MedQuAD documents twice the centroids raised PLAID
+    # from 0.757 to 0.805 (experiments/engine/plaid-scaling/centroids-medquad-1000/): 2-bit residuals need fine centroids.
     if num_embeddings <= 0:
         raise ValueError("cannot size centroids for an empty collection")
     target = factor * math.sqrt(num_embeddings)
@@ -34,7 +34,7 @@ KMEANS_METHODS = ("flat", "two-level")
 # At or past this many centroids, "auto" clusters in two levels: flat k-means costs sample x centroids x
 # iterations (1,043 s for 16,384 centroids over 786k vectors on 2 cores, experiments/scale/), which grows with
 # the collection's size to the power 1.5 (both factors grow with its square root) and makes 65k centroids for
-# 100M vectors take hours; two levels cost sample x 2 sqrt(centroids) x iterations (experiments/kmeans/).
+# 100M vectors take hours; two levels cost sample x 2 sqrt(centroids) x iterations (experiments/engine/kmeans/speed/).
 TWO_LEVEL_MIN_CENTROIDS = 16384
 
 

@@ -254,7 +254,7 @@ def quantize_pooled(pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(pooled).all():
         raise ValueError("pooled vectors hold non-finite values")
     # One scale per row, from its largest component: half float16's bytes, and v3 reranking consumer-health dev
-    # moves by at most 0.0025 nDCG@10 either way (experiments/recipe-studies/v3-weights/).
+    # moves by at most 0.0025 nDCG@10 either way (experiments/releases/recipe-studies/v3-weights/).
     scale = (np.abs(pooled).max(axis=1) / 127.0).astype(np.float32) if pooled.size else np.zeros(len(pooled), np.float32)
     safe = np.where(scale > 0, scale, 1.0)[:, None]
     return np.clip(np.rint(pooled / safe), -127, 127).astype(np.int8), scale

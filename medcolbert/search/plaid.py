@@ -36,7 +36,7 @@ HYBRID_DEPTH = 100
 # ... and for k <= 10: 32 entries a side, 64 documents scored exactly by PLAID (instead of 100 and 256). With v5
 # on SciFact test, MedQuAD dev (500) and consumer-health dev: nDCG@10 equal to exact MaxSim's on all three, top 10
 # identical for 98-100% of queries (overlap@10 0.997-1.0); SciFact search-only p50 8.4 -> 4.2 ms in one run
-# (experiments/plaid-knobs-v6/).
+# (experiments/engine/plaid-knobs/v6/).
 HYBRID_SMALL_K, HYBRID_SMALL_DEPTH, HYBRID_SMALL_EXACT = 10, 32, 64
 
 
@@ -44,7 +44,7 @@ HYBRID_SMALL_K, HYBRID_SMALL_DEPTH, HYBRID_SMALL_EXACT = 10, 32, 64
 # (4, 0.4, max(4k, 4096)). The exact stage scores the best ndocs / 4 of the centroid-interaction survivors.
 PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
     # Within 0.005 nDCG@10 of exact MaxSim at k=10 and k=100 on SciFact test, MedQuAD dev and consumer-health
-    # dev with the v2 model (experiments/plaid-knobs-v2/): 1024 documents scored exactly. 512 (ndocs 2048) was
+    # dev with the v2 model (experiments/engine/plaid-knobs/v2/): 1024 documents scored exactly. 512 (ndocs 2048) was
     # within 0.005 on one 500-query MedQuAD sample and 0.010 short on another. ndocs shrinks to a third of a
     # smaller collection (at least 256): on 1,000 MedQuAD documents colbert-ai's 256 already matched exact
     # MaxSim, and scoring all of them exactly made search 4x slower.
@@ -58,7 +58,7 @@ PRESETS: dict[str, tuple[tuple[int, tuple[int, float, int]], ...]] = {
 # A search with a pooled head ("quality" preset): colbert-ai's knobs, resolved for the max(k, HYBRID_DEPTH)
 # entries it fetches. The pooled side's nearest entries supply what more exactly scored documents would: with v4,
 # colbert-ai's knobs (256 documents scored exactly) gave the same nDCG@10 as the quality knobs (1,024) on SciFact
-# test, MedQuAD dev (500 questions) and consumer-health dev, at 0.5-0.7x the latency (experiments/v4-e2e-presets/).
+# test, MedQuAD dev (500 questions) and consumer-health dev, at 0.5-0.7x the latency (experiments/engine/v4-e2e/presets/).
 HYBRID_PRESET = "colbert-ai"
 
 
@@ -345,7 +345,7 @@ class Searcher:
         if available == 0:
             return []
         # A filter matching few vectors: exact MaxSim over its documents is cheaper than PLAID's stages, and
-        # exact (FILTER_EXACT_VECTORS: the switch point measured in experiments/filters/).
+        # exact (FILTER_EXACT_VECTORS: the switch point measured in experiments/engine/filters/).
         subset = allowed is not None and not cfg.exact and \
             int(self.index.doclens[allowed].sum()) <= self.FILTER_EXACT_VECTORS
         if allowed is not None and not cfg.exact and not subset and cfg.ncells is not None and available < len(self.index):
