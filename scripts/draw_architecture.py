@@ -18,7 +18,7 @@ BOXES = {
     "engine": (2, 1, "search", "search/: plaid (Searcher), engine\n(C kernel: AVX-512 / AVX2 / portable;\ntorch on CUDA), exact, fusion, shards"),
     "retr": (1, 2, "one retriever interface", "retrievers.py: PlaidRetriever, BM25,\ndense, MaxSimReranker, RRF, >>\nexplain.py, baselines/"),
     "front": (0, 3, "front ends", "cli/, service/ + static/ page,\nshard_service.py (Ray actors)"),
-    "exp": (1, 3, "experiments", "experiment.py, evaluation/\n(metrics, panel, compare)"),
+    "exp": (1, 3, "experiments + benchmarks", "experiment.py, evaluation/ (metrics,\npanel, compare); bench/ (medcolbert\nbench NAME); records: experiments/"),
     "libs": (2, 3, "other libraries", "pyterrier.py, langchain.py"),
 }
 ARROWS = [("data", "build", "texts"), ("model", "build", "vectors"), ("train", "model", "checkpoints"),
