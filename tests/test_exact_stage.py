@@ -141,3 +141,28 @@ def test_the_loops_compile_without_march_and_for_other_architectures(compiler, t
             at = next(i + 1 for i, line in enumerate(lines) if marker in line)
             # gcc names the loop's `for` (or its omp simd pragma) line: the marker's line or up to two above.
             assert vectorised & {at, at - 1, at - 2}, f"the loop of {marker!r} (line {at}) is not vectorised for ARM"
+
+
+@pytest.mark.parametrize("target", ["native", "aarch64"])
+def test_the_widest_lookup_loop_matches_the_portable_one_in_c(target, tmp_path):
+    # tests/c/lookup_check.c runs the exact stage's lookup at the widest level against the portable loop for query
+    # lengths 1-128: natively (AVX-512 or AVX2 here), and built for 64-bit ARM and run under qemu-aarch64, which is
+    # the only way this machine runs the NEON loop (apt-get install gcc-aarch64-linux-gnu qemu-user).
+    import shutil
+    import subprocess
+    from pathlib import Path
+    compiler, runner = ("cc", []) if target == "native" else ("aarch64-linux-gnu-gcc", ["qemu-aarch64"])
+    missing = [tool for tool in [compiler, *runner] if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    source = Path(__file__).with_name("c") / "lookup_check.c"
+    built = subprocess.run([compiler, "-O3", "-std=c11", "-ffp-contract=off", "-fopenmp-simd",
+                            *([] if target == "native" else ["-static"]), str(source), "-o", str(tmp_path / "check"),
+                            "-lm"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    ran = subprocess.run([*runner, str(tmp_path / "check")], capture_output=True, text=True, timeout=120)
+    lines = ran.stdout.splitlines()
+    assert ran.returncode == 0 and len(lines) == 28, ran.stdout[-3000:] + ran.stderr[-1000:]
+    assert all(line.startswith("ok") for line in lines)
+    if target == "aarch64":
+        assert all(" level 1 " in line for line in lines)   # the NEON level, not the portable fallback

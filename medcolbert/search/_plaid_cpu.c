@@ -29,6 +29,12 @@
 #define MC_T512 __attribute__((target("avx512f")))
 #define MC_T256 __attribute__((target("avx2,fma")))
 #endif
+/* On 64-bit ARM, NEON is part of the base architecture: level 1 there is the hand-written NEON lookup loop (the
+ * other loops are the portable ones, which the compiler vectorises with NEON). */
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define MC_ARM 1
+#include <arm_neon.h>
+#endif
 /* GCC's unroll-and-jam fuses two documents' centroid rows into one scalar loop in stage 3 (measured 3x slower
  * than the vectorized row max it replaces). */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -37,7 +43,8 @@
 #define MC_NO_JAM
 #endif
 
-enum { MC_ISA_PORTABLE = 0, MC_ISA_AVX2 = 1, MC_ISA_AVX512 = 2 };
+/* Levels per architecture, narrowest first: x86-64 portable / AVX2+FMA / AVX-512; AArch64 portable / NEON. */
+enum { MC_ISA_PORTABLE = 0, MC_ISA_AVX2 = 1, MC_ISA_AVX512 = 2, MC_ISA_NEON = 1 };
 
 /* The widest level this CPU runs. */
 static int64_t mc_supported(void) {
@@ -45,6 +52,9 @@ static int64_t mc_supported(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return MC_ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MC_ISA_AVX2;
+#endif
+#ifdef MC_ARM
+    return MC_ISA_NEON;
 #endif
     return MC_ISA_PORTABLE;
 }
@@ -67,7 +77,7 @@ int64_t mc_set_isa(int64_t level) {
 
 /* Bumped whenever a loop here gets faster or slower: each machine's remembered choice of exact stage is keyed by
  * it (search/engine.py), so a new kernel is measured again rather than judged by the old one's timings. */
-#define MC_REVISION 3
+#define MC_REVISION 4
 
 int64_t mc_revision(void) { return MC_REVISION; }
 
@@ -681,6 +691,69 @@ MC_T512 static void exact_lut32_avx512(const float *table, const float *lut, int
 }
 #endif
 
+#ifdef MC_ARM
+/* exact_lut with NEON for any query length up to 128: NB blocks of 4 query tokens (32 registers: queries of up to
+ * 40 tokens keep their sums in them), two independent sums per block as in the x86 loops. The centroid scores'
+ * last block is copied out under its length, since a row holds only Lq floats. */
+static inline __attribute__((always_inline)) void
+exact_lut_blocks4(const int NB, const float *table, int64_t Lq, const float *lut, int64_t nbytes,
+                  const int32_t *codes, const uint8_t *packed, const float *norms, const int64_t *starts,
+                  const int64_t *lens, int64_t ndocs, float *out) {
+    const int64_t Lw = 4 * NB;
+    const int rem = (int)(Lq % 4);
+    for (int64_t d = 0; d < ndocs; d++) {
+        float32x4_t acc[NB];
+        for (int i = 0; i < NB; i++) acc[i] = vdupq_n_f32(-INFINITY);
+        for (int64_t r = starts[d]; r < starts[d] + lens[d]; r++) {
+            const float *c = table + (int64_t)codes[r] * Lq;
+            const uint8_t *pk = packed + r * nbytes;
+            float32x4_t s0[NB], s1[NB];
+            for (int i = 0; i < NB; i++) {
+                if (i == NB - 1 && rem) {
+                    float last[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    memcpy(last, c + 4 * i, (size_t)rem * sizeof(float));
+                    s0[i] = vld1q_f32(last);
+                } else {
+                    s0[i] = vld1q_f32(c + 4 * i);
+                }
+                s1[i] = vdupq_n_f32(0.0f);
+            }
+            int64_t b = 0;
+            for (; b + 2 <= nbytes; b += 2) {
+                const float *t0 = lut + ((b << 8) + pk[b]) * Lw, *t1 = lut + (((b + 1) << 8) + pk[b + 1]) * Lw;
+                for (int i = 0; i < NB; i++) {
+                    s0[i] = vaddq_f32(s0[i], vld1q_f32(t0 + 4 * i));
+                    s1[i] = vaddq_f32(s1[i], vld1q_f32(t1 + 4 * i));
+                }
+            }
+            for (; b < nbytes; b++) {
+                const float *t = lut + ((b << 8) + pk[b]) * Lw;
+                for (int i = 0; i < NB; i++) s0[i] = vaddq_f32(s0[i], vld1q_f32(t + 4 * i));
+            }
+            const float32x4_t nr = vdupq_n_f32(norms[r]);
+            for (int i = 0; i < NB; i++) acc[i] = vmaxq_f32(acc[i], vdivq_f32(vaddq_f32(s0[i], s1[i]), nr));
+        }
+        float part[4 * NB];
+        for (int i = 0; i < NB; i++) vst1q_f32(part + 4 * i, acc[i]);
+        out[d] = lens[d] > 0 ? sum_of(part, Lq) : -INFINITY;
+    }
+}
+#define MC_LUT4_BLOCKS(NB)                                                                                          \
+    static void exact_lut4_b##NB(MC_LUT4_ARGS) {                                                                    \
+        exact_lut_blocks4(NB, table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);             \
+    }
+#define MC_LUT4_ARGS                                                                                                \
+    const float *table, int64_t Lq, const float *lut, int64_t nbytes, const int32_t *codes, const uint8_t *packed,  \
+        const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs, float *out
+MC_LUT4_BLOCKS(1) MC_LUT4_BLOCKS(2) MC_LUT4_BLOCKS(3) MC_LUT4_BLOCKS(4) MC_LUT4_BLOCKS(5) MC_LUT4_BLOCKS(6)
+MC_LUT4_BLOCKS(7) MC_LUT4_BLOCKS(8) MC_LUT4_BLOCKS(9) MC_LUT4_BLOCKS(10) MC_LUT4_BLOCKS(11) MC_LUT4_BLOCKS(12)
+MC_LUT4_BLOCKS(13) MC_LUT4_BLOCKS(14) MC_LUT4_BLOCKS(15) MC_LUT4_BLOCKS(16) MC_LUT4_BLOCKS(17) MC_LUT4_BLOCKS(18)
+MC_LUT4_BLOCKS(19) MC_LUT4_BLOCKS(20) MC_LUT4_BLOCKS(21) MC_LUT4_BLOCKS(22) MC_LUT4_BLOCKS(23) MC_LUT4_BLOCKS(24)
+MC_LUT4_BLOCKS(25) MC_LUT4_BLOCKS(26) MC_LUT4_BLOCKS(27) MC_LUT4_BLOCKS(28) MC_LUT4_BLOCKS(29) MC_LUT4_BLOCKS(30)
+MC_LUT4_BLOCKS(31) MC_LUT4_BLOCKS(32)
+typedef void (*mc_lut4_fn)(MC_LUT4_ARGS);
+#endif
+
 #define MC_LUTANY_ARGS                                                                                              \
     const float *table, int64_t Lq, const float *lut, int64_t Lw, int64_t nbytes, const int32_t *codes,            \
         const uint8_t *packed, const float *norms, const int64_t *starts, const int64_t *lens, int64_t ndocs,      \
@@ -695,7 +768,11 @@ static void exact_lut_portable(MC_LUTANY_ARGS) MC_LUTANY_BODY
 /* The row width mc_exact_lookup wants for Lq query tokens at the level in use: Lq rounded up to the vector width
  * (16 floats with AVX-512, 8 with AVX2) for Lq <= 128, where the blocked loops run; else Lq. */
 int64_t mc_lut_width(int64_t Lq) {
+#ifdef MC_ARM
+    int64_t lanes = mc_isa() == MC_ISA_NEON ? 4 : 0;
+#else
     int64_t lanes = mc_isa() == MC_ISA_AVX512 ? 16 : mc_isa() == MC_ISA_AVX2 ? 8 : 0;
+#endif
     if (lanes && Lq >= 1 && Lq <= 128) return lanes * ((Lq + lanes - 1) / lanes);
     return Lq;
 }
@@ -721,6 +798,19 @@ void mc_exact_lookup(MC_LUTANY_ARGS) {
             exact_lut8_b7, exact_lut8_b8,  exact_lut8_b9,  exact_lut8_b10, exact_lut8_b11, exact_lut8_b12,
             exact_lut8_b13, exact_lut8_b14, exact_lut8_b15, exact_lut8_b16};
         by_blocks8[Lw / 8 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
+        return;
+    }
+#endif
+#ifdef MC_ARM
+    if (mc_isa() == MC_ISA_NEON && Lw == mc_lut_width(Lq) && Lw % 4 == 0 && Lw / 4 >= 1 && Lw / 4 <= 32) {
+        static const mc_lut4_fn by_blocks4[32] = {
+            exact_lut4_b1,  exact_lut4_b2,  exact_lut4_b3,  exact_lut4_b4,  exact_lut4_b5,  exact_lut4_b6,
+            exact_lut4_b7,  exact_lut4_b8,  exact_lut4_b9,  exact_lut4_b10, exact_lut4_b11, exact_lut4_b12,
+            exact_lut4_b13, exact_lut4_b14, exact_lut4_b15, exact_lut4_b16, exact_lut4_b17, exact_lut4_b18,
+            exact_lut4_b19, exact_lut4_b20, exact_lut4_b21, exact_lut4_b22, exact_lut4_b23, exact_lut4_b24,
+            exact_lut4_b25, exact_lut4_b26, exact_lut4_b27, exact_lut4_b28, exact_lut4_b29, exact_lut4_b30,
+            exact_lut4_b31, exact_lut4_b32};
+        by_blocks4[Lw / 4 - 1](table, Lq, lut, nbytes, codes, packed, norms, starts, lens, ndocs, out);
         return;
     }
 #endif

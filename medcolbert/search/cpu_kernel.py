@@ -2,8 +2,9 @@
 
 `load()` returns None where the extension is missing (no C compiler at install time) or disabled with
 MEDCOLBERT_PLAID_KERNEL=torch; the engine then runs its torch stages, which give the same results.
-Each loop exists for AVX-512, AVX2 with FMA and portable C, chosen at run time by what the CPU supports;
-MEDCOLBERT_PLAID_ISA=avx2|portable (or `CpuKernel.set_isa`) caps the choice, for tests and comparisons.
+Each loop exists for AVX-512, AVX2 with FMA and portable C (and the exact stage's lookup for NEON on ARM), chosen
+at run time by what the CPU supports; MEDCOLBERT_PLAID_ISA=avx2|portable (or `CpuKernel.set_isa`) caps the choice,
+for tests and comparisons.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import platform
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -19,8 +21,9 @@ import numpy as np
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
-# The kernel's instruction-set levels, narrowest first (their position is the level number in the C source).
-ISAS = ("portable", "avx2", "avx512")
+# The kernel's instruction-set levels on this architecture, narrowest first (their position is the level number in
+# the C source: x86-64 portable / AVX2 / AVX-512; AArch64 portable / NEON).
+ISAS = ("portable", "neon") if platform.machine().lower() in ("aarch64", "arm64") else ("portable", "avx2", "avx512")
 
 
 class CpuKernel:
@@ -53,7 +56,7 @@ class CpuKernel:
 
     @property
     def isa(self) -> str:
-        """The instruction set the loops run with now: avx512, avx2 or portable."""
+        """The instruction set the loops run with now: avx512, avx2 or portable (neon or portable on ARM)."""
         return ISAS[int(self.lib.mc_isa())]
 
     def set_isa(self, isa: str | None) -> str:
