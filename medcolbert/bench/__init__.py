@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sharded": ("sharded", "shard-merge simulation: S shards searched apart against one index (own codecs)"),
     "shards": ("shards", "a shard set against one index: quality per shard count, the Ray hop, memory per actor"),
     "shards-scale": ("shards_scale", "a shard set against one index at 1M and 10M vectors: overlap with exact MaxSim"),
+    "cluster-sim": ("cluster_sim", "a simulated cluster: every shard on its own core, the slowest shard per query"),
     "ray-build": ("ray_build", "the Ray build against the single-process build: time and equal arrays"),
     "service-load": ("service_load", "`medcolbert serve` under 1 / 4 / 16 clients: throughput and latency"),
 }
