@@ -141,6 +141,10 @@ bench-shards: install   # shard sets against one index: SciFact, MedQuAD (2.7M v
 	$(BIN)/medcolbert bench shards --data ../shared/data/medquad/dev-retrieval --split dev --work .cache/shards/medquad \
 		--shards 2,8 --hop-shards "" --max-queries 300 --no-exact-check --out experiments/scale/shard-set-medquad
 	$(BIN)/medcolbert bench shards-scale --out experiments/scale/shard-set-scale
+	$(BIN)/medcolbert bench cluster-sim --set .cache/shards/scale/set-10000000-8 --one .cache/shards/scale/one-10000000 \
+		--model checkpoints/medcolbert-minilm-v5 --out experiments/scale/cluster-sim
+	$(BIN)/medcolbert bench cluster-sim --set .cache/shards/scale/own-10000000-8 --model checkpoints/medcolbert-minilm-v5 \
+		--out experiments/scale/cluster-sim-own-codecs
 # The peers' virtual environments (.cache): colbert-ai 0.2.22, PyLate 1.6, and fast-plaid + xtr-warp-rs (torch 2.11,
 # GBs, once); the benchmarks and compat checks also make them on first use.
 peers-venv: install

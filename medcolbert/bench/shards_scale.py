@@ -180,14 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     cpu = f"{cpu_model()} [{'+'.join(cpu_features())}], torch threads {torch.get_num_threads()}"
     lines = ["# A shard set against one index at scale: PLAID (default preset, k=10) against exact MaxSim", "",
              f"CPU: {cpu}. {len(texts)} MedQuAD dev-retrieval questions encoded by {model.name}; documents resampled "
-             f"from {Path(args.source_index).name} (medcolbert/bench/scale.py's vectors); MaxSim only. Build seconds were "
-             "taken while other work shared the cores: not benchmark figures.", "",
+             f"from {args.source_index} (medcolbert/bench/scale.py's vectors); MaxSim only. Build seconds were "
+             "taken while other work shared the cores: not benchmark figures (single digits: a build reused from an "
+             "earlier run).", "",
              "Two references: exact MaxSim over the uncompressed (float16) vectors, and (1M) exact search over the one "
              "index's compressed vectors, the reference `medcolbert bench shards` uses.", "",
              "| vectors | documents | system | shards | codec | centroids per shard | overlap@10 with exact (float16) "
              "| overlap@10 with one index's exact search | build s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for key, entry in state.items():
+    for key, entry in sorted(state.items(), key=lambda kv: int(kv[0])):
         for r in entry["rows"]:
             lines.append(f"| {int(key):,} | {entry['documents']:,} | {r['system']} | {r['shards']} | {r['codec']} | "
                          f"{r['centroids']:,} | {r['overlap@10']} | {r.get(EXACT_INDEX, '')} | {r['build_s']} |")

@@ -7,7 +7,10 @@ one codec trained once on a sample of the whole collection, documents assigned b
 
 Why one codec: shards that train their own centroids prune on different cells and score the residuals of different
 buckets, so their PLAID answers drift apart from one index's (experiments/scale/sharded/: overlap@10 0.69-0.76
-with per-shard codecs); with one codec a shard's candidate stages are the one index's restricted to its documents.
+with per-shard codecs); with one codec a shard's candidate stages are the one index's restricted to its documents,
+and the set answers as the one index does whatever the shard count. (Own codecs are not less faithful to
+uncompressed MaxSim: N of them hold about sqrt(N) times the centroids; docs/engine.md. A set that wants that
+fidelity asks for more centroids.)
 
 Adding a shard later changes `hash mod N` for most ids: documents move. That is a re-shard (build a new set; the
 shared codec can be reused with `codec=`), not an in-place operation, and is not offered here.

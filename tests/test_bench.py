@@ -1,0 +1,26 @@
+"""The benchmarks' own computations that a record rests on (their command lines are checked in test_commands.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medcolbert.bench.shards_scale import exact_top
+from medcolbert.scoring import maxsim_one
+
+
+def test_brute_force_exact_top_equals_maxsim_over_every_document():
+    # The 1M / 10M references of `bench shards-scale`: blocks aligned to documents, several query batches; here
+    # blocks far smaller than the collection so that many documents sit at block edges.
+    rng = np.random.default_rng(0)
+    doclens = rng.integers(1, 40, size=300)
+    vectors = rng.normal(size=(int(doclens.sum()), 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    Q = rng.normal(size=(7, 5, 16)).astype(np.float32)
+    Q[:, 4] = 0.0   # a padding row, as encode_queries leaves for short queries
+    ids = [f"d{i}" for i in range(len(doclens))]
+    got = exact_top(vectors.astype(np.float16), doclens, ids, Q, k=10, block=97, batch=3)
+    docs = np.split(vectors.astype(np.float16).astype(np.float32), np.cumsum(doclens)[:-1])
+    for q in range(len(Q)):
+        scores = maxsim_one(torch.from_numpy(Q[q]), [torch.from_numpy(d) for d in docs]).numpy()
+        assert got[q] == [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
