@@ -87,7 +87,7 @@ bench-latency: bench-search   # medcolbert vs colbert-ai latency in alternating 
 		--out experiments/engine/plaid-scifact/latency
 bench-scale: install   # 1M and 10M vector indexes resampled from real vectors: build and search
 	$(BIN)/medcolbert bench scale --source-index $(SCALE_SOURCE) --queries ../shared/data/medquad/dev-retrieval \
-		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale-v5
+		--sizes 1000000 10000000 --work $(SCALE_WORK) --out experiments/scale/sizes-v5
 bench-engines: install   # medcolbert, colbert-ai, fast-plaid, xtr-warp-rs side by side (peers in .cache venvs)
 	$(BIN)/medcolbert bench engines --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 	$(BIN)/medcolbert bench engines --from-index $(SCALE_WORK)/index-1000000 \

@@ -95,7 +95,7 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=1000)
     p.add_argument("--release", default="medcolbert-minilm-v5")
     p.add_argument("--work", default=str(ROOT / ".cache" / "compat"))
-    p.add_argument("--out", default=str(ROOT / "experiments" / "compat"))
+    p.add_argument("--out", default=str(ROOT / "experiments" / "compat" / "matrix" / "results.json"))
     args = p.parse_args()
     from medcolbert import ColBERT
     from medcolbert.bench import cpu_model, write_results

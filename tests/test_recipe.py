@@ -94,10 +94,10 @@ def test_colbertv2_medembed_recipe_runs_end_to_end_offline(tmp_path, hub):
     assert len(rows) == 20 and rows[0]["source"] == "medembed-triplets" and rows[0]["neg"]
     start = ColBERT.from_pretrained("colbert-ir/colbertv2.0", device="cpu")
     assert start.layout == "colbert-ai" and start.config.augment_len == 32 and start.hidden_size == 768
-    recipe = yaml.safe_load((ROOT / "experiments" / "recipes" / "colbertv2-medembed.yaml").read_text())["train"]
+    recipe = yaml.safe_load((ROOT / "experiments" / "releases" / "recipes" / "colbertv2-medembed.yaml").read_text())["train"]
     assert recipe["model"] == "colbert-ir/colbertv2.0" and recipe["bf16"] and recipe["grad_accum"] > 1
     # The recipe as shipped, made small: a few steps of 4 queries in 2 accumulated micro-batches, on the CPU.
-    config = TrainConfig.from_yaml(ROOT / "experiments" / "recipes" / "colbertv2-medembed.yaml",
+    config = TrainConfig.from_yaml(ROOT / "experiments" / "releases" / "recipes" / "colbertv2-medembed.yaml",
                                    output_dir=str(tmp_path / "run"), train_files=[str(mix)], max_steps=3, batch_size=4,
                                    grad_accum=2, doc_maxlen=48, eval_data=None, save_every=2, device="cpu")
     final = train(config)

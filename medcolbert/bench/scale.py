@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-queries", type=int, default=100)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--work", default=".cache/scale")
-    ap.add_argument("--out", default="experiments/scale")
+    ap.add_argument("--out", default="experiments/scale/sizes")
     ap.add_argument("--keep-shards", action="store_true", help="keep each size's shards after its build")
     ap.add_argument("--search-again", action="store_true", help="search the recorded sizes' indexes again (keeps their build)")
     ap.add_argument("--num-centroids", type=int, default=0, help="k-means centroids (default 0: the index's default rule)")
