@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     """List the benchmarks, or run the one named first with the remaining arguments."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "--list"):
-        print("usage: python -m medcolbert.bench NAME [OPTIONS]   (NAME --help for its options)\n")
+        print("usage: medcolbert bench NAME [OPTIONS]   (or python -m medcolbert.bench NAME ...; NAME --help: its options)\n")
         for name, (_, what) in BENCHMARKS.items():
             print(f"  {name:<14} {what}")
         return 0
