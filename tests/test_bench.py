@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from medcolbert.bench.shards_scale import exact_top
@@ -24,3 +25,14 @@ def test_brute_force_exact_top_equals_maxsim_over_every_document():
     for q in range(len(Q)):
         scores = maxsim_one(torch.from_numpy(Q[q]), [torch.from_numpy(d) for d in docs]).numpy()
         assert got[q] == [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+
+
+def test_overlap_at_k_counts_the_shared_top_k_per_reference():
+    from medcolbert.bench import overlap_at_k
+    from medcolbert.bench.shards import overlap
+
+    assert overlap_at_k([["a", "b", "c"], ["x", "y"]], [["c", "a", "z"], ["y", "q"]], k=2) == (1 / 2 + 1 / 2) / 2
+    # the shard benchmark's runs ({query: {doc: score}}), over the reference's queries
+    assert overlap({"q1": {"a": 2.0, "b": 1.0}, "q2": {"c": 1.0}}, {"q1": {"b": 3.0, "a": 1.0}}, k=2) == 1.0
+    with pytest.raises(ValueError):   # unpaired runs are a mistake, not a shorter mean
+        overlap_at_k([["a"]], [["a"], ["b"]])

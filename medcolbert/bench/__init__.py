@@ -17,7 +17,7 @@ import numpy as np
 from ..fsutil import atomic_write_text
 from ..machine import cpu_model
 
-__all__ = ["BENCHMARKS", "cpu_model", "time_each", "percentiles", "write_results", "run_benchmark"]
+__all__ = ["BENCHMARKS", "cpu_model", "time_each", "percentiles", "overlap_at_k", "write_results", "run_benchmark"]
 
 # name -> (module of this package, what it measures); listed by `medcolbert bench` without a name.
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -57,6 +57,11 @@ def percentiles(ms: Iterable[float], points: Sequence[int] = (50, 95, 99)) -> di
     """{"p50_ms": ..., "p95_ms": ..., ...} of a list of milliseconds (NaN for an empty list)."""
     values = np.asarray(list(ms), dtype=np.float64)
     return {f"p{p}_ms": float(np.percentile(values, p)) if len(values) else float("nan") for p in points}
+
+
+def overlap_at_k(runs: Iterable[Sequence[str]], references: Iterable[Sequence[str]], k: int = 10) -> float:
+    """Mean share of each reference's top k that the run's top k also holds (runs and references paired, best first)."""
+    return float(np.mean([len(set(list(a)[:k]) & set(list(b)[:k])) / k for a, b in zip(runs, references, strict=True)]))
 
 
 def write_results(path: str | Path, result: Any, markdown: str | Iterable[str]) -> Path:

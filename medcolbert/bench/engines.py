@@ -492,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     from medcolbert.bench import cpu_model, percentiles, write_results
+    from medcolbert.machine import cpu_features
 
     meta_file = work / "meta.json"
     if not meta_file.exists():
@@ -501,8 +502,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_index:
         engines = [e for e in engines if e != "colbert-ai"]   # it indexes text only: no text behind these vectors
     n_vectors = int(np.load(work / "vectors" / "0000.doclens.npy").sum())
-    from medcolbert.machine import cpu_features
-
     result: dict = {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
                     "source": meta["source"],
                     "documents": len(meta["doc_ids"]), "vectors": n_vectors, "queries": len(meta["qids"]),
@@ -547,7 +546,8 @@ def report(result: dict) -> str:
     keys = ["k10", "k100", "k10_with_encoding"]
     lines = [f"# {result['source']}: {result['documents']} documents, {result['vectors']:,} vectors, "
              f"{result['queries']} queries", "",
-             f"CPU: {result['cpu']} [{'+'.join(result.get('cpu_features', []))}] ({result['cores']} cores); model {result['model']}; nbits {result['nbits']}; "
+             f"CPU: {result['cpu']} [{'+'.join(result.get('cpu_features', []))}] ({result['cores']} cores); "
+             f"model {result['model']}; nbits {result['nbits']}; "
              f"{result['rounds']} alternating rounds, medians over rounds. Search only = queries encoded beforehand.", "",
              "| engine | search-only k=10 p50 / p95 ms | k=100 p50 / p95 ms | with encoding k=10 p50 / p95 ms | "
              "quality (k=10 run) | build s | bytes/vector | settings |", "|---|---|---|---|---|---|---|---|"]

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medcolbert.bench.scale import make_shards
 
-    from medcolbert.bench import cpu_model, write_results
+    from medcolbert.bench import cpu_model, overlap_at_k, write_results
     from medcolbert.evaluation.datasets import load_queries
     from medcolbert.indexing.builder import build_index
     from medcolbert.indexing.index import Index
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         return [[d for d, _, _ in searcher.search_hits(Q[i], 10)] for i in range(len(texts))]
 
     def overlap(a: list[list[str]], b: list[list[str]]) -> float:
-        return round(float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)])), 4)
+        return round(overlap_at_k(a, b), 4)
 
     for size in [int(x) for x in args.sizes.split(",") if x]:
         key = str(size)
