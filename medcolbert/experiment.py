@@ -35,7 +35,9 @@ CORRECTIONS = ("holm", "bonferroni", "none")
 _COMMON_KEYS = {"name", "type", "k", "trained_on", "datasets"}   # datasets: run only on these (default: all)
 # A ColBERT system's settings that override the checkpoint's config (the weights stay), one list for the keys
 # accepted, the model cache's key and the overrides passed on.
-_COLBERT_OVERRIDES = ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power")
+# query_encoder is not a config setting but a loading choice (full / distilled / a folder); it rides along.
+_COLBERT_OVERRIDES = ("doc_maxlen", "query_maxlen", "query_augment_len", "dense_weight", "dense_length_power",
+                      "query_encoder")
 _COLBERT_KEYS = {"model", *_COLBERT_OVERRIDES}
 SYSTEM_KEYS = {"bm25": _COMMON_KEYS | {"tokenizer"},
                "dense": _COMMON_KEYS | {"model", "pooling", "query_prefix", "doc_maxlen", "index"},
@@ -110,7 +112,7 @@ SYSTEM_SCHEMA: dict[str, Callable[[object], str | None]] = {
     "name": _is_str, "type": _one_of(*SYSTEM_TYPES), "k": _is_int(1, 100_000), "trained_on": _is_str_list,
     "datasets": _is_str_list, "model": _is_str, "doc_maxlen": _is_int(3, 8192), "query_maxlen": _is_int(3, 8192),
     "query_augment_len": _or_null(_is_int(3, 8192)), "dense_weight": _is_num(0, 100), "dense_length_power": _is_num(0, 10),
-    "nbits": _one_of(1, 2, 4), "ncells": _is_int(1), "centroid_score_threshold": _is_num(-1.0, 1.0), "ndocs": _is_int(1),
+    "query_encoder": _is_str, "nbits": _one_of(1, 2, 4), "ncells": _is_int(1), "centroid_score_threshold": _is_num(-1.0, 1.0), "ndocs": _is_int(1),
     "exact_docs": _is_int(1), "hybrid_depth": _is_int(1),
     "exact": _is_bool, "preset": _one_of("quality", "colbert-ai"), "num_centroids": _or_null(_is_int(1)),
     "assignment": _one_of("auto", "exact", "hnsw"), "kmeans": _one_of("auto", "flat", "two-level"),

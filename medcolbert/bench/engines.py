@@ -36,7 +36,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 
 import numpy as np  # noqa: E402
 
-ENGINES = ("medcolbert", "medcolbert-maxsim", "colbert-ai", "fast-plaid", "xtr-warp")
+ENGINES = ("medcolbert", "medcolbert-maxsim", "medcolbert-distilled", "colbert-ai", "fast-plaid", "xtr-warp")
 PEERS_VENV = Path(".cache/peers-venv")
 WARMUP = 5
 
@@ -266,7 +266,39 @@ class _MedcolbertMaxSim(_Medcolbert):
         self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
 
 
-WORKERS = {e.name: e for e in (_Medcolbert, _MedcolbertMaxSim, _ColbertAi, _FastPlaid, _XtrWarp)}
+class _MedcolbertDistilled(_Medcolbert):
+    """medcolbert with the model's distilled query encoder (fewer layers for queries) over the same index as
+    "medcolbert": its queries are encoded again here, so that search-only and its quality use its own vectors."""
+
+    name = "medcolbert-distilled"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self.index_dir = work / "index-medcolbert"
+
+    def build(self, nbits: int) -> dict:
+        if not (self.index_dir / "manifest.json").is_file():
+            raise RuntimeError("medcolbert-distilled searches medcolbert's index: run it with the medcolbert engine")
+        return {"build_s": 0.0, "bytes": _dir_bytes(self.index_dir), "settings": "medcolbert's index"}
+
+    def load(self) -> None:
+        from medcolbert.indexing.index import Index
+        from medcolbert.modeling.encoder import ColBERT, encode_queries_pooled
+        from medcolbert.search.plaid import Searcher
+
+        meta = json.loads((self.work / "meta.json").read_text())
+        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
+                                             query_encoder="distilled")
+        self.engine = Searcher(Index.open(self.index_dir), self.model)
+        queries, pooled = encode_queries_pooled(self.model, meta["query_texts"])
+        width = self.queries.shape[1]
+        self.queries = queries[:, :width].numpy() if queries.shape[1] >= width else \
+            np.pad(queries.numpy(), ((0, 0), (0, width - queries.shape[1]), (0, 0)))
+        self.pooled = pooled if pooled is not None and self.engine.hybrid else None
+        self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
+
+
+WORKERS = {e.name: e for e in (_Medcolbert, _MedcolbertMaxSim, _MedcolbertDistilled, _ColbertAi, _FastPlaid, _XtrWarp)}
 
 
 def worker(name: str, work: Path) -> None:
@@ -469,7 +501,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries-npy", help="with --from-index: encoded queries [n, Lq, dim]")
     ap.add_argument("--model", default=None, help="checkpoint (default: the default model)")
     ap.add_argument("--doc-maxlen", type=int, default=300)
-    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    ap.add_argument("--engines", default=",".join(e for e in ENGINES if e != "medcolbert-distilled"),
+                    help=f"comma-separated, of {', '.join(ENGINES)} (default: all but medcolbert-distilled, which "
+                         "needs a model with a distilled query encoder and runs after medcolbert)")
     ap.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="keep indexes an earlier run built in WORK (and their build records)")
@@ -562,11 +596,13 @@ def report(result: dict) -> str:
         cells += ["not timed (reused)" if took is None else f"{took:.0f}" + (" (reused)" if e["build"].get("reused") else ""),
                   f"{e['build']['bytes_per_vector']:.1f}", e["build"]["settings"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if "medcolbert" in result["engines"]:
-        lines += ["", "Ratios medcolbert / engine of p50, per round (same run):", ""]
-        ours = result["engines"]["medcolbert"]["rounds"]
+    for mine in ("medcolbert", "medcolbert-distilled"):
+        if mine not in result["engines"]:
+            continue
+        lines += ["", f"Ratios {mine} / engine of p50, per round (same run):", ""]
+        ours = result["engines"][mine]["rounds"]
         for name, e in result["engines"].items():
-            if name == "medcolbert":
+            if name == mine or (mine != "medcolbert" and name.startswith("medcolbert-")):
                 continue
             for key in keys:
                 per = [a[key]["p50_ms"] / b[key]["p50_ms"] for a, b in zip(ours, e["rounds"]) if key in a and key in b]

@@ -25,6 +25,7 @@ from medcolbert.bench.search import colbert_ai_job, latency, subset, write_log
 from medcolbert.bench import cpu_model, percentiles, write_results
 from medcolbert import ColBERT, evaluate, load_beir
 from medcolbert.indexing.index import Index
+from medcolbert.machine import cpu_features, torch_capability
 from medcolbert.modeling.checkpoint import BASE_MODEL_ID
 from medcolbert.search import cpu_kernel
 from medcolbert.search.plaid import SearchConfig, Searcher
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="checkpoint both systems use (default: WORK/checkpoint if present, else the index's model)")
     ap.add_argument("--rounds", type=int, default=4,
                     help="rounds; 4 gives every system every turn once (0: only build what is missing)")
+    ap.add_argument("--query-encoder", default=None, metavar="distilled|DIR",
+                    help="also time medcolbert with this query encoder (the model's distilled one, or a folder)")
     ap.add_argument("--colbert-ai-python", default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
                      "medcolbert (torch engine)": Searcher(index, model, compiled=False)}
     else:
         print("the compiled stages are not built: timing the torch engine only", flush=True)
+    if args.query_encoder:
+        fast = ColBERT.from_pretrained(source, device="cpu", doc_maxlen=args.doc_maxlen, query_encoder=args.query_encoder)
+        searchers[f"medcolbert ({args.query_encoder} query encoder)"] = Searcher(index, fast)
 
     python = args.colbert_ai_python or subprocess.run(
         ["bash", "scripts/colbert_ai_venv.sh"], check=True, capture_output=True, text=True).stdout.split()[-1]
@@ -144,12 +150,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{n} p50 {s['p50_ms']:.1f} ms nDCG@10 {s['ndcg@10']:.4f}" for n, s in row["systems"].items()), flush=True)
     names = list(rounds[0]["systems"])
     summary = {"data": args.data, "split": args.split, "queries": len(qids), "documents": len(doc_ids), "k": 10,
-               "rounds": rounds, "machine_cores": os.cpu_count(), "cpu": cpu_model(),
+               "rounds": rounds, "machine_cores": os.cpu_count(), "cpu": cpu_model(), "cpu_features": cpu_features(),
                "median_ratios": {n: {"p50": float(np.median([r["systems"][n]["p50_ratio"] for r in rounds])),
                                      "p95": float(np.median([r["systems"][n]["p95_ratio"] for r in rounds]))}
                                  for n in searchers}}
     lines = [f"# Latency at k=10, query encoding included: {len(qids)} queries, {len(doc_ids)} documents", "",
-             f"CPU: {cpu_model()}, {os.cpu_count()} cores. Turn: the system's place in its round's order.", "",
+             f"CPU: {cpu_model()} [{'+'.join(cpu_features())}], {os.cpu_count()} cores; torch CPU capability "
+             f"{torch_capability()}; PLAID loops: {getattr(cpu_kernel.load(), 'isa', 'torch engine')}. Turn: the system's place in its round's order.", "",
              "| round | system | turn | p50 ms | p95 ms | p50 / colbert-ai | p95 / colbert-ai | nDCG@10 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rounds:

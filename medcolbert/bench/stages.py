@@ -6,6 +6,7 @@ in its own process (torch's kernel level is fixed at import), in rotating order 
   avx2      what an AVX2-only CPU runs: the kernel's AVX2 loops, ATEN_CPU_CAPABILITY=avx2, oneDNN and MKL capped at
             AVX2 (the same software path as on a Zen 3 EPYC; the hardware's speed is this machine's);
   portable  the kernel's portable C loops (what another architecture compiles), torch native.
+With --query-encoder DIR each configuration runs again with that distilled query encoder (NAME+distilled).
 Per query (k=10, one at a time, after a warm-up): query encoding, PLAID's stages (centroid scores, candidate stages,
 exact stage), everything else; medians over the queries, per round. Raw numbers to OUT/stages.json, a table to
 OUT/stages.md.
@@ -32,7 +33,7 @@ CONFIGS = {
 STATS = ("centroid_scores_ms", "candidates_ms", "exact_ms")
 
 
-def child(work: Path, max_queries: int) -> dict:
+def child(work: Path, max_queries: int, query_encoder: str | None = None) -> dict:
     """One configuration's per-stage times (this process's environment decides the configuration)."""
     import numpy as np
     import torch
@@ -43,7 +44,7 @@ def child(work: Path, max_queries: int) -> dict:
     from medcolbert.search.plaid import Searcher
 
     index = Index.open(work / "medcolbert-nbits2")
-    model = ColBERT.from_pretrained(work / "checkpoint", device="cpu")
+    model = ColBERT.from_pretrained(work / "checkpoint", device="cpu", query_encoder=query_encoder)
     searcher = Searcher(index, model)
     texts = [line.split("\t", 1)[1].strip() for line in (work / "queries.tsv").read_text().splitlines()][:max_queries]
     engine = searcher.engine
@@ -84,12 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"some of {', '.join(CONFIGS)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-queries", type=int, default=200)
+    ap.add_argument("--query-encoder", default=None, metavar="DIR",
+                    help="also run every configuration with this distilled query encoder (a query_encoder/ folder, "
+                         "e.g. checkpoints/medcolbert-minilm-v5/query_encoder)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.child:
-        print(json.dumps(child(work, args.max_queries)))
+        print(json.dumps(child(work, args.max_queries, args.query_encoder)))
         return
     if not (work / "medcolbert-nbits2" / "manifest.json").is_file() or not (work / "checkpoint").is_dir():
         raise SystemExit(f"{work} lacks medcolbert-nbits2/ or checkpoint/: run medcolbert/bench/search.py first")
@@ -110,14 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     from medcolbert.bench import write_results
     from medcolbert.machine import cpu_features, cpu_model
 
+    # Each configuration with the full query encoder, and with the distilled one where asked ("NAME+distilled").
+    runs_of = {name: (name, None) for name in names}
+    if args.query_encoder:
+        runs_of.update({f"{name}+distilled": (name, args.query_encoder) for name in names})
+    names = list(runs_of)
+
     rounds = []
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         row = {}
         for name in order:
-            env = {**os.environ, **CONFIGS[name]}
+            config, encoder = runs_of[name]
+            env = {**os.environ, **CONFIGS[config]}
             done = subprocess.run([sys.executable, "-m", "medcolbert.bench.stages", "--child", "--work", str(work), "--max-queries",
-                                   str(args.max_queries)], env=env, capture_output=True, text=True)
+                                   str(args.max_queries), *(["--query-encoder", encoder] if encoder else [])],
+                                  env=env, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"configuration {name} failed:\n{done.stderr[-3000:]}")
             row[name] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -12,8 +12,8 @@ from ..errors import MedColbertError
 from .retrieval import (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update,
     _parser_check, cmd_bm25, cmd_rerank, cmd_index, cmd_search, cmd_update, cmd_check)
 from .models import (_parser_train, _parser_interpolate, _parser_convert, _parser_export_onnx, _parser_mine,
-    _parser_make_mix, cmd_train, cmd_interpolate, cmd_convert, cmd_export_onnx, cmd_mine,
-    cmd_make_mix)
+    _parser_make_mix, _parser_distill_query, cmd_train, cmd_interpolate, cmd_convert, cmd_export_onnx, cmd_mine,
+    cmd_make_mix, cmd_distill_query)
 from .evaluation import (_parser_evaluate, _parser_experiment, _parser_panel, _parser_compare, _parser_bench,
     cmd_evaluate, cmd_experiment, cmd_panel, cmd_compare, cmd_bench)
 from .serving import _parser_serve, cmd_serve
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_parser_bm25, _parser_rerank, _parser_index, _parser_search, _parser_update, _parser_check,
                 _parser_interpolate, _parser_convert, _parser_export_onnx, _parser_evaluate, _parser_mine,
                 _parser_make_mix, _parser_panel, _parser_experiment, _parser_serve, _parser_train, _parser_info,
-                _parser_compare, _parser_bench):
+                _parser_compare, _parser_bench, _parser_distill_query):
         add(sub)
     return parser
 
@@ -40,7 +40,7 @@ COMMANDS = {"info": cmd_info, "compare": cmd_compare, "bm25": cmd_bm25, "rerank"
             "update": cmd_update, "check": cmd_check, "interpolate": cmd_interpolate, "convert": cmd_convert,
             "export-onnx": cmd_export_onnx, "evaluate": cmd_evaluate, "mine": cmd_mine, "make-mix": cmd_make_mix,
             "train": cmd_train, "experiment": cmd_experiment, "panel": cmd_panel, "serve": cmd_serve,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "distill-query": cmd_distill_query}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

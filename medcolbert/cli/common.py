@@ -69,9 +69,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--doc-maxlen", type=int_option(3, 8192), default=None, help="override the model's document length")
     p.add_argument("--batch-size", type=int_option(1, 4096), default=32, help="documents per encoder batch (default: 32)")
 
-def _index_model(index, model: str | None, device: str | None = None):  # type: ignore[no-untyped-def]
+def _index_model(index, model: str | None, device: str | None = None,  # type: ignore[no-untyped-def]
+                 query_encoder: str | None = None):
     """The model named on the command line, else the one recorded in the index manifest."""
-    return index.load_model(model, device)
+    return index.load_model(model, device, query_encoder=query_encoder)
+
+
+def _add_query_encoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--query-encoder", default="full", metavar="full|distilled|DIR",
+                   help="encode queries with the full model (default), or with its distilled query encoder (the "
+                        "model folder's query_encoder/, fewer layers: faster on CPUs without bfloat16 units; "
+                        "documents and indexes are unchanged), or with the one in DIR")
 
 
 def _add_shard_args(p: argparse.ArgumentParser, partial_help: str) -> None:

@@ -53,6 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
              "; hand-written lookup and decompression loops" if kernel.isa != "portable" else
              "; compiler-vectorised C")),
     ]
+    lines.append(("query encoder", _query_encoder_line(default, cpu_features())))
     if args.precision:
         from ..modeling.encoder import ColBERT
 
@@ -99,3 +100,22 @@ def _exact_stage_lines(index_path: str | None, compiled: bool) -> list[tuple[str
         return [("exact stage", "chosen when an index is first searched on this CPU; --index PATH measures it now")]
     return [(f"exact stage ({key.rsplit('|', 2)[-2]}, {key.rsplit('|', 1)[-1]})", describe(entry))
             for key, entry in sorted(mine.items())]
+
+def _query_encoder_line(model_folder, features: tuple[str, ...]) -> str:  # type: ignore[no-untyped-def]
+    """Whether the default model has a distilled query encoder, and whether this CPU is one it is meant for."""
+    import json
+
+    from ..modeling.query_encoder import CONFIG_FILE, FOLDER
+
+    stored = model_folder / FOLDER / CONFIG_FILE if model_folder is not None else None
+    if stored is None or not stored.is_file():
+        return "full (the default model has no distilled query encoder)"
+    info = json.loads(stored.read_text())
+    full = json.loads((model_folder / "config.json").read_text()).get("num_hidden_layers", "?")
+    # bfloat16 matrix units make the full encoder fast (AMX, AVX512-BF16); without them float32 encoding is
+    # most of a search's time, and the distilled one does about half the work.
+    fast_here = bool({"amx_bf16", "avx512_bf16"} & set(features))
+    advice = ("this CPU has bfloat16 units: the full one is fast here" if fast_here else
+              "this CPU has no bfloat16 units: the distilled one is the faster choice")
+    return (f"full by default ({full} layers); distilled available ({info.get('num_hidden_layers')} layers, "
+            f"--query-encoder distilled); {advice}")

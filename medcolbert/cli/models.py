@@ -1,4 +1,4 @@
-"""Model commands: train, interpolate, convert, export-onnx, and the training data's mine and make-mix."""
+"""Model commands: train, interpolate, convert, export-onnx, distill-query, and the training data's mine and make-mix."""
 
 from __future__ import annotations
 
@@ -221,4 +221,58 @@ def cmd_make_mix(args: argparse.Namespace) -> int:
                                   meqsum=args.meqsum, shared=not args.no_shared, triplet_sets=args.triplets_dataset,
                                   triplet_limit=args.triplets_limit)
     print(json.dumps(report, indent=2))
+    return 0
+
+def _parser_distill_query(sub: argparse._SubParsersAction) -> None:
+    """The `distill-query` command's options."""
+    p = sub.add_parser("distill-query", help="distil a model's query encoder into fewer layers (faster query "
+                                             "encoding on CPUs without bfloat16 units; documents unchanged)",
+                       description="Train a student of --num-layers of the model's layers to give its query vectors "
+                                   "and pooled vector (no labels: the training splits' questions under --data), and "
+                                   "write it to OUT/query_encoder/ (and into the model folder with --install). "
+                                   "Interrupted runs resume from OUT/state.pt when started again.")
+    p.add_argument("--model", default=None, help="the model to distil (default: the released medcolbert-minilm-v5)")
+    p.add_argument("--data", default="../shared/data", help="folder holding medquad/, medical_question_pairs/, "
+                                                            "consumer-health/, meqsum/ and scifact/ (default: "
+                                                            "../shared/data)")
+    p.add_argument("--out", required=True, help="run folder (state, log, the finished query_encoder/)")
+    p.add_argument("--num-layers", type=int_option(1, 64), default=3, help="the student's layers (default: 3)")
+    p.add_argument("--layers", default=None, metavar="I,J,...",
+                   help="the teacher's layers the student starts from (default: the candidate closest to the "
+                        "teacher before training)")
+    p.add_argument("--steps", type=int_option(1, 1_000_000), default=3000, help="training steps (default: 3000)")
+    p.add_argument("--batch-size", type=int_option(2, 4096), default=32, help="texts per step (default: 32)")
+    p.add_argument("--lr", type=float_option(1e-7, 1.0), default=1.5e-4, help="peak learning rate (default: 1.5e-4)")
+    p.add_argument("--seed", type=int_option(0, 2**31 - 1), default=42)
+    p.add_argument("--install", action="store_true",
+                   help="also copy the finished query_encoder/ into the model's folder (query_encoder='distilled')")
+
+def cmd_distill_query(args: argparse.Namespace) -> int:
+    """Distil the query encoder and report its fidelity on held-apart texts."""
+    import shutil
+
+    from ..modeling.checkpoint import resolve_model_folder
+    from ..training.distill_query import DistillConfig, distill_query, question_texts
+
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(x) for x in args.layers.split(",")]
+        except ValueError:
+            raise MedColbertError(f"--layers {args.layers!r}: expected comma-separated layer numbers, e.g. 0,3,5") from None
+        if len(layers) != args.num_layers:
+            raise MedColbertError(f"--layers names {len(layers)} layers but --num-layers is {args.num_layers}")
+    folder, name = resolve_model_folder(args.model, prefer_release=True)
+    texts, counts = question_texts(args.data, seed=args.seed)
+    # The model as named (a release name rather than this machine's path), since the run's files record it.
+    config = DistillConfig(model=str(args.model or name), out=args.out, num_layers=args.num_layers, layers=layers,
+                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, sources=counts)
+    done = distill_query(config, texts)
+    print(f"wrote {done}")
+    if args.install:
+        from ..fsutil import staged_folder
+
+        with staged_folder(folder / done.name) as tmp:
+            shutil.copytree(done, tmp, dirs_exist_ok=True)
+        print(f"installed in {folder / done.name}")
     return 0

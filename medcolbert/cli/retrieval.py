@@ -11,7 +11,8 @@ from ..errors import MedColbertError
 from ..validation import float_option, int_option
 from .common import (K, POSITIVE, DEFAULT_METRICS, _log, _metrics, _human, _check_output, _add_data_args,
     _add_shard_args,
-    _add_output_args, _add_model_args, _index_model)
+    _add_output_args, _add_model_args, _index_model,
+    _add_query_encoder_arg)
 
 
 def _parser_bm25(sub: argparse._SubParsersAction) -> None:
@@ -260,6 +261,7 @@ def _parser_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
     p.add_argument("--query", default=None, help="one ad-hoc query: print its ranked hits (id, score, text)")
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
+    _add_query_encoder_arg(p)
     p.add_argument("--device", default=None)
     p.add_argument("--k", type=K, default=None, help="documents per query, 1-100000 (default: 100; 10 with --query)")
     p.add_argument("--ncells", type=int_option(1, 1 << 24), default=None, help="centroids probed per query token")
@@ -327,7 +329,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not any(d in held for rels in qrels.values() for d in rels):
             raise MedColbertError(f"{args.index} holds none of the documents judged in {qrels_path}: the scores would "
                                   f"all be 0 (was the index built from another corpus?)")
-    model = _index_model(index, args.model, args.device)
+    model = _index_model(index, args.model, args.device, args.query_encoder)
     config = SearchConfig(args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset)
     knobs = _mode_knobs(args)
     retriever = PlaidRetriever.from_index(index, model, config, show_progress=None, where=args.where, **knobs)
@@ -430,7 +432,7 @@ def _set_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..indexing.shards import read_set
 
     first = read_set(args.index)["shards"][0]["name"]
-    return Index.open(Path(args.index) / first).load_model(args.model, args.device)
+    return Index.open(Path(args.index) / first).load_model(args.model, args.device, query_encoder=args.query_encoder)
 
 def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-untyped-def]
     """Print one query's hits: rank, id, score and a text snippet (or JSON lines with --json -)."""
@@ -441,7 +443,8 @@ def _search_one(args: argparse.Namespace, index) -> int:  # type: ignore[no-unty
 
     k = args.k or 10
     knobs = _mode_knobs(args)
-    retriever = PlaidRetriever.from_index(index, index.load_model(args.model, args.device), SearchConfig(
+    model = index.load_model(args.model, args.device, query_encoder=args.query_encoder)
+    retriever = PlaidRetriever.from_index(index, model, SearchConfig(
         args.ncells, args.threshold, args.ndocs, exact=args.exact, preset=args.preset), where=args.where, **knobs)
     if args.explain and not index.has_documents:
         raise MedColbertError(f"--explain: {args.index} stores no document texts to show matches in")

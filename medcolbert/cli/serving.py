@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import MedColbertError
 from ..validation import int_option
-from .common import _add_shard_args
+from .common import _add_query_encoder_arg, _add_shard_args
 
 
 def _parser_serve(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def _parser_serve(sub: argparse._SubParsersAction) -> None:
                                    "every endpoint but /health needs the key (header X-API-Key or Bearer).")
     p.add_argument("--index", required=True)
     p.add_argument("--model", default=None, help="default: the model recorded in the index manifest")
+    _add_query_encoder_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int_option(1, 65535), default=8000)
     p.add_argument("--api-key-file", default=None, help="file whose first line is the API key (never logged)")
@@ -46,6 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..shard_service import create_shard_app
 
         read_set(args.index)   # a broken set fails here, before the server starts
+        if args.query_encoder != "full":
+            raise MedColbertError("--query-encoder: a shard set is served with the full query encoder only")
         if args.first_stage:
             raise MedColbertError("--first-stage: a shard set is served by PLAID only")
         app = create_shard_app(args.index, args.model, api_key=api_key, ray=args.ray, replicas=args.replicas,
@@ -58,7 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     read_manifest(Path(args.index))  # a wrong path fails here, before the server starts
     try:
         app = create_app(args.index, args.model, api_key=api_key,
-                         batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage)
+                         batching={"auto": None, "on": True, "off": False}[args.batching], first_stages=args.first_stage,
+                         query_encoder=args.query_encoder)
     except ValueError as exc:  # an unknown --first-stage, refused before the server starts
         raise MedColbertError(f"--first-stage: {exc}") from None
     limits = app.state.service.limits

@@ -443,8 +443,11 @@ class Index:
                 "bytes_per_embedding_by_file": {k: v / n for k, v in sorted(by_kind.items())},
                 "document_store_bytes": store_bytes}
 
-    def load_model(self, model: str | None = None, device: str | None = None):  # type: ignore[no-untyped-def]
+    def load_model(self, model: str | None = None, device: str | None = None,  # type: ignore[no-untyped-def]
+                   query_encoder: str | None = None):
         """The model this index was built with (by the name its manifest records), or `model` instead.
+
+        query_encoder: 'distilled' (or a folder) encodes queries with a distilled student; documents are unchanged.
 
         Fails naming the model and its weight fingerprint when it cannot be found here.
         """
@@ -458,9 +461,10 @@ class Index:
         # A plain encoder's seeded projection is made again the same way (the fingerprint check then holds).
         fresh = model is None and bool(recorded.get("new_projection"))
         try:
-            loaded = ColBERT.from_pretrained(source, device=device, new_projection=fresh, **overrides)
+            loaded = ColBERT.from_pretrained(source, device=device, new_projection=fresh, query_encoder=query_encoder,
+                                             **overrides)
         except CheckpointError as exc:
-            if model is not None:
+            if model is not None or query_encoder not in (None, "full"):
                 raise
             raise MedColbertError(f"{self.path} was built with model '{recorded.get('name')}' (source {source!r}, "
                                   f"weights {recorded.get('fingerprint')}), which cannot be loaded here ({exc}); pass "

@@ -243,6 +243,7 @@ def load_colbert(name_or_path: str | Path | None = None, *, new_projection: bool
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from None
     model.layout = layout.kind
+    model.folder = folder
     # Made here rather than read: whoever reopens this model (an index, a Ray worker) must ask for it again.
     model.new_projection = projection is None
     return model

@@ -76,19 +76,29 @@ class ColBERT(nn.Module):
         # The traced query graph's weight precision on the CPU (None: float32); chosen per machine by
         # modeling.precision.choose_query_precision, which searches call. Eager encoding ignores it.
         self.query_dtype: torch.dtype | None = None
+        # A smaller backbone for queries only (modeling.query_encoder: a distilled student sharing the
+        # embeddings); None = queries go through the full backbone, as documents always do.
+        self.query_backbone: nn.Module | None = None
+        self.query_encoder_info: dict = {}
+        # The local folder the weights were read from (None when built in memory); never written anywhere.
+        self.folder: Path | None = None
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = "auto", new_projection: bool = False,
-                        **config_overrides: object) -> "ColBERT":
+                        query_encoder: str | Path | None = None, **config_overrides: object) -> "ColBERT":
         """Load a colbert-ai, PyLate or Sentence Transformers checkpoint (folder or hub name); None = the release.
 
         A plain transformers encoder needs new_projection=True (a seeded random projection, to train).
+        query_encoder: None / 'full' (the backbone), 'distilled' (the folder's query_encoder/, fewer layers for
+        queries; documents unchanged) or a query_encoder folder.
         """
         from .checkpoint import load_colbert
+        from .query_encoder import choose_query_encoder
 
         model = load_colbert(name_or_path, new_projection=new_projection, **config_overrides)
+        choose_query_encoder(model, query_encoder, model.folder)
         return model.to_device(device, dtype)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, format: str = "colbert-ai") -> Path:
@@ -152,13 +162,16 @@ class ColBERT(nn.Module):
             h.update(str(self.autocast_dtype).encode())
         h.update(json.dumps(sorted(self.tokenizer.tokenizer.get_vocab().items())).encode())
         for key, tensor in sorted(self.state_dict().items()):
+            if key.startswith("query_backbone."):
+                continue  # the query encoder never touches a document's vectors
             h.update(key.encode())
             h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:24]
 
     # ----------------------------------------------------------------- forward passes
-    def _hidden(self, batch: TokenBatch) -> torch.Tensor:
-        out = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    def _hidden(self, batch: TokenBatch, query: bool = False) -> torch.Tensor:
+        backbone = self.query_backbone if query and self.query_backbone is not None else self.backbone
+        out = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
     def _project(self, batch: TokenBatch) -> torch.Tensor:
@@ -179,7 +192,7 @@ class ColBERT(nn.Module):
 
     def forward_queries_pooled(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token vectors [B, L, dim] and pooled single vectors [B, hidden], from one backbone pass."""
-        hidden = self._hidden(batch)
+        hidden = self._hidden(batch, query=True)
         vectors = nn.functional.normalize(self.linear(hidden).float(), p=2, dim=-1)
         vectors = vectors * self.tokenizer.query_keep_mask(batch).unsqueeze(-1)
         return vectors, self._pool(hidden, batch)
@@ -193,7 +206,7 @@ class ColBERT(nn.Module):
 
     def forward_queries(self, batch: TokenBatch) -> torch.Tensor:
         """Query token vectors [B, L, dim], unit length ([MASK] augmentation included; [PAD] positions zero)."""
-        vectors = nn.functional.normalize(self._project(batch).float(), p=2, dim=-1)
+        vectors = nn.functional.normalize(self.linear(self._hidden(batch, query=True)).float(), p=2, dim=-1)
         return vectors * self.tokenizer.query_keep_mask(batch).unsqueeze(-1)
 
     def _low_precision_copy(self, dtype: torch.dtype) -> "ColBERT":

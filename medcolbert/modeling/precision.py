@@ -27,8 +27,11 @@ def _dtype(name: str) -> torch.dtype | None:
 
 def _key(model: Any) -> str:
     # torch's kernel level (ATEN_CPU_CAPABILITY may lower it below what the CPU has) decides bfloat16's speed.
+    # A distilled query encoder (fewer layers) is timed apart: its fingerprint is the full model's.
+    student = getattr(model, "query_backbone", None)
+    queries = f"|query encoder {len(student.encoder.layer)} layers" if student is not None else ""
     return f"{cpu_id()}|torch {torch.__version__} {torch_capability()}|{torch.get_num_threads()} threads|" \
-           f"{model.fingerprint(weights_only=True)}"
+           f"{model.fingerprint(weights_only=True)}{queries}"
 
 
 def measure(model: Any, repeats: int = 15) -> dict:

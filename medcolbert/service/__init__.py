@@ -29,9 +29,10 @@ __all__ = ["create_app", "Limits", "SearchRequest", "RerankRequest", "AddRequest
 
 def create_app(index_path: str | Path, model_path: str | None = None, api_key: str | None = None,
                limits: Limits | None = None, batching: bool | None = None, load_in_background: bool = True,
-               first_stages: Sequence[str] = ()) -> FastAPI:
-    """The FastAPI application serving one index (first_stages: registered retrievers /search may start from)."""
-    service = Service(index_path, model_path, limits, batching, first_stages)
+               first_stages: Sequence[str] = (), query_encoder: str | None = None) -> FastAPI:
+    """The FastAPI application serving one index (first_stages: registered retrievers /search may start from;
+    query_encoder: 'distilled' encodes queries with the model's distilled student)."""
+    service = Service(index_path, model_path, limits, batching, first_stages, query_encoder)
     app = FastAPI(title="medcolbert", version=_version(),
                   description="Late-interaction search and reranking over a medcolbert index.")
     app.state.service = service

@@ -130,7 +130,7 @@ class Service:
     """The state behind the app: model, current snapshot, writer lock, batcher, metrics."""
 
     def __init__(self, index_path: str | Path, model_path: str | None = None, limits: Limits | None = None,
-                 batching: bool | None = None, first_stages: Sequence[str] = ()) -> None:
+                 batching: bool | None = None, first_stages: Sequence[str] = (), query_encoder: str | None = None) -> None:
         from ..retrievers import check_retriever_spec
 
         for spec in first_stages:
@@ -138,6 +138,7 @@ class Service:
         self.first_stages = list(dict.fromkeys(first_stages))
         self.path = Path(index_path)
         self.model_path, self.limits, self.batching = model_path, limits or Limits(), batching
+        self.query_encoder = query_encoder
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -159,7 +160,7 @@ class Service:
 
             manifest = read_manifest(self.path)
             source = self.model_path or manifest.get("model", {}).get("source")
-            self.model = ColBERT.from_pretrained(source)
+            self.model = ColBERT.from_pretrained(source, query_encoder=self.query_encoder)
             self.snapshot = _Snapshot(self.path, self.model)
             # First stages are built over the stored texts before the server says it is ready; after a change to
             # the index, the new snapshot builds them again on first use (BM25 takes about a second per 15k
