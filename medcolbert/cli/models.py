@@ -243,6 +243,12 @@ def _parser_distill_query(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int_option(1, 1_000_000), default=3000, help="training steps (default: 3000)")
     p.add_argument("--batch-size", type=int_option(2, 4096), default=32, help="texts per step (default: 32)")
     p.add_argument("--lr", type=float_option(1e-7, 1.0), default=1.5e-4, help="peak learning rate (default: 1.5e-4)")
+    p.add_argument("--pooled-weight", type=float_option(0.0, 100.0), default=1.0,
+                   help="weight of the pooled vector's loss beside the token vectors' (default: 1)")
+    p.add_argument("--layer-weight", type=float_option(0.0, 100.0), default=0.0,
+                   help="weight of matching each student layer's states to the teacher's at that depth (default 0)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this query_encoder/ folder's weights (e.g. an earlier run's) instead of the teacher's")
     p.add_argument("--seed", type=int_option(0, 2**31 - 1), default=42)
     p.add_argument("--install", action="store_true",
                    help="also copy the finished query_encoder/ into the model's folder (query_encoder='distilled')")
@@ -255,6 +261,8 @@ def cmd_distill_query(args: argparse.Namespace) -> int:
     from ..training.distill_query import DistillConfig, distill_query, question_texts
 
     layers = None
+    if args.init is not None and not (Path(args.init) / "query_encoder.json").is_file():
+        raise MedColbertError(f"--init {args.init}: no query_encoder.json there (give a query_encoder/ folder)")
     if args.layers is not None:
         try:
             layers = [int(x) for x in args.layers.split(",")]
@@ -266,7 +274,8 @@ def cmd_distill_query(args: argparse.Namespace) -> int:
     texts, counts = question_texts(args.data, seed=args.seed)
     # The model as named (a release name rather than this machine's path), since the run's files record it.
     config = DistillConfig(model=str(args.model or name), out=args.out, num_layers=args.num_layers, layers=layers,
-                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, sources=counts)
+                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, sources=counts,
+                           pooled_weight=args.pooled_weight, layer_weight=args.layer_weight, init=args.init)
     done = distill_query(config, texts)
     print(f"wrote {done}")
     if args.install:

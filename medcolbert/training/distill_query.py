@@ -47,6 +47,8 @@ class DistillConfig:
     lr: float = 1e-4
     warmup: int = 100
     pooled_weight: float = 1.0
+    layer_weight: float = 0.0         # > 0: also match each student layer's states to the teacher's layer there
+    init: str | None = None           # start from this query_encoder/ folder's weights (a fresh run only)
     validation: int = 256             # texts held apart to report the student's fidelity
     save_every: int = 100
     seed: int = 42
@@ -134,6 +136,32 @@ def _outputs(model: ColBERT, batch: TokenBatch, query: bool) -> tuple[torch.Tens
     return vectors, keep, model._pool(hidden, batch)
 
 
+def _states(backbone: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, ...]:
+    """Every layer's output states (the embeddings' first)."""
+    return backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+
+
+def _step_losses(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token, pooled and layer losses (1 - cosine) from one pass of teacher and student.
+
+    The layer loss pairs the student's j-th of k layers with the teacher's layer j * n / k (of n), over the text's
+    positions: TinyBERT's intermediate matching, which gives the shallow student a target at every depth.
+    """
+    with torch.no_grad():
+        teacher = _states(model.backbone, batch)
+    student = _states(model.query_backbone, batch)
+    keep = model.tokenizer.query_keep_mask(batch)
+    t_vec = nn.functional.normalize(model.linear(teacher[-1]).float(), p=2, dim=-1)
+    s_vec = nn.functional.normalize(model.linear(student[-1]).float(), p=2, dim=-1)
+    token = ((1 - (s_vec * t_vec).sum(-1)) * keep).sum() / keep.sum()
+    pooled = (1 - (model._pool(student[-1], batch) * model._pool(teacher[-1], batch)).sum(-1)).mean()
+    k, n = len(student) - 1, len(teacher) - 1
+    real = batch.attention_mask.bool()
+    layer = sum(((1 - nn.functional.cosine_similarity(student[j], teacher[round(j * n / k)], dim=-1)) * real).sum()
+                / real.sum() for j in range(1, k + 1)) / k
+    return token, pooled, layer
+
+
 def _fidelity(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position cosine to the teacher (masked), per-query pooled cosine, and the mask."""
     with torch.no_grad():
@@ -191,12 +219,22 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
     val_batches = _batches(model, held, 64)
     state_path = out / STATE_FILE
     state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
+    start = None
     if state is not None:
         config.layers = [int(i) for i in state["layers"]]
+    elif config.init is not None:
+        from ..modeling.query_encoder import CONFIG_FILE, WEIGHTS_FILE
+        from safetensors.torch import load_file
+
+        stored = json.loads((Path(config.init) / CONFIG_FILE).read_text())
+        config.layers = [int(i) for i in stored["initialized_from_layers"]]
+        start = load_file(str(Path(config.init) / WEIGHTS_FILE))
     elif config.layers is None:
         config.layers, tried = _pick_layers(model, config.num_layers, val_batches[:4])
         _log(out, {"start_candidates": tried, "chosen": config.layers})
     student = make_student(model, list(config.layers))
+    if start is not None:
+        student.encoder.layer.load_state_dict({k.removeprefix("encoder.layer."): v.float() for k, v in start.items()})
     model.query_backbone = student
     trainable = [p for p in student.encoder.layer.parameters()]
     for p in trainable:
@@ -224,10 +262,8 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
         random.Random(config.seed + epoch).shuffle(order)   # the same order after a resume
         student.train()
         batch = model.tokenizer.query_batch(batches[order[position]]).to(model.device)
-        cos, pcos, keep = _fidelity(model, batch)
-        token_loss = ((1 - cos) * keep).sum() / keep.sum()
-        pooled_loss = (1 - pcos).mean()
-        loss = token_loss + config.pooled_weight * pooled_loss
+        token_loss, pooled_loss, layer_loss = _step_losses(model, batch)
+        loss = token_loss + config.pooled_weight * pooled_loss + config.layer_weight * layer_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -251,7 +287,10 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
     _log(out, {"step": step, "validation": after})
     info = {"distilled_from": Path(config.model).name, "initialized_from_layers": list(config.layers),
             "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
-            "pooled_weight": config.pooled_weight, "training_texts": config.sources, "validation": after}
+            "pooled_weight": config.pooled_weight, "layer_weight": config.layer_weight,
+            "continued_from": None if config.init is None else json.loads(
+                (Path(config.init) / "query_encoder.json").read_text()).get("steps"),
+            "training_texts": config.sources, "validation": after}
     return save_query_encoder(model, out, info=info)
 
 
