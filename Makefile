@@ -107,13 +107,10 @@ bench-cpu: install
 		--data ../shared/data/medquad/dev-retrieval --split dev --max-docs 1000 --max-queries 200 --nbits-sizes 2 \
 		--work .cache/bench --out $(CPU_RECORD)/medquad-1k
 	$(BIN)/medcolbert bench latency --data ../shared/data/medquad/dev-retrieval --split dev \
-		--work .cache/bench/medquad-1k --max-docs 1000 --max-queries 200 --query-encoder distilled \
-		--out $(CPU_RECORD)/medquad-1k-latency
-	$(BIN)/medcolbert bench stages --work .cache/bench/medquad-1k \
-		--query-encoder checkpoints/medcolbert-minilm-v5/query_encoder --out $(CPU_RECORD)/stages-medquad-1k
+		--work .cache/bench/medquad-1k --max-docs 1000 --max-queries 200 --out $(CPU_RECORD)/medquad-1k-latency
+	$(BIN)/medcolbert bench stages --work .cache/bench/medquad-1k --out $(CPU_RECORD)/stages-medquad-1k
 	$(BIN)/python experiments/engine/encoder-options/more_options.py > $(CPU_RECORD)/encoder-options.txt
-	$(BIN)/medcolbert bench engines --data ../shared/data/scifact --split test \
-		--engines medcolbert,medcolbert-maxsim,medcolbert-distilled,colbert-ai,fast-plaid,xtr-warp --out $(CPU_RECORD)/scifact
+	$(BIN)/medcolbert bench engines --data ../shared/data/scifact --split test --out $(CPU_RECORD)/scifact
 # (these two read the indexes bench-scale and bench-engines leave in .cache)
 bench-exact-stage: install   # the exact stage before/after scoring from residual codes, per stage
 	for n in 1000000 10000000; do $(BIN)/medcolbert bench exact-stage --index $(SCALE_WORK)/index-$$n \

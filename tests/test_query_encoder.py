@@ -127,3 +127,21 @@ def test_the_training_texts_hold_no_evaluation_question() -> None:
     for line in (SHARED_DATA / "medquad" / "dev-retrieval" / "queries.jsonl").read_text().splitlines():
         held.add(json.loads(line)["text"].strip())
     assert not held & set(texts)
+
+
+def test_a_run_continues_another_students_weights_with_layer_matching(tmp_path: Path) -> None:
+    folder = _four_layer_model(tmp_path)
+    first = tmp_path / "first"
+    distill_query(DistillConfig(model=str(folder), out=str(first), num_layers=2, layers=[0, 3], steps=20, batch_size=8,
+                                lr=2e-3, warmup=5, validation=24, save_every=10), TEXTS)
+    second = tmp_path / "second"
+    distill_query(DistillConfig(model=str(folder), out=str(second), num_layers=2, steps=20, batch_size=8, lr=1e-3,
+                                warmup=5, validation=24, save_every=10, layer_weight=1.0, pooled_weight=2.0,
+                                init=str(first / "query_encoder")), TEXTS)
+    start = _records(second)[0]
+    # It starts where the first run ended (its validation before training is the first run's after, up to the
+    # float16 the student is stored in), not afresh.
+    ended = _records(first)[-1]["validation"]
+    assert start["validation"] == pytest.approx(ended, abs=2e-3)
+    info = json.loads((second / "query_encoder" / "query_encoder.json").read_text())
+    assert info["initialized_from_layers"] == [0, 3] and info["continued_from"] == 20 and info["layer_weight"] == 1.0

@@ -38,6 +38,8 @@ import numpy as np  # noqa: E402
 
 ENGINES = ("medcolbert", "medcolbert-maxsim", "medcolbert-distilled", "colbert-ai", "fast-plaid", "xtr-warp")
 PEERS_VENV = Path(".cache/peers-venv")
+# How main tells the medcolbert-distilled worker which query encoder to load (--query-encoder).
+QUERY_ENCODER_ENV = "MEDCOLBERT_BENCH_QUERY_ENCODER"
 WARMUP = 5
 
 
@@ -288,7 +290,7 @@ class _MedcolbertDistilled(_Medcolbert):
 
         meta = json.loads((self.work / "meta.json").read_text())
         self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
-                                             query_encoder="distilled")
+                                             query_encoder=os.environ.get(QUERY_ENCODER_ENV, "distilled"))
         self.engine = Searcher(Index.open(self.index_dir), self.model)
         queries, pooled = encode_queries_pooled(self.model, meta["query_texts"])
         width = self.queries.shape[1]
@@ -504,6 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engines", default=",".join(e for e in ENGINES if e != "medcolbert-distilled"),
                     help=f"comma-separated, of {', '.join(ENGINES)} (default: all but medcolbert-distilled, which "
                          "needs a model with a distilled query encoder and runs after medcolbert)")
+    ap.add_argument("--query-encoder", default="distilled", metavar="distilled|DIR",
+                    help="medcolbert-distilled's query encoder: the model's own (default) or a query_encoder/ folder")
     ap.add_argument("--nbits", type=int, default=2, choices=(1, 2, 4))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="keep indexes an earlier run built in WORK (and their build records)")
@@ -521,6 +525,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not engines:
         ap.error(f"--engines: unknown {', '.join(unknown) or 'empty list'} (known: {', '.join(ENGINES)})")
     ks = [int(k) for k in args.ks.split(",")]
+    if args.query_encoder != "distilled":
+        os.environ[QUERY_ENCODER_ENV] = str(Path(args.query_encoder).resolve())   # the workers inherit it
     out = Path(args.out)
     work = Path(args.work or f".cache/engines/{out.name}")
     work.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                          f"{c['query_precision']} | {c['exact_stage']} | {m['encode_ms']} | "
                          f"{m['centroid_scores_ms']} | {m['candidates_ms']} | {m['exact_ms']} | {m['plaid_ms']} | "
                          f"{m['total_ms']} |")
-    write_results(Path(args.out) / "stages.json", {"cpu": cpu, "work": str(work), "rounds": rounds}, lines)
+    write_results(Path(args.out) / "stages.json", {"cpu": cpu, "work": str(work), "query_encoder": args.query_encoder,
+                                                    "rounds": rounds}, lines)
     print("\n".join(lines))
 
 

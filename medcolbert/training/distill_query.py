@@ -2,9 +2,10 @@
 
 The student (modeling.query_encoder.make_student) starts from some of the teacher's own layers and is trained
 to give, for each query position, the teacher's unit vector (1 - cosine, averaged over the positions that get
-a vector, [MASK] augmentation included) and the teacher's pooled vector (1 - cosine). Its embeddings and the
-projection are the teacher's and stay frozen, so documents, indexes and caches are untouched. No labels are
-needed: any question-like text teaches it; `question_texts` gathers the training splits' questions.
+a vector, [MASK] augmentation included) and the teacher's pooled vector (1 - cosine), and optionally each of its
+layers' states those of the teacher's layer at the same relative depth. Its embeddings and the projection are the
+teacher's and stay frozen, so documents, indexes and caches are untouched. No labels are needed: any
+question-like text teaches it; `question_texts` gathers the training splits' questions.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import MedColbertError
 from ..fsutil import atomic_write_text
 from ..modeling.encoder import ColBERT
-from ..modeling.query_encoder import make_student, save_query_encoder, student_state
+from ..modeling.query_encoder import CONFIG_FILE, WEIGHTS_FILE, make_student, save_query_encoder, student_state
 from ..modeling.tokenization import TokenBatch
 
 STATE_FILE = "state.pt"
@@ -170,11 +172,11 @@ def _fidelity(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Te
     return (s_vec * t_vec).sum(-1), (s_pool * t_pool).sum(-1), keep
 
 
-def _batches(model: ColBERT, texts: list[str], size: int) -> list[list[int]]:
+def _batches(model: ColBERT, texts: list[str], size: int) -> list[list[list[int]]]:
     """Token id lists in batches of similar length (little padding), in order of length."""
     seqs = model.tokenizer.query_token_ids(texts)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    return [[seqs[i] for i in order[s:s + size]] for s in range(0, len(order), size)]  # type: ignore[misc]
+    return [[seqs[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
 
 
 def evaluate(model: ColBERT, batches: list[list[list[int]]]) -> dict[str, float]:
@@ -223,9 +225,6 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
     if state is not None:
         config.layers = [int(i) for i in state["layers"]]
     elif config.init is not None:
-        from ..modeling.query_encoder import CONFIG_FILE, WEIGHTS_FILE
-        from safetensors.torch import load_file
-
         stored = json.loads((Path(config.init) / CONFIG_FILE).read_text())
         config.layers = [int(i) for i in stored["initialized_from_layers"]]
         start = load_file(str(Path(config.init) / WEIGHTS_FILE))
@@ -236,7 +235,7 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
     if start is not None:
         student.encoder.layer.load_state_dict({k.removeprefix("encoder.layer."): v.float() for k, v in start.items()})
     model.query_backbone = student
-    trainable = [p for p in student.encoder.layer.parameters()]
+    trainable = list(student.encoder.layer.parameters())
     for p in trainable:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.01)
@@ -270,12 +269,13 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
         optimizer.step()
         schedule.step()
         step += 1
-        window.append((token_loss.item(), pooled_loss.item()))
+        window.append((token_loss.item(), pooled_loss.item(), layer_loss.item()))
         bar.update(1)
         bar.set_postfix(token=f"{1 - sum(w[0] for w in window[-20:]) / len(window[-20:]):.4f}")
         if step % 20 == 0:
             _log(out, {"step": step, "token_loss": sum(w[0] for w in window) / len(window),
-                       "pooled_loss": sum(w[1] for w in window) / len(window), "lr": schedule.get_last_lr()[0],
+                       "pooled_loss": sum(w[1] for w in window) / len(window),
+                       "layer_loss": sum(w[2] for w in window) / len(window), "lr": schedule.get_last_lr()[0],
                        "seconds": round(time.perf_counter() - started, 1)})
             window = []
         if step % config.save_every == 0 or step == config.steps:
@@ -289,7 +289,7 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
             "steps": config.steps, "batch_size": config.batch_size, "lr": config.lr,
             "pooled_weight": config.pooled_weight, "layer_weight": config.layer_weight,
             "continued_from": None if config.init is None else json.loads(
-                (Path(config.init) / "query_encoder.json").read_text()).get("steps"),
+                (Path(config.init) / CONFIG_FILE).read_text()).get("steps"),
             "training_texts": config.sources, "validation": after}
     return save_query_encoder(model, out, info=info)
 
