@@ -1,9 +1,10 @@
 """A distilled query encoder: fewer transformer layers for queries, the full model for documents.
 
 On CPUs without bfloat16 matrix units, float32 query encoding is most of a search's time (issue 42), and it
-is compute-bound: the only way to halve it is to do half the work. A student of `k` of the backbone's layers,
+is compute-bound: the way to halve it is to do half the work. A student of `k` of the backbone's layers,
 trained to give the full model's query vectors and pooled vector (training.distill_query), encodes queries in
-about k/n of the time; documents, and so every index, stay the full model's. The student is stored beside the
+a little more than k/n of the time (3 of 6 layers: 0.56x on an AVX2 path, experiments/engine/
+cpu-amd-epyc-avx512bf16/stages-distilled/); documents, and so every index, stay the full model's. The student is stored beside the
 model it was distilled from, as `query_encoder/` (its layers only: it shares the model's embeddings and
 projection), which other libraries ignore: they encode queries with the full model, as before.
 """
@@ -118,7 +119,7 @@ def load_query_encoder(model: ColBERT, folder: str | Path) -> ColBERT:
 def choose_query_encoder(model: ColBERT, choice: str | Path | None, model_folder: Path | None) -> ColBERT:
     """Apply `query_encoder=`: None or 'full' (the backbone), 'distilled' (the model folder's student) or a folder."""
     if choice is None or str(choice) == "full":
-        model.query_backbone = None
+        model.query_backbone, model.query_encoder_info = None, {}
         return model
     if str(choice) == "distilled":
         if model_folder is None or not (model_folder / FOLDER / CONFIG_FILE).is_file():
