@@ -228,11 +228,17 @@ class _Medcolbert(_Engine):
         from medcolbert.search.plaid import Searcher
 
         meta = json.loads((self.work / "meta.json").read_text())
-        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"])
+        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
+                                             **self.model_options())
         self.engine = Searcher(Index.open(self.index_dir), self.model)
         pooled = self.work / "queries_pooled.npy"
+        # (A model without the pooled term, as medcolbert-maxsim's, searches without pooled vectors.)
         self.pooled = torch.from_numpy(np.load(pooled)) if pooled.is_file() and self.engine.hybrid else None
         self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
+
+    def model_options(self) -> dict:
+        """How this variant loads the model (the scoring or query encoder it changes)."""
+        return {}
 
     def search(self, i: int, k: int) -> list[tuple[int, float]]:
         import torch
@@ -255,17 +261,8 @@ class _MedcolbertMaxSim(_Medcolbert):
         super().__init__(work)
         self.index_dir = work / "index-medcolbert"
 
-    def load(self) -> None:
-        from medcolbert.indexing.index import Index
-        from medcolbert.modeling.encoder import ColBERT
-        from medcolbert.search.plaid import Searcher
-
-        meta = json.loads((self.work / "meta.json").read_text())
-        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
-                                             dense_weight=0.0)
-        self.engine = Searcher(Index.open(self.index_dir), self.model)
-        self.pooled = None
-        self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
+    def model_options(self) -> dict:
+        return {"dense_weight": 0.0}
 
 
 class _MedcolbertDistilled(_Medcolbert):
@@ -283,21 +280,20 @@ class _MedcolbertDistilled(_Medcolbert):
             raise RuntimeError("medcolbert-distilled searches medcolbert's index: run it with the medcolbert engine")
         return {"build_s": 0.0, "bytes": _dir_bytes(self.index_dir), "settings": "medcolbert's index"}
 
-    def load(self) -> None:
-        from medcolbert.indexing.index import Index
-        from medcolbert.modeling.encoder import ColBERT, encode_queries_pooled
-        from medcolbert.search.plaid import Searcher
+    def model_options(self) -> dict:
+        return {"query_encoder": os.environ.get(QUERY_ENCODER_ENV, "distilled")}
 
+    def load(self) -> None:
+        from medcolbert.modeling.encoder import encode_queries_pooled
+
+        super().load()
+        # Its own query vectors, in the width of the shared ones, for search-only timing and its quality.
         meta = json.loads((self.work / "meta.json").read_text())
-        self.model = ColBERT.from_pretrained(meta.get("model_source"), device="cpu", doc_maxlen=meta["doc_maxlen"],
-                                             query_encoder=os.environ.get(QUERY_ENCODER_ENV, "distilled"))
-        self.engine = Searcher(Index.open(self.index_dir), self.model)
         queries, pooled = encode_queries_pooled(self.model, meta["query_texts"])
         width = self.queries.shape[1]
         self.queries = queries[:, :width].numpy() if queries.shape[1] >= width else \
             np.pad(queries.numpy(), ((0, 0), (0, width - queries.shape[1]), (0, 0)))
         self.pooled = pooled if pooled is not None and self.engine.hybrid else None
-        self.ids = {d: i for i, d in enumerate(self.engine.index.doc_ids)}
 
 
 WORKERS = {e.name: e for e in (_Medcolbert, _MedcolbertMaxSim, _MedcolbertDistilled, _ColbertAi, _FastPlaid, _XtrWarp)}

@@ -130,24 +130,17 @@ def evaluation_questions(root: Path) -> set[str]:
     return held
 
 
-def _outputs(model: ColBERT, batch: TokenBatch, query: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unit token vectors, the mask of positions with a vector, and the pooled vector, from one backbone."""
-    hidden = model._hidden(batch, query=query)
-    keep = model.tokenizer.query_keep_mask(batch)
-    vectors = nn.functional.normalize(model.linear(hidden).float(), p=2, dim=-1)
-    return vectors, keep, model._pool(hidden, batch)
-
-
 def _states(backbone: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, ...]:
     """Every layer's output states (the embeddings' first)."""
     return backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
 
 
-def _step_losses(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token, pooled and layer losses (1 - cosine) from one pass of teacher and student.
+def _compare(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student against teacher from one pass of each: per-position cosine of the unit vectors [B, L], the mask of
+    positions with a vector, per-query cosine of the pooled vectors [B], and the layer loss.
 
-    The layer loss pairs the student's j-th of k layers with the teacher's layer j * n / k (of n), over the text's
-    positions: TinyBERT's intermediate matching, which gives the shallow student a target at every depth.
+    The layer loss (1 - cosine over the text's positions) pairs the student's j-th of k layers with the teacher's
+    layer j * n / k (of n): TinyBERT's intermediate matching, which gives the shallow student a target at every depth.
     """
     with torch.no_grad():
         teacher = _states(model.backbone, batch)
@@ -155,21 +148,12 @@ def _step_losses(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch
     keep = model.tokenizer.query_keep_mask(batch)
     t_vec = nn.functional.normalize(model.linear(teacher[-1]).float(), p=2, dim=-1)
     s_vec = nn.functional.normalize(model.linear(student[-1]).float(), p=2, dim=-1)
-    token = ((1 - (s_vec * t_vec).sum(-1)) * keep).sum() / keep.sum()
-    pooled = (1 - (model._pool(student[-1], batch) * model._pool(teacher[-1], batch)).sum(-1)).mean()
+    pooled = (model._pool(student[-1], batch) * model._pool(teacher[-1], batch)).sum(-1)
     k, n = len(student) - 1, len(teacher) - 1
     real = batch.attention_mask.bool()
     layer = sum(((1 - nn.functional.cosine_similarity(student[j], teacher[round(j * n / k)], dim=-1)) * real).sum()
                 / real.sum() for j in range(1, k + 1)) / k
-    return token, pooled, layer
-
-
-def _fidelity(model: ColBERT, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-position cosine to the teacher (masked), per-query pooled cosine, and the mask."""
-    with torch.no_grad():
-        t_vec, keep, t_pool = _outputs(model, batch, query=False)
-    s_vec, _, s_pool = _outputs(model, batch, query=True)
-    return (s_vec * t_vec).sum(-1), (s_pool * t_pool).sum(-1), keep
+    return (s_vec * t_vec).sum(-1), keep, pooled, layer
 
 
 def _batches(model: ColBERT, texts: list[str], size: int) -> list[list[list[int]]]:
@@ -184,7 +168,7 @@ def evaluate(model: ColBERT, batches: list[list[list[int]]]) -> dict[str, float]
     tok, pool = [], []
     with torch.no_grad():
         for seqs in batches:
-            cos, pcos, keep = _fidelity(model, model.tokenizer.query_batch(seqs))
+            cos, keep, pcos, _ = _compare(model, model.tokenizer.query_batch(seqs))
             tok.append(cos[keep])
             pool.append(pcos)
     t, p = torch.cat(tok), torch.cat(pool)
@@ -261,7 +245,9 @@ def distill_query(config: DistillConfig, texts: Sequence[str]) -> Path:
         random.Random(config.seed + epoch).shuffle(order)   # the same order after a resume
         student.train()
         batch = model.tokenizer.query_batch(batches[order[position]]).to(model.device)
-        token_loss, pooled_loss, layer_loss = _step_losses(model, batch)
+        cos, keep, pcos, layer_loss = _compare(model, batch)
+        token_loss = ((1 - cos) * keep).sum() / keep.sum()
+        pooled_loss = (1 - pcos).mean()
         loss = token_loss + config.pooled_weight * pooled_loss + config.layer_weight * layer_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
